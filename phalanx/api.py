@@ -1,0 +1,182 @@
+"""The public entry points: ``Batcher`` and ``batch``.
+
+A call records every instance (running the user's per-instance function with lazy values), then
+flushes: schedule -> layout -> plan -> execute, and hands back one result per instance as ordinary
+torch tensors (autograd-connected when gradients are needed).
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any, Callable, Iterable
+
+import torch
+
+from . import _config
+from .errors import InstanceError, PhalanxError, ResultStructureError
+from .frontend import recorder as _recorder
+from .frontend.value import LazyValue
+from .ir.signature import SignatureTable
+from .memory.layout import plan_layout, verify_layout
+from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
+from .schedule import format_schedule, lower_bound, make_policy, verify_schedule
+from .schedule.base import Policy
+from .stats import Stats
+
+_LEAF_TYPES = (torch.Tensor, LazyValue, type(None))
+
+
+class Batcher:
+    """Runs a per-instance function over a mini-batch as batched kernels.
+
+    **Arguments:**
+    - ``fn``: any callable taking ONE instance (usually an ``nn.Module`` whose forward handles one
+      tree / sentence). It may return a tensor or a tuple / list / dict of tensors (None allowed).
+    - ``policy``: ``"depth"`` (default), ``"agenda"``, or a ``Policy`` object.
+    - ``verify``: run the graph / schedule / layout verifiers on every flush (default: PHALANX_VERIFY).
+
+    ``batcher(instances)`` returns a list with one result per instance, in order. ``batcher.stats``
+    describes the last call (see ``phalanx.Stats``).
+
+    **Example:**
+
+    >>> batcher = phalanx.Batcher(model, policy="agenda")
+    >>> outs = batcher(trees)                     # list of per-tree results
+    >>> torch.stack(outs).sum().backward()        # gradients equal the per-instance loop's
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None):
+        self.fn = fn
+        self.policy = make_policy(policy)
+        self.verify = bool(_config.VERIFY) if verify is None else verify
+        self.table = SignatureTable()
+        self.stats = Stats(policy=self.policy.name)
+
+    def __call__(self, instances: Iterable[Any]) -> list:
+        instances = list(instances)
+        stats = self.stats = Stats(policy=self.policy.name, instances=len(instances))
+        rec = _recorder.Recorder(self.table)
+        t0 = time.perf_counter()
+        outputs = self._record(rec, instances)
+        t1 = time.perf_counter()
+        graph = rec.graph.freeze()
+        stats.nodes, stats.values = graph.num_nodes, graph.num_values
+        stats.op_types = len(graph.used_sids)
+        schedule = self.policy.schedule(graph)
+        t2 = time.perf_counter()
+        layout = plan_layout(graph, schedule)
+        steps, counts = build_steps(graph, schedule, layout)
+        if self.verify:
+            verify_schedule(graph, schedule)
+            verify_layout(graph, layout)
+        t3 = time.perf_counter()
+        results = self._execute(graph, layout, steps, outputs)
+        t4 = time.perf_counter()
+        stats.batches = len(schedule)
+        stats.lower_bound = lower_bound(graph)
+        stats.operand_lists, stats.in_place = counts.operand_lists, counts.in_place
+        stats.gathers, stats.gather_bytes = counts.gathers, counts.gather_bytes
+        stats.record_s, stats.schedule_s, stats.plan_s, stats.execute_s = t1 - t0, t2 - t1, t3 - t2, t4 - t3
+        if _config.DEBUG:
+            print(f"phalanx: {stats}")
+            if _config.DEBUG >= 2:
+                print(format_schedule(graph, schedule))
+        return results
+
+    def record(self, instances: Iterable[Any]):
+        """Record ``instances`` without executing them; returns the frozen graph (``GraphArrays``).
+        Used to train policies on sample graphs and by ``phalanx explain``."""
+        rec = _recorder.Recorder(self.table)
+        self._record(rec, list(instances))
+        return rec.graph.freeze()
+
+    # *** record ***
+    def _record(self, rec: "_recorder.Recorder", instances: list) -> list:
+        outputs = []
+        if _recorder._ACTIVE is not None:
+            raise PhalanxError("phalanx runs cannot be nested (a Batcher was called while recording)")
+        _recorder._ACTIVE = rec
+        try:
+            for i, instance in enumerate(instances):
+                rec.inst = i
+                try:
+                    out = self.fn(instance)
+                except PhalanxError as e:
+                    raise type(e)(f"instance {i}: {e}") from e
+                except Exception as e:
+                    raise InstanceError(i, f"{type(e).__name__}: {e}") from e
+                outputs.append(_flatten_result(out, i))
+        finally:
+            _recorder._ACTIVE = None
+        return outputs
+
+    # *** execute ***
+    def _execute(self, graph, layout, steps, outputs) -> list:
+        arenas = allocate_arenas(graph, layout)
+        # The rows every instance's results live in, one index per arena.
+        rows_by_arena: dict[int, list[int]] = {}
+        for leaves, _ in outputs:
+            for leaf in leaves:
+                if type(leaf) is LazyValue:
+                    rows_by_arena.setdefault(int(graph.value_aval_id[leaf.vid]), []).append(int(layout.value_row[leaf.vid]))
+        result_index = [(a, torch.tensor(r, dtype=torch.int64)) for a, r in rows_by_arena.items()]
+        grad_inputs = _grad_inputs(graph, steps) if torch.is_grad_enabled() else []
+        self.stats.training = bool(grad_inputs)
+        if grad_inputs:
+            run = TrainingRun(steps, arenas, result_index, grad_inputs, self.stats)
+            tensors = FlushFunction.apply(run, *grad_inputs)
+        else:
+            run_inference(steps, arenas)
+            tensors = [arenas[a].index_select(0, idx) for a, idx in result_index]
+        per_arena = {a: iter(t.unbind(0)) for (a, _), t in zip(result_index, tensors, strict=True)}
+        results = []
+        for leaves, rebuild in outputs:
+            vals = [next(per_arena[int(graph.value_aval_id[x.vid])]) if type(x) is LazyValue else x for x in leaves]
+            results.append(rebuild(vals))
+        return results
+
+
+def _grad_inputs(graph, steps) -> list[torch.Tensor]:
+    """Parameters read by the batched ops plus per-instance tensors, all requiring grad."""
+    found: dict[int, torch.Tensor] = {}
+    for sid in graph.used_sids:
+        for t in graph.sigs[sid].grad_leaves:
+            if t.requires_grad:
+                found.setdefault(id(t), t)
+    for x in graph.imms:
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            found.setdefault(id(x), x)
+    return list(found.values())
+
+
+def _flatten_result(out, index: int):
+    if type(out) is LazyValue or isinstance(out, torch.Tensor):
+        return [out], (lambda vals: vals[0])
+    leaves, spec = torch.utils._pytree.tree_flatten(out)
+    bad = [leaf for leaf in leaves if not isinstance(leaf, _LEAF_TYPES)]
+    if bad:
+        raise ResultStructureError(
+            f"instance {index}: the function returned {type(out).__name__} containing "
+            f"{type(bad[0]).__name__} ({bad[0]!r:.60}); results must be tensors, lazy values, None, "
+            f"or tuples / lists / dicts of them")
+    return leaves, (lambda vals: torch.utils._pytree.tree_unflatten(vals, spec))
+
+
+_BATCHERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def batch(fn: Callable[[Any], Any], instances: Iterable[Any], **options) -> list:
+    """One-shot ``Batcher(fn, **options)(instances)``; reuses a cached Batcher per ``fn`` and options
+    so op-type analysis is not repeated."""
+    key = tuple(sorted((k, v if isinstance(v, (str, int, bool, type(None))) else id(v)) for k, v in options.items()))
+    try:
+        per_fn = _BATCHERS.setdefault(fn, {})
+    except TypeError:
+        return Batcher(fn, **options)(instances)
+    batcher = per_fn.get(key)
+    if batcher is None:
+        batcher = per_fn[key] = Batcher(fn, **options)
+    return batcher(instances)
+
+
+__all__ = ["Batcher", "batch"]

@@ -1,0 +1,38 @@
+"""Every error phalanx raises on bad input. Each names what was wrong: the instance, the cell or op,
+the shapes. The original exception is always kept as ``__cause__``."""
+from __future__ import annotations
+
+
+class PhalanxError(Exception):
+    """Base class of every phalanx error."""
+
+
+class InstanceError(PhalanxError):
+    """User code raised while recording instance ``index``; the original exception is ``__cause__``."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(f"instance {index}: {message}")
+        self.index = index
+
+
+class CellCallError(PhalanxError):
+    """A cell or op could not run on the abstract values it was given (usually a shape mismatch)."""
+
+
+class UnsupportedOpError(PhalanxError):
+    """An op on lazy values that phalanx cannot record or batch; the message names the op."""
+
+
+class DataDependentError(PhalanxError):
+    """User code asked for the concrete value of a lazy value (``bool``, ``item``, ``tolist``...).
+
+    Tensor-dependent control flow needs fibers (see DESIGN.md); until then such code must run outside
+    phalanx or keep the decision inside a cell."""
+
+
+class ResultStructureError(PhalanxError):
+    """The per-instance function returned something that is not a structure of tensors."""
+
+
+class BatchExecutionError(PhalanxError):
+    """A batched kernel failed or produced outputs of the wrong shape; names the op and instances."""

@@ -1,0 +1,337 @@
+"""The recorder: turns cell calls and torch ops on lazy values into graph nodes.
+
+One Recorder is active during a phalanx run (``_ACTIVE``, a module global because the hot path
+reads it on every cell call). ``record_cell`` is that hot path: a flat loop over the arguments,
+one dict lookup for the signature, one append per column. Everything slow (shape inference,
+finding the parameters a cell reads, validating outputs) happens once per new signature, in
+``_new_signature``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..errors import CellCallError, PhalanxError, UnsupportedOpError
+from ..ir.aval import AVal, aval, aval_of
+from ..ir.graph import DataflowGraph
+from ..ir.signature import ArgKind, Signature, SignatureTable
+
+_ACTIVE: "Recorder | None" = None
+
+# Key markers for Python-number operands of cells (their aval alone would collide with LAZY ones).
+_INT_KEY, _FLOAT_KEY, _BOOL_KEY = object(), object(), object()
+
+
+def active() -> "Recorder | None":
+    return _ACTIVE
+
+
+def active_for(args, kwargs) -> "Recorder":
+    """The active recorder, checking that lazy arguments belong to it (not to a finished run)."""
+    rec = _ACTIVE
+    if rec is None:
+        raise PhalanxError("a lazy value was used outside the phalanx run that created it")
+    return rec
+
+
+class _Shared:
+    """A tensor baked into a signature (a parameter): hashed and compared by identity, and kept
+    alive by the key so its id cannot be reused by another tensor."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __hash__(self):
+        return id(self.tensor)
+
+    def __eq__(self, other):
+        return type(other) is _Shared and other.tensor is self.tensor
+
+
+class _Operand:
+    """Placeholder for a per-instance operand inside an argument template."""
+
+    __slots__ = ()
+
+
+_OPERAND = _Operand()
+
+
+def _is_shared_tensor(t: torch.Tensor) -> bool:
+    # Parameters and other grad-requiring leaves are model state shared by all instances: they are
+    # broadcast to a batch, never stacked (ACRoBat's parameter reuse, decided by type at record time).
+    return isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf)
+
+
+def number_aval(x) -> AVal:
+    if type(x) is bool:
+        return aval((), torch.bool)
+    if type(x) is int:
+        return aval((), torch.int64)
+    return aval((), torch.get_default_dtype())
+
+
+def number_to_tensor(x) -> torch.Tensor:
+    """The 0-d tensor a cell receives for a Python number, eagerly and batched alike."""
+    return torch.tensor(x, dtype=number_aval(x).dtype)
+
+
+def _static_key(obj, op_name: str):
+    if isinstance(obj, slice):
+        return ("slice", obj.start, obj.stop, obj.step)
+    try:
+        hash(obj)
+    except TypeError:
+        raise UnsupportedOpError(
+            f"{op_name}: argument of type {type(obj).__name__} cannot be part of an op signature") from None
+    return obj
+
+
+class Recorder:
+    """Records the instances of one phalanx run into a DataflowGraph."""
+
+    def __init__(self, table: SignatureTable):
+        self.table = table
+        self.graph = DataflowGraph(table)
+        self.inst = 0
+        self.phase = 0
+
+    # *** cells: the fast path ***
+    def record_cell(self, cell, args: tuple, kwargs: dict):
+        if kwargs:
+            return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
+                                        numbers_are_operands=True)
+        g = self.graph
+        imms = g.imms
+        key = [cell]
+        codes = []
+        depth = 0
+        for a in args:
+            t = type(a)
+            if t is LazyValue:
+                if a.graph is not g:
+                    raise PhalanxError(f"{cell._phalanx_name}: got a lazy value from a finished phalanx run")
+                key.append(a.aval)
+                codes.append(a.vid)
+                if a.depth >= depth:
+                    depth = a.depth + 1
+            elif t is int:
+                key.append(_INT_KEY)
+                codes.append(-1 - len(imms))
+                imms.append(a)
+            elif t is float:
+                key.append(_FLOAT_KEY)
+                codes.append(-1 - len(imms))
+                imms.append(a)
+            else:
+                return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
+                                            numbers_are_operands=True)
+        sig = self.table.by_key.get(tuple(key))
+        if sig is None:
+            del imms[len(imms) - sum(1 for c in codes if c < 0):]
+            return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
+                                        numbers_are_operands=True)
+        first = g.add_node(sig, codes, depth, self.inst, self.phase)
+        if sig.meta["single"]:
+            return LazyValue(first, sig.out_avals[0], depth, g)
+        return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
+
+    # *** torch ops on lazy values ***
+    def record_op(self, func, args: tuple, kwargs: dict):
+        name = "op " + _func_name(func)
+        return self._record_general(func, name, func, args, kwargs, numbers_are_operands=False)
+
+    # *** the general path: nested arguments, kwargs, tensors, statics ***
+    def _record_general(self, callee, name: str, fn: Callable, args: tuple, kwargs: dict,
+                        numbers_are_operands: bool):
+        g = self.graph
+        operands: list = []          # per-instance operands: LazyValue | number | Tensor
+        key_parts: list = []
+
+        def encode(obj):
+            t = type(obj)
+            if t is LazyValue:
+                if obj.graph is not g:
+                    raise PhalanxError(f"{name}: got a lazy value from a finished phalanx run")
+                operands.append(obj)
+                key_parts.append(obj.aval)
+                return _OPERAND
+            if isinstance(obj, torch.Tensor):
+                if _is_shared_tensor(obj):
+                    key_parts.append(_Shared(obj))
+                    return obj
+                operands.append(obj)
+                key_parts.append(("tensor", aval_of(obj)))
+                return _OPERAND
+            if t in (int, float, bool) and numbers_are_operands:
+                operands.append(obj)
+                key_parts.append(("number", number_aval(obj)))
+                return _OPERAND
+            if t is tuple or t is list:
+                key_parts.append((t, len(obj)))
+                return t(encode(x) for x in obj)
+            if t is dict:
+                key_parts.append((dict, tuple(obj)))
+                return {k: encode(v) for k, v in obj.items()}
+            key_parts.append(_static_key(obj, name))
+            return obj
+
+        template_args = encode(tuple(args))
+        template_kwargs = encode(dict(kwargs))
+        key = (callee, tuple(key_parts))
+        sig = self.table.by_key.get(key)
+        if sig is None:
+            sig = self._new_signature(key, callee, name, fn, template_args, template_kwargs, operands)
+        codes = []
+        depth = 0
+        imms = g.imms
+        for op in operands:
+            if type(op) is LazyValue:
+                codes.append(op.vid)
+                if op.depth >= depth:
+                    depth = op.depth + 1
+            else:
+                codes.append(-1 - len(imms))
+                imms.append(op)
+        first = g.add_node(sig, codes, depth, self.inst, self.phase)
+        return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
+
+    def _new_signature(self, key, callee, name, fn, template_args, template_kwargs, operands) -> Signature:
+        kinds, avals, examples = [], [], []
+        for op in operands:
+            if type(op) is LazyValue:
+                kinds.append(ArgKind.LAZY)
+                avals.append(op.aval)
+                examples.append(op.aval.zeros())
+            elif isinstance(op, torch.Tensor):
+                kinds.append(ArgKind.TENSOR)
+                avals.append(aval_of(op))
+                examples.append(op.detach())
+            else:
+                kinds.append(ArgKind.NUMBER)
+                avals.append(number_aval(op))
+                examples.append(number_to_tensor(op))
+        per_instance = _bind_template(fn, template_args, template_kwargs)
+        outputs = run_unrecorded(per_instance, examples, name, avals)
+        flat, unflatten, flatten = _output_structure(outputs, name)
+        leaves = _grad_leaves(flat)
+        sig = Signature(
+            sid=len(self.table.sigs), name=name, fn=per_instance, in_kinds=tuple(kinds),
+            in_avals=tuple(avals), out_avals=tuple(aval_of(t) for t in flat), unflatten=unflatten,
+            flatten=flatten, grad_leaves=leaves,
+            meta={"single": isinstance(outputs, torch.Tensor),
+                  "batching": getattr(callee, "_phalanx_batching", "auto")})
+        self.table.sigs.append(sig)
+        self.table.by_key[key] = sig
+        if all(k is ArgKind.LAZY or k is ArgKind.NUMBER for k in kinds) and isinstance(key[1], tuple) \
+                and callee is not None and hasattr(callee, "_phalanx_fn") and not template_kwargs:
+            # Also register the flat key of the cell fast path, so the next call skips this path.
+            flat_key = [callee]
+            for k, a in zip(kinds, avals, strict=True):
+                flat_key.append(a if k is ArgKind.LAZY else _number_key(a))
+            if _flat_template(template_args, len(operands)):
+                self.table.by_key.setdefault(tuple(flat_key), sig)
+        return sig
+
+
+def _number_key(a: AVal):
+    if a.dtype is torch.bool:
+        return _BOOL_KEY
+    return _INT_KEY if a.dtype is torch.int64 else _FLOAT_KEY
+
+
+def _flat_template(template_args, n: int) -> bool:
+    return len(template_args) == n and all(x is _OPERAND for x in template_args)
+
+
+def _func_name(func) -> str:
+    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    module = getattr(func, "__module__", None)
+    if qual.startswith("_TensorBase.") or qual.startswith("TensorBase."):
+        qual = "Tensor." + qual.split(".", 1)[1]
+    if module in (None, "torch._C", "torch._tensor", "torch._C._TensorBase") or qual.startswith("Tensor."):
+        return qual if qual.startswith("Tensor.") else f"torch.{qual}"
+    return f"{module}.{qual}"
+
+
+def _bind_template(fn, template_args, template_kwargs) -> Callable:
+    """The per-instance callable over operands only: statics and shared tensors are baked in."""
+    if _flat_template(template_args, len(template_args)) and not template_kwargs:
+        return fn
+
+    def fill(obj, it):
+        t = type(obj)
+        if obj is _OPERAND:
+            return next(it)
+        if t is tuple or t is list:
+            return t(fill(x, it) for x in obj)
+        if t is dict:
+            return {k: fill(v, it) for k, v in obj.items()}
+        return obj
+
+    def per_instance(*ops):
+        it = iter(ops)
+        return fn(*fill(template_args, it), **fill(template_kwargs, it))
+
+    return per_instance
+
+
+def run_unrecorded(fn, args, name: str, avals=None):
+    """Run ``fn`` eagerly with recording switched off (shape inference, kernels), wrapping errors so
+    they name the cell or op and the operand shapes."""
+    global _ACTIVE
+    saved, _ACTIVE = _ACTIVE, None
+    try:
+        with torch.enable_grad():
+            return fn(*args)
+    except PhalanxError:
+        raise
+    except Exception as e:
+        shapes = ", ".join(map(repr, avals)) if avals is not None else "?"
+        raise CellCallError(f"{name} cannot run on operands ({shapes}): {type(e).__name__}: {e}") from e
+    finally:
+        _ACTIVE = saved
+
+
+def _output_structure(outputs, name: str):
+    """Flattened output tensors plus functions to rebuild/flatten the user's structure."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs], (lambda vals: vals[0]), (lambda out: (out,))
+    if type(outputs) is tuple and all(isinstance(o, torch.Tensor) for o in outputs):
+        n = len(outputs)
+        return list(outputs), tuple, (lambda out: out if len(out) == n else tuple(out))
+    flat, spec = torch.utils._pytree.tree_flatten(outputs)
+    bad = [type(x).__name__ for x in flat if not isinstance(x, torch.Tensor)]
+    if bad or not flat:
+        raise CellCallError(
+            f"{name} returned {type(outputs).__name__} with non-tensor parts ({', '.join(bad) or 'no tensors'}); "
+            f"a cell must return a tensor or a tuple/list/dict of tensors")
+    return flat, (lambda vals: torch.utils._pytree.tree_unflatten(vals, spec)), \
+        (lambda out: tuple(torch.utils._pytree.tree_leaves(out)))
+
+
+def _grad_leaves(outputs) -> tuple[torch.Tensor, ...]:
+    """Tensors requiring grad that the outputs depend on (a cell's parameters), by walking the
+    autograd graph of the example call once per signature."""
+    found: dict[int, torch.Tensor] = {}
+    seen = set()
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    for o in outputs:
+        if o.requires_grad and o.grad_fn is None:
+            found[id(o)] = o
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)
+        if var is not None:
+            found[id(var)] = var
+        stack.extend(n for n, _ in node.next_functions)
+    return tuple(found.values())
+
+
+from .value import LazyValue  # noqa: E402  (value.py imports this module)

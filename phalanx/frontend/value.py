@@ -1,0 +1,143 @@
+"""LazyValue: what user code holds inside a phalanx run instead of a tensor.
+
+A LazyValue names one output value of a recorded node (``vid``) and knows its per-instance shape
+and dtype (``aval``) and depth. It never holds data. Torch functions, operators and methods called
+on it record a node (via ``__torch_function__``) and return new LazyValues; anything that needs the
+data (``bool``, ``item``, ``tolist``, ``float``...) raises DataDependentError naming the call.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import DataDependentError, UnsupportedOpError
+from . import recorder as _recorder
+
+
+class LazyValue:
+    __slots__ = ("vid", "aval", "depth", "graph")
+
+    def __init__(self, vid, aval, depth, graph):
+        self.vid = vid
+        self.aval = aval
+        self.depth = depth
+        self.graph = graph
+
+    # torch's override protocol: torch.tanh(v), F.linear(v, W), torch.cat([v, w]) land here.
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return _recorder.active_for(args, kwargs).record_op(func, args, kwargs or {})
+
+    # *** static metadata: answered without recording ***
+    @property
+    def shape(self) -> torch.Size:
+        return self.aval.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.aval.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.aval.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.aval.is_float
+
+    @property
+    def is_leaf(self) -> bool:
+        return False
+
+    @property
+    def T(self):
+        return self._method("t")()
+
+    def size(self, dim=None):
+        return self.aval.shape if dim is None else self.aval.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.aval.shape)
+
+    def numel(self) -> int:
+        return self.aval.numel
+
+    def __len__(self) -> int:
+        if not self.aval.shape:
+            raise TypeError("len() of a 0-d lazy value")
+        return self.aval.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"LazyValue(v{self.vid}, {self.aval}, depth={self.depth})"
+
+    # *** recording methods ***
+    def _method(self, name: str):
+        func = getattr(torch.Tensor, name)
+
+        def call(*args, **kwargs):
+            return _recorder.active_for((self,), None).record_op(func, (self, *args), kwargs)
+
+        return call
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or not hasattr(torch.Tensor, name):
+            raise AttributeError(f"'LazyValue' has no attribute {name!r}")
+        if name.endswith("_") and not name.endswith("__"):
+            raise UnsupportedOpError(
+                f"in-place op Tensor.{name} on a lazy value: lazy values are immutable; "
+                f"use the out-of-place form Tensor.{name[:-1]}")
+        return self._method(name)
+
+    # *** suspension points: these need data; without fibers they are errors ***
+    def _needs_value(self, what: str):
+        raise DataDependentError(
+            f"{what} on {self!r} needs its value, which does not exist while recording; keep "
+            f"tensor-dependent decisions inside a cell, or run this code outside phalanx")
+
+    def __bool__(self):
+        self._needs_value("bool()")
+
+    def item(self):
+        self._needs_value(".item()")
+
+    def tolist(self):
+        self._needs_value(".tolist()")
+
+    def numpy(self, *args, **kwargs):
+        self._needs_value(".numpy()")
+
+    def __float__(self):
+        self._needs_value("float()")
+
+    def __int__(self):
+        self._needs_value("int()")
+
+    def __index__(self):
+        self._needs_value("use as a Python index")
+
+    __hash__ = object.__hash__
+
+
+def _binary(name: str):
+    func = getattr(torch.Tensor, name)
+
+    def method(self, *args):
+        return _recorder.active_for((self,), None).record_op(func, (self, *args), {})
+
+    method.__name__ = name
+    return method
+
+
+# Operators are generated from a table, as torch.fx does for Proxy.
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+              "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__pow__", "__rpow__",
+              "__matmul__", "__rmatmul__", "__neg__", "__pos__", "__abs__", "__invert__", "__and__",
+              "__or__", "__xor__", "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__",
+              "__getitem__"):
+    setattr(LazyValue, _name, _binary(_name))

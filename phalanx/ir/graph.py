@@ -1,0 +1,149 @@
+"""DataflowGraph: the recorded mini-batch, as a struct of arrays.
+
+Recording appends to plain Python lists (the cheapest append there is); ``freeze()`` turns them
+into numpy arrays once per flush for the scheduler, planner and executor. Node ids are assigned in
+recording order, which is a topological order: a node can only read values recorded before it.
+
+Per node: ``sig`` (op type id), ``depth`` (longest path from a source, computed while recording, see
+NOTE: [Inline depth]), ``inst`` (instance index), ``phase``, and its operands as a CSR slice
+``arg_code[arg_start[n]:arg_start[n+1]]``. An operand code ``c >= 0`` is a value id; ``c < 0`` is
+the immediate ``imms[-c - 1]`` (a per-instance number or tensor). A node's outputs are the values
+``first_value[n] .. first_value[n] + sig.num_outputs - 1``.
+
+NOTE: [Inline depth] (ACRoBat): depth(node) = 1 + max depth of the nodes producing its lazy
+operands, or 0 if it has none. It is computed in O(arity) at record time, so the depth policy needs
+no graph traversal, and nodes at one depth never depend on each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .aval import AVal
+from .signature import Signature, SignatureTable
+
+
+class DataflowGraph:
+    """Append-only store written by the recorder. See the module docstring for the layout."""
+
+    __slots__ = ("table", "node_sig", "node_depth", "node_inst", "node_phase", "node_first_value",
+                 "arg_start", "arg_code", "imms", "value_node", "value_aval")
+
+    def __init__(self, table: SignatureTable):
+        self.table = table
+        self.node_sig: list[int] = []
+        self.node_depth: list[int] = []
+        self.node_inst: list[int] = []
+        self.node_phase: list[int] = []
+        self.node_first_value: list[int] = []
+        self.arg_start: list[int] = [0]
+        self.arg_code: list[int] = []
+        self.imms: list = []
+        self.value_node: list[int] = []
+        self.value_aval: list[AVal] = []
+
+    def __len__(self) -> int:
+        return len(self.node_sig)
+
+    def add_node(self, sig: Signature, codes: list[int], depth: int, inst: int, phase: int) -> int:
+        """Append one node; returns the id of its first output value."""
+        nid = len(self.node_sig)
+        first = len(self.value_node)
+        self.node_sig.append(sig.sid)
+        self.node_depth.append(depth)
+        self.node_inst.append(inst)
+        self.node_phase.append(phase)
+        self.node_first_value.append(first)
+        self.arg_code.extend(codes)
+        self.arg_start.append(len(self.arg_code))
+        for out in sig.out_avals:
+            self.value_node.append(nid)
+            self.value_aval.append(out)
+        return first
+
+    def freeze(self) -> "GraphArrays":
+        avals: list[AVal] = []
+        index: dict[AVal, int] = {}
+        value_aval_id = np.fromiter((index.setdefault(a, len(index)) for a in self.value_aval),
+                                    dtype=np.int64, count=len(self.value_aval))
+        avals = list(index)
+        return GraphArrays(
+            sigs=list(self.table.sigs),
+            node_sig=np.asarray(self.node_sig, dtype=np.int64),
+            node_depth=np.asarray(self.node_depth, dtype=np.int64),
+            node_inst=np.asarray(self.node_inst, dtype=np.int64),
+            node_phase=np.asarray(self.node_phase, dtype=np.int64),
+            node_first_value=np.asarray(self.node_first_value, dtype=np.int64),
+            arg_start=np.asarray(self.arg_start, dtype=np.int64),
+            arg_code=np.asarray(self.arg_code, dtype=np.int64),
+            imms=self.imms,
+            value_node=np.asarray(self.value_node, dtype=np.int64),
+            value_aval_id=value_aval_id,
+            avals=avals,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class GraphArrays:
+    """Frozen numpy view of a DataflowGraph. Derived structure (producers, consumers) is computed
+    on first use and cached."""
+
+    sigs: list[Signature]
+    node_sig: np.ndarray
+    node_depth: np.ndarray
+    node_inst: np.ndarray
+    node_phase: np.ndarray
+    node_first_value: np.ndarray
+    arg_start: np.ndarray
+    arg_code: np.ndarray
+    imms: list
+    value_node: np.ndarray
+    value_aval_id: np.ndarray
+    avals: list[AVal]
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_sig)
+
+    @property
+    def num_values(self) -> int:
+        return len(self.value_node)
+
+    @cached_property
+    def used_sids(self) -> np.ndarray:
+        return np.unique(self.node_sig)
+
+    @cached_property
+    def arg_owner(self) -> np.ndarray:
+        """The node owning each operand slot."""
+        return np.repeat(np.arange(self.num_nodes), np.diff(self.arg_start))
+
+    @cached_property
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(producer node, consumer node) for every lazy operand, with multiplicity."""
+        lazy = self.arg_code >= 0
+        return self.value_node[self.arg_code[lazy]], self.arg_owner[lazy]
+
+    @cached_property
+    def consumers(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR (start, node) of the consumers of each node, with multiplicity."""
+        producer, consumer = self.edges
+        order = np.argsort(producer, kind="stable")
+        start = np.zeros(self.num_nodes + 1, dtype=np.int64)
+        np.cumsum(np.bincount(producer, minlength=self.num_nodes), out=start[1:])
+        return start, consumer[order]
+
+    @cached_property
+    def num_producers(self) -> np.ndarray:
+        """Number of lazy operands of each node (its in-degree, with multiplicity)."""
+        _, consumer = self.edges
+        return np.bincount(consumer, minlength=self.num_nodes)
+
+    def operand_codes(self, nodes: np.ndarray) -> np.ndarray:
+        """[len(nodes), arity] operand codes of nodes that share one signature."""
+        if len(nodes) == 0:
+            return np.zeros((0, 0), dtype=np.int64)
+        arity = int(self.arg_start[nodes[0] + 1] - self.arg_start[nodes[0]])
+        return self.arg_code[self.arg_start[nodes][:, None] + np.arange(arity)]

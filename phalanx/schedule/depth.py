@@ -1,0 +1,26 @@
+"""The depth policy (TensorFlow Fold): one batch per (phase, depth, op type), in depth order.
+
+Depth is recorded inline (NOTE: [Inline depth] in ir/graph.py), so nodes at one depth never depend
+on each other and grouping is a single vectorized sort: no frontier, no traversal."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.graph import GraphArrays
+from .base import Policy, Schedule
+
+
+class DepthPolicy(Policy):
+    name = "depth"
+
+    def schedule(self, graph: GraphArrays) -> Schedule:
+        if graph.num_nodes == 0:
+            return Schedule((), (), self.name)
+        order = np.lexsort((graph.node_sig, graph.node_depth, graph.node_phase))
+        sig = graph.node_sig[order]
+        depth = graph.node_depth[order]
+        phase = graph.node_phase[order]
+        cuts = np.flatnonzero((sig[1:] != sig[:-1]) | (depth[1:] != depth[:-1]) | (phase[1:] != phase[:-1])) + 1
+        batches = tuple(np.split(order, cuts))
+        sids = tuple(int(s) for s in sig[np.concatenate(([0], cuts))])
+        return Schedule(batches, sids, self.name)

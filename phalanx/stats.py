@@ -1,0 +1,50 @@
+"""Stats of one phalanx call, filled in as the pipeline runs (backward time arrives later)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Stats:
+    """What the last ``Batcher`` call did.
+
+    ``batches`` is the number of batched kernel calls; ``lower_bound`` the fewest any schedule could
+    have (schedule/bound.py). ``operand_lists`` counts (batch, lazy operand) pairs, ``in_place`` those
+    read as a slice view, ``gathers`` those read with one ``index_select`` (``gather_bytes`` copied).
+    Times are seconds; ``backward_s`` is filled in when ``loss.backward()`` runs.
+    """
+
+    policy: str = ""
+    instances: int = 0
+    nodes: int = 0
+    values: int = 0
+    op_types: int = 0
+    batches: int = 0
+    lower_bound: int = 0
+    operand_lists: int = 0
+    in_place: int = 0
+    gathers: int = 0
+    gather_bytes: int = 0
+    record_s: float = 0.0
+    schedule_s: float = 0.0
+    plan_s: float = 0.0
+    execute_s: float = 0.0
+    backward_s: float = 0.0
+    training: bool = False
+
+    @property
+    def record_us_per_node(self) -> float:
+        return 1e6 * self.record_s / self.nodes if self.nodes else 0.0
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["record_us_per_node"] = self.record_us_per_node
+        return out
+
+    def __str__(self) -> str:
+        return (f"{self.instances} instances, {self.nodes} nodes, {self.batches} batches "
+                f"(lower bound {self.lower_bound}, policy {self.policy}), {self.in_place}/{self.operand_lists} "
+                f"operand lists in place, {self.gathers} gathers ({self.gather_bytes} B); record "
+                f"{self.record_s * 1e3:.1f} ms ({self.record_us_per_node:.1f} us/node), schedule "
+                f"{self.schedule_s * 1e3:.1f} ms, plan {self.plan_s * 1e3:.1f} ms, execute "
+                f"{self.execute_s * 1e3:.1f} ms, backward {self.backward_s * 1e3:.1f} ms")
