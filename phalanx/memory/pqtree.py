@@ -518,10 +518,10 @@ class PQTree:
         self._substitute(node, partial)
         seq = partial.children
         if full_part is not None:
-            seq.insert(0, full_part) if full_left else seq.append(full_part)
+            seq.insert(0 if full_left else len(seq), full_part)
             full_part.parent = partial
         if empty_part is not None:
-            seq.append(empty_part) if full_left else seq.insert(0, empty_part)
+            seq.insert(len(seq) if full_left else 0, empty_part)
             empty_part.parent = partial
         return partial
 
