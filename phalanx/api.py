@@ -34,6 +34,8 @@ class Batcher:
       tree / sentence). It may return a tensor or a tuple / list / dict of tensors (None allowed).
     - ``policy``: ``"depth"`` (default), ``"agenda"``, or a ``Policy`` object.
     - ``verify``: run the graph / schedule / layout verifiers on every flush (default: PHALANX_VERIFY).
+    - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
+      dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
     ``batcher(instances)`` returns a list with one result per instance, in order. ``batcher.stats``
     describes the last call (see ``phalanx.Stats``).
@@ -45,8 +47,10 @@ class Batcher:
     >>> torch.stack(outs).sum().backward()        # gradients equal the per-instance loop's
     """
 
-    def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None):
+    def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
+                 lazy_inputs: bool = True):
         self.fn = fn
+        self.lazy_inputs = lazy_inputs
         self.policy = make_policy(policy)
         self.verify = bool(_config.VERIFY) if verify is None else verify
         self.table = SignatureTable()
@@ -100,7 +104,7 @@ class Batcher:
             for i, instance in enumerate(instances):
                 rec.inst = i
                 try:
-                    out = self.fn(instance)
+                    out = self.fn(rec.lazify(instance) if self.lazy_inputs else instance)
                 except PhalanxError as e:
                     raise type(e)(f"instance {i}: {e}") from e
                 except Exception as e:

@@ -36,3 +36,8 @@ class ResultStructureError(PhalanxError):
 
 class BatchExecutionError(PhalanxError):
     """A batched kernel failed or produced outputs of the wrong shape; names the op and instances."""
+
+
+class PolicyMismatchError(PhalanxError):
+    """A saved or trained scheduling policy does not fit: the graph has op types outside the policy's
+    fingerprint (the message names them), or the policy file has another format version."""

@@ -35,7 +35,7 @@ class Cell:
 
     def __init__(self, fn: Callable, name: str | None = None, batching: str = "auto"):
         self.fn = fn
-        self._phalanx_name = f"cell {name or getattr(fn, '__qualname__', repr(fn))}"
+        self._phalanx_name = f"cell {name or getattr(fn, '__name__', repr(fn))}"
         self._phalanx_batching = _check_batching(batching)
         functools.update_wrapper(self, fn)
 

@@ -139,6 +139,29 @@ class Recorder:
             return LazyValue(first, sig.out_avals[0], depth, g)
         return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 
+    # *** instance tensors ***
+    def record_input(self, tensor: torch.Tensor) -> "LazyValue":
+        """A tensor found in an instance becomes a lazy value: one ``input`` node that stacks it."""
+        key = (_INPUT, aval_of(tensor))
+        sig = self.table.by_key.get(key)
+        if sig is None:
+            sig = self._new_signature(key, None, f"input {key[1]}", _identity, (_OPERAND,), {}, [tensor])
+        g = self.graph
+        first = g.add_node(sig, [-1 - len(g.imms)], 0, self.inst, self.phase)
+        g.imms.append(tensor)
+        return LazyValue(first, sig.out_avals[0], 0, g)
+
+    def lazify(self, instance):
+        """Replace the tensors in an instance (itself, or inside tuples / lists / dicts) by lazy values."""
+        t = type(instance)
+        if isinstance(instance, torch.Tensor):
+            return self.record_input(instance)
+        if t is tuple or t is list:
+            return t(self.lazify(x) for x in instance)
+        if t is dict:
+            return {k: self.lazify(v) for k, v in instance.items()}
+        return instance
+
     # *** torch ops on lazy values ***
     def record_op(self, func, args: tuple, kwargs: dict):
         name = "op " + _func_name(func)
@@ -237,6 +260,13 @@ class Recorder:
         return sig
 
 
+_INPUT = object()
+
+
+def _identity(x):
+    return x
+
+
 def _number_key(a: AVal):
     if a.dtype is torch.bool:
         return _BOOL_KEY
@@ -247,14 +277,22 @@ def _flat_template(template_args, n: int) -> bool:
     return len(template_args) == n and all(x is _OPERAND for x in template_args)
 
 
+_TORCH_NAMESPACES = {"torch": "torch", "torch._C._nn": "torch.nn.functional", "torch._C._linalg": "torch.linalg",
+                     "torch._C._special": "torch.special", "torch._C._fft": "torch.fft"}
+
+
 def _func_name(func) -> str:
-    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-    module = getattr(func, "__module__", None)
-    if qual.startswith("_TensorBase.") or qual.startswith("TensorBase."):
-        qual = "Tensor." + qual.split(".", 1)[1]
-    if module in (None, "torch._C", "torch._tensor", "torch._C._TensorBase") or qual.startswith("Tensor."):
-        return qual if qual.startswith("Tensor.") else f"torch.{qual}"
-    return f"{module}.{qual}"
+    """A readable name for a torch callable: ``torch.cat``, ``Tensor.sum``, ``torch.nn.functional.linear``."""
+    name = getattr(func, "__name__", None) or repr(func)
+    qual = getattr(func, "__qualname__", "") or ""
+    module = getattr(func, "__module__", None) or ""
+    if qual.startswith(("_VariableFunctionsClass.", "_VariableFunctions.")):
+        return f"torch.{name}"
+    if qual.startswith(("Tensor.", "_TensorBase.", "TensorBase.")) or module == "torch._tensor":
+        return f"Tensor.{name}"
+    if module in _TORCH_NAMESPACES:
+        return f"{_TORCH_NAMESPACES[module]}.{name}"
+    return f"{module}.{qual or name}" if module else (qual or name)
 
 
 def _bind_template(fn, template_args, template_kwargs) -> Callable:

@@ -189,7 +189,10 @@ class TrainingRun:
                 if kind == SLICE:
                     garenas[where][payload[0]:payload[1]] += g
                 elif kind == GATHER:
-                    garenas[where].index_add_(0, payload, g)
+                    target = garenas[where]
+                    if g.untyped_storage().data_ptr() == target.untyped_storage().data_ptr():
+                        g = g.clone()   # autograd may hand back the output-gradient view itself
+                    target.index_add_(0, payload, g)
                 elif kind == TENSORS:
                     for row, t in enumerate(payload):
                         if id(t) in position:

@@ -1,0 +1,71 @@
+"""Batched kernels: the probe picks native batching only when it matches the per-instance oracle."""
+import torch
+from torch import nn
+
+import phalanx
+
+
+def kernel_modes(batcher):
+    return {s.name: s.kernel.mode for s in batcher.table.sigs if s.kernel is not None}
+
+
+def test_probe_picks_native_for_batch_polymorphic_and_vmap_otherwise():
+    lin = nn.Linear(4, 4)
+    W = nn.Parameter(torch.randn(4, 4))
+
+    @phalanx.cell
+    def poly(x):
+        return torch.tanh(lin(x)).chunk(2, dim=-1)[0]
+
+    @phalanx.cell
+    def needs_vmap(x):
+        return torch.cat([x, W @ x]).sum(0, keepdim=True)
+
+    batcher = phalanx.Batcher(lambda x: (poly(x), needs_vmap(x)))
+    xs = [torch.randn(4) for _ in range(5)]
+    got = batcher(xs)
+    assert kernel_modes(batcher)["cell poly"] == "native"
+    assert kernel_modes(batcher)["cell needs_vmap"] == "vmap"
+    for x, (a, b) in zip(xs, got, strict=True):
+        torch.testing.assert_close(a, torch.tanh(lin(x))[:2])
+        torch.testing.assert_close(b, torch.cat([x, W @ x]).sum(0, keepdim=True))
+
+
+def test_probe_is_not_fooled_by_a_batch_size_equal_to_a_dimension():
+    # With batch 4 == the square matrix size, W @ X silently "works" natively; the probe uses a
+    # batch size that is no dimension of the signature, so it chooses vmap.
+    W = torch.randn(4, 4)
+
+    @phalanx.cell
+    def left_mul(x):
+        return W @ x
+
+    batcher = phalanx.Batcher(lambda x: left_mul(x))
+    xs = [torch.randn(4) for _ in range(4)]
+    got = batcher(xs)
+    assert kernel_modes(batcher)["cell left_mul"] == "vmap"
+    for x, g in zip(xs, got, strict=True):
+        torch.testing.assert_close(g, W @ x)
+
+
+def test_cell_without_operands_is_expanded():
+    @phalanx.cell
+    def start():
+        return torch.arange(3.0)
+
+    batcher = phalanx.Batcher(lambda _: start() + 1)
+    got = batcher([None, None, None])
+    assert kernel_modes(batcher)["cell start"] == "expand"
+    assert all(torch.equal(g, torch.arange(3.0) + 1) for g in got)
+
+
+def test_kernels_are_reused_across_calls():
+    @phalanx.cell
+    def f(x):
+        return x * 2
+
+    batcher = phalanx.Batcher(lambda x: f(x))
+    batcher([torch.ones(2)] * 3)
+    kernel = batcher.table.sigs[-1].kernel
+    batcher([torch.ones(2)] * 5)
+    assert batcher.table.sigs[-1].kernel is kernel

@@ -1,0 +1,118 @@
+"""Recording: signatures, depth, the struct-of-arrays graph, cell fast path, op-level recording."""
+import numpy as np
+import torch
+from torch import nn
+
+import phalanx
+from phalanx.ir.signature import ArgKind
+
+
+@phalanx.cell
+class Add(nn.Module):
+    def forward(self, a, b):
+        return a + b
+
+
+@phalanx.cell
+def embed(word):
+    return torch.ones(3) * word
+
+
+def test_depth_is_inline_and_graph_columns_are_filled():
+    add = Add()
+
+    def fn(n):
+        x = embed(n)          # depth 0: no lazy operands
+        y = add(x, x)         # depth 1
+        z = add(y, x)         # depth 2
+        return torch.tanh(z)  # op-level, depth 3
+
+    batcher = phalanx.Batcher(fn)
+    graph = batcher.record([1, 2])
+    assert graph.num_nodes == 8
+    assert graph.node_depth.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert graph.node_inst.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    names = [graph.sigs[s].name for s in graph.node_sig[:4]]
+    assert names == ["cell embed", "cell Add", "cell Add", "op torch.tanh"]
+    # The number operand is an immediate; lazy operands are value ids.
+    assert graph.arg_code[graph.arg_start[0]] < 0 and graph.imms[-1 - graph.arg_code[0]] == 1
+    producer, consumer = graph.edges
+    assert (producer < consumer).all()      # recording order is topological
+
+
+def test_signatures_are_interned_and_cell_fast_path_is_registered():
+    add = Add()
+    batcher = phalanx.Batcher(lambda n: add(embed(n), embed(n + 1)))
+    batcher.record([1, 2, 3])
+    sigs = {s.name: s for s in batcher.table.sigs}
+    assert set(sigs) == {"cell embed", "cell Add"}
+    assert sigs["cell embed"].in_kinds == (ArgKind.NUMBER,)
+    assert sigs["cell Add"].in_kinds == (ArgKind.LAZY, ArgKind.LAZY)
+    keys_before = len(batcher.table.by_key)
+    batcher.record([4, 5])
+    assert len(batcher.table.by_key) == keys_before   # no new signatures on the second call
+
+
+def test_different_parameters_are_different_op_types():
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    batcher = phalanx.Batcher(lambda x: a(x) + b(x))
+    graph = batcher.record([torch.ones(3), torch.zeros(3)])
+    linear_sids = {int(s) for s in graph.node_sig if "linear" in graph.sigs[s].name}
+    assert len(linear_sids) == 2
+    assert all(graph.sigs[s].grad_leaves for s in linear_sids)
+
+
+def test_lazy_value_metadata_is_static():
+    seen = {}
+
+    def fn(x):
+        y = x.unsqueeze(0)
+        seen.update(shape=y.shape, dtype=y.dtype, ndim=y.ndim, size1=y.size(1), numel=y.numel(), len=len(y))
+        return y
+
+    phalanx.Batcher(fn)([torch.ones(5)])
+    assert seen == dict(shape=torch.Size([1, 5]), dtype=torch.float32, ndim=2, size1=5, numel=5, len=1)
+
+
+def test_cell_kinds_class_instance_function():
+    @phalanx.cell(name="Double")
+    def double(x):
+        return 2 * x
+
+    lin = phalanx.cell(nn.Linear(2, 2))
+    assert phalanx.is_cell(lin) and phalanx.is_cell(double) and phalanx.is_cell(Add())
+    assert dict(lin.named_parameters()).keys() == {"inner.weight", "inner.bias"}
+    x = torch.randn(2)
+    # Eager outside a run, numbers arrive as 0-d tensors.
+    assert torch.equal(embed(2), torch.full((3,), 2.0))
+    out = phalanx.Batcher(lambda v: double(lin(v)))([x, x + 1])
+    torch.testing.assert_close(out[1], 2 * lin(x + 1))
+
+
+def test_cells_with_structured_outputs_and_kwargs():
+    @phalanx.cell
+    def split(x, scale=1.0):
+        return {"a": x[:2] * scale, "b": (x[2:], x.sum())}
+
+    def fn(x):
+        out = split(x, scale=3.0)
+        return out["a"], out["b"][1]
+
+    xs = [torch.randn(4) for _ in range(3)]
+    got = phalanx.Batcher(fn)(xs)
+    for x, (a, s) in zip(xs, got, strict=True):
+        torch.testing.assert_close(a, x[:2] * 3)
+        torch.testing.assert_close(s, x.sum())
+
+
+def test_graph_printer_and_consumers():
+    add = Add()
+    def fn(n):
+        e = embed(n)
+        return add(e, e)
+
+    graph = phalanx.Batcher(fn).record([1])
+    start, cons = graph.consumers
+    assert cons[start[0]:start[1]].tolist() == [1, 1]   # both operands of node 1 come from node 0
+    assert graph.num_producers.tolist() == [0, 2]
+    assert np.array_equal(graph.operand_codes(np.array([1])), [[0, 0]])
