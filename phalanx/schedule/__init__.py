@@ -6,8 +6,11 @@ from .agenda import AgendaPolicy
 from .base import Frontier, Policy, Schedule, format_schedule, verify_schedule
 from .bound import lower_bound
 from .depth import DepthPolicy
+from .fsm import FSMPolicy
+from .optimal import OptimalPolicy
 
-POLICIES: dict[str, type[Policy]] = {"depth": DepthPolicy, "agenda": AgendaPolicy}
+POLICIES: dict[str, type[Policy]] = {"depth": DepthPolicy, "agenda": AgendaPolicy, "fsm": FSMPolicy,
+                                     "optimal": OptimalPolicy}
 
 
 def make_policy(policy: "str | Policy") -> Policy:
@@ -23,5 +26,6 @@ def schedule_graph(graph: GraphArrays, policy: "str | Policy" = "depth") -> Sche
     return make_policy(policy).schedule(graph)
 
 
-__all__ = ["POLICIES", "Frontier", "Policy", "Schedule", "AgendaPolicy", "DepthPolicy", "format_schedule",
+__all__ = ["POLICIES", "Frontier", "Policy", "Schedule", "AgendaPolicy", "DepthPolicy", "FSMPolicy", "OptimalPolicy",
+           "format_schedule",
            "lower_bound", "make_policy", "schedule_graph", "verify_schedule"]

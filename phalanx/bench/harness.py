@@ -1,0 +1,96 @@
+"""Runs implementations of one workload side by side and collects comparable measurements.
+
+Implementations are timed round-robin (eager, manual, each policy, then again), so slow drifts of
+a shared, noisy machine hit all of them alike; we report the median seconds per mini-batch and
+ratios between implementations measured in the same run."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..api import Batcher
+from ..schedule import make_policy
+from .workloads import Workload
+
+
+@dataclass
+class Impl:
+    name: str
+    run: Callable[[list], object]          # one mini-batch -> results
+    params: list
+    optimizer: torch.optim.Optimizer | None
+    batcher: Batcher | None = None
+    seconds: list[float] = field(default_factory=list)
+    stats: list[dict] = field(default_factory=list)
+
+
+def build_impls(workload: Workload, policies: list, train: bool) -> list[Impl]:
+    impls = []
+
+    def make(name, build=None, policy=None):
+        model = workload.copy_model()
+        model.train(train)
+        batcher = None
+        if policy is None:
+            run, owner = build(model, train)
+        else:
+            batcher = Batcher(workload.phalanx_fn(model, train), policy=make_policy(policy))
+            run, owner = batcher, model
+        params = [p for p in owner.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=0.01) if train else None
+        impls.append(Impl(name, run, params, optimizer, batcher))
+
+    make("eager", workload.eager)
+    make("manual", workload.manual)
+    for policy in policies:
+        make(f"phalanx[{getattr(policy, 'name', policy)}]", policy=policy)
+    return impls
+
+
+def step(impl: Impl, batch: list, train: bool, reduce) -> float:
+    start = time.perf_counter()
+    if train:
+        impl.optimizer.zero_grad(set_to_none=True)
+        loss = reduce(impl.run(batch))
+        loss.backward()
+        impl.optimizer.step()
+    else:
+        with torch.no_grad():
+            impl.run(batch)
+    return time.perf_counter() - start
+
+
+def measure(workload: Workload, impls: list[Impl], train: bool, repeats: int, progress=None) -> None:
+    """Warm every implementation up on the first batch, then time ``repeats`` rounds over all batches."""
+    for impl in impls:
+        step(impl, workload.batches[0], train, workload.reduce)
+        if progress:
+            progress(f"warm-up {impl.name}")
+    for _ in range(repeats):
+        for batch in workload.batches:
+            for impl in impls:
+                impl.seconds.append(step(impl, batch, train, workload.reduce))
+                if impl.batcher is not None:
+                    impl.stats.append(impl.batcher.stats.as_dict())
+                if progress:
+                    progress(impl.name)
+
+
+def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[dict]:
+    rows = []
+    base = {impl.name: statistics.median(impl.seconds) for impl in impls}
+    for impl in impls:
+        seconds = base[impl.name]
+        row = {"impl": impl.name, "seconds_per_batch": seconds, "instances_per_s": batch_size / seconds,
+               "vs_eager": base["eager"] / seconds, "vs_manual": base["manual"] / seconds,
+               "samples": len(impl.seconds)}
+        if impl.stats:
+            keys = ("nodes", "batches", "lower_bound", "operand_lists", "in_place", "gathers", "gather_bytes",
+                    "record_s", "schedule_s", "plan_s", "execute_s", "backward_s", "record_us_per_node")
+            row.update({k: statistics.mean(s[k] for s in impl.stats) for k in keys})
+        rows.append(row)
+    return rows

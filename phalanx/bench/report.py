@@ -1,0 +1,44 @@
+"""Readable table and JSON for benchmark rows (bench/harness.py ``summarize``)."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def table(title: str, rows: list[dict], train: bool) -> Table:
+    t = Table(title=title, title_justify="left")
+    for name, justify in (("impl", "left"), ("inst/s", "right"), ("vs eager", "right"), ("vs manual", "right"),
+                          ("batches", "right"), ("lower bd", "right"), ("in place", "right"), ("gathers", "right"),
+                          ("record ms", "right"), ("sched ms", "right"), ("plan ms", "right"), ("exec ms", "right"),
+                          ("bwd ms", "right"), ("us/node", "right")):
+        t.add_column(name, justify=justify)
+    for r in rows:
+        phalanx_cols = ["-"] * 10
+        if "batches" in r:
+            phalanx_cols = [f"{r['batches']:.0f}", f"{r['lower_bound']:.0f}",
+                            f"{r['in_place']:.0f}/{r['operand_lists']:.0f}", f"{r['gathers']:.0f}",
+                            f"{1e3 * r['record_s']:.1f}", f"{1e3 * r['schedule_s']:.1f}", f"{1e3 * r['plan_s']:.1f}",
+                            f"{1e3 * r['execute_s']:.1f}", f"{1e3 * r['backward_s']:.1f}" if train else "-",
+                            f"{r['record_us_per_node']:.2f}"]
+        t.add_row(escape(r["impl"]), f"{r['instances_per_s']:.0f}", f"{r['vs_eager']:.2f}x", f"{r['vs_manual']:.2f}x",
+                  *phalanx_cols)
+    return t
+
+
+def environment(threads: int) -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "threads": threads}
+
+
+def write_json(path: str, payload: dict) -> None:
+    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def print_table(rows: list[dict], title: str, train: bool, console: Console | None = None) -> None:
+    (console or Console()).print(table(title, rows, train))

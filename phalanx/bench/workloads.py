@@ -1,0 +1,94 @@
+"""Benchmark workloads: a model on built-in data with its eager, manual and phalanx entry points.
+
+Every implementation of one workload runs on the same instances with the same initial weights
+(each gets its own copy of the model so training steps do not leak between them)."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..models import tagger as tagger_mod
+from ..models import treelstm as treelstm_mod
+
+
+@dataclass
+class Workload:
+    """``batches``: lists of instances. ``eager(model, train)`` / ``manual(model, train)`` return
+    ``(run, trained_module)``: ``run(batch)`` gives the batch's results and ``trained_module`` owns
+    the parameters an optimizer steps. ``phalanx_fn(model, train)`` is the per-instance function."""
+
+    name: str
+    batches: list[list[Any]]
+    model: torch.nn.Module
+    eager: Callable[[torch.nn.Module, bool], Callable]
+    manual: Callable[[torch.nn.Module, bool], Callable]
+    phalanx_fn: Callable[[torch.nn.Module, bool], Callable]
+    reduce: Callable[[Any], torch.Tensor]
+
+    def copy_model(self) -> torch.nn.Module:
+        return copy.deepcopy(self.model)
+
+
+def _sum_all(results) -> torch.Tensor:
+    """Total loss over a batch's results (each a tensor or a list of per-token tensors)."""
+    flat = [t for r in results for t in (r if isinstance(r, list) else [r])]
+    return torch.stack(flat).sum() if flat else torch.zeros(())
+
+
+def _chunks(items, size, count):
+    return [items[i * size:(i + 1) * size] for i in range(count) if (i + 1) * size <= len(items)]
+
+
+def treelstm(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, vocab = treelstm_mod.ewt_examples("dev")
+    torch.manual_seed(seed)
+    model = treelstm_mod.TreeLSTM(len(vocab), hidden)
+
+    def eager(m, train):
+        if train:
+            return (lambda batch: [m.loss(x) for x in batch]), m
+        return (lambda batch: [m(x[0]) for x in batch]), m
+
+    def manual(m, train):
+        if train:
+            return (lambda batch: [treelstm_mod.manual_treelstm(m, [t for t, _ in batch], [y for _, y in batch])]), m
+        return (lambda batch: [treelstm_mod.manual_treelstm(m, [t for t, _ in batch])]), m
+
+    def phalanx_fn(m, train):
+        return m.loss if train else (lambda example: m(example[0]))
+
+    return Workload("treelstm", _chunks(examples, batch_size, num_batches), model, eager, manual, phalanx_fn,
+                    _sum_all)
+
+
+def tagger(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, vocab = tagger_mod.ewt_examples("dev")
+    torch.manual_seed(seed)
+    model = tagger_mod.BiLSTMTagger(len(vocab), hidden)
+
+    def eager(m, train):
+        if train:
+            return (lambda batch: [m.loss(x) for x in batch]), m
+        return (lambda batch: [m(x[0]) for x in batch]), m
+
+    def manual(m, train):
+        baseline = tagger_mod.ManualTagger(m)
+        baseline.train(train)
+        if train:
+            return (lambda batch: [baseline([w for w, _ in batch], [t for _, t in batch])]), baseline
+        return (lambda batch: [baseline([w for w, _ in batch])]), baseline
+
+    def phalanx_fn(m, train):
+        return m.loss if train else (lambda example: m(example[0]))
+
+    def reduce(results):
+        flat = [t.reshape(-1) for r in results for t in (r if isinstance(r, list) else [r])]
+        return torch.cat(flat).sum() if flat else torch.zeros(())
+
+    return Workload("tagger", _chunks(examples, batch_size, num_batches), model, eager, manual, phalanx_fn, reduce)
+
+
+WORKLOADS: dict[str, Callable[..., Workload]] = {"treelstm": treelstm, "tagger": tagger}
