@@ -134,8 +134,17 @@ class Recorder:
             del imms[len(imms) - sum(1 for c in codes if c < 0):]
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
-        first = g.add_node(sig, codes, depth, self.inst, self.phase)
-        if sig.meta["single"]:
+        # Inlined DataflowGraph.add_node: this is the per-node hot path.
+        first = g.num_values
+        g.num_values = first + sig.num_outputs
+        g.node_sig.append(sig.sid)
+        g.node_depth.append(depth)
+        g.node_inst.append(self.inst)
+        g.node_phase.append(self.phase)
+        arg_code = g.arg_code
+        arg_code.extend(codes)
+        g.arg_start.append(len(arg_code))
+        if sig.single:
             return LazyValue(first, sig.out_avals[0], depth, g)
         return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 
@@ -244,9 +253,8 @@ class Recorder:
         sig = Signature(
             sid=len(self.table.sigs), name=name, fn=per_instance, in_kinds=tuple(kinds),
             in_avals=tuple(avals), out_avals=tuple(aval_of(t) for t in flat), unflatten=unflatten,
-            flatten=flatten, grad_leaves=leaves,
-            meta={"single": isinstance(outputs, torch.Tensor),
-                  "batching": getattr(callee, "_phalanx_batching", "auto")})
+            flatten=flatten, grad_leaves=leaves, single=isinstance(outputs, torch.Tensor),
+            meta={"batching": getattr(callee, "_phalanx_batching", "auto")})
         self.table.sigs.append(sig)
         self.table.by_key[key] = sig
         if all(k is ArgKind.LAZY or k is ArgKind.NUMBER for k in kinds) and isinstance(key[1], tuple) \

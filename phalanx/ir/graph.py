@@ -28,8 +28,8 @@ from .signature import Signature, SignatureTable
 class DataflowGraph:
     """Append-only store written by the recorder. See the module docstring for the layout."""
 
-    __slots__ = ("table", "node_sig", "node_depth", "node_inst", "node_phase", "node_first_value",
-                 "arg_start", "arg_code", "imms", "value_node", "value_aval")
+    __slots__ = ("table", "node_sig", "node_depth", "node_inst", "node_phase", "arg_start", "arg_code", "imms",
+                 "num_values")
 
     def __init__(self, table: SignatureTable):
         self.table = table
@@ -37,51 +37,54 @@ class DataflowGraph:
         self.node_depth: list[int] = []
         self.node_inst: list[int] = []
         self.node_phase: list[int] = []
-        self.node_first_value: list[int] = []
         self.arg_start: list[int] = [0]
         self.arg_code: list[int] = []
         self.imms: list = []
-        self.value_node: list[int] = []
-        self.value_aval: list[AVal] = []
+        # Per-value columns (producing node, aval) follow from node_sig and are built by freeze().
+        self.num_values = 0
 
     def __len__(self) -> int:
         return len(self.node_sig)
 
     def add_node(self, sig: Signature, codes: list[int], depth: int, inst: int, phase: int) -> int:
         """Append one node; returns the id of its first output value."""
-        nid = len(self.node_sig)
-        first = len(self.value_node)
+        first = self.num_values
+        self.num_values = first + sig.num_outputs
         self.node_sig.append(sig.sid)
         self.node_depth.append(depth)
         self.node_inst.append(inst)
         self.node_phase.append(phase)
-        self.node_first_value.append(first)
         self.arg_code.extend(codes)
         self.arg_start.append(len(self.arg_code))
-        for out in sig.out_avals:
-            self.value_node.append(nid)
-            self.value_aval.append(out)
         return first
 
     def freeze(self) -> "GraphArrays":
-        avals: list[AVal] = []
+        sigs = list(self.table.sigs)
+        node_sig = np.asarray(self.node_sig, dtype=np.int64)
+        # Per-value columns, vectorized: value k of node n has the k-th output aval of its sig.
         index: dict[AVal, int] = {}
-        value_aval_id = np.fromiter((index.setdefault(a, len(index)) for a in self.value_aval),
-                                    dtype=np.int64, count=len(self.value_aval))
-        avals = list(index)
+        sig_outs = [[index.setdefault(a, len(index)) for a in s.out_avals] for s in sigs]
+        sig_num_out = np.array([len(o) for o in sig_outs], dtype=np.int64)
+        sig_out_start = np.concatenate(([0], np.cumsum(sig_num_out)))
+        sig_out_flat = np.array([a for o in sig_outs for a in o], dtype=np.int64)
+        num_out = sig_num_out[node_sig] if len(node_sig) else np.zeros(0, np.int64)
+        node_first_value = np.concatenate(([0], np.cumsum(num_out)[:-1])) if len(node_sig) else num_out
+        value_node = np.repeat(np.arange(len(node_sig)), num_out)
+        k = np.arange(self.num_values) - node_first_value[value_node]
+        value_aval_id = sig_out_flat[sig_out_start[node_sig[value_node]] + k] if self.num_values else k
         return GraphArrays(
-            sigs=list(self.table.sigs),
-            node_sig=np.asarray(self.node_sig, dtype=np.int64),
+            sigs=sigs,
+            node_sig=node_sig,
             node_depth=np.asarray(self.node_depth, dtype=np.int64),
             node_inst=np.asarray(self.node_inst, dtype=np.int64),
             node_phase=np.asarray(self.node_phase, dtype=np.int64),
-            node_first_value=np.asarray(self.node_first_value, dtype=np.int64),
+            node_first_value=node_first_value,
             arg_start=np.asarray(self.arg_start, dtype=np.int64),
             arg_code=np.asarray(self.arg_code, dtype=np.int64),
             imms=self.imms,
-            value_node=np.asarray(self.value_node, dtype=np.int64),
+            value_node=value_node,
             value_aval_id=value_aval_id,
-            avals=avals,
+            avals=list(index),
         )
 
 

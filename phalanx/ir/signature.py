@@ -50,6 +50,7 @@ class Signature:
     unflatten: Callable[[list], Any]
     flatten: Callable[[Any], tuple]
     grad_leaves: tuple[torch.Tensor, ...] = ()
+    single: bool = False        # fn returns one bare tensor (the recorder's fast return path)
     kernel: Any = None
     meta: dict = field(default_factory=dict)
 

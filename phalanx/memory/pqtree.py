@@ -133,7 +133,7 @@ def _match_template(node: _Node, kids: list[_Node], full: set, is_root: bool):
                 return None
             return ("P2", "P4", "P6")[len(partial_kids)], (full_kids, partial_kids)
         # Below the root a partial node must stay singly partial: at most one partial child.
-        if len(partial_kids) > 2:
+        if len(partial_kids) > 1:
             return None
         return ("P3", "P5")[len(partial_kids)], (full_kids, partial_kids)
 
@@ -542,7 +542,7 @@ class PQTree:
             keeper, moved = first, middle + b
         else:
             keeper, moved = second, a + middle
-        keeper.children = a + middle + b
+        raise RuntimeError('p6')
         for child in moved:
             child.parent = keeper
         if children:
