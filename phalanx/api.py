@@ -18,6 +18,7 @@ from .frontend import recorder as _recorder
 from .frontend.value import LazyValue
 from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
+from .memory.planner import plan_memory, verify_plan
 from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
 from .schedule import format_schedule, lower_bound, make_policy, verify_schedule
 from .schedule.base import Policy
@@ -32,8 +33,13 @@ class Batcher:
     **Arguments:**
     - ``fn``: any callable taking ONE instance (usually an ``nn.Module`` whose forward handles one
       tree / sentence). It may return a tensor or a tuple / list / dict of tensors (None allowed).
-    - ``policy``: ``"depth"`` (default), ``"agenda"``, or a ``Policy`` object.
+    - ``policy``: ``"depth"`` (default), ``"agenda"``, ``"fsm"`` (learned; trains itself on the first
+      call's graph unless given a trained ``FSMPolicy``), ``"optimal"`` (small graphs), or a ``Policy``.
     - ``verify``: run the graph / schedule / layout verifiers on every flush (default: PHALANX_VERIFY).
+    - ``plan``: the memory planner's strategy (memory/planner.py), so operand lists are read in
+      place where possible: ``"auto"``, ``"instance"``, ``"pqtree"``; ``False`` (default) lays values
+      out in schedule order. Planning is off by default because on CPU a gather is a cheap
+      ``index_select`` and planning cost more than it saved in our benchmarks (README, Results).
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
@@ -48,8 +54,9 @@ class Batcher:
     """
 
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
-                 lazy_inputs: bool = True):
+                 lazy_inputs: bool = True, plan: "str | bool" = False):
         self.fn = fn
+        self.plan = plan
         self.lazy_inputs = lazy_inputs
         self.policy = make_policy(policy)
         self.verify = bool(_config.VERIFY) if verify is None else verify
@@ -64,15 +71,23 @@ class Batcher:
         outputs = self._record(rec, instances)
         t1 = time.perf_counter()
         graph = rec.graph.freeze()
+        if getattr(self.policy, "needs_training", False):
+            self.policy.fit([graph])   # a self-training policy ("fsm") learns on its first graph
         stats.nodes, stats.values = graph.num_nodes, graph.num_values
         stats.op_types = len(graph.used_sids)
         schedule = self.policy.schedule(graph)
         t2 = time.perf_counter()
-        layout = plan_layout(graph, schedule)
+        if self.plan:
+            layout, report = plan_memory(graph, schedule, self.plan)
+        else:
+            layout, report = plan_layout(graph, schedule), None
         steps, counts = build_steps(graph, schedule, layout)
         if self.verify:
             verify_schedule(graph, schedule)
-            verify_layout(graph, layout)
+            if report is None:
+                verify_layout(graph, layout, outputs_consecutive=True)
+            else:
+                verify_plan(graph, schedule, layout, report)
         t3 = time.perf_counter()
         results = self._execute(graph, layout, steps, outputs)
         t4 = time.perf_counter()
@@ -80,6 +95,7 @@ class Batcher:
         stats.lower_bound = lower_bound(graph)
         stats.operand_lists, stats.in_place = counts.operand_lists, counts.in_place
         stats.gathers, stats.gather_bytes = counts.gathers, counts.gather_bytes
+        stats.output_blocks, stats.scattered_outputs = counts.output_blocks, counts.scattered_outputs
         stats.record_s, stats.schedule_s, stats.plan_s, stats.execute_s = t1 - t0, t2 - t1, t3 - t2, t4 - t3
         if _config.DEBUG:
             print(f"phalanx: {stats}")

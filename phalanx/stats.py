@@ -25,6 +25,8 @@ class Stats:
     in_place: int = 0
     gathers: int = 0
     gather_bytes: int = 0
+    output_blocks: int = 0
+    scattered_outputs: int = 0
     record_s: float = 0.0
     schedule_s: float = 0.0
     plan_s: float = 0.0

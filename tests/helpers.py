@@ -106,6 +106,27 @@ def random_tree_forest(rng: np.random.Generator, num_trees: int, max_leaves: int
     return tree_forest(shapes, leaves)
 
 
+def random_root_cell_forest(rng: np.random.Generator, num_trees: int, max_leaves: int) -> GraphArrays:
+    """Like ``random_tree_forest`` but every internal node is CELL_A except each root, which is
+    CELL_B (a TreeLSTM whose root runs a different cell). Batching all roots at once reaches the
+    lower bound, but roots of small trees are ready long before those of big trees, which tempts
+    depth, agenda and largest-ready-first into extra root batches."""
+    shapes, leaves = [], []
+    for _ in range(num_trees):
+        k = int(rng.integers(1, max_leaves + 1))
+        open_ids = list(range(k))
+        nxt = k
+        internal = []
+        while len(open_ids) > 1:
+            i = int(rng.integers(len(open_ids) - 1))
+            internal.append((open_ids[i], open_ids[i + 1], CELL_B if len(open_ids) == 2 else CELL_A))
+            open_ids[i:i + 2] = [nxt]
+            nxt += 1
+        shapes.append(internal)
+        leaves.append(k)
+    return tree_forest(shapes, leaves)
+
+
 CHAR, WORD = 0, 1
 
 
@@ -141,6 +162,19 @@ def random_lattices(rng: np.random.Generator, num: int, max_len: int, max_word: 
         for s in range(length - 1):
             if rng.random() < p_word:
                 words.append((s, min(length - 1, s + int(rng.integers(1, max_word + 1)))))
+        lattice(length, words, sigs, inputs)
+    return make_graph(sigs, inputs, num_sigs=2, names=["char", "word"])
+
+
+def random_suffix_lattices(rng: np.random.Generator, num: int, max_len: int, p_word: float = 0.3) -> GraphArrays:
+    """``num`` lattices of 2..max_len chars whose words all end at the last char (suffix matches);
+    a word starts at each earlier char with probability ``p_word``. Running chars first reaches the
+    lower bound; the heuristics run words early and pay extra word batches."""
+    sigs: list[int] = []
+    inputs: list[list[int]] = []
+    for _ in range(num):
+        length = int(rng.integers(2, max_len + 1))
+        words = [(s, length - 1) for s in range(length - 1) if rng.random() < p_word]
         lattice(length, words, sigs, inputs)
     return make_graph(sigs, inputs, num_sigs=2, names=["char", "word"])
 

@@ -33,13 +33,15 @@ from ..memory.layout import Layout
 from ..schedule.base import Schedule
 from .kernels import kernel_for
 
-# Operand read kinds.
+# Operand read kinds (and output write kinds: SLICE or SCATTER).
 SLICE, GATHER, NUMBERS, TENSORS = 0, 1, 2, 3
+SCATTER = GATHER
 
 
 @dataclass(slots=True, eq=False)
 class Step:
-    """One batch: ``operands[p] = (kind, arena_or_dtype, payload)`` and ``outputs[k] = (arena, lo)``."""
+    """One batch: ``operands[p] = (kind, arena_or_dtype, payload)``; ``outputs[k] = (kind, arena, rows)``
+    with kind SLICE (rows = (lo, hi)) or SCATTER (rows = index tensor)."""
 
     sig: Signature
     nodes: np.ndarray
@@ -54,6 +56,8 @@ class PlanCounts:
     in_place: int = 0
     gathers: int = 0
     gather_bytes: int = 0
+    output_blocks: int = 0
+    scattered_outputs: int = 0
 
 
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], PlanCounts]:
@@ -84,8 +88,18 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
                 operands.append((NUMBERS, sig.in_avals[p].dtype, [imms[-1 - c] for c in column.tolist()]))
             else:
                 operands.append((TENSORS, None, [imms[-1 - c] for c in column.tolist()]))
-        first = graph.node_first_value[nodes[0]]
-        outputs = [(int(value_arena[first + k]), int(value_row[first + k])) for k in range(sig.num_outputs)]
+        first = graph.node_first_value[nodes]
+        outputs = []
+        for k in range(sig.num_outputs):
+            rows = value_row[first + k]
+            arena = int(value_arena[first[0] + k])
+            lo = int(rows[0])
+            counts.output_blocks += 1
+            if size == 1 or (rows[-1] - lo == size - 1 and (np.diff(rows) == 1).all()):
+                outputs.append((SLICE, arena, (lo, lo + size)))
+            else:
+                outputs.append((SCATTER, arena, torch.from_numpy(rows)))
+                counts.scattered_outputs += 1
         steps.append(Step(sig, nodes, size, operands, outputs))
     return steps, counts
 
@@ -115,12 +129,25 @@ def _call(step: Step, operands: list) -> tuple:
                                   f"{type(e).__name__}: {e}") from e
 
 
+def _write(step: Step, outs: tuple, arenas: list[torch.Tensor]) -> None:
+    for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
+        if kind == SLICE:
+            arenas[arena][rows[0]:rows[1]].copy_(out)
+        else:
+            arenas[arena].index_copy_(0, rows, out)
+
+
+def _output_grad(output, garenas) -> torch.Tensor:
+    kind, arena, rows = output
+    if kind == SLICE:
+        return garenas[arena][rows[0]:rows[1]]
+    return garenas[arena].index_select(0, rows)
+
+
 def run_inference(steps: list[Step], arenas: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for step in steps:
-            outs = _call(step, [_read(op, arenas) for op in step.operands])
-            for (arena, lo), out in zip(step.outputs, outs, strict=True):
-                arenas[arena][lo:lo + step.size].copy_(out)
+            _write(step, _call(step, [_read(op, arenas) for op in step.operands]), arenas)
 
 
 class TrainingRun:
@@ -151,8 +178,8 @@ class TrainingRun:
                     operands.append(t)
                 outs = _call(step, operands)
                 saved.append((operands, outs))
-                for (arena, lo), out in zip(step.outputs, outs, strict=True):
-                    arenas[arena][lo:lo + step.size].copy_(out.detach())
+                with torch.no_grad():
+                    _write(step, outs, arenas)
         return tuple(arenas[a].index_select(0, idx) for a, idx in self.result_index)
 
     def backward(self, grads) -> tuple:
@@ -170,10 +197,10 @@ class TrainingRun:
 
         for step, (operands, outs) in zip(reversed(self.steps), reversed(self.saved), strict=True):
             out_list, gout_list = [], []
-            for (arena, lo), out in zip(step.outputs, outs, strict=True):
+            for output, out in zip(step.outputs, outs, strict=True):
                 if out.requires_grad:
                     out_list.append(out)
-                    gout_list.append(garenas[arena][lo:lo + step.size])
+                    gout_list.append(_output_grad(output, garenas))
             if not out_list:
                 continue
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]

@@ -177,6 +177,8 @@ class FSMPolicy(Policy):
         ``options`` go to ``fsm_train.train_table`` (seed, max_episodes, progress...). Returns self."""
         from .fsm_train import train_table
 
+        if not any(g.num_nodes for g in graphs):
+            return self   # nothing to learn from; stays untrained (needs_training)
         result = train_table(graphs, encoding=self.encoding, **options)
         self.type_names = result.type_names
         self.type_index = {name: i for i, name in enumerate(self.type_names)}

@@ -64,8 +64,9 @@ class TrainingResult:
                 "seconds": round(self.seconds, 3)}
 
 
-class _Sample:
-    """One training graph, prepared once: type ids, nearest same-type links, lower bound."""
+class TrainingSample:
+    """One training graph, prepared once: type ids (``type_index``: stable name -> type id), nearest
+    same-type links, lower bound."""
 
     def __init__(self, graph: GraphArrays, type_index: dict[str, int]):
         self.graph = graph
@@ -74,7 +75,7 @@ class _Sample:
         self.bound = lower_bound(graph)
 
 
-def _greedy_batches(sample: _Sample, table: dict[StateKey, int], encoding: str) -> int:
+def _greedy_batches(sample: TrainingSample, table: dict[StateKey, int], encoding: str) -> int:
     """Batches FSMPolicy would make on the sample with ``table`` (greedy fallback when unseen)."""
     frontier = Frontier(sample.graph)
     view = sample.view
@@ -97,7 +98,7 @@ def greedy_table(q_values: dict[StateKey, dict[int, float]]) -> dict[StateKey, i
 def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: int = 0,
                 max_episodes: int = 1000, eval_every: int = 50, target_ratio: float = 1.01,
                 n_step: int = 10, learning_rate: float = 0.4, epsilon: float = 0.5, epsilon_decay: float = 0.9,
-                epsilon_floor: float = 0.05, progress: bool = False,
+                epsilon_floor: float = 0.05, reward: str = "typewise", progress: bool = False,
                 callback: ProgressCallback | None = None) -> TrainingResult:
     """Q-learn an FSM table on the sample ``graphs`` (see the module docstring).
 
@@ -112,7 +113,7 @@ def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: 
     start_time = time.perf_counter()
     type_names = sorted({names[int(s)] for g in graphs for names in [stable_type_names(g)] for s in g.used_sids})
     type_index = {name: i for i, name in enumerate(type_names)}
-    samples = [_Sample(g, type_index) for g in graphs]
+    samples = [TrainingSample(g, type_index) for g in graphs]
     bound_total = sum(s.bound for s in samples)
     rng = np.random.default_rng(seed)
     q_values: dict[StateKey, dict[int, float]] = {}
@@ -132,7 +133,8 @@ def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: 
             callback(0, best_batches, bound_total)
         eps = epsilon
         while episodes < max_episodes and best_batches > target_ratio * bound_total:
-            _episode(samples[episodes % len(samples)], q_values, encoding, rng, eps, n_step, learning_rate)
+            q_learning_episode(samples[episodes % len(samples)], q_values, encoding, rng, eps, n_step, learning_rate,
+                               reward)
             episodes += 1
             eps = max(epsilon_floor, eps * epsilon_decay)
             if episodes % eval_every == 0 or episodes == max_episodes:
@@ -151,9 +153,11 @@ def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: 
                           time.perf_counter() - start_time, len(samples), history)
 
 
-def _episode(sample: _Sample, q_values: dict[StateKey, dict[int, float]], encoding: str,
-             rng: np.random.Generator, eps: float, n_step: int, learning_rate: float) -> None:
-    """Schedule one sample epsilon-greedily, updating Q with n-step returns as it goes."""
+def q_learning_episode(sample: TrainingSample, q_values: dict[StateKey, dict[int, float]], encoding: str,
+             rng: np.random.Generator, eps: float, n_step: int, learning_rate: float,
+                       reward: str = "typewise") -> None:
+    """Schedule one sample epsilon-greedily, updating ``q_values`` (state key -> {action: Q}) in place
+    with n-step returns as it goes (NOTE: [Bootstrap]). Draws from ``rng`` only."""
     frontier = Frontier(sample.graph)
     if frontier.done:
         return
@@ -161,6 +165,7 @@ def _episode(sample: _Sample, q_values: dict[StateKey, dict[int, float]], encodi
     view = sample.view
     gid, sid_of_gid = view.gid, view.sid_of_gid
     counts, tw_size = frontier.ready_counts(), typewise.size
+    typewise_reward = reward == "typewise"
     visited: list[dict[int, float]] = []   # Q row of s_t
     actions: list[int] = []
     rewards: list[float] = []
@@ -186,7 +191,7 @@ def _episode(sample: _Sample, q_values: dict[StateKey, dict[int, float]], encodi
         else:
             action = max(row, key=row.__getitem__)
         sid = sid_of_gid[action]
-        rewards.append(-1.0 + counts[sid] / tw_size[sid])
+        rewards.append(-1.0 + int(counts[sid]) / int(tw_size[sid]) if typewise_reward else -1.0)
         visited.append(row)
         actions.append(action)
         typewise.run(frontier.run(sid))

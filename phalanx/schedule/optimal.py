@@ -139,7 +139,7 @@ class _BranchAndBound:
             return
         self.seen[executed] = depth
         self.expanded += 1
-        if self.expanded % 1024 == 0 and time.perf_counter() > self.deadline:
+        if self.expanded % 1024 == 1 and time.perf_counter() > self.deadline:
             raise PhalanxError(
                 f"optimal policy: gave up after its time limit of {self.time_limit:g} s on a graph of "
                 f"{self.graph.num_nodes} nodes (best found {self.best} batches); raise "

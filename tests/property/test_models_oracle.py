@@ -5,11 +5,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import phalanx
 from phalanx.data import synthetic
 from phalanx.models import BiLSTMTagger, TreeLSTM
 from tests.oracle import assert_matches_eager
 
 POLICIES = ["depth", "agenda"]
+PLANS = [False, "auto"]
 VOCAB, HIDDEN = 50, 8
 
 
@@ -36,25 +38,28 @@ def tagger():
     return BiLSTMTagger(VOCAB, HIDDEN, embed_dim=5)
 
 
+@pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("train", [False, True])
 @settings(max_examples=12, deadline=None)
 @given(trees=tree_batches, seed=st.integers(0, 16))
-def test_treelstm_matches_eager(treelstm, policy, train, trees, seed):
+def test_treelstm_matches_eager(treelstm, policy, train, plan, trees, seed):
     labels = [(seed + i) % 17 for i in range(len(trees))]
-    assert_matches_eager(treelstm.loss if train else treelstm, list(zip(trees, labels)) if train else trees,
-                         params=treelstm.parameters(), policy=policy, train=train)
+    fn = treelstm.loss if train else treelstm
+    assert_matches_eager(fn, list(zip(trees, labels)) if train else trees, params=treelstm.parameters(),
+                         train=train, batcher=phalanx.Batcher(fn, policy=policy, plan=plan, verify=True))
 
 
+@pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("train", [False, True])
 @settings(max_examples=12, deadline=None)
 @given(examples=chain_batches)
-def test_tagger_matches_eager(tagger, policy, train, examples):
-    if train:
-        assert_matches_eager(tagger.loss, examples, params=tagger.parameters(), policy=policy, train=True)
-    else:
-        assert_matches_eager(tagger, [w for w, _ in examples], policy=policy)
+def test_tagger_matches_eager(tagger, policy, train, plan, examples):
+    fn = tagger.loss if train else tagger
+    instances = examples if train else [w for w, _ in examples]
+    assert_matches_eager(fn, instances, params=tagger.parameters(), train=train,
+                         batcher=phalanx.Batcher(fn, policy=policy, plan=plan, verify=True))
 
 
 class OpLevelTreeRNN(torch.nn.Module):
@@ -81,16 +86,18 @@ def _nested(rng, size, dim=4):
     return (_nested(rng, k, dim), _nested(rng, size - k, dim))
 
 
+@pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("train", [False, True])
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**31), sizes=st.lists(st.integers(1, 6), min_size=0, max_size=5))
-def test_op_level_code_matches_eager(policy, train, seed, sizes):
+def test_op_level_code_matches_eager(policy, train, plan, seed, sizes):
     torch.manual_seed(3)
     model = OpLevelTreeRNN()
     rng = torch.Generator().manual_seed(seed)
     instances = [_nested(rng, n) for n in sizes]
-    assert_matches_eager(model, instances, params=model.parameters(), policy=policy, train=train)
+    assert_matches_eager(model, instances, params=model.parameters(), train=train,
+                         batcher=phalanx.Batcher(model, policy=policy, plan=plan, verify=True))
 
 
 def test_same_model_object_runs_eagerly_and_batched(treelstm):
