@@ -21,7 +21,8 @@ def _bench(args) -> int:
     if not workload.batches:
         console.print(f"[red]not enough {args.model} instances for one batch of {args.batch_size}")
         return 2
-    impls = harness.build_impls(workload, args.policy, args.train)
+    plans = [False if p == "off" else p for p in args.plan]
+    impls = harness.build_impls(workload, args.policy, args.train, plans)
     total = len(impls) * (1 + args.repeats * len(workload.batches))
     mode = "training" if args.train else "inference"
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", parents=[common], help="eager vs manual vs phalanx policies, side by side")
     bench.add_argument("--policy", nargs="+", default=["depth", "agenda"])
+    bench.add_argument("--plan", nargs="+", default=["off"], choices=["off", "auto", "instance", "pqtree"],
+                       help="memory planning strategies to compare (off = schedule-order layout)")
     bench.add_argument("--train", action="store_true", help="forward + backward + SGD step")
     bench.add_argument("--batches", type=int, default=4, help="distinct mini-batches of real data")
     bench.add_argument("--repeats", type=int, default=3, help="timed rounds over those mini-batches")

@@ -28,17 +28,17 @@ class Impl:
     stats: list[dict] = field(default_factory=list)
 
 
-def build_impls(workload: Workload, policies: list, train: bool) -> list[Impl]:
+def build_impls(workload: Workload, policies: list, train: bool, plans=(False,)) -> list[Impl]:
     impls = []
 
-    def make(name, build=None, policy=None):
+    def make(name, build=None, policy=None, plan=False):
         model = workload.copy_model()
         model.train(train)
         batcher = None
         if policy is None:
             run, owner = build(model, train)
         else:
-            batcher = Batcher(workload.phalanx_fn(model, train), policy=make_policy(policy))
+            batcher = Batcher(workload.phalanx_fn(model, train), policy=make_policy(policy), plan=plan)
             run, owner = batcher, model
         params = [p for p in owner.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=0.01) if train else None
@@ -47,7 +47,9 @@ def build_impls(workload: Workload, policies: list, train: bool) -> list[Impl]:
     make("eager", workload.eager)
     make("manual", workload.manual)
     for policy in policies:
-        make(f"phalanx[{getattr(policy, 'name', policy)}]", policy=policy)
+        for plan in plans:
+            suffix = f"+plan:{plan}" if plan else ""
+            make(f"phalanx[{getattr(policy, 'name', policy)}{suffix}]", policy=policy, plan=plan)
     return impls
 
 
@@ -90,7 +92,8 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
                "samples": len(impl.seconds)}
         if impl.stats:
             keys = ("nodes", "batches", "lower_bound", "operand_lists", "in_place", "gathers", "gather_bytes",
-                    "record_s", "schedule_s", "plan_s", "execute_s", "backward_s", "record_us_per_node")
+                    "output_blocks", "scattered_outputs", "record_s", "schedule_s", "plan_s", "execute_s",
+                    "backward_s", "record_us_per_node")
             row.update({k: statistics.mean(s[k] for s in impl.stats) for k in keys})
         rows.append(row)
     return rows
