@@ -118,7 +118,7 @@ class Batcher:
         _recorder._ACTIVE = rec
         try:
             for i, instance in enumerate(instances):
-                rec.inst = i
+                rec.begin_instance(i)
                 try:
                     out = self.fn(rec.lazify(instance) if self.lazy_inputs else instance)
                 except PhalanxError as e:

@@ -99,6 +99,10 @@ class Recorder:
         self.inst = 0
         self.phase = 0
 
+    def begin_instance(self, inst: int) -> None:
+        self.inst = inst
+        self.graph.set_instance(inst, self.phase)
+
     # *** cells: the fast path ***
     def record_cell(self, cell, args: tuple, kwargs: dict):
         if kwargs:
@@ -106,32 +110,33 @@ class Recorder:
                                         numbers_are_operands=True)
         g = self.graph
         imms = g.imms
+        arg_code = g.arg_code
+        mark = len(arg_code)
         key = [cell]
-        codes = []
         depth = 0
         for a in args:
             t = type(a)
             if t is LazyValue:
                 if a.graph is not g:
+                    del arg_code[mark:]
                     raise PhalanxError(f"{cell._phalanx_name}: got a lazy value from a finished phalanx run")
                 key.append(a.aval)
-                codes.append(a.vid)
-                if a.depth >= depth:
-                    depth = a.depth + 1
-            elif t is int:
-                key.append(_INT_KEY)
-                codes.append(-1 - len(imms))
-                imms.append(a)
-            elif t is float:
-                key.append(_FLOAT_KEY)
-                codes.append(-1 - len(imms))
+                arg_code.append(a.vid)
+                d = a.depth
+                if d >= depth:
+                    depth = d + 1
+            elif t is int or t is float:
+                key.append(_INT_KEY if t is int else _FLOAT_KEY)
+                arg_code.append(-1 - len(imms))
                 imms.append(a)
             else:
-                return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
-                                            numbers_are_operands=True)
-        sig = self.table.by_key.get(tuple(key))
+                key = None
+                break
+        sig = self.table.by_key.get(tuple(key)) if key is not None else None
         if sig is None:
-            del imms[len(imms) - sum(1 for c in codes if c < 0):]
+            # Not the fast path (new signature, or arguments it does not handle): undo and go general.
+            del imms[len(imms) - sum(1 for c in arg_code[mark:] if c < 0):]
+            del arg_code[mark:]
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
         # Inlined DataflowGraph.add_node: this is the per-node hot path.
@@ -139,13 +144,15 @@ class Recorder:
         g.num_values = first + sig.num_outputs
         g.node_sig.append(sig.sid)
         g.node_depth.append(depth)
-        g.node_inst.append(self.inst)
-        g.node_phase.append(self.phase)
-        arg_code = g.arg_code
-        arg_code.extend(codes)
         g.arg_start.append(len(arg_code))
         if sig.single:
             return LazyValue(first, sig.out_avals[0], depth, g)
+        if sig.plain_tuple:
+            outs = []
+            for a in sig.out_avals:
+                outs.append(LazyValue(first, a, depth, g))
+                first += 1
+            return tuple(outs)
         return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 
     # *** instance tensors ***
@@ -156,7 +163,7 @@ class Recorder:
         if sig is None:
             sig = self._new_signature(key, None, f"input {key[1]}", _identity, (_OPERAND,), {}, [tensor])
         g = self.graph
-        first = g.add_node(sig, [-1 - len(g.imms)], 0, self.inst, self.phase)
+        first = g.add_node(sig, [-1 - len(g.imms)], 0)
         g.imms.append(tensor)
         return LazyValue(first, sig.out_avals[0], 0, g)
 
@@ -228,7 +235,7 @@ class Recorder:
             else:
                 codes.append(-1 - len(imms))
                 imms.append(op)
-        first = g.add_node(sig, codes, depth, self.inst, self.phase)
+        first = g.add_node(sig, codes, depth)
         return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 
     def _new_signature(self, key, callee, name, fn, template_args, template_kwargs, operands) -> Signature:
@@ -254,6 +261,7 @@ class Recorder:
             sid=len(self.table.sigs), name=name, fn=per_instance, in_kinds=tuple(kinds),
             in_avals=tuple(avals), out_avals=tuple(aval_of(t) for t in flat), unflatten=unflatten,
             flatten=flatten, grad_leaves=leaves, single=isinstance(outputs, torch.Tensor),
+            plain_tuple=type(outputs) is tuple and unflatten is tuple,
             meta={"batching": getattr(callee, "_phalanx_batching", "auto")})
         self.table.sigs.append(sig)
         self.table.by_key[key] = sig

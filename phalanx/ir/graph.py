@@ -28,15 +28,16 @@ from .signature import Signature, SignatureTable
 class DataflowGraph:
     """Append-only store written by the recorder. See the module docstring for the layout."""
 
-    __slots__ = ("table", "node_sig", "node_depth", "node_inst", "node_phase", "arg_start", "arg_code", "imms",
+    __slots__ = ("table", "node_sig", "node_depth", "inst_runs", "phase_runs", "arg_start", "arg_code", "imms",
                  "num_values")
 
     def __init__(self, table: SignatureTable):
         self.table = table
         self.node_sig: list[int] = []
         self.node_depth: list[int] = []
-        self.node_inst: list[int] = []
-        self.node_phase: list[int] = []
+        # Instance and phase change rarely, so they are stored as runs: (first node, value).
+        self.inst_runs: list[tuple[int, int]] = []
+        self.phase_runs: list[tuple[int, int]] = []
         self.arg_start: list[int] = [0]
         self.arg_code: list[int] = []
         self.imms: list = []
@@ -46,14 +47,20 @@ class DataflowGraph:
     def __len__(self) -> int:
         return len(self.node_sig)
 
-    def add_node(self, sig: Signature, codes: list[int], depth: int, inst: int, phase: int) -> int:
+    def set_instance(self, inst: int, phase: int = 0) -> None:
+        """Nodes appended from now on belong to instance ``inst`` and phase ``phase``."""
+        n = len(self.node_sig)
+        if not self.inst_runs or self.inst_runs[-1][1] != inst:
+            self.inst_runs.append((n, inst))
+        if not self.phase_runs or self.phase_runs[-1][1] != phase:
+            self.phase_runs.append((n, phase))
+
+    def add_node(self, sig: Signature, codes: list[int], depth: int) -> int:
         """Append one node; returns the id of its first output value."""
         first = self.num_values
         self.num_values = first + sig.num_outputs
         self.node_sig.append(sig.sid)
         self.node_depth.append(depth)
-        self.node_inst.append(inst)
-        self.node_phase.append(phase)
         self.arg_code.extend(codes)
         self.arg_start.append(len(self.arg_code))
         return first
@@ -76,8 +83,8 @@ class DataflowGraph:
             sigs=sigs,
             node_sig=node_sig,
             node_depth=np.asarray(self.node_depth, dtype=np.int64),
-            node_inst=np.asarray(self.node_inst, dtype=np.int64),
-            node_phase=np.asarray(self.node_phase, dtype=np.int64),
+            node_inst=_expand_runs(self.inst_runs, len(node_sig)),
+            node_phase=_expand_runs(self.phase_runs, len(node_sig)),
             node_first_value=node_first_value,
             arg_start=np.asarray(self.arg_start, dtype=np.int64),
             arg_code=np.asarray(self.arg_code, dtype=np.int64),
@@ -86,6 +93,13 @@ class DataflowGraph:
             value_aval_id=value_aval_id,
             avals=list(index),
         )
+
+
+def _expand_runs(runs: list[tuple[int, int]], n: int) -> np.ndarray:
+    if not runs:
+        return np.zeros(n, dtype=np.int64)
+    starts = np.array([r[0] for r in runs] + [n], dtype=np.int64)
+    return np.repeat(np.array([r[1] for r in runs], dtype=np.int64), np.diff(starts))
 
 
 @dataclass(frozen=True, eq=False)

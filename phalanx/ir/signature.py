@@ -51,12 +51,12 @@ class Signature:
     flatten: Callable[[Any], tuple]
     grad_leaves: tuple[torch.Tensor, ...] = ()
     single: bool = False        # fn returns one bare tensor (the recorder's fast return path)
+    plain_tuple: bool = False   # fn returns a flat tuple of tensors (the second fast path)
     kernel: Any = None
     meta: dict = field(default_factory=dict)
 
-    @property
-    def num_outputs(self) -> int:
-        return len(self.out_avals)
+    def __post_init__(self):
+        self.num_outputs = len(self.out_avals)
 
     def describe(self) -> str:
         """Stable text of this type, the same in every process (used to fingerprint saved policies)."""
