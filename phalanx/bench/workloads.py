@@ -38,6 +38,18 @@ def _sum_all(results) -> torch.Tensor:
     return torch.stack(flat).sum() if flat else torch.zeros(())
 
 
+def _eager(m, train):
+    """The per-instance loop: the model itself, one example at a time."""
+    if train:
+        return (lambda batch: [m.loss(x) for x in batch]), m
+    return (lambda batch: [m(x[0]) for x in batch]), m
+
+
+def _phalanx_fn(m, train):
+    """What phalanx batches: the same per-instance entry point as ``_eager``."""
+    return m.loss if train else (lambda example: m(example[0]))
+
+
 def _chunks(items, size, count):
     return [items[i * size:(i + 1) * size] for i in range(count) if (i + 1) * size <= len(items)]
 
@@ -47,20 +59,12 @@ def treelstm(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> W
     torch.manual_seed(seed)
     model = treelstm_mod.TreeLSTM(len(vocab), hidden)
 
-    def eager(m, train):
-        if train:
-            return (lambda batch: [m.loss(x) for x in batch]), m
-        return (lambda batch: [m(x[0]) for x in batch]), m
-
     def manual(m, train):
         if train:
             return (lambda batch: [treelstm_mod.manual_treelstm(m, [t for t, _ in batch], [y for _, y in batch])]), m
         return (lambda batch: [treelstm_mod.manual_treelstm(m, [t for t, _ in batch])]), m
 
-    def phalanx_fn(m, train):
-        return m.loss if train else (lambda example: m(example[0]))
-
-    return Workload("treelstm", _chunks(examples, batch_size, num_batches), model, eager, manual, phalanx_fn,
+    return Workload("treelstm", _chunks(examples, batch_size, num_batches), model, _eager, manual, _phalanx_fn,
                     _sum_all)
 
 
@@ -69,11 +73,6 @@ def tagger(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Wor
     torch.manual_seed(seed)
     model = tagger_mod.BiLSTMTagger(len(vocab), hidden)
 
-    def eager(m, train):
-        if train:
-            return (lambda batch: [m.loss(x) for x in batch]), m
-        return (lambda batch: [m(x[0]) for x in batch]), m
-
     def manual(m, train):
         baseline = tagger_mod.ManualTagger(m)
         baseline.train(train)
@@ -81,14 +80,11 @@ def tagger(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Wor
             return (lambda batch: [baseline([w for w, _ in batch], [t for _, t in batch])]), baseline
         return (lambda batch: [baseline([w for w, _ in batch])]), baseline
 
-    def phalanx_fn(m, train):
-        return m.loss if train else (lambda example: m(example[0]))
-
     def reduce(results):
         flat = [t.reshape(-1) for r in results for t in (r if isinstance(r, list) else [r])]
         return torch.cat(flat).sum() if flat else torch.zeros(())
 
-    return Workload("tagger", _chunks(examples, batch_size, num_batches), model, eager, manual, phalanx_fn, reduce)
+    return Workload("tagger", _chunks(examples, batch_size, num_batches), model, _eager, manual, _phalanx_fn, reduce)
 
 
 WORKLOADS: dict[str, Callable[..., Workload]] = {"treelstm": treelstm, "tagger": tagger}
