@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from phalanx.ir.aval import aval
 from phalanx.ir.graph import GraphArrays
-from phalanx.ir.signature import ArgKind, Signature
+from phalanx.ir.signature import Signature
 
 _DUMMY_AVAL = aval((1,), torch.float32)
 
@@ -167,14 +167,15 @@ def random_lattices(rng: np.random.Generator, num: int, max_len: int, max_word: 
 
 
 def random_suffix_lattices(rng: np.random.Generator, num: int, max_len: int, p_word: float = 0.3) -> GraphArrays:
-    """``num`` lattices of 2..max_len chars whose words all end at the last char (suffix matches);
-    a word starts at each earlier char with probability ``p_word``. Running chars first reaches the
-    lower bound; the heuristics run words early and pay extra word batches."""
+    """``num`` lattices of 2..max_len chars whose words all end at the last char (suffix matches):
+    the whole sentence is a word, and another word starts at each inner char with probability
+    ``p_word``. Running chars first reaches the lower bound (chars to the last, every word at once,
+    the last chars); the heuristics run words as they become ready and pay extra word batches."""
     sigs: list[int] = []
     inputs: list[list[int]] = []
     for _ in range(num):
         length = int(rng.integers(2, max_len + 1))
-        words = [(s, length - 1) for s in range(length - 1) if rng.random() < p_word]
+        words = [(0, length - 1)] + [(s, length - 1) for s in range(1, length - 1) if rng.random() < p_word]
         lattice(length, words, sigs, inputs)
     return make_graph(sigs, inputs, num_sigs=2, names=["char", "word"])
 

@@ -141,7 +141,7 @@ class FSMPolicy(Policy):
 
     # *** inference ***
     def view(self, graph: GraphArrays) -> TypeView:
-        """The sid -> type id map of ``graph`` (cached for the last graph seen)."""
+        """The sid -> type id map of ``graph`` (cached while ``schedule`` runs on it)."""
         if self._view is None or self._view.graph is not graph:
             self._view = TypeView(graph, self.type_index)
         return self._view
@@ -155,7 +155,10 @@ class FSMPolicy(Policy):
                 f"{' ...' if len(view.unknown) > 5 else ''}. Retrain on sample graphs of this model, or "
                 f"pass unknown_types='fallback' to schedule those states greedily")
         self.hits = self.fallbacks = 0
-        result = super().schedule(graph)
+        try:
+            result = super().schedule(graph)
+        finally:
+            self._view = None   # do not keep the graph (and its per-instance tensors) alive
         self.total_hits += self.hits
         self.total_fallbacks += self.fallbacks
         return result

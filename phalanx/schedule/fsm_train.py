@@ -13,6 +13,16 @@ exploration, and their values fall to the truth as they are tried. (ED-Batch's r
 started its running max at 0, so its bootstrap term was always 0 and Q-learning degenerated into
 Monte-Carlo over n steps; we take the max over the state's own Q values.)
 
+NOTE: [Reward] ``reward="typewise"`` (the default) is ED-Batch's shaped reward above; its episode
+return is ``-#batches + sum of |ready| / |typewise frontier|``, which is NOT a monotone function of
+the batch count: on lattices whose words all end at the last char, running chars first reaches the
+lower bound but scores a lower return (chars blocked at the last position keep C's batches partial)
+than the largest-ready-first schedule with more batches (e.g. 38 vs 33 over three samples of 16
+lattices), so Q-learning may prefer the latter.
+``reward="batch"`` (-1 per batch) is exactly the objective. Either way the kept table is the one
+with the fewest greedy batches, so training never returns a table worse than the greedy fallback
+on the samples.
+
 Every ``eval_every`` episodes (and before the first) the greedy table ``argmax_a Q(s, a)`` is
 scored: total batches over all samples, scheduled exactly as FSMPolicy would (greedy fallback in
 unseen states). The best table is kept; training stops once it is within ``target_ratio`` (1%) of
@@ -34,6 +44,8 @@ from .bound import lower_bound
 from .fsm import ENCODINGS, StateKey, TypeView, encode, stable_type_names
 from .typewise import TypewiseFrontier, TypewiseLinks
 
+REWARDS = ("typewise", "batch")
+
 ProgressCallback = Callable[[int, int, int], None]
 """``callback(episode, best_greedy_batches, lower_bound_total)``, called after each evaluation."""
 
@@ -51,6 +63,7 @@ class TrainingResult:
     seed: int
     seconds: float
     samples: int
+    reward: str
     history: list[tuple[int, int]] = field(default_factory=list)   # (episode, greedy batches)
 
     @property
@@ -60,7 +73,7 @@ class TrainingResult:
 
     def metadata(self) -> dict:
         return {"episodes": self.episodes, "best_batches": self.best_batches, "lower_bound": self.lower_bound,
-                "best_ratio": round(self.ratio, 6), "seed": self.seed, "samples": self.samples,
+                "best_ratio": round(self.ratio, 6), "seed": self.seed, "samples": self.samples, "reward": self.reward,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -102,12 +115,20 @@ def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: 
                 callback: ProgressCallback | None = None) -> TrainingResult:
     """Q-learn an FSM table on the sample ``graphs`` (see the module docstring).
 
-    Returns the best greedy table seen at an evaluation; ``episodes`` is the number run. With
-    ``progress=True`` a rich progress bar shows the episode and best batches / lower bound."""
+    **Arguments:** ``graphs``: the sample graphs, visited round robin, one per episode.
+    ``reward``: ``"typewise"`` (ED-Batch) or ``"batch"`` (-1 per batch); NOTE: [Reward].
+    ``progress=True`` shows a rich progress bar (episode, best batches / lower bound);
+    ``callback(episode, best, bound)`` is called after every evaluation. The other arguments are the
+    Q-learning hyper-parameters (module docstring).
+
+    Returns the best greedy table seen at an evaluation (the one before any episode included, i.e.
+    the pure greedy fallback); ``episodes`` is the number of episodes run."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     if not graphs:
         raise PhalanxError("training an fsm policy needs at least one sample graph")
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
     if n_step < 1 or eval_every < 1:
         raise ValueError("n_step and eval_every must be >= 1")
     start_time = time.perf_counter()
@@ -150,22 +171,21 @@ def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: 
         if bar:
             bar.close()
     return TrainingResult(best_table, type_names, encoding, episodes, best_batches, bound_total, seed,
-                          time.perf_counter() - start_time, len(samples), history)
+                          time.perf_counter() - start_time, len(samples), reward, history)
 
 
 def q_learning_episode(sample: TrainingSample, q_values: dict[StateKey, dict[int, float]], encoding: str,
-             rng: np.random.Generator, eps: float, n_step: int, learning_rate: float,
+                       rng: np.random.Generator, eps: float, n_step: int, learning_rate: float,
                        reward: str = "typewise") -> None:
     """Schedule one sample epsilon-greedily, updating ``q_values`` (state key -> {action: Q}) in place
     with n-step returns as it goes (NOTE: [Bootstrap]). Draws from ``rng`` only."""
     frontier = Frontier(sample.graph)
     if frontier.done:
         return
-    typewise = TypewiseFrontier(sample.graph, sample.links)
+    typewise = TypewiseFrontier(sample.graph, sample.links) if reward == "typewise" else None
     view = sample.view
     gid, sid_of_gid = view.gid, view.sid_of_gid
-    counts, tw_size = frontier.ready_counts(), typewise.size
-    typewise_reward = reward == "typewise"
+    counts = frontier.ready_counts()
     visited: list[dict[int, float]] = []   # Q row of s_t
     actions: list[int] = []
     rewards: list[float] = []
@@ -191,10 +211,14 @@ def q_learning_episode(sample: TrainingSample, q_values: dict[StateKey, dict[int
         else:
             action = max(row, key=row.__getitem__)
         sid = sid_of_gid[action]
-        rewards.append(-1.0 + int(counts[sid]) / int(tw_size[sid]) if typewise_reward else -1.0)
         visited.append(row)
         actions.append(action)
-        typewise.run(frontier.run(sid))
+        if typewise is None:
+            rewards.append(-1.0)
+            frontier.run(sid)
+        else:
+            rewards.append(-1.0 + int(counts[sid]) / int(typewise.size[sid]))
+            typewise.run(frontier.run(sid))
         if frontier.done:
             break
         ordered = view.ordered(frontier)
