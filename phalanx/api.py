@@ -60,7 +60,8 @@ class Batcher:
         self.lazy_inputs = lazy_inputs
         self.policy = make_policy(policy)
         self.verify = bool(_config.VERIFY) if verify is None else verify
-        self.table = SignatureTable()
+        root = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+        self.table = SignatureTable(root)
         self.stats = Stats(policy=self.policy.name)
 
     def __call__(self, instances: Iterable[Any]) -> list:

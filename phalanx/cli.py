@@ -22,7 +22,9 @@ def _bench(args) -> int:
         console.print(f"[red]not enough {args.model} instances for one batch of {args.batch_size}")
         return 2
     plans = [False if p == "off" else p for p in args.plan]
-    impls = harness.build_impls(workload, args.policy, args.train, plans)
+    with console.status("preparing policies (fsm trains on held-out mini-batches)"):
+        policies, facts = harness.resolve_policies(workload, args.policy, args.train, args.policy_file, args.seed)
+    impls = harness.build_impls(workload, policies, args.train, plans)
     total = len(impls) * (1 + args.repeats * len(workload.batches))
     mode = "training" if args.train else "inference"
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -34,11 +36,17 @@ def _bench(args) -> int:
     title = (f"{args.model} {mode}, hidden {args.hidden}, batch {args.batch_size}, {args.threads} thread(s), "
              f"median of {args.repeats * len(workload.batches)} mini-batches")
     report.print_table(rows, title, args.train, console)
+    schedules = harness.schedule_rows(workload, policies, args.train)
+    console.print(report.schedule_table(f"{args.model}: batches over the same {len(workload.batches)} mini-batches",
+                                        schedules))
+    if "fsm_training_s" in facts:
+        console.print(f"fsm trained on {len(workload.held_out)} held-out mini-batches in "
+                      f"{facts['fsm_training_s']:.2f} s ({facts['fsm_training'].get('episodes', '?')} episodes)")
     if args.json:
         report.write_json(args.json, {"command": "phalanx " + " ".join(map(shlex.quote, sys.argv[1:])),
                                       "model": args.model, "hidden": args.hidden, "batch_size": args.batch_size,
                                       "train": args.train, "environment": report.environment(args.threads),
-                                      "rows": rows})
+                                      "rows": rows, "schedules": schedules, "policy_training": facts})
         console.print(f"wrote {args.json}")
     return 0
 
@@ -77,6 +85,33 @@ def _console():
     return console if console.is_terminal else Console(width=170)
 
 
+def _schedules(args) -> int:
+    workload = WORKLOADS[args.model](args.batch_size, args.hidden, args.batches, args.seed)
+    policies, _ = harness.resolve_policies(workload, args.policy, False, args.policy_file, args.seed)
+    rows = harness.schedule_rows(workload, policies, False, args.optimal_max_nodes)
+    _console().print(report.schedule_table(
+        f"{args.model}, batch {args.batch_size}: batches over {len(workload.batches)} mini-batches", rows))
+    if args.json:
+        report.write_json(args.json, {"command": "phalanx " + " ".join(map(shlex.quote, sys.argv[1:])), "rows": rows})
+    return 0
+
+
+def _policy_train(args) -> int:
+    from .schedule.fsm import FSMPolicy
+
+    workload = WORKLOADS[args.model](args.batch_size, args.hidden, 0, args.seed)
+    samples = workload.held_out[:args.samples]
+    import time
+    start = time.perf_counter()
+    policy = FSMPolicy.train(workload.phalanx_fn(workload.model, args.train), samples, encoding=args.encoding,
+                             seed=args.seed, max_episodes=args.max_episodes, progress=True)
+    policy.save(args.out)
+    meta = policy.metadata
+    _console().print(f"trained on {len(samples)} mini-batches of {args.batch_size} in {time.perf_counter() - start:.2f} s; "
+                     f"greedy batches / lower bound = {meta.get('best_ratio', float('nan')):.3f}; wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phalanx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0)
 
     bench = sub.add_parser("bench", parents=[common], help="eager vs manual vs phalanx policies, side by side")
-    bench.add_argument("--policy", nargs="+", default=["depth", "agenda"])
+    bench.add_argument("--policy", nargs="+", default=["depth", "agenda", "fsm"],
+                       choices=["depth", "agenda", "fsm"])
+    bench.add_argument("--policy-file", metavar="FILE", help="use this saved fsm policy instead of training one")
     bench.add_argument("--plan", nargs="+", default=["off"], choices=["off", "auto", "instance", "pqtree"],
                        help="memory planning strategies to compare (off = schedule-order layout)")
     bench.add_argument("--train", action="store_true", help="forward + backward + SGD step")
@@ -96,6 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed rounds over those mini-batches")
     bench.add_argument("--json", metavar="FILE")
     bench.set_defaults(run=_bench)
+
+    schedules = sub.add_parser("schedules", parents=[common],
+                               help="batches of every policy vs the lower bound and the exact optimum")
+    schedules.add_argument("--policy", nargs="+", default=["depth", "agenda", "fsm"], choices=["depth", "agenda", "fsm"])
+    schedules.add_argument("--policy-file", metavar="FILE")
+    schedules.add_argument("--batches", type=int, default=4)
+    schedules.add_argument("--optimal-max-nodes", type=int, default=200)
+    schedules.add_argument("--json", metavar="FILE")
+    schedules.set_defaults(run=_schedules)
+
+    policy = sub.add_parser("policy", help="learned batching policies")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    policy_train = policy_sub.add_parser("train", parents=[common], help="learn an fsm policy and save it")
+    policy_train.add_argument("--out", required=True, metavar="FILE")
+    policy_train.add_argument("--samples", type=int, default=4, help="sample mini-batches to learn on")
+    policy_train.add_argument("--encoding", default="sort", choices=["sort", "base", "max"])
+    policy_train.add_argument("--max-episodes", type=int, default=1000)
+    policy_train.add_argument("--train", action="store_true", help="learn on the training graph (loss)")
+    policy_train.set_defaults(run=_policy_train)
 
     explain = sub.add_parser("explain", parents=[common], help="record one mini-batch; show op types and schedule")
     explain.add_argument("--policy", default="depth")

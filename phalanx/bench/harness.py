@@ -13,7 +13,9 @@ from typing import Callable
 import torch
 
 from ..api import Batcher
-from ..schedule import make_policy
+from ..schedule import OptimalPolicy, lower_bound, make_policy
+from ..schedule.fsm import FSMPolicy
+from ..errors import PhalanxError
 from .workloads import Workload
 
 
@@ -26,6 +28,59 @@ class Impl:
     batcher: Batcher | None = None
     seconds: list[float] = field(default_factory=list)
     stats: list[dict] = field(default_factory=list)
+
+
+def resolve_policies(workload: Workload, names: list[str], train: bool, policy_file: str | None = None,
+                     seed: int = 0) -> tuple[list, dict]:
+    """Policy objects for ``names``; ``fsm`` is loaded from ``policy_file`` or trained on the
+    workload's held-out mini-batches (never on the timed ones). Returns (policies, training facts)."""
+    policies, facts = [], {}
+    for name in names:
+        if name != "fsm":
+            policies.append(make_policy(name))
+            continue
+        if policy_file:
+            policy = FSMPolicy.load(policy_file)
+            facts = {"fsm_policy_file": policy_file}
+        else:
+            start = time.perf_counter()
+            fn = workload.phalanx_fn(workload.model, train)
+            policy = FSMPolicy.train(fn, workload.held_out or workload.batches, seed=seed)
+            facts = {"fsm_training_s": time.perf_counter() - start, "fsm_training": policy.metadata}
+        policies.append(policy)
+    return policies, facts
+
+
+def schedule_rows(workload: Workload, policies: list, train: bool, optimal_max_nodes: int = 200) -> list[dict]:
+    """Batches per policy over the timed mini-batches, against the lower bound and (on graphs of at
+    most ``optimal_max_nodes`` nodes) the exact optimum; scheduling microseconds per node."""
+    batcher = Batcher(workload.phalanx_fn(workload.model, train))
+    graphs = [batcher.record(batch) for batch in workload.batches]
+    nodes = sum(g.num_nodes for g in graphs)
+    bound = sum(lower_bound(g) for g in graphs)
+    rows = [{"policy": "lower bound", "batches": bound, "vs_bound": 1.0}]
+    if all(g.num_nodes <= optimal_max_nodes for g in graphs):
+        try:
+            opt = sum(len(OptimalPolicy(optimal_max_nodes).schedule(g)) for g in graphs)
+            rows.append({"policy": "optimal", "batches": opt, "vs_bound": opt / max(bound, 1)})
+        except PhalanxError as e:
+            rows.append({"policy": "optimal", "batches": None, "note": str(e)})
+    else:
+        rows.append({"policy": "optimal", "batches": None,
+                     "note": f"not tractable: graphs over {optimal_max_nodes} nodes"})
+    for policy in policies:
+        total = fallbacks = 0
+        start = time.perf_counter()
+        for g in graphs:
+            total += len(policy.schedule(g))
+            fallbacks += getattr(policy, "fallbacks", 0)
+        seconds = time.perf_counter() - start
+        row = {"policy": policy.name, "batches": total, "vs_bound": total / max(bound, 1),
+               "schedule_us_per_node": 1e6 * seconds / max(nodes, 1)}
+        if isinstance(policy, FSMPolicy):
+            row["fallbacks"] = fallbacks
+        rows.append(row)
+    return rows
 
 
 def build_impls(workload: Workload, policies: list, train: bool, plans=(False,)) -> list[Impl]:

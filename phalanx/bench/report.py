@@ -42,3 +42,16 @@ def write_json(path: str, payload: dict) -> None:
 
 def print_table(rows: list[dict], title: str, train: bool, console: Console | None = None) -> None:
     (console or Console()).print(table(title, rows, train))
+
+
+def schedule_table(title: str, rows: list[dict]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for name in ("policy", "batches", "vs lower bound", "fsm fallbacks", "schedule us/node"):
+        t.add_column(name, justify="left" if name == "policy" else "right")
+    for r in rows:
+        if r.get("batches") is None:
+            t.add_row(r["policy"], "-", escape(r.get("note", "")), "", "")
+            continue
+        t.add_row(r["policy"], f"{r['batches']}", f"{r['vs_bound']:.3f}", str(r.get("fallbacks", "")),
+                  f"{r['schedule_us_per_node']:.2f}" if "schedule_us_per_node" in r else "")
+    return t

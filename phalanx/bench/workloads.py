@@ -22,6 +22,7 @@ class Workload:
 
     name: str
     batches: list[list[Any]]
+    held_out: list[list[Any]]          # further mini-batches, never timed: policy training samples
     model: torch.nn.Module
     eager: Callable[[torch.nn.Module, bool], Callable]
     manual: Callable[[torch.nn.Module, bool], Callable]
@@ -50,8 +51,11 @@ def _phalanx_fn(m, train):
     return m.loss if train else (lambda example: m(example[0]))
 
 
-def _chunks(items, size, count):
-    return [items[i * size:(i + 1) * size] for i in range(count) if (i + 1) * size <= len(items)]
+def _chunks(items, size, count, skip=0):
+    return [items[i * size:(i + 1) * size] for i in range(skip, skip + count) if (i + 1) * size <= len(items)]
+
+
+HELD_OUT = 4
 
 
 def treelstm(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
@@ -64,8 +68,8 @@ def treelstm(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> W
             return (lambda batch: [treelstm_mod.manual_treelstm(m, [t for t, _ in batch], [y for _, y in batch])]), m
         return (lambda batch: [treelstm_mod.manual_treelstm(m, [t for t, _ in batch])]), m
 
-    return Workload("treelstm", _chunks(examples, batch_size, num_batches), model, _eager, manual, _phalanx_fn,
-                    _sum_all)
+    return Workload("treelstm", _chunks(examples, batch_size, num_batches),
+                    _chunks(examples, batch_size, HELD_OUT, num_batches), model, _eager, manual, _phalanx_fn, _sum_all)
 
 
 def tagger(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
@@ -84,7 +88,8 @@ def tagger(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Wor
         flat = [t.reshape(-1) for r in results for t in (r if isinstance(r, list) else [r])]
         return torch.cat(flat).sum() if flat else torch.zeros(())
 
-    return Workload("tagger", _chunks(examples, batch_size, num_batches), model, _eager, manual, _phalanx_fn, reduce)
+    return Workload("tagger", _chunks(examples, batch_size, num_batches),
+                    _chunks(examples, batch_size, HELD_OUT, num_batches), model, _eager, manual, _phalanx_fn, reduce)
 
 
 WORKLOADS: dict[str, Callable[..., Workload]] = {"treelstm": treelstm, "tagger": tagger}

@@ -257,8 +257,11 @@ class Recorder:
         outputs = run_unrecorded(per_instance, examples, name, avals)
         flat, unflatten, flatten = _output_structure(outputs, name)
         leaves = _grad_leaves(flat)
+        paths = self.table.paths
+        shared = [p.tensor for p in key[1] if type(p) is _Shared] if type(key[1]) is tuple else []
+        path = paths.get(id(callee)) or ",".join(paths.get(id(t), "?") for t in shared)
         sig = Signature(
-            sid=len(self.table.sigs), name=name, fn=per_instance, in_kinds=tuple(kinds),
+            sid=len(self.table.sigs), name=name, fn=per_instance, in_kinds=tuple(kinds), path=path,
             in_avals=tuple(avals), out_avals=tuple(aval_of(t) for t in flat), unflatten=unflatten,
             flatten=flatten, grad_leaves=leaves, single=isinstance(outputs, torch.Tensor),
             plain_tuple=type(outputs) is tuple and unflatten is tuple,

@@ -50,6 +50,7 @@ class Signature:
     unflatten: Callable[[list], Any]
     flatten: Callable[[Any], tuple]
     grad_leaves: tuple[torch.Tensor, ...] = ()
+    path: str = ""              # where the callee / its parameters live in the model ("fwd", "out.weight")
     single: bool = False        # fn returns one bare tensor (the recorder's fast return path)
     plain_tuple: bool = False   # fn returns a flat tuple of tensors (the second fast path)
     kernel: Any = None
@@ -62,7 +63,8 @@ class Signature:
         """Stable text of this type, the same in every process (used to fingerprint saved policies)."""
         ins = ",".join(f"{k.name.lower()}:{a}" for k, a in zip(self.in_kinds, self.in_avals, strict=True))
         outs = ",".join(map(repr, self.out_avals))
-        return f"{self.name}({ins})->({outs})"
+        at = f"@{self.path}" if self.path else ""
+        return f"{self.name}{at}({ins})->({outs})"
 
     def __repr__(self) -> str:
         return f"<sig {self.sid} {self.describe()}>"
@@ -72,9 +74,15 @@ class SignatureTable:
     """Interns signatures by their recording key. Owned by one Batcher, so kernels, batching probes
     and shape inference are reused across calls."""
 
-    def __init__(self):
+    def __init__(self, root: Any = None):
         self.by_key: dict[Any, Signature] = {}
         self.sigs: list[Signature] = []
+        # id(module or parameter) -> its dotted name in the model, so two instances of one cell
+        # class (a forward and a backward LSTM) have distinct, process-stable descriptions.
+        self.paths: dict[int, str] = {}
+        if isinstance(root, torch.nn.Module):
+            self.paths.update((id(m), name) for name, m in root.named_modules() if name)
+            self.paths.update((id(p), name) for name, p in root.named_parameters())
 
     def __len__(self) -> int:
         return len(self.sigs)

@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 import phalanx
 from phalanx.data import synthetic
 from phalanx.models import BiLSTMTagger, TreeLSTM
+from phalanx.schedule.fsm import FSMPolicy
 from tests.oracle import assert_matches_eager
 
-POLICIES = ["depth", "agenda"]
+POLICIES = ["depth", "agenda", "fsm"]
 PLANS = [False, "auto"]
 VOCAB, HIDDEN = 50, 8
 
@@ -38,14 +39,36 @@ def tagger():
     return BiLSTMTagger(VOCAB, HIDDEN, embed_dim=5)
 
 
+def _fsm(fn, samples):
+    # Learned once on sample mini-batches; op types a random structure shows that the samples did
+    # not (possible for tiny batches) fall back to greedy instead of failing.
+    policy = FSMPolicy.train(fn, samples, max_episodes=200)
+    policy.unknown_types = "fallback"
+    return policy
+
+
+@pytest.fixture(scope="module")
+def fsm_policies(treelstm, tagger):
+    trees = [_trees(s, [1, 2, 5, 8, 3]) for s in range(3)]
+    chains = [[[(s + i) % VOCAB for i in range(n)] for n in (1, 3, 6, 2)] for s in range(3)]
+    tagged = [[(w, [0] * len(w)) for w in batch] for batch in chains]
+    return {"treelstm": _fsm(treelstm, trees), "treelstm.loss": _fsm(treelstm.loss, [list(zip(t, range(5))) for t in trees]),
+            "tagger": _fsm(tagger, chains), "tagger.loss": _fsm(tagger.loss, tagged)}
+
+
+def _policy(policy, fsm_policies, key):
+    return fsm_policies[key] if policy == "fsm" else policy
+
+
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("train", [False, True])
 @settings(max_examples=12, deadline=None)
 @given(trees=tree_batches, seed=st.integers(0, 16))
-def test_treelstm_matches_eager(treelstm, policy, train, plan, trees, seed):
+def test_treelstm_matches_eager(treelstm, fsm_policies, policy, train, plan, trees, seed):
     labels = [(seed + i) % 17 for i in range(len(trees))]
     fn = treelstm.loss if train else treelstm
+    policy = _policy(policy, fsm_policies, "treelstm.loss" if train else "treelstm")
     assert_matches_eager(fn, list(zip(trees, labels)) if train else trees, params=treelstm.parameters(),
                          train=train, batcher=phalanx.Batcher(fn, policy=policy, plan=plan, verify=True))
 
@@ -55,8 +78,9 @@ def test_treelstm_matches_eager(treelstm, policy, train, plan, trees, seed):
 @pytest.mark.parametrize("train", [False, True])
 @settings(max_examples=12, deadline=None)
 @given(examples=chain_batches)
-def test_tagger_matches_eager(tagger, policy, train, plan, examples):
+def test_tagger_matches_eager(tagger, fsm_policies, policy, train, plan, examples):
     fn = tagger.loss if train else tagger
+    policy = _policy(policy, fsm_policies, "tagger.loss" if train else "tagger")
     instances = examples if train else [w for w, _ in examples]
     assert_matches_eager(fn, instances, params=tagger.parameters(), train=train,
                          batcher=phalanx.Batcher(fn, policy=policy, plan=plan, verify=True))
@@ -92,6 +116,8 @@ def _nested(rng, size, dim=4):
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**31), sizes=st.lists(st.integers(1, 6), min_size=0, max_size=5))
 def test_op_level_code_matches_eager(policy, train, plan, seed, sizes):
+    if policy == "fsm":
+        policy = FSMPolicy(unknown_types="fallback")   # trains itself on its first (this) call
     torch.manual_seed(3)
     model = OpLevelTreeRNN()
     rng = torch.Generator().manual_seed(seed)
@@ -112,7 +138,7 @@ def test_same_model_object_runs_eagerly_and_batched(treelstm):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", ["depth", "agenda"])
 def test_zero_and_one_instances(treelstm, policy):
     import phalanx
     batcher = phalanx.Batcher(treelstm, policy=policy)

@@ -116,3 +116,18 @@ def test_graph_printer_and_consumers():
     assert cons[start[0]:start[1]].tolist() == [1, 1]   # both operands of node 1 come from node 0
     assert graph.num_producers.tolist() == [0, 2]
     assert np.array_equal(graph.operand_codes(np.array([1])), [[0, 0]])
+
+
+def test_two_instances_of_one_cell_class_have_distinct_stable_descriptions():
+    from phalanx.models import BiLSTMTagger
+
+    model = BiLSTMTagger(20, 4)
+    batcher = phalanx.Batcher(model)
+    batcher.record([[1, 2, 3]])
+    described = {s.describe() for s in batcher.table.sigs if s.name == "cell LSTMStep"}
+    assert {d.split("(")[0] for d in described} == {"cell LSTMStep@fwd", "cell LSTMStep@bwd"}
+    # A copy of the model (another process, a fresh Batcher) describes its op types identically.
+    import copy
+    again = phalanx.Batcher(copy.deepcopy(model))
+    again.record([[4, 5]])
+    assert {s.describe() for s in again.table.sigs} == {s.describe() for s in batcher.table.sigs}
