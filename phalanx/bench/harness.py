@@ -149,6 +149,6 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
             keys = ("nodes", "batches", "lower_bound", "operand_lists", "in_place", "gathers", "gather_bytes",
                     "output_blocks", "scattered_outputs", "record_s", "schedule_s", "plan_s", "execute_s",
                     "backward_s", "record_us_per_node")
-            row.update({k: statistics.mean(s[k] for s in impl.stats) for k in keys})
+            row.update({k: statistics.median(s[k] for s in impl.stats) for k in keys})
         rows.append(row)
     return rows
