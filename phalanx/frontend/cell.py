@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-import torch
 from torch import nn
 
 from . import recorder as _recorder
@@ -67,9 +66,8 @@ def _cellify_class(cls: type, name: str | None, batching: str) -> type:
     cls.__call__ = _cell_call
     cls._phalanx_fn = _module_fn
     cls._phalanx_batching = _check_batching(batching)
-    label = f"cell {name or cls.__qualname__}"
-    # A property so subclasses and instances report the class they are.
-    cls._phalanx_name = label
+    # A subclass of a cell class inherits this name unless it is decorated itself.
+    cls._phalanx_name = f"cell {name or cls.__qualname__}"
     return cls
 
 
@@ -118,4 +116,4 @@ def is_cell(obj) -> bool:
     return hasattr(type(obj), "_phalanx_fn") or isinstance(obj, Cell)
 
 
-__all__ = ["cell", "Cell", "CellModule", "is_cell", "torch"]
+__all__ = ["cell", "Cell", "CellModule", "is_cell"]

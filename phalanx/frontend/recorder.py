@@ -27,8 +27,9 @@ def active() -> "Recorder | None":
     return _ACTIVE
 
 
-def active_for(args, kwargs) -> "Recorder":
-    """The active recorder, checking that lazy arguments belong to it (not to a finished run)."""
+def active_or_error() -> "Recorder":
+    """The active recorder. Lazy values from a finished run are caught where they are recorded
+    (their ``graph`` is not the active one)."""
     rec = _ACTIVE
     if rec is None:
         raise PhalanxError("a lazy value was used outside the phalanx run that created it")

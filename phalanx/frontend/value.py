@@ -25,7 +25,7 @@ class LazyValue:
     # torch's override protocol: torch.tanh(v), F.linear(v, W), torch.cat([v, w]) land here.
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        return _recorder.active_for(args, kwargs).record_op(func, args, kwargs or {})
+        return _recorder.active_or_error().record_op(func, args, kwargs or {})
 
     # *** static metadata: answered without recording ***
     @property
@@ -81,7 +81,7 @@ class LazyValue:
         func = getattr(torch.Tensor, name)
 
         def call(*args, **kwargs):
-            return _recorder.active_for((self,), None).record_op(func, (self, *args), kwargs)
+            return _recorder.active_or_error().record_op(func, (self, *args), kwargs)
 
         return call
 
@@ -128,7 +128,7 @@ def _binary(name: str):
     func = getattr(torch.Tensor, name)
 
     def method(self, *args):
-        return _recorder.active_for((self,), None).record_op(func, (self, *args), {})
+        return _recorder.active_or_error().record_op(func, (self, *args), {})
 
     method.__name__ = name
     return method
