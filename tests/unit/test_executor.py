@@ -1,0 +1,68 @@
+"""Executor edge cases: mixed dtypes, non-differentiable outputs, reuse across calls."""
+import torch
+from torch import nn
+
+import phalanx
+from tests.oracle import assert_matches_eager
+
+
+@phalanx.cell
+class Classify(nn.Module):
+    def __init__(self, dim=4, classes=3):
+        super().__init__()
+        self.out = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        logits = self.out(x)
+        return logits, logits.argmax(-1)          # a float and an int64 output
+
+
+def test_training_with_integer_outputs_alongside_float_ones():
+    torch.manual_seed(0)
+    model = Classify()
+    xs = [torch.randn(4) for _ in range(5)]
+    got = phalanx.Batcher(model)(xs)
+    for x, (logits, label) in zip(xs, got, strict=True):
+        exp_logits, exp_label = model(x)
+        torch.testing.assert_close(logits, exp_logits)
+        assert label.dtype == torch.int64 and label == exp_label and not label.requires_grad
+    torch.stack([g[0] for g in got]).sum().backward()
+    expected = torch.autograd.grad(torch.stack([model(x)[0] for x in xs]).sum(), model.out.weight)[0]
+    torch.testing.assert_close(model.out.weight.grad, expected)
+
+
+def test_float64_model():
+    torch.manual_seed(1)
+    model = nn.Linear(3, 3).double()
+
+    def fn(x):
+        return torch.tanh(model(x)) * model(x).sum()
+
+    xs = [torch.randn(3, dtype=torch.float64) for _ in range(4)]
+    assert_matches_eager(fn, xs, params=model.parameters(), train=True, rtol=1e-10, atol=1e-12)
+
+
+def test_one_batcher_serves_calls_of_different_sizes_and_shapes():
+    torch.manual_seed(2)
+    lin = nn.Linear(5, 5)
+    batcher = phalanx.Batcher(lambda x: lin(x).relu())
+    for n, shape in ((3, (5,)), (1, (5,)), (7, (2, 5)), (0, (5,)), (4, (5,))):
+        xs = [torch.randn(shape) for _ in range(n)]
+        got = batcher(xs)
+        assert len(got) == n
+        for x, g in zip(xs, got, strict=True):
+            torch.testing.assert_close(g, lin(x).relu())
+
+
+def test_results_keep_their_structure_and_concrete_parts():
+    lin = nn.Linear(2, 2)
+
+    def fn(x):
+        return {"h": lin(x), "pair": (x * 2, None), "constant": torch.ones(1)}
+
+    xs = [torch.randn(2) for _ in range(3)]
+    for x, g in zip(xs, phalanx.Batcher(fn)(xs), strict=True):
+        assert set(g) == {"h", "pair", "constant"} and g["pair"][1] is None
+        torch.testing.assert_close(g["h"], lin(x))
+        torch.testing.assert_close(g["pair"][0], x * 2)
+        assert torch.equal(g["constant"], torch.ones(1))
