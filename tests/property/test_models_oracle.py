@@ -63,7 +63,7 @@ def _policy(policy, fsm_policies, key):
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("train", [False, True])
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(trees=tree_batches, seed=st.integers(0, 16))
 def test_treelstm_matches_eager(treelstm, fsm_policies, policy, train, plan, trees, seed):
     labels = [(seed + i) % 17 for i in range(len(trees))]
@@ -76,7 +76,7 @@ def test_treelstm_matches_eager(treelstm, fsm_policies, policy, train, plan, tre
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("train", [False, True])
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(examples=chain_batches)
 def test_tagger_matches_eager(tagger, fsm_policies, policy, train, plan, examples):
     fn = tagger.loss if train else tagger
@@ -113,7 +113,7 @@ def _nested(rng, size, dim=4):
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("train", [False, True])
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31), sizes=st.lists(st.integers(1, 6), min_size=0, max_size=5))
 def test_op_level_code_matches_eager(policy, train, plan, seed, sizes):
     if policy == "fsm":
