@@ -207,8 +207,10 @@ class TrainingRun:
             leaves = [t for t in step.sig.grad_leaves if id(t) in position]
             if not wrt_ops and not leaves:
                 continue
+            # retain_graph: a cell may read a tensor derived from parameters outside the run
+            # (W2 = 2 * W); that graph is shared by every batch. Ours is freed with self.saved.
             grads_all = torch.autograd.grad(out_list, [operands[p] for p in wrt_ops] + leaves, gout_list,
-                                            allow_unused=True)
+                                            allow_unused=True, retain_graph=True)
             for p, g in zip(wrt_ops, grads_all[:len(wrt_ops)], strict=True):
                 if g is None:
                     continue

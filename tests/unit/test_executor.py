@@ -66,3 +66,25 @@ def test_results_keep_their_structure_and_concrete_parts():
         torch.testing.assert_close(g["h"], lin(x))
         torch.testing.assert_close(g["pair"][0], x * 2)
         assert torch.equal(g["constant"], torch.ones(1))
+
+
+def test_cell_closing_over_a_derived_tensor_trains_across_several_batches():
+    # W2 is not a leaf: its graph (W2 = W * 2) is shared by every batch's backward.
+    torch.manual_seed(3)
+    W = nn.Parameter(torch.randn(3, 3))
+    W2 = W * 2
+
+    @phalanx.cell
+    def step(x):
+        return torch.tanh(W2 @ x)
+
+    def fn(n):
+        x = torch.ones(3)
+        for _ in range(n):
+            x = step(x)
+        return x
+
+    got = phalanx.Batcher(fn)([1, 2, 3])
+    torch.stack(got).sum().backward(retain_graph=True)
+    expected = torch.autograd.grad(torch.stack([fn(n) for n in (1, 2, 3)]).sum(), W)[0]
+    torch.testing.assert_close(W.grad, expected)
