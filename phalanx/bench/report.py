@@ -55,3 +55,24 @@ def schedule_table(title: str, rows: list[dict]) -> Table:
         t.add_row(r["policy"], f"{r['batches']}", f"{r['vs_bound']:.3f}", str(r.get("fallbacks", "")),
                   f"{r['schedule_us_per_node']:.2f}" if "schedule_us_per_node" in r else "")
     return t
+
+
+def markdown(payloads: list[dict]) -> str:
+    """README table rows from bench JSON files: every implementation, with the command that ran it."""
+    lines = ["| command | impl | inst/s | vs eager | vs manual | batches (lower bound) | operand lists in place | "
+             "record us/node |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for payload in payloads:
+        for i, r in enumerate(payload["rows"]):
+            command = f"`{payload['command']}`" if i == 0 else ""
+            batches = f"{r['batches']:.0f} ({r['lower_bound']:.0f})" if "batches" in r else "-"
+            in_place = f"{r['in_place']:.0f}/{r['operand_lists']:.0f}" if "batches" in r else "-"
+            per_node = f"{r['record_us_per_node']:.2f}" if "batches" in r else "-"
+            lines.append(f"| {command} | {r['impl']} | {r['instances_per_s']:.0f} | {r['vs_eager']:.2f}x | "
+                         f"{r['vs_manual']:.2f}x | {batches} | {in_place} | {per_node} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown([json.loads(Path(p).read_text()) for p in sys.argv[1:]]))
