@@ -161,3 +161,23 @@ def test_input_tensors_requiring_grad_get_gradients():
     grads = torch.autograd.grad(sum(g.sum() for g in got), leaves)
     for g, e in zip(grads, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["vmap", "native"])
+@settings(max_examples=8, deadline=None)
+@given(trees=tree_batches)
+def test_forced_kernel_modes_match_eager(treelstm, mode, trees):
+    # Every cell of the TreeLSTM is batch-polymorphic, so both forced modes must be exact.
+    from phalanx.models import treelstm as treelstm_module
+
+    classes = (treelstm_module.TreeLSTMLeaf, treelstm_module.TreeLSTMInternal, treelstm_module.RootClassifier)
+    saved = [c._phalanx_batching for c in classes]
+    try:
+        for c in classes:
+            c._phalanx_batching = mode
+        batcher = phalanx.Batcher(treelstm, verify=True)
+        assert_matches_eager(treelstm, trees, batcher=batcher)
+        assert all(s.kernel.mode == mode for s in batcher.table.sigs if s.kernel is not None and s.name != "input")
+    finally:
+        for c, m in zip(classes, saved, strict=True):
+            c._phalanx_batching = m
