@@ -77,6 +77,7 @@ class Batcher:
         stats.nodes, stats.values = graph.num_nodes, graph.num_values
         stats.op_types = len(graph.used_sids)
         schedule = self.policy.schedule(graph)
+        stats.lower_bound = lower_bound(graph)    # reported with every schedule; timed with it
         t2 = time.perf_counter()
         if self.plan:
             layout, report = plan_memory(graph, schedule, self.plan)
@@ -93,7 +94,6 @@ class Batcher:
         results = self._execute(graph, layout, steps, outputs)
         t4 = time.perf_counter()
         stats.batches = len(schedule)
-        stats.lower_bound = lower_bound(graph)
         stats.operand_lists, stats.in_place = counts.operand_lists, counts.in_place
         stats.gathers, stats.gather_bytes = counts.gathers, counts.gather_bytes
         stats.output_blocks, stats.scattered_outputs = counts.output_blocks, counts.scattered_outputs
@@ -123,7 +123,10 @@ class Batcher:
                 try:
                     out = self.fn(rec.lazify(instance) if self.lazy_inputs else instance)
                 except PhalanxError as e:
-                    raise type(e)(f"instance {i}: {e}") from e
+                    # Same exception object (type, attributes, traceback), message naming the instance.
+                    e.args = (f"instance {i}: {e.args[0] if e.args else ''}", *e.args[1:])
+                    e.instance = i
+                    raise
                 except Exception as e:
                     raise InstanceError(i, f"{type(e).__name__}: {e}") from e
                 outputs.append(_flatten_result(out, i))

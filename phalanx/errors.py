@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class PhalanxError(Exception):
-    """Base class of every phalanx error."""
+    """Base class of every phalanx error. Raised while recording instance i, it has ``instance = i``
+    and its message starts with ``instance i:``."""
+
+    instance: int | None = None
 
 
 class InstanceError(PhalanxError):

@@ -53,6 +53,19 @@ def test_cell_with_mismatched_shapes_names_cell_and_shapes(model):
     assert_next_run_works(None, model)
 
 
+def test_phalanx_errors_raised_in_instance_code_carry_the_instance(model):
+    def fn(tree):
+        if tree.size() > 1:
+            h, _ = model.encode(tree)
+            return h.tolist()
+        return model(tree)
+
+    instances = [synthetic.random_binary_tree(1, 0, 30), synthetic.random_binary_tree(3, 0, 30)]
+    with pytest.raises(phalanx.DataDependentError) as info:
+        phalanx.Batcher(fn)(instances)
+    assert info.value.instance == 1 and str(info.value).startswith("instance 1: .tolist()")
+
+
 def test_unsupported_op_names_the_op(model):
     def fn(tree):
         h, _ = model.encode(tree)
