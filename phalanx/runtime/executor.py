@@ -173,7 +173,10 @@ class TrainingRun:
                         t = arenas[op[1]][op[2][0]:op[2][1]].data
                     else:
                         t = _read(op, arenas)
-                    if t.is_floating_point() and (kind <= GATHER or any(x.requires_grad for x in op[2])):
+                    # Arena reads always join the backward; stacked tensors only if one requires grad;
+                    # numbers never.
+                    if t.is_floating_point() and (kind <= GATHER or (kind == TENSORS and any(x.requires_grad
+                                                                                              for x in op[2]))):
                         t.requires_grad_()
                     operands.append(t)
                 outs = _call(step, operands)

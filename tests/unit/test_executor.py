@@ -88,3 +88,15 @@ def test_cell_closing_over_a_derived_tensor_trains_across_several_batches():
     torch.stack(got).sum().backward(retain_graph=True)
     expected = torch.autograd.grad(torch.stack([fn(n) for n in (1, 2, 3)]).sum(), W)[0]
     torch.testing.assert_close(W.grad, expected)
+
+
+def test_training_with_float_number_operands():
+    torch.manual_seed(4)
+    lin = nn.Linear(2, 2)
+
+    @phalanx.cell
+    def scaled(x, factor):
+        return lin(x) * factor              # factor arrives as a 0-d float tensor
+
+    xs = [(torch.randn(2), float(i) + 0.5) for i in range(4)]
+    assert_matches_eager(lambda inst: scaled(*inst), xs, params=lin.parameters(), train=True)
