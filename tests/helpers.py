@@ -86,9 +86,9 @@ def tree_forest(shapes: Sequence[Sequence[tuple[int, int, int]]], leaves: Sequen
     return make_graph(sigs, inputs, num_sigs=3, names=["leaf", "cellA", "cellB"])
 
 
-def random_tree_forest(rng: np.random.Generator, num_trees: int, max_leaves: int, p_b: float = 0.5) -> GraphArrays:
-    """``num_trees`` random binary trees (1..max_leaves leaves, random merges) whose internal nodes
-    are CELL_B with probability ``p_b``, else CELL_A."""
+def _random_forest(rng: np.random.Generator, num_trees: int, max_leaves: int, kind_of) -> GraphArrays:
+    """Random binary trees (1..max_leaves leaves, merging random adjacent subtrees); each merge's
+    cell is ``kind_of(number of subtrees left before it)``."""
     shapes, leaves = [], []
     for _ in range(num_trees):
         k = int(rng.integers(1, max_leaves + 1))
@@ -97,13 +97,18 @@ def random_tree_forest(rng: np.random.Generator, num_trees: int, max_leaves: int
         internal = []
         while len(open_ids) > 1:
             i = int(rng.integers(len(open_ids) - 1))   # merge two adjacent subtrees
-            kind = CELL_B if rng.random() < p_b else CELL_A
-            internal.append((open_ids[i], open_ids[i + 1], kind))
+            internal.append((open_ids[i], open_ids[i + 1], kind_of(len(open_ids))))
             open_ids[i:i + 2] = [nxt]
             nxt += 1
         shapes.append(internal)
         leaves.append(k)
     return tree_forest(shapes, leaves)
+
+
+def random_tree_forest(rng: np.random.Generator, num_trees: int, max_leaves: int, p_b: float = 0.5) -> GraphArrays:
+    """``num_trees`` random binary trees whose internal nodes are CELL_B with probability ``p_b``,
+    else CELL_A."""
+    return _random_forest(rng, num_trees, max_leaves, lambda _: CELL_B if rng.random() < p_b else CELL_A)
 
 
 def random_root_cell_forest(rng: np.random.Generator, num_trees: int, max_leaves: int) -> GraphArrays:
@@ -111,20 +116,7 @@ def random_root_cell_forest(rng: np.random.Generator, num_trees: int, max_leaves
     CELL_B (a TreeLSTM whose root runs a different cell). Batching all roots at once reaches the
     lower bound, but roots of small trees are ready long before those of big trees, which tempts
     depth, agenda and largest-ready-first into extra root batches."""
-    shapes, leaves = [], []
-    for _ in range(num_trees):
-        k = int(rng.integers(1, max_leaves + 1))
-        open_ids = list(range(k))
-        nxt = k
-        internal = []
-        while len(open_ids) > 1:
-            i = int(rng.integers(len(open_ids) - 1))
-            internal.append((open_ids[i], open_ids[i + 1], CELL_B if len(open_ids) == 2 else CELL_A))
-            open_ids[i:i + 2] = [nxt]
-            nxt += 1
-        shapes.append(internal)
-        leaves.append(k)
-    return tree_forest(shapes, leaves)
+    return _random_forest(rng, num_trees, max_leaves, lambda left: CELL_B if left == 2 else CELL_A)
 
 
 CHAR, WORD = 0, 1
