@@ -40,6 +40,8 @@ class Batcher:
       place where possible: ``"auto"``, ``"instance"``, ``"pqtree"``; ``False`` (default) lays values
       out in schedule order. Planning is off by default because on CPU a gather is a cheap
       ``index_select`` and planning cost more than it saved in our benchmarks (README, Results).
+    - ``profile``: record per op type the batches, nodes and forward / backward seconds in
+      ``stats.per_op`` (times each batch; off by default).
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
@@ -54,8 +56,9 @@ class Batcher:
     """
 
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
-                 lazy_inputs: bool = True, plan: "str | bool" = False):
+                 lazy_inputs: bool = True, plan: "str | bool" = False, profile: bool = False):
         self.fn = fn
+        self.profile = profile
         self.plan = plan
         self.lazy_inputs = lazy_inputs
         self.policy = make_policy(policy)
@@ -147,10 +150,10 @@ class Batcher:
         grad_inputs = _grad_inputs(graph, steps) if torch.is_grad_enabled() else []
         self.stats.training = bool(grad_inputs)
         if grad_inputs:
-            run = TrainingRun(steps, arenas, result_index, grad_inputs, self.stats)
+            run = TrainingRun(steps, arenas, result_index, grad_inputs, self.stats, self.profile)
             tensors = FlushFunction.apply(run, *grad_inputs)
         else:
-            run_inference(steps, arenas)
+            run_inference(steps, arenas, self.stats if self.profile else None)
             tensors = [arenas[a].index_select(0, idx) for a, idx in result_index]
         per_arena = {a: iter(t.unbind(0)) for (a, _), t in zip(result_index, tensors, strict=True)}
         results = []

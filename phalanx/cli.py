@@ -60,12 +60,15 @@ def _explain(args) -> int:
     torch.set_num_threads(args.threads)
     workload = WORKLOADS[args.model](args.batch_size, args.hidden, 1, args.seed)
     model = workload.copy_model()
-    batcher = Batcher(workload.phalanx_fn(model, False), policy=args.policy)
+    batcher = Batcher(workload.phalanx_fn(model, args.train), policy=args.policy, profile=True)
     batch = workload.batches[0]
+    for _ in range(2):                   # the first call warms up: batching probes, fsm training
+        batcher.stats.per_op.clear()
+        results = batcher(batch)
+        if args.train:
+            workload.reduce(results).backward()
     graph = batcher.record(batch)
     schedule = batcher.policy.schedule(graph)
-    with torch.no_grad():
-        batcher(batch)
     console = _console()
     console.print(f"[bold]{args.model}[/bold], {len(batch)} instances: {batcher.stats}")
     console.print("op types:")
@@ -73,6 +76,15 @@ def _explain(args) -> int:
         sig = graph.sigs[sid]
         mode = sig.kernel.mode if sig.kernel is not None else "-"
         console.print(f"  {sid:3d}  {int((graph.node_sig == sid).sum()):6d} nodes  {mode:6s}  {sig.describe()}")
+    from rich.table import Table
+
+    profile = Table(title="where the time goes (second call, per op type)", title_justify="left")
+    for col in ("op type", "batches", "nodes", "nodes/batch", "forward ms", "backward ms"):
+        profile.add_column(col, justify="left" if col == "op type" else "right")
+    for name, row in sorted(batcher.stats.per_op.items(), key=lambda kv: -kv[1]["forward_s"] - kv[1]["backward_s"]):
+        profile.add_row(name, str(row["batches"]), str(row["nodes"]), f"{row['nodes'] / max(row['batches'], 1):.1f}",
+                        f"{1e3 * row['forward_s']:.2f}", f"{1e3 * row['backward_s']:.2f}" if args.train else "-")
+    console.print(profile)
     console.print(format_schedule(graph, schedule), markup=False, highlight=False)
     return 0
 
@@ -154,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     policy_train.set_defaults(run=_policy_train)
 
     explain = sub.add_parser("explain", parents=[common], help="record one mini-batch; show op types and schedule")
-    explain.add_argument("--policy", default="depth")
+    explain.add_argument("--policy", default="depth", choices=["depth", "agenda", "fsm"])
+    explain.add_argument("--train", action="store_true", help="profile forward and backward of the loss")
     explain.set_defaults(run=_explain)
     return parser
 

@@ -1,7 +1,7 @@
 """Stats of one phalanx call, filled in as the pipeline runs (backward time arrives later)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -33,6 +33,15 @@ class Stats:
     execute_s: float = 0.0
     backward_s: float = 0.0
     training: bool = False
+    # Filled only by Batcher(profile=True): per op type, batches / nodes / forward and backward seconds.
+    per_op: dict = field(default_factory=dict)
+
+    def add_op_time(self, name: str, nodes: int, seconds: float, phase: str = "forward_s") -> None:
+        row = self.per_op.setdefault(name, {"batches": 0, "nodes": 0, "forward_s": 0.0, "backward_s": 0.0})
+        if phase == "forward_s":
+            row["batches"] += 1
+            row["nodes"] += nodes
+        row[phase] += seconds
 
     @property
     def record_us_per_node(self) -> float:

@@ -144,28 +144,34 @@ def _output_grad(output, garenas) -> torch.Tensor:
     return garenas[arena].index_select(0, rows)
 
 
-def run_inference(steps: list[Step], arenas: list[torch.Tensor]) -> None:
+def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -> None:
+    """Run every step under no_grad. ``profile``: a Stats whose per-op times are filled in."""
     with torch.no_grad():
         for step in steps:
+            start = time.perf_counter() if profile is not None else 0.0
             _write(step, _call(step, [_read(op, arenas) for op in step.operands]), arenas)
+            if profile is not None:
+                profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
 
 
 class TrainingRun:
     """State shared by the forward and backward of one flush (see NOTE: [Batched backward])."""
 
     def __init__(self, steps: list[Step], arenas: list[torch.Tensor], result_index: list,
-                 grad_inputs: list[torch.Tensor], stats=None):
+                 grad_inputs: list[torch.Tensor], stats=None, profile: bool = False):
         self.steps = steps
         self.arenas = arenas
         self.result_index = result_index      # [(arena, index tensor)] for each Function output
         self.grad_inputs = grad_inputs
         self.saved: list = []
         self.stats = stats                    # its backward_s is set when backward runs
+        self.profile = stats if profile else None
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         arenas, saved = self.arenas, self.saved
         with torch.enable_grad():
             for step in self.steps:
+                start = time.perf_counter() if self.profile is not None else 0.0
                 operands = []
                 for op in step.operands:
                     kind = op[0]
@@ -183,6 +189,8 @@ class TrainingRun:
                 saved.append((operands, outs))
                 with torch.no_grad():
                     _write(step, outs, arenas)
+                if self.profile is not None:
+                    self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
         return tuple(arenas[a].index_select(0, idx) for a, idx in self.result_index)
 
     def backward(self, grads) -> tuple:
@@ -199,6 +207,7 @@ class TrainingRun:
             input_grads[i] = g if input_grads[i] is None else input_grads[i] + g
 
         for step, (operands, outs) in zip(reversed(self.steps), reversed(self.saved), strict=True):
+            step_start = time.perf_counter() if self.profile is not None else 0.0
             out_list, gout_list = [], []
             for output, out in zip(step.outputs, outs, strict=True):
                 if out.requires_grad:
@@ -232,6 +241,8 @@ class TrainingRun:
             for leaf, g in zip(leaves, grads_all[len(wrt_ops):], strict=True):
                 if g is not None:
                     accumulate(position[id(leaf)], g)
+            if self.profile is not None:
+                self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - step_start, "backward_s")
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
         if self.stats is not None:
             self.stats.backward_s = time.perf_counter() - start

@@ -46,7 +46,9 @@ def test_policy_train_then_bench_and_schedules_with_the_file(tmp_path):
     assert rows["lower bound"]["batches"] <= rows["optimal"]["batches"] <= rows["fsm"]["batches"]
 
 
-def test_explain_prints_op_types_and_schedule(capsys):
-    assert main(["explain", "treelstm", "--batch-size", "2", "--hidden", "8"]) == 0
+@pytest.mark.parametrize("train", [False, True])
+def test_explain_prints_op_types_profile_and_schedule(capsys, train):
+    assert main(["explain", "treelstm", "--batch-size", "2", "--hidden", "8", "--policy", "fsm"]
+                + (["--train"] if train else [])) == 0
     out = capsys.readouterr().out
-    assert "cell TreeLSTMInternal" in out and "schedule[depth]" in out
+    assert "cell TreeLSTMInternal" in out and "schedule[fsm]" in out and "where the time goes" in out

@@ -100,3 +100,18 @@ def test_training_with_float_number_operands():
 
     xs = [(torch.randn(2), float(i) + 0.5) for i in range(4)]
     assert_matches_eager(lambda inst: scaled(*inst), xs, params=lin.parameters(), train=True)
+
+
+def test_profile_accounts_for_every_batch_forward_and_backward():
+    from phalanx.models import TreeLSTM
+    from phalanx.data import synthetic
+
+    model = TreeLSTM(30, 8)
+    batcher = phalanx.Batcher(model.loss, profile=True)
+    examples = [(t, 1) for t in synthetic.random_trees(6, 0, 30)]
+    torch.stack(batcher(examples)).sum().backward()
+    per_op = batcher.stats.per_op
+    assert sum(r["batches"] for r in per_op.values()) == batcher.stats.batches
+    assert sum(r["nodes"] for r in per_op.values()) == batcher.stats.nodes
+    assert all(r["forward_s"] > 0 and r["backward_s"] > 0 for r in per_op.values())
+    assert phalanx.Batcher(model).stats.per_op == {}
