@@ -1,9 +1,12 @@
-"""The ``phalanx`` command: ``bench`` (side-by-side benchmark) and ``explain`` (one flush, shown)."""
+"""The ``phalanx`` command: ``bench`` (eager vs manual vs phalanx, side by side), ``schedules``
+(batches per policy vs the lower bound and the optimum), ``policy train`` (learn and save an fsm
+policy) and ``explain`` (one mini-batch: op types, where the time goes, the schedule)."""
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+import time
 
 import torch
 
@@ -12,7 +15,6 @@ from .bench.workloads import WORKLOADS
 
 
 def _bench(args) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     torch.set_num_threads(args.threads)
@@ -52,8 +54,6 @@ def _bench(args) -> int:
 
 
 def _explain(args) -> int:
-    from rich.console import Console
-
     from .api import Batcher
     from .schedule import format_schedule
 
@@ -113,7 +113,6 @@ def _policy_train(args) -> int:
 
     workload = WORKLOADS[args.model](args.batch_size, args.hidden, 0, args.seed)
     samples = workload.held_out[:args.samples]
-    import time
     start = time.perf_counter()
     policy = FSMPolicy.train(workload.phalanx_fn(workload.model, args.train), samples, encoding=args.encoding,
                              seed=args.seed, max_episodes=args.max_episodes, progress=True)

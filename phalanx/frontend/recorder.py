@@ -8,7 +8,7 @@ finding the parameters a cell reads, validating outputs) happens once per new si
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
