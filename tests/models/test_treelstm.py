@@ -1,0 +1,51 @@
+"""TreeLSTM on real EWT trees: phalanx and the hand-batched baseline both match the eager model."""
+import pytest
+import torch
+
+import phalanx
+from phalanx.models import TreeLSTM, manual_treelstm
+from phalanx.models.treelstm import ewt_examples
+from tests.oracle import assert_matches_eager
+
+
+@pytest.fixture(scope="module")
+def data():
+    examples, vocab = ewt_examples("dev", 24)
+    torch.manual_seed(0)
+    return examples, TreeLSTM(len(vocab), 16, embed_dim=12)
+
+
+def test_examples_are_real_trees_with_root_upos_labels(data):
+    examples, _ = data
+    assert len(examples) == 24
+    assert all(0 <= label < 17 for _, label in examples)
+    assert max(tree.height() for tree, _ in examples) >= 5
+
+
+@pytest.mark.parametrize("policy", ["depth", "agenda", "fsm"])
+def test_phalanx_matches_eager_on_ewt(data, policy):
+    examples, model = data
+    assert_matches_eager(model.loss, examples, params=model.parameters(), policy=policy, train=True)
+
+
+def test_manual_baseline_matches_eager_outputs_and_gradients(data):
+    examples, model = data
+    trees, labels = [t for t, _ in examples], [y for _, y in examples]
+    with torch.no_grad():
+        torch.testing.assert_close(manual_treelstm(model, trees), torch.stack([model(t) for t in trees]))
+    model.zero_grad()
+    manual_treelstm(model, trees, labels).sum().backward()
+    manual = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.stack([model.loss(x) for x in examples]).sum().backward()
+    for got, expected in zip(manual, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_stats_report_a_schedule_at_the_lower_bound_with_fsm(data):
+    examples, model = data
+    batcher = phalanx.Batcher(model, policy="fsm")
+    with torch.no_grad():
+        batcher([t for t, _ in examples])
+    assert batcher.stats.batches == batcher.stats.lower_bound
+    assert batcher.stats.nodes == sum(t.size() for t, _ in examples) + len(examples)
