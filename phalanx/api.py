@@ -37,9 +37,11 @@ class Batcher:
       call's graph unless given a trained ``FSMPolicy``), ``"optimal"`` (small graphs), or a ``Policy``.
     - ``verify``: run the graph / schedule / layout verifiers on every flush (default: PHALANX_VERIFY).
     - ``plan``: the memory planner's strategy (memory/planner.py), so operand lists are read in
-      place where possible: ``"auto"``, ``"instance"``, ``"pqtree"``; ``False`` (default) lays values
+      place where possible: ``"auto"``, ``"instance"``, ``"producer"``, ``"pqtree"``; ``False`` (default) lays values
       out in schedule order. Planning is off by default because on CPU a gather is a cheap
       ``index_select`` and planning cost more than it saved in our benchmarks (README, Results).
+    - ``plan_objective``: ``"bytes"`` (default: most bytes read in place) or ``"lists"`` (most
+      operand lists read in place, i.e. fewest gather launches).
     - ``profile``: record per op type the batches, nodes and forward / backward seconds in
       ``stats.per_op`` (times each batch; off by default).
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
@@ -56,8 +58,9 @@ class Batcher:
     """
 
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
-                 lazy_inputs: bool = True, plan: "str | bool" = False, profile: bool = False):
+                 lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False):
         self.fn = fn
+        self.plan_objective = plan_objective
         self.profile = profile
         self.plan = plan
         self.lazy_inputs = lazy_inputs
@@ -83,7 +86,7 @@ class Batcher:
         stats.lower_bound = lower_bound(graph)    # reported with every schedule; timed with it
         t2 = time.perf_counter()
         if self.plan:
-            layout, report = plan_memory(graph, schedule, self.plan)
+            layout, report = plan_memory(graph, schedule, self.plan, self.plan_objective)
         else:
             layout, report = plan_layout(graph, schedule), None
         steps, counts = build_steps(graph, schedule, layout)

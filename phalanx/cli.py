@@ -26,7 +26,7 @@ def _bench(args) -> int:
     plans = [False if p == "off" else p for p in args.plan]
     with console.status("preparing policies (fsm trains on held-out mini-batches)"):
         policies, facts = harness.resolve_policies(workload, args.policy, args.train, args.policy_file, args.seed)
-    impls = harness.build_impls(workload, policies, args.train, plans)
+    impls = harness.build_impls(workload, policies, args.train, plans, args.plan_objective)
     total = len(impls) * (1 + args.repeats * len(workload.batches))
     mode = "training" if args.train else "inference"
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -137,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--policy", nargs="+", default=["depth", "agenda", "fsm"],
                        choices=["depth", "agenda", "fsm"])
     bench.add_argument("--policy-file", metavar="FILE", help="use this saved fsm policy instead of training one")
-    bench.add_argument("--plan", nargs="+", default=["off"], choices=["off", "auto", "instance", "pqtree"],
+    bench.add_argument("--plan", nargs="+", default=["off"], choices=["off", "auto", "instance", "producer", "pqtree"],
                        help="memory planning strategies to compare (off = schedule-order layout)")
+    bench.add_argument("--plan-objective", default="bytes", choices=["bytes", "lists"],
+                       help="planner objective: bytes read in place, or operand lists read in place")
     bench.add_argument("--train", action="store_true", help="forward + backward + SGD step")
     bench.add_argument("--batches", type=int, default=4, help="distinct mini-batches of real data")
     bench.add_argument("--repeats", type=int, default=3, help="timed rounds over those mini-batches")

@@ -83,7 +83,7 @@ def schedule_rows(workload: Workload, policies: list, train: bool, optimal_max_n
     return rows
 
 
-def build_impls(workload: Workload, policies: list, train: bool, plans=(False,)) -> list[Impl]:
+def build_impls(workload: Workload, policies: list, train: bool, plans=(False,), objective: str = "bytes") -> list[Impl]:
     impls = []
 
     def make(name, build=None, policy=None, plan=False):
@@ -93,7 +93,8 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,))
         if policy is None:
             run, owner = build(model, train)
         else:
-            batcher = Batcher(workload.phalanx_fn(model, train), policy=make_policy(policy), plan=plan)
+            batcher = Batcher(workload.phalanx_fn(model, train), policy=make_policy(policy), plan=plan,
+                              plan_objective=objective)
             run, owner = batcher, model
         params = [p for p in owner.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=0.01) if train else None
@@ -103,7 +104,7 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,))
     make("manual", workload.manual)
     for policy in policies:
         for plan in plans:
-            suffix = f"+plan:{plan}" if plan else ""
+            suffix = (f"+plan:{plan}" + ("" if objective == "bytes" else f"/{objective}")) if plan else ""
             make(f"phalanx[{getattr(policy, 'name', policy)}{suffix}]", policy=policy, plan=plan)
     return impls
 

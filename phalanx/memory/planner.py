@@ -16,14 +16,22 @@ either way, so a scattered write (``index_copy_``) costs about what a slice copy
 blocks are therefore soft constraints with a small weight: kept when free, dropped when they
 would cost an operand view. Scattered outputs are counted in the stats.
 
-Batch node orders come from one of two strategies, and the planner keeps the better one (more
-bytes read in place):
+Batch node orders come from one of three strategies, and the planner keeps the best one under
+its objective:
 - ``instance``: nodes ordered by instance (largest instance first), then record order. Chains
   (taggers, decoders) become prefixes of the previous step's block.
+- ``producer``: walking the schedule forward, each batch is ordered by where its first lazy
+  operand lives (producer batch, then the producer's position in it), so a batch that reads
+  several producer blocks (a tagger's scorer reading every step's state) reads them in block
+  order, consistent with the chains inside the blocks.
 - ``pqtree``: per arena, a PQ-tree (memory/pqtree.py, Booth & Lueker 1976) is reduced with every
   operand list as an unordered consecutive set, larger byte savings first, dropping those that
   would make the system unsatisfiable; a batch's order then follows the arena order of its largest
   accepted operand list, so coupled lists of one batch are aligned wherever the arrangement allows.
+
+Objective: ``bytes`` (default) accepts lists largest first and keeps the layout with the most
+bytes in place (least gather traffic); ``lists`` accepts smallest first and keeps the layout with
+the most lists in place (fewest gather launches, which is what counts where launches dominate).
 """
 from __future__ import annotations
 
@@ -103,6 +111,22 @@ def _instance_orders(graph: GraphArrays, schedule: Schedule) -> list[np.ndarray]
     return [nodes[np.lexsort((nodes, rank[graph.node_inst[nodes]]))] for nodes in schedule.batches]
 
 
+def _producer_orders(graph: GraphArrays, schedule: Schedule) -> list[np.ndarray]:
+    batch_of = np.empty(graph.num_nodes, dtype=np.int64)
+    for i, nodes in enumerate(schedule.batches):
+        batch_of[nodes] = i
+    rank = np.zeros(graph.num_nodes, dtype=np.int64)
+    orders = []
+    for nodes, sid in zip(_instance_orders(graph, schedule), schedule.sids, strict=True):
+        kinds = graph.sigs[sid].in_kinds
+        if ArgKind.LAZY in kinds:
+            producers = graph.value_node[graph.operand_codes(nodes)[:, kinds.index(ArgKind.LAZY)]]
+            nodes = nodes[np.lexsort((rank[producers], batch_of[producers]))]
+        orders.append(nodes)
+        rank[nodes] = np.arange(len(nodes))
+    return orders
+
+
 def _pqtree_orders(graph: GraphArrays, schedule: Schedule, lists) -> list[np.ndarray]:
     from .pqtree import PQTree
 
@@ -149,12 +173,19 @@ def _operand_lists(graph: GraphArrays, schedule: Schedule, orders: list[np.ndarr
     return lists
 
 
-def _layout_for(graph: GraphArrays, schedule: Schedule, orders: list[np.ndarray], strategy: str):
+_ACCEPT_ORDER = {
+    "bytes": lambda x: -x[0],                 # largest byte savings first (outputs weigh little)
+    "lists": lambda x: (x[3] < 0, x[0]),      # operand lists before outputs, smallest first
+}
+
+
+def _layout_for(graph: GraphArrays, schedule: Schedule, orders: list[np.ndarray], strategy: str,
+                objective: str = "bytes"):
     lists = _operand_lists(graph, schedule, orders)
     links = _LinkPlanner(graph.num_values)
     in_place_bytes = 0
     accepted = set()
-    for weight, _, batch_index, p, seq in sorted(lists, key=lambda x: -x[0]):
+    for weight, _, batch_index, p, seq in sorted(lists, key=_ACCEPT_ORDER[objective]):
         if links.try_accept(seq) and p >= 0:
             accepted.add((batch_index, p))
             in_place_bytes += weight
@@ -172,27 +203,34 @@ def _layout_for(graph: GraphArrays, schedule: Schedule, orders: list[np.ndarray]
     return Layout(value_row, arena_rows, tuple(orders)), report
 
 
-STRATEGIES = ("instance", "pqtree")
+STRATEGIES = ("instance", "producer", "pqtree")
+OBJECTIVES = tuple(_ACCEPT_ORDER)
 
 
-def plan_memory(graph: GraphArrays, schedule: Schedule, strategy: str = "auto") -> tuple[Layout, PlanReport]:
-    """Plan with ``strategy`` (``instance``, ``pqtree``), or ``auto``: ``instance`` first, and the PQ-tree
-    strategy too only when some operand list is still gathered; the layout with the most operand
-    bytes in place wins."""
+def plan_memory(graph: GraphArrays, schedule: Schedule, strategy: str = "auto",
+                objective: str = "bytes") -> tuple[Layout, PlanReport]:
+    """Plan with ``strategy`` (``instance``, ``producer``, ``pqtree``), or ``auto``: each in that
+    order until every operand list is in place; the best layout under ``objective`` (``bytes`` in
+    place, or number of ``lists`` in place) wins."""
     start = time.perf_counter()
     if strategy not in ("auto", *STRATEGIES):
         raise ValueError(f"unknown planning strategy {strategy!r}; known: auto, {', '.join(STRATEGIES)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown planning objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    score = (lambda r: r.in_place_bytes) if objective == "bytes" else (lambda r: (r.in_place, r.in_place_bytes))
     instance_orders = _instance_orders(graph, schedule)
     best = None
     for name in (STRATEGIES if strategy == "auto" else (strategy,)):
+        if best is not None and best[1].in_place == _num_operand_lists(graph, schedule):
+            break
         if name == "instance":
             orders = instance_orders
+        elif name == "producer":
+            orders = _producer_orders(graph, schedule)
         else:
-            if best is not None and best[1].in_place == _num_operand_lists(graph, schedule):
-                break
             orders = _pqtree_orders(graph, schedule, _operand_lists(graph, schedule, instance_orders))
-        layout, report = _layout_for(graph, schedule, orders, name)
-        if best is None or report.in_place_bytes > best[1].in_place_bytes:
+        layout, report = _layout_for(graph, schedule, orders, name, objective)
+        if best is None or score(report) > score(best[1]):
             best = (layout, report)
     layout, report = best
     return layout, PlanReport(report.strategy, report.in_place, report.in_place_bytes, time.perf_counter() - start,

@@ -14,6 +14,7 @@ from phalanx.data import synthetic
 from phalanx.memory.planner import _LinkPlanner, plan_memory, verify_plan
 from phalanx.models import BiLSTMTagger, TreeLSTM
 from phalanx.schedule import schedule_graph
+from tests.oracle import assert_matches_eager
 
 
 def _orders_feasible(n, seqs):
@@ -54,13 +55,14 @@ def _graphs():
     return [("treelstm", tree_model, trees), ("tagger", tagger, chains)]
 
 
-@pytest.mark.parametrize("strategy", ["instance", "pqtree", "auto"])
+@pytest.mark.parametrize("objective", ["bytes", "lists"])
+@pytest.mark.parametrize("strategy", ["instance", "producer", "pqtree", "auto"])
 @pytest.mark.parametrize("policy", ["depth", "agenda"])
-def test_plans_verify_and_treelstm_is_fully_in_place(strategy, policy):
+def test_plans_verify_and_treelstm_is_fully_in_place(strategy, policy, objective):
     for name, model, instances in _graphs():
         graph = phalanx.Batcher(model).record(instances)
         schedule = schedule_graph(graph, policy)
-        layout, report = plan_memory(graph, schedule, strategy)
+        layout, report = plan_memory(graph, schedule, strategy, objective)
         verify_plan(graph, schedule, layout, report)
         if name == "treelstm":
             # Every value of a tree model has one consumer, so every operand list can be a view.
@@ -78,10 +80,33 @@ def test_planning_reads_more_in_place_than_schedule_order():
         assert planned.stats.gather_bytes < unplanned.stats.gather_bytes
 
 
-def test_unknown_strategy():
+def test_objectives_trade_lists_against_bytes():
+    _, model, instances = _graphs()[1]
+    graph = phalanx.Batcher(model).record(instances)
+    schedule = schedule_graph(graph, "agenda")
+    _, by_bytes = plan_memory(graph, schedule, "auto", "bytes")
+    _, by_lists = plan_memory(graph, schedule, "auto", "lists")
+    assert by_lists.in_place >= by_bytes.in_place
+    assert by_bytes.in_place_bytes >= by_lists.in_place_bytes or by_bytes.strategy != by_lists.strategy
+
+
+@pytest.mark.parametrize("objective", ["bytes", "lists"])
+@pytest.mark.parametrize("strategy", ["instance", "producer", "pqtree"])
+def test_every_strategy_matches_eager_in_training(strategy, objective):
+    for _, model, instances in _graphs():
+        fn = model.loss
+        examples = [(x, [0] * len(x)) for x in instances] if isinstance(instances[0], list) \
+            else [(t, 2) for t in instances]
+        batcher = phalanx.Batcher(fn, plan=strategy, plan_objective=objective, verify=True)
+        assert_matches_eager(fn, examples, params=model.parameters(), train=True, batcher=batcher)
+
+
+def test_unknown_strategy_and_objective():
     graph = phalanx.Batcher(lambda x: x * 2).record([torch.ones(2)])
     with pytest.raises(ValueError, match="unknown planning strategy 'fast'"):
         plan_memory(graph, schedule_graph(graph), "fast")
+    with pytest.raises(ValueError, match="unknown planning objective 'speed'"):
+        plan_memory(graph, schedule_graph(graph), "auto", "speed")
 
 
 def test_no_two_values_share_a_row_after_planning():
