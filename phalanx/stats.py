@@ -20,7 +20,6 @@ class Stats:
     values: int = 0
     op_types: int = 0
     batches: int = 0
-    lower_bound: int = 0
     operand_lists: int = 0
     in_place: int = 0
     gathers: int = 0
@@ -43,12 +42,26 @@ class Stats:
             row["nodes"] += nodes
         row[phase] += seconds
 
+    # The lower bound is a report, not work the batch needs: computed on first read (schedule/bound.py).
+    _graph: object = field(default=None, repr=False, compare=False)
+    _lower_bound: int | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def lower_bound(self) -> int:
+        if self._lower_bound is None:
+            from .schedule.bound import lower_bound
+
+            self._lower_bound = lower_bound(self._graph) if self._graph is not None else 0
+            self._graph = None
+        return self._lower_bound
+
     @property
     def record_us_per_node(self) -> float:
         return 1e6 * self.record_s / self.nodes if self.nodes else 0.0
 
     def as_dict(self) -> dict:
-        out = asdict(self)
+        out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        out["lower_bound"] = self.lower_bound
         out["record_us_per_node"] = self.record_us_per_node
         return out
 
