@@ -115,3 +115,21 @@ def test_profile_accounts_for_every_batch_forward_and_backward():
     assert sum(r["nodes"] for r in per_op.values()) == batcher.stats.nodes
     assert all(r["forward_s"] > 0 and r["backward_s"] > 0 for r in per_op.values())
     assert phalanx.Batcher(model).stats.per_op == {}
+
+
+def test_one_shot_batch_matches_eager_and_reuses_its_batcher():
+    from phalanx import api
+
+    lin = nn.Linear(3, 2)
+
+    def fn(x):
+        return torch.sigmoid(lin(x))
+
+    xs = [torch.randn(3) for _ in range(4)]
+    got = phalanx.batch(fn, xs)
+    for x, g in zip(xs, got, strict=True):
+        torch.testing.assert_close(g, fn(x))
+    phalanx.batch(fn, xs[:2], policy="agenda")
+    assert len(api._BATCHERS[fn]) == 2            # one Batcher per distinct option set
+    phalanx.batch(fn, xs[:3], policy="agenda")
+    assert len(api._BATCHERS[fn]) == 2            # ...reused, not rebuilt
