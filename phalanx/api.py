@@ -48,7 +48,8 @@ class Batcher:
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
     ``batcher(instances)`` returns a list with one result per instance, in order. ``batcher.stats``
-    describes the last call (see ``phalanx.Stats``).
+    describes the last call (see ``phalanx.Stats``). One phalanx run records at a time per process
+    (the active recorder is process-global for speed); runs cannot be nested.
 
     **Example:**
 
