@@ -6,6 +6,7 @@ torch tensors (autograd-connected when gradients are needed).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import weakref
 from typing import Any, Callable, Iterable
@@ -22,7 +23,7 @@ from .memory.planner import plan_memory, verify_plan
 from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
 from .schedule import format_schedule, make_policy, verify_schedule
 from .schedule.base import Policy
-from .stats import Stats
+from .stats import ReadCounts, Stats
 
 _LEAF_TYPES = (torch.Tensor, LazyValue, type(None))
 
@@ -101,9 +102,8 @@ class Batcher:
         results = self._execute(graph, layout, steps, outputs)
         t4 = time.perf_counter()
         stats.batches = len(schedule)
-        stats.operand_lists, stats.in_place = counts.operand_lists, counts.in_place
-        stats.gathers, stats.gather_bytes = counts.gathers, counts.gather_bytes
-        stats.output_blocks, stats.scattered_outputs = counts.output_blocks, counts.scattered_outputs
+        for f in dataclasses.fields(ReadCounts):
+            setattr(stats, f.name, getattr(counts, f.name))
         stats.record_s, stats.schedule_s, stats.plan_s, stats.execute_s = t1 - t0, t2 - t1, t3 - t2, t4 - t3
         if _config.DEBUG:
             print(f"phalanx: {stats}")

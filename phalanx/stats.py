@@ -5,7 +5,19 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass
-class Stats:
+class ReadCounts:
+    """How a flush's batches read operands and write outputs (filled by runtime/executor.build_steps)."""
+
+    operand_lists: int = 0
+    in_place: int = 0
+    gathers: int = 0
+    gather_bytes: int = 0
+    output_blocks: int = 0
+    scattered_outputs: int = 0
+
+
+@dataclass
+class Stats(ReadCounts):
     """What the last ``Batcher`` call did.
 
     ``batches`` is the number of batched kernel calls; ``lower_bound`` the fewest any schedule could
@@ -20,12 +32,6 @@ class Stats:
     values: int = 0
     op_types: int = 0
     batches: int = 0
-    operand_lists: int = 0
-    in_place: int = 0
-    gathers: int = 0
-    gather_bytes: int = 0
-    output_blocks: int = 0
-    scattered_outputs: int = 0
     record_s: float = 0.0
     schedule_s: float = 0.0
     plan_s: float = 0.0

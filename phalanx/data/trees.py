@@ -149,6 +149,13 @@ def _topdown_order(children: list[list[int]], root: int) -> list[int]:
     return order
 
 
+def _encoded(sentence: Sentence, vocab: Vocab, label_vocab: Vocab):
+    """(dependents of each token, root token, word ids, relation ids) of one sentence."""
+    children = _children_of(sentence)
+    (root,) = children[len(sentence)]
+    return children, root, vocab.encode(sentence.words), label_vocab.encode(sentence.deprels)
+
+
 def dependency_tree(sentence: Sentence, vocab: Vocab, label_vocab: Vocab) -> Tree:
     """The sentence's dependency tree, one node per token.
 
@@ -157,10 +164,7 @@ def dependency_tree(sentence: Sentence, vocab: Vocab, label_vocab: Vocab) -> Tre
     dependents in word order. Unlike binary trees, *internal nodes also carry a word*
     (the head token), as child-sum TreeLSTMs expect. ``size() == len(sentence)``.
     """
-    children = _children_of(sentence)
-    (root,) = children[len(sentence)]
-    word_ids = vocab.encode(sentence.words)
-    label_ids = label_vocab.encode(sentence.deprels)
+    children, root, word_ids, label_ids = _encoded(sentence, vocab, label_vocab)
     nodes: list[Tree | None] = [None] * len(sentence)
     for token in reversed(_topdown_order(children, root)):  # dependents before heads
         nodes[token] = Tree(
@@ -195,10 +199,7 @@ def binarize(sentence: Sentence, vocab: Vocab, label_vocab: Vocab) -> Tree:
       dependents' spans, near to far) -- i.e. the tree is implicitly projectivized
       and some words appear out of sentence order.
     """
-    children = _children_of(sentence)
-    (root,) = children[len(sentence)]
-    word_ids = vocab.encode(sentence.words)
-    label_ids = label_vocab.encode(sentence.deprels)
+    children, root, word_ids, label_ids = _encoded(sentence, vocab, label_vocab)
     spans: list[Tree | None] = [None] * len(sentence)
     for head in reversed(_topdown_order(children, root)):  # dependents before heads
         span = Tree(word_ids[head], (), label_ids[head])

@@ -51,7 +51,7 @@ _OUTPUT_WEIGHT = 1e-3
 
 @dataclass(frozen=True)
 class PlanReport:
-    """Which strategy won and what it placed (the executor's PlanCounts has the full picture)."""
+    """Which strategy won and what it placed (the executor's ReadCounts has the full picture)."""
 
     strategy: str
     in_place: int

@@ -31,6 +31,7 @@ from ..ir.graph import GraphArrays
 from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout
 from ..schedule.base import Schedule
+from ..stats import ReadCounts
 from .kernels import kernel_for
 
 # Operand read kinds (and output write kinds: SLICE or SCATTER).
@@ -50,18 +51,8 @@ class Step:
     outputs: list
 
 
-@dataclass(slots=True)
-class PlanCounts:
-    operand_lists: int = 0
-    in_place: int = 0
-    gathers: int = 0
-    gather_bytes: int = 0
-    output_blocks: int = 0
-    scattered_outputs: int = 0
-
-
-def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], PlanCounts]:
-    counts = PlanCounts()
+def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
+    counts = ReadCounts()
     steps = []
     value_row, value_arena = layout.value_row, graph.value_aval_id
     imms = graph.imms
