@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import BatchExecutionError, UnsupportedOpError
-from ..ir.signature import ArgKind, Signature
+from ..ir.signature import Signature
 
 _PROBE_SEED = 0x5EED
 
@@ -70,10 +70,11 @@ def _probe_operands(sig: Signature, operands: list, size: int) -> list:
     gen = torch.Generator().manual_seed(_PROBE_SEED)
     rows = torch.randint(size, (_probe_size(sig),), generator=gen)
     probe = []
-    for kind, op in zip(sig.in_kinds, operands, strict=True):
+    for op in operands:
         picked = op.index_select(0, rows)
-        if picked.dtype.is_floating_point and kind is ArgKind.LAZY:
-            # Real rows are often all-equal (zero states); noise makes a wrong batching visible.
+        if picked.dtype.is_floating_point:
+            # Real rows are often all equal (zero states, shared constants); noise on every float
+            # operand makes a batching that mixes rows visible.
             picked = picked + torch.randn(picked.shape, generator=gen, dtype=picked.dtype)
         probe.append(picked)
     return probe

@@ -69,3 +69,18 @@ def test_kernels_are_reused_across_calls():
     kernel = batcher.table.sigs[-1].kernel
     batcher([torch.ones(2)] * 5)
     assert batcher.table.sigs[-1].kernel is kernel
+
+
+def test_probe_is_not_fooled_by_identical_per_instance_tensors():
+    # Every instance passes the same zero state: natively, flip(0) would flip the batch, which
+    # equal rows hide. The probe perturbs every float operand, so it picks vmap.
+    @phalanx.cell
+    def mirror(x, h):
+        return x + h.flip(0)
+
+    batcher = phalanx.Batcher(lambda x: mirror(x, torch.zeros(4)), lazy_inputs=False)
+    xs = [torch.randn(4) for _ in range(3)]
+    batcher(xs)
+    assert kernel_modes(batcher)["cell mirror"] == "vmap"
+    for x, g in zip(xs, phalanx.Batcher(lambda v: mirror(v, torch.arange(4.0)), lazy_inputs=False)(xs), strict=True):
+        torch.testing.assert_close(g, x + torch.arange(4.0).flip(0))
