@@ -130,6 +130,11 @@ class Recorder:
                 key.append(_INT_KEY if t is int else _FLOAT_KEY)
                 arg_code.append(-1 - len(imms))
                 imms.append(a)
+            elif t is torch.Tensor and not (a.requires_grad and a.is_leaf):
+                # A per-instance tensor (an initial state, features); parameters take the general path.
+                key.append(("tensor", aval_of(a)))
+                arg_code.append(-1 - len(imms))
+                imms.append(a)
             else:
                 key = None
                 break
@@ -174,7 +179,10 @@ class Recorder:
         if isinstance(instance, torch.Tensor):
             return self.record_input(instance)
         if t is tuple or t is list:
-            return t(self.lazify(x) for x in instance)
+            for x in instance:
+                if type(x) not in _SCALARS:
+                    return t(self.lazify(x) for x in instance)
+            return instance            # word ids, tags...: nothing to convert, nothing to copy
         if t is dict:
             return {k: self.lazify(v) for k, v in instance.items()}
         return instance
@@ -269,18 +277,18 @@ class Recorder:
             meta={"batching": getattr(callee, "_phalanx_batching", "auto")})
         self.table.sigs.append(sig)
         self.table.by_key[key] = sig
-        if all(k is ArgKind.LAZY or k is ArgKind.NUMBER for k in kinds) and isinstance(key[1], tuple) \
-                and callee is not None and hasattr(callee, "_phalanx_fn") and not template_kwargs:
+        if isinstance(key[1], tuple) and callee is not None and hasattr(callee, "_phalanx_fn") and not template_kwargs:
             # Also register the flat key of the cell fast path, so the next call skips this path.
             flat_key = [callee]
             for k, a in zip(kinds, avals, strict=True):
-                flat_key.append(a if k is ArgKind.LAZY else _number_key(a))
+                flat_key.append(a if k is ArgKind.LAZY else _number_key(a) if k is ArgKind.NUMBER else ("tensor", a))
             if _flat_template(template_args, len(operands)):
                 self.table.by_key.setdefault(tuple(flat_key), sig)
         return sig
 
 
 _INPUT = object()
+_SCALARS = frozenset((int, float, bool, str, type(None)))
 
 
 def _identity(x):

@@ -131,3 +131,27 @@ def test_two_instances_of_one_cell_class_have_distinct_stable_descriptions():
     again = phalanx.Batcher(copy.deepcopy(model))
     again.record([[4, 5]])
     assert {s.describe() for s in again.table.sigs} == {s.describe() for s in batcher.table.sigs}
+
+
+def test_fast_path_covers_lazy_number_and_tensor_arguments(monkeypatch):
+    from phalanx.frontend import recorder
+
+    @phalanx.cell
+    def step(x, h, scale):
+        return torch.tanh(x + h) * scale
+
+    def fn(n):
+        h = torch.zeros(3)               # a concrete per-instance tensor
+        for _ in range(n):
+            h = step(embed(n), h, 2.0)
+        return h
+
+    batcher = phalanx.Batcher(fn)
+    batcher.record([1, 2, 3])            # first call: new signatures via the general path
+
+    def general_path(*args, **kwargs):
+        raise AssertionError("the cell fast path fell back to the general path")
+
+    monkeypatch.setattr(recorder.Recorder, "_record_general", general_path)
+    graph = batcher.record([2, 3, 4])
+    assert graph.num_nodes == 2 * (2 + 3 + 4)
