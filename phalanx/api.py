@@ -7,25 +7,27 @@ torch tensors (autograd-connected when gradients are needed).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import weakref
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 
 from . import _config
-from .errors import InstanceError, PhalanxError, ResultStructureError
-from .frontend import recorder as _recorder
+from .errors import PhalanxError
+from .frontend.recorder import rediscover_captured
+from .frontend.recording import model_device, record_instances
 from .frontend.value import LazyValue
 from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
 from .memory.planner import plan_memory, verify_plan
 from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
+from .runtime.params import FlushParams
 from .schedule import format_schedule, make_policy, verify_schedule
 from .schedule.base import Policy
 from .stats import ReadCounts, Stats
-
-_LEAF_TYPES = (torch.Tensor, LazyValue, type(None))
 
 
 class Batcher:
@@ -60,7 +62,8 @@ class Batcher:
     """
 
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
-                 lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False):
+                 lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False,
+                 max_signatures: int = 4096, table: SignatureTable | None = None):
         self.fn = fn
         self.plan_objective = plan_objective
         self.profile = profile
@@ -69,17 +72,31 @@ class Batcher:
         self.policy = make_policy(policy)
         self.verify = bool(_config.VERIFY) if verify is None else verify
         root = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
-        self.table = SignatureTable(root)
+        self.table = table if table is not None else SignatureTable(root, max_signatures)
         self.stats = Stats(policy=self.policy.name)
+        self._lock = threading.Lock()
 
     def __call__(self, instances: Iterable[Any]) -> list:
-        instances = list(instances)
+        if not self._lock.acquire(blocking=False):
+            raise PhalanxError("this Batcher is already running (called from two threads at once, or from inside "
+                               "its own run); use one Batcher per thread")
+        try:
+            return self._call(list(instances))
+        finally:
+            self._lock.release()
+
+    def _call(self, instances: list) -> list:
         stats = self.stats = Stats(policy=self.policy.name, instances=len(instances))
-        rec = _recorder.Recorder(self.table)
+        table = self.table
+        table.begin_call()          # NOTE: [What an op type may cache] (ir/signature.py)
         t0 = time.perf_counter()
-        outputs = self._record(rec, instances)
+        rec, outputs = record_instances(self.fn, instances, table, lazy_inputs=self.lazy_inputs,
+                                        device=self._device())
         t1 = time.perf_counter()
         graph = rec.graph.freeze()
+        for sid in graph.used_sids.tolist():
+            if graph.sigs[sid].rediscover:
+                rediscover_captured(graph.sigs[sid], graph.device)
         if getattr(self.policy, "needs_training", False):
             self.policy.fit([graph])   # a self-training policy ("fsm") learns on its first graph
         stats.nodes, stats.values = graph.num_nodes, graph.num_values
@@ -101,6 +118,7 @@ class Batcher:
         t3 = time.perf_counter()
         results = self._execute(graph, layout, steps, outputs)
         t4 = time.perf_counter()
+        table.end_call(graph.used_sids.tolist())
         stats.batches = len(schedule)
         for f in dataclasses.fields(ReadCounts):
             setattr(stats, f.name, getattr(counts, f.name))
@@ -111,102 +129,77 @@ class Batcher:
                 print(format_schedule(graph, schedule))
         return results
 
+    def _device(self) -> torch.device:
+        return model_device(self.table.root)
+
     def record(self, instances: Iterable[Any]):
         """Record ``instances`` without executing them; returns the frozen graph (``GraphArrays``).
         Used to train policies on sample graphs and by ``phalanx explain``."""
-        rec = _recorder.Recorder(self.table)
-        self._record(rec, list(instances))
-        return rec.graph.freeze()
-
-    # *** record ***
-    def _record(self, rec: "_recorder.Recorder", instances: list) -> list:
-        outputs = []
-        if _recorder._ACTIVE is not None:
-            raise PhalanxError("phalanx runs cannot be nested (a Batcher was called while recording)")
-        _recorder._ACTIVE = rec
-        try:
-            for i, instance in enumerate(instances):
-                rec.begin_instance(i)
-                try:
-                    out = self.fn(rec.lazify(instance) if self.lazy_inputs else instance)
-                except PhalanxError as e:
-                    # Same exception object (type, attributes, traceback), message naming the instance.
-                    e.args = (f"instance {i}: {e.args[0] if e.args else ''}", *e.args[1:])
-                    e.instance = i
-                    raise
-                except Exception as e:
-                    raise InstanceError(i, f"{type(e).__name__}: {e}") from e
-                outputs.append(_flatten_result(out, i))
-        finally:
-            _recorder._ACTIVE = None
-        return outputs
+        self.table.begin_call()
+        rec, _ = record_instances(self.fn, list(instances), self.table, lazy_inputs=self.lazy_inputs,
+                                  device=self._device())
+        graph = rec.graph.freeze()
+        self.table.end_call(graph.used_sids.tolist())
+        return graph
 
     # *** execute ***
     def _execute(self, graph, layout, steps, outputs) -> list:
         arenas = allocate_arenas(graph, layout)
         # The rows every instance's results live in, one index per arena.
         rows_by_arena: dict[int, list[int]] = {}
+        value_aval_id, value_row = graph.value_aval_id, layout.value_row
         for leaves, _ in outputs:
             for leaf in leaves:
                 if type(leaf) is LazyValue:
-                    rows_by_arena.setdefault(int(graph.value_aval_id[leaf.vid]), []).append(int(layout.value_row[leaf.vid]))
-        result_index = [(a, torch.tensor(r, dtype=torch.int64)) for a, r in rows_by_arena.items()]
-        grad_inputs = _grad_inputs(graph, steps) if torch.is_grad_enabled() else []
-        self.stats.training = bool(grad_inputs)
-        if grad_inputs:
-            run = TrainingRun(steps, arenas, result_index, grad_inputs, self.stats, self.profile)
-            tensors = FlushFunction.apply(run, *grad_inputs)
+                    rows_by_arena.setdefault(int(value_aval_id[leaf.vid]), []).append(int(value_row[leaf.vid]))
+        result_index = [(a, torch.tensor(r, dtype=torch.int64, device=graph.device)) for a, r in rows_by_arena.items()]
+        params = None
+        if torch.is_grad_enabled():
+            params = FlushParams(graph, self.table.modules(), _instance_tensors(graph))
+        self.stats.training = bool(params is not None and params.inputs)
+        if self.stats.training:
+            run = TrainingRun(steps, arenas, result_index, params, self.stats, self.profile, graph.device)
+            tensors = FlushFunction.apply(run, *params.inputs)
+            # One select view per result (not unbind): users may modify a result in place, as eagerly.
+            per_arena = {a: iter([t[i] for i in range(len(t))]) for (a, _), t in zip(result_index, tensors, strict=True)}
         else:
-            run_inference(steps, arenas, self.stats if self.profile else None)
+            run_inference(steps, arenas, self.stats if self.profile else None, graph.device)
             tensors = [arenas[a].index_select(0, idx) for a, idx in result_index]
-        per_arena = {a: iter(t.unbind(0)) for (a, _), t in zip(result_index, tensors, strict=True)}
+            per_arena = {a: iter(t.unbind(0)) for (a, _), t in zip(result_index, tensors, strict=True)}
         results = []
         for leaves, rebuild in outputs:
-            vals = [next(per_arena[int(graph.value_aval_id[x.vid])]) if type(x) is LazyValue else x for x in leaves]
+            vals = [next(per_arena[int(value_aval_id[x.vid])]) if type(x) is LazyValue else x for x in leaves]
             results.append(rebuild(vals))
         return results
 
 
-def _grad_inputs(graph, steps) -> list[torch.Tensor]:
-    """Parameters read by the batched ops plus per-instance tensors, all requiring grad."""
-    found: dict[int, torch.Tensor] = {}
-    for sid in graph.used_sids:
-        for t in graph.sigs[sid].grad_leaves:
-            if t.requires_grad:
-                found.setdefault(id(t), t)
-    for x in graph.imms:
-        if isinstance(x, torch.Tensor) and x.requires_grad:
-            found.setdefault(id(x), x)
-    return list(found.values())
+def _instance_tensors(graph) -> list[torch.Tensor]:
+    """Per-instance tensor operands that require grad (their gradients leave through the flush)."""
+    return [x for x in graph.imms if isinstance(x, torch.Tensor) and x.requires_grad]
 
 
-def _flatten_result(out, index: int):
-    if type(out) is LazyValue or isinstance(out, torch.Tensor):
-        return [out], (lambda vals: vals[0])
-    leaves, spec = torch.utils._pytree.tree_flatten(out)
-    bad = [leaf for leaf in leaves if not isinstance(leaf, _LEAF_TYPES)]
-    if bad:
-        raise ResultStructureError(
-            f"instance {index}: the function returned {type(out).__name__} containing "
-            f"{type(bad[0]).__name__} ({bad[0]!r:.60}); results must be tensors, lazy values, None, "
-            f"or tuples / lists / dicts of them")
-    return leaves, (lambda vals: torch.utils._pytree.tree_unflatten(vals, spec))
-
-
-_BATCHERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# fn (or a bound method's object) -> {(method, options): (SignatureTable, Policy)}. Weak keys, and the
+# values never hold fn itself, so a model used once with phalanx.batch can still be freed.
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def batch(fn: Callable[[Any], Any], instances: Iterable[Any], **options) -> list:
-    """One-shot ``Batcher(fn, **options)(instances)``; reuses a cached Batcher per ``fn`` and options
-    so op-type analysis is not repeated."""
+    """One-shot ``Batcher(fn, **options)(instances)``. Op-type analysis (signatures, kernels) and
+    a self-trained policy are cached per ``fn`` and options and reused by the next call, without
+    keeping ``fn`` (or its model) alive."""
     key = tuple(sorted((k, v if isinstance(v, (str, int, bool, type(None))) else id(v)) for k, v in options.items()))
+    owner, method = (fn.__self__, fn.__func__) if hasattr(fn, "__self__") and hasattr(fn, "__func__") else (fn, None)
     try:
-        per_fn = _BATCHERS.setdefault(fn, {})
+        per_fn = _CACHE.setdefault(owner, {})
     except TypeError:
         return Batcher(fn, **options)(instances)
-    batcher = per_fn.get(key)
-    if batcher is None:
-        batcher = per_fn[key] = Batcher(fn, **options)
+    cached = per_fn.get((method, key))
+    if cached is None:
+        batcher = Batcher(fn, **options)
+        per_fn[(method, key)] = (batcher.table, batcher.policy)
+    else:
+        table, policy = cached
+        batcher = Batcher(fn, **{**options, "policy": policy}, table=table)
     return batcher(instances)
 
 

@@ -59,6 +59,8 @@ def make_graph(node_sigs: Sequence[int], inputs_per_node: Sequence[Sequence[int]
         value_node=np.arange(n, dtype=np.int64),
         value_aval_id=np.zeros(n, dtype=np.int64),
         avals=[_DUMMY_AVAL],
+        device=torch.device("cpu"),
+        used_sids=np.unique(np.asarray(node_sigs, dtype=np.int64)),
     )
 
 

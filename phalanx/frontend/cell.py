@@ -13,6 +13,7 @@ from typing import Callable
 from torch import nn
 
 from . import recorder as _recorder
+from .recorder import _SLOT
 
 _BATCHING_MODES = ("auto", "vmap", "native")
 
@@ -42,7 +43,7 @@ class Cell:
         return self.fn
 
     def __call__(self, *args, **kwargs):
-        rec = _recorder._ACTIVE
+        rec = _SLOT.rec
         if rec is None:
             return self.fn(*_convert_numbers(args), **kwargs)
         return rec.record_cell(self, args, kwargs)
@@ -52,7 +53,7 @@ class Cell:
 
 
 def _cell_call(self, *args, **kwargs):
-    rec = _recorder._ACTIVE
+    rec = _SLOT.rec
     if rec is None:
         return nn.Module.__call__(self, *_convert_numbers(args), **kwargs)
     return rec.record_cell(self, args, kwargs)

@@ -1,36 +1,50 @@
 """The recorder: turns cell calls and torch ops on lazy values into graph nodes.
 
-One Recorder is active during a phalanx run (``_ACTIVE``, a module global because the hot path
-reads it on every cell call). ``record_cell`` is that hot path: a flat loop over the arguments,
+One Recorder is active per thread during a phalanx run (``_SLOT.rec``: a thread-local, so eager
+calls of the same model on other threads stay eager; the hot path reads it on every cell call). ``record_cell`` is that hot path: a flat loop over the arguments,
 one dict lookup for the signature, one append per column. Everything slow (shape inference,
 finding the parameters a cell reads, validating outputs) happens once per new signature, in
 ``_new_signature``.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
 
-from ..errors import CellCallError, PhalanxError, UnsupportedOpError
+from ..errors import CellCallError, PhalanxError, ResultStructureError, UnsupportedOpError
 from ..ir.aval import AVal, aval, aval_of
 from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
+from .capture import run_capturing
 
-_ACTIVE: "Recorder | None" = None
+class _RecorderSlot(threading.local):
+    rec: "Recorder | None" = None
+
+
+_SLOT = _RecorderSlot()
+
+
+class _Substitution(threading.local):
+    # id(parameter) -> the tensor a flush's kernels read instead (runtime/params.py sets it).
+    aliases: "dict[int, torch.Tensor] | None" = None
+
+
+SUBSTITUTION = _Substitution()
 
 # Key markers for Python-number operands of cells (their aval alone would collide with LAZY ones).
 _INT_KEY, _FLOAT_KEY, _BOOL_KEY = object(), object(), object()
 
 
 def active() -> "Recorder | None":
-    return _ACTIVE
+    return _SLOT.rec
 
 
 def active_or_error() -> "Recorder":
     """The active recorder. Lazy values from a finished run are caught where they are recorded
     (their ``graph`` is not the active one)."""
-    rec = _ACTIVE
+    rec = _SLOT.rec
     if rec is None:
         raise PhalanxError("a lazy value was used outside the phalanx run that created it")
     return rec
@@ -62,9 +76,11 @@ _OPERAND = _Operand()
 
 
 def _is_shared_tensor(t: torch.Tensor) -> bool:
-    # Parameters and other grad-requiring leaves are model state shared by all instances: they are
-    # broadcast to a batch, never stacked (ACRoBat's parameter reuse, decided by type at record time).
-    return isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf)
+    # Parameters are model state shared by all instances: broadcast to a batch, never stacked
+    # (ACRoBat's parameter reuse, decided by type at record time). Any other tensor, even a leaf that
+    # requires grad, is per-instance data: keying op types by its identity would make one op type
+    # per tensor (unbounded tables, batches of one).
+    return isinstance(t, torch.nn.Parameter)
 
 
 def number_aval(x) -> AVal:
@@ -94,9 +110,9 @@ def _static_key(obj, op_name: str):
 class Recorder:
     """Records the instances of one phalanx run into a DataflowGraph."""
 
-    def __init__(self, table: SignatureTable):
+    def __init__(self, table: SignatureTable, device: "torch.device | None" = None):
         self.table = table
-        self.graph = DataflowGraph(table)
+        self.graph = DataflowGraph(table, device)
         self.inst = 0
         self.phase = 0
 
@@ -130,8 +146,9 @@ class Recorder:
                 key.append(_INT_KEY if t is int else _FLOAT_KEY)
                 arg_code.append(-1 - len(imms))
                 imms.append(a)
-            elif t is torch.Tensor and not (a.requires_grad and a.is_leaf):
-                # A per-instance tensor (an initial state, features); parameters take the general path.
+            elif t is torch.Tensor:
+                # A per-instance tensor (an initial state, features); Parameters (another type) take
+                # the general path, where they become part of the op type.
                 key.append(("tensor", aval_of(a)))
                 arg_code.append(-1 - len(imms))
                 imms.append(a)
@@ -164,6 +181,7 @@ class Recorder:
     # *** instance tensors ***
     def record_input(self, tensor: torch.Tensor) -> "LazyValue":
         """A tensor found in an instance becomes a lazy value: one ``input`` node that stacks it."""
+        self.check_device(tensor, "a tensor in the instance")
         key = (_INPUT, aval_of(tensor))
         sig = self.table.by_key.get(key)
         if sig is None:
@@ -174,18 +192,48 @@ class Recorder:
         return LazyValue(first, sig.out_avals[0], 0, g)
 
     def lazify(self, instance):
-        """Replace the tensors in an instance (itself, or inside tuples / lists / dicts) by lazy values."""
-        t = type(instance)
+        """Replace the tensors in an instance (itself, or inside tuples / lists / dicts) by lazy values.
+
+        Iterative (an explicit stack), so instances nested thousands of levels deep do not hit the
+        recursion limit; containers without tensors are returned as they are, uncopied."""
         if isinstance(instance, torch.Tensor):
             return self.record_input(instance)
-        if t is tuple or t is list:
-            for x in instance:
-                if type(x) not in _SCALARS:
-                    return t(self.lazify(x) for x in instance)
-            return instance            # word ids, tags...: nothing to convert, nothing to copy
-        if t is dict:
-            return {k: self.lazify(v) for k, v in instance.items()}
-        return instance
+        t = type(instance)
+        if t is not tuple and t is not list and t is not dict:
+            return instance
+        # Frames: [container, its items, converted items]; children are converted in order.
+        stack = [[instance, _items(instance), []]]
+        result = None
+        while stack:
+            container, items, done = frame = stack[-1]
+            if len(done) < len(items):
+                x = items[len(done)]
+                tx = type(x)
+                if isinstance(x, torch.Tensor):
+                    done.append(self.record_input(x))
+                elif (tx is tuple or tx is list or tx is dict) and x:
+                    stack.append([x, _items(x), []])
+                else:
+                    done.append(x)
+                continue
+            stack.pop()
+            if all(a is b for a, b in zip(done, items, strict=True)):
+                built = container       # nothing inside changed: keep the user's object
+            elif type(container) is dict:
+                built = dict(zip(container.keys(), done, strict=True))
+            else:
+                built = type(container)(done)
+            if stack:
+                stack[-1][2].append(built)
+            else:
+                result = built
+            del frame
+        return result
+
+    def check_device(self, tensor: torch.Tensor, what: str) -> None:
+        if tensor.device != self.graph.device:
+            raise PhalanxError(f"{what} is on {tensor.device} but the model is on {self.graph.device}; "
+                               f"move the instance's tensors to {self.graph.device} (or the model to {tensor.device})")
 
     # *** torch ops on lazy values ***
     def record_op(self, func, args: tuple, kwargs: dict):
@@ -211,6 +259,7 @@ class Recorder:
                 if _is_shared_tensor(obj):
                     key_parts.append(_Shared(obj))
                     return obj
+                self.check_device(obj, f"{name}: a tensor argument")
                 operands.append(obj)
                 key_parts.append(("tensor", aval_of(obj)))
                 return _OPERAND
@@ -248,12 +297,13 @@ class Recorder:
         return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 
     def _new_signature(self, key, callee, name, fn, template_args, template_kwargs, operands) -> Signature:
+        g = self.graph
         kinds, avals, examples = [], [], []
         for op in operands:
             if type(op) is LazyValue:
                 kinds.append(ArgKind.LAZY)
                 avals.append(op.aval)
-                examples.append(op.aval.zeros())
+                examples.append(op.aval.zeros(g.device))
             elif isinstance(op, torch.Tensor):
                 kinds.append(ArgKind.TENSOR)
                 avals.append(aval_of(op))
@@ -263,32 +313,45 @@ class Recorder:
                 avals.append(number_aval(op))
                 examples.append(number_to_tensor(op))
         per_instance = _bind_template(fn, template_args, template_kwargs)
-        outputs = run_unrecorded(per_instance, examples, name, avals)
+        outputs, captured = run_unrecorded(per_instance, examples, name, avals, capture=True)
         flat, unflatten, flatten = _output_structure(outputs, name)
-        leaves = _grad_leaves(flat)
         paths = self.table.paths
         shared = [p.tensor for p in key[1] if type(p) is _Shared] if type(key[1]) is tuple else []
         path = paths.get(id(callee)) or ",".join(paths.get(id(t), "?") for t in shared)
+        modules = tuple(callee.modules()) if isinstance(callee, torch.nn.Module) else ()
+        own = {id(t) for m in modules for t in (*m._parameters.values(), *m._buffers.values())}
+        is_cell = callee is not None and hasattr(callee, "_phalanx_fn")
         sig = Signature(
             sid=len(self.table.sigs), name=name, fn=per_instance, in_kinds=tuple(kinds), path=path,
             in_avals=tuple(avals), out_avals=tuple(aval_of(t) for t in flat), unflatten=unflatten,
-            flatten=flatten, grad_leaves=leaves, single=isinstance(outputs, torch.Tensor),
-            plain_tuple=type(outputs) is tuple and unflatten is tuple,
+            flatten=flatten, captured=captured, callee=callee, modules=modules,
+            rediscover=is_cell and any(id(t) not in own for t in captured),
+            single=isinstance(outputs, torch.Tensor), plain_tuple=type(outputs) is tuple and unflatten is tuple,
             meta={"batching": getattr(callee, "_phalanx_batching", "auto")})
-        self.table.sigs.append(sig)
-        self.table.by_key[key] = sig
-        if isinstance(key[1], tuple) and callee is not None and hasattr(callee, "_phalanx_fn") and not template_kwargs:
+        keys = [key]
+        if isinstance(key[1], tuple) and is_cell and not template_kwargs and _flat_template(template_args, len(operands)):
             # Also register the flat key of the cell fast path, so the next call skips this path.
             flat_key = [callee]
             for k, a in zip(kinds, avals, strict=True):
                 flat_key.append(a if k is ArgKind.LAZY else _number_key(a) if k is ArgKind.NUMBER else ("tensor", a))
-            if _flat_template(template_args, len(operands)):
-                self.table.by_key.setdefault(tuple(flat_key), sig)
+            keys.append(tuple(flat_key))
+        self.table.add(sig, *keys)
         return sig
 
 
+def example_operands(sig: Signature, device=None) -> list:
+    """Zero operands of the signature's kinds and shapes (shape inference, rediscovery)."""
+    return [a.zeros(device) for a in sig.in_avals]
+
+
+def rediscover_captured(sig: Signature, device=None) -> None:
+    """Find again the tensors a function cell reads from its closure (they may have been rebound)."""
+    _, sig.captured = run_unrecorded(sig.fn, example_operands(sig, device), sig.name, sig.in_avals, capture=True)
+
+
 _INPUT = object()
-_SCALARS = frozenset((int, float, bool, str, type(None)))
+def _items(container) -> list:
+    return list(container.values()) if type(container) is dict else list(container)
 
 
 def _identity(x):
@@ -336,6 +399,9 @@ def _bind_template(fn, template_args, template_kwargs) -> Callable:
             return t(fill(x, it) for x in obj)
         if t is dict:
             return {k: fill(v, it) for k, v in obj.items()}
+        if isinstance(obj, torch.Tensor):           # a shared parameter
+            aliases = SUBSTITUTION.aliases
+            return aliases.get(id(obj), obj) if aliases else obj
         return obj
 
     def per_instance(*ops):
@@ -345,21 +411,24 @@ def _bind_template(fn, template_args, template_kwargs) -> Callable:
     return per_instance
 
 
-def run_unrecorded(fn, args, name: str, avals=None):
+def run_unrecorded(fn, args, name: str, avals=None, capture: bool = False):
     """Run ``fn`` eagerly with recording switched off (shape inference, kernels), wrapping errors so
-    they name the cell or op and the operand shapes."""
-    global _ACTIVE
-    saved, _ACTIVE = _ACTIVE, None
+    they name the cell or op and the operand shapes. With ``capture``, returns ``(result, captured
+    tensors)`` (NOTE: [Captured tensors]); shape inference runs without autograd, in any grad mode."""
+    slot = _SLOT
+    saved, slot.rec = slot.rec, None
     try:
-        with torch.enable_grad():
-            return fn(*args)
+        if capture:
+            with torch.inference_mode(False), torch.no_grad():
+                return run_capturing(fn, list(args))
+        return fn(*args)
     except PhalanxError:
         raise
     except Exception as e:
         shapes = ", ".join(map(repr, avals)) if avals is not None else "?"
         raise CellCallError(f"{name} cannot run on operands ({shapes}): {type(e).__name__}: {e}") from e
     finally:
-        _ACTIVE = saved
+        slot.rec = saved
 
 
 def _output_structure(outputs, name: str):
@@ -368,36 +437,37 @@ def _output_structure(outputs, name: str):
         return [outputs], (lambda vals: vals[0]), (lambda out: (out,))
     if type(outputs) is tuple and all(isinstance(o, torch.Tensor) for o in outputs):
         n = len(outputs)
-        return list(outputs), tuple, (lambda out: out if len(out) == n else tuple(out))
+
+        def flatten_tuple(out):
+            if type(out) is not tuple or len(out) != n:
+                raise ResultStructureError(f"{name} returned {_describe(out)} here but a tuple of {n} tensors "
+                                           f"when first recorded; a cell must return the same structure every time")
+            return out
+
+        return list(outputs), tuple, flatten_tuple
     flat, spec = torch.utils._pytree.tree_flatten(outputs)
     bad = [type(x).__name__ for x in flat if not isinstance(x, torch.Tensor)]
     if bad or not flat:
         raise CellCallError(
             f"{name} returned {type(outputs).__name__} with non-tensor parts ({', '.join(bad) or 'no tensors'}); "
             f"a cell must return a tensor or a tuple/list/dict of tensors")
-    return flat, (lambda vals: torch.utils._pytree.tree_unflatten(vals, spec)), \
-        (lambda out: tuple(torch.utils._pytree.tree_leaves(out)))
+
+    def flatten_tree(out):
+        leaves, got = torch.utils._pytree.tree_flatten(out)
+        if got != spec:
+            raise ResultStructureError(f"{name} returned {_describe(out)} here but {_describe(outputs)} when first "
+                                       f"recorded; a cell must return the same structure every time")
+        return tuple(leaves)
+
+    return flat, (lambda vals: torch.utils._pytree.tree_unflatten(vals, spec)), flatten_tree
 
 
-def _grad_leaves(outputs) -> tuple[torch.Tensor, ...]:
-    """Tensors requiring grad that the outputs depend on (a cell's parameters), by walking the
-    autograd graph of the example call once per signature."""
-    found: dict[int, torch.Tensor] = {}
-    seen = set()
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    for o in outputs:
-        if o.requires_grad and o.grad_fn is None:
-            found[id(o)] = o
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        var = getattr(node, "variable", None)
-        if var is not None:
-            found[id(var)] = var
-        stack.extend(n for n, _ in node.next_functions)
-    return tuple(found.values())
+def _describe(out) -> str:
+    if isinstance(out, torch.Tensor):
+        return "a tensor"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)}"
+    return type(out).__name__
 
 
 from .value import LazyValue  # noqa: E402  (value.py imports this module)

@@ -42,7 +42,7 @@ class LazyValue:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        return self.graph.device
 
     @property
     def requires_grad(self) -> bool:
@@ -120,6 +120,17 @@ class LazyValue:
 
     def __index__(self):
         self._needs_value("use as a Python index")
+
+    def __array__(self, *args, **kwargs):
+        self._needs_value("conversion to a numpy array")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        raise UnsupportedOpError(f"numpy's {ufunc.__name__} on a lazy value: numpy cannot record ops; use the torch "
+                                 f"function (torch.{ufunc.__name__}) instead")
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise UnsupportedOpError(f"numpy's {func.__name__} on a lazy value: numpy cannot record ops; use the torch "
+                                 f"function instead")
 
     __hash__ = object.__hash__
 

@@ -5,6 +5,7 @@ comparing or hashing them costs one pointer comparison on the recording hot path
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -28,18 +29,20 @@ class AVal:
     def is_float(self) -> bool:
         return self.dtype.is_floating_point or self.dtype.is_complex
 
-    def zeros(self) -> torch.Tensor:
-        return torch.zeros(self.shape, dtype=self.dtype)
+    def zeros(self, device=None) -> torch.Tensor:
+        return torch.zeros(self.shape, dtype=self.dtype, device=device)
 
 
-_INTERNED: dict[tuple, AVal] = {}
+# Weak values: an aval lives as long as a signature, value or arena uses it, so a stream of new
+# shapes does not grow this table forever.
+_INTERNED: "weakref.WeakValueDictionary[tuple, AVal]" = weakref.WeakValueDictionary()
 
 
 def aval(shape, dtype: torch.dtype) -> AVal:
     key = (tuple(shape), dtype)
     found = _INTERNED.get(key)
     if found is None:
-        found = _INTERNED[key] = AVal(key[0], dtype)
+        found = _INTERNED.setdefault(key, AVal(key[0], dtype))
     return found
 
 

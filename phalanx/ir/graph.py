@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import torch
 
 from .aval import AVal
 from .signature import Signature, SignatureTable
@@ -29,10 +30,11 @@ class DataflowGraph:
     """Append-only store written by the recorder. See the module docstring for the layout."""
 
     __slots__ = ("table", "node_sig", "node_depth", "inst_runs", "phase_runs", "arg_start", "arg_code", "imms",
-                 "num_values")
+                 "num_values", "device")
 
-    def __init__(self, table: SignatureTable):
+    def __init__(self, table: SignatureTable, device: "torch.device | None" = None):
         self.table = table
+        self.device = device if device is not None else torch.device("cpu")
         self.node_sig: list[int] = []
         self.node_depth: list[int] = []
         # Instance and phase change rarely, so they are stored as runs: (first node, value).
@@ -68,12 +70,19 @@ class DataflowGraph:
     def freeze(self) -> "GraphArrays":
         sigs = list(self.table.sigs)
         node_sig = np.asarray(self.node_sig, dtype=np.int64)
-        # Per-value columns, vectorized: value k of node n has the k-th output aval of its sig.
+        # Per-value columns, vectorized: value k of node n has the k-th output aval of its sig. Only
+        # the op types this graph uses are visited, so the cost does not grow with the table.
+        used = np.unique(node_sig)
         index: dict[AVal, int] = {}
-        sig_outs = [[index.setdefault(a, len(index)) for a in s.out_avals] for s in sigs]
-        sig_num_out = np.array([len(o) for o in sig_outs], dtype=np.int64)
-        sig_out_start = np.concatenate(([0], np.cumsum(sig_num_out)))
-        sig_out_flat = np.array([a for o in sig_outs for a in o], dtype=np.int64)
+        sig_num_out = np.zeros(len(sigs), dtype=np.int64)
+        outs_of_used = []
+        for sid in used.tolist():
+            outs = [index.setdefault(a, len(index)) for a in sigs[sid].out_avals]
+            sig_num_out[sid] = len(outs)
+            outs_of_used.append(outs)
+        sig_out_start = np.zeros(len(sigs) + 1, dtype=np.int64)
+        np.cumsum(sig_num_out, out=sig_out_start[1:])
+        sig_out_flat = np.array([a for o in outs_of_used for a in o], dtype=np.int64)
         num_out = sig_num_out[node_sig] if len(node_sig) else np.zeros(0, np.int64)
         node_first_value = np.concatenate(([0], np.cumsum(num_out)[:-1])) if len(node_sig) else num_out
         value_node = np.repeat(np.arange(len(node_sig)), num_out)
@@ -92,6 +101,8 @@ class DataflowGraph:
             value_node=value_node,
             value_aval_id=value_aval_id,
             avals=list(index),
+            device=self.device,
+            used_sids=used,
         )
 
 
@@ -119,6 +130,8 @@ class GraphArrays:
     value_node: np.ndarray
     value_aval_id: np.ndarray
     avals: list[AVal]
+    device: "torch.device"
+    used_sids: np.ndarray
 
     @property
     def num_nodes(self) -> int:
@@ -127,10 +140,6 @@ class GraphArrays:
     @property
     def num_values(self) -> int:
         return len(self.value_node)
-
-    @cached_property
-    def used_sids(self) -> np.ndarray:
-        return np.unique(self.node_sig)
 
     @cached_property
     def arg_owner(self) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 ``build_steps`` (the plan stage) turns (graph, schedule, layout) into a list of Steps: per batch,
 how to read each operand list (a slice view when its rows are consecutive and in batch order,
-otherwise ONE ``index_select``) and where to write each output. ``run_inference`` executes the steps
-under no_grad. ``run_training`` does the same inside one ``torch.autograd.Function`` whose backward
-walks the steps in reverse, so results are ordinary autograd tensors and ``loss.backward()`` works.
+otherwise ONE ``index_select``; a per-instance tensor that is the same object in every row is
+broadcast with ``expand``, never stacked) and where to write each output. ``run_inference``
+executes the steps under no_grad. ``TrainingRun`` does the same inside one
+``torch.autograd.Function`` whose backward walks the steps in reverse, so results are ordinary
+autograd tensors and ``loss.backward()`` works.
 
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
@@ -12,11 +14,26 @@ training we read through ``.data`` views: they share memory but have their own v
 autograd's in-place check does not fire when later batches write other rows of the same arena.
 
 NOTE: [Batched backward] training runs each batch's kernel with grad enabled on detached operand
-tensors and keeps (operands, outputs). Backward allocates one gradient arena per float arena,
-seeds it with the result gradients, and for each batch in reverse order calls
-``torch.autograd.grad`` once (outputs -> operands and the cell's parameters), then adds operand
-gradients into the gradient arenas with the same slice / index that read them (``index_add_``
-accumulates duplicates). Parameter gradients are summed and returned by the Function.
+tensors and parameter aliases (NOTE: [Parameters in the batched backward], runtime/params.py) and
+keeps (operands, outputs). Backward allocates one gradient arena per float arena, seeds it with the
+result gradients, and for each batch in reverse order calls ``torch.autograd.grad`` once (outputs
+-> operands and the aliases), then adds operand gradients into the gradient arenas with the same
+slice / index that read them (``index_add_`` accumulates duplicates). Parameter gradients are summed
+and returned once by the Function. The forward runs under identity saved-tensor hooks, so an
+enclosing ``torch.utils.checkpoint`` never tries to recompute the flush's private graphs.
+
+NOTE: [Rows the loss does not use] in a batched backward a row whose output cotangent is exactly
+zero still meets the row's forward values in every parameter gradient (``X^T G``): an unused
+instance with an inf or NaN would poison every other instance's gradients, where eager code never
+touches it. A zero row contributes exactly zero otherwise, so excluding it changes nothing for
+finite values. Checking every batch costs a reduction per batch; instead the gradients are
+checked once at the end (they are finite in the normal case) and only if one is not, the backward
+is redone skipping zero rows: a batch with some zero rows is re-run on its nonzero rows only.
+
+NOTE: [Double backward] with ``create_graph=True`` (gradient penalties) the backward re-runs the
+flush as ordinary autograd ops on the real parameters (cloned arena reads, in-place arena writes)
+and differentiates that, so the gradients themselves have a graph. It costs a second forward and
+is used only then.
 """
 from __future__ import annotations
 
@@ -32,23 +49,33 @@ from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout
 from ..schedule.base import Schedule
 from ..stats import ReadCounts
-from .kernels import kernel_for
+from .kernels import data_dependent_error, is_data_dependent, kernel_for
+from .params import FlushParams
 
 # Operand read kinds (and output write kinds: SLICE or SCATTER).
-SLICE, GATHER, NUMBERS, TENSORS = 0, 1, 2, 3
+SLICE, GATHER, NUMBERS, TENSORS, BROADCAST = 0, 1, 2, 3, 4
 SCATTER = GATHER
 
 
 @dataclass(slots=True, eq=False)
 class Step:
     """One batch: ``operands[p] = (kind, arena_or_dtype, payload)``; ``outputs[k] = (kind, arena, rows)``
-    with kind SLICE (rows = (lo, hi)) or SCATTER (rows = index tensor)."""
+    with kind SLICE (rows = (lo, hi)) or SCATTER (rows = index tensor); ``insts[i]``: the instance of
+    row i (for error messages)."""
 
     sig: Signature
     nodes: np.ndarray
     size: int
     operands: list
     outputs: list
+    insts: np.ndarray
+
+
+def _rows_kind(rows: np.ndarray, size: int, device):
+    lo = int(rows[0])
+    if size == 1 or (rows[-1] - lo == size - 1 and (np.diff(rows) == 1).all()):
+        return SLICE, (lo, lo + size)
+    return GATHER, torch.from_numpy(rows).to(device)
 
 
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
@@ -56,6 +83,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     steps = []
     value_row, value_arena = layout.value_row, graph.value_aval_id
     imms = graph.imms
+    device = graph.device
     for nodes, sid in zip(layout.batches, schedule.sids, strict=True):
         sig = graph.sigs[sid]
         size = len(nodes)
@@ -64,60 +92,90 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         for p, kind in enumerate(sig.in_kinds):
             column = codes[:, p]
             if kind is ArgKind.LAZY:
-                rows = value_row[column]
-                arena = int(value_arena[column[0]])
+                read, payload = _rows_kind(value_row[column], size, device)
+                operands.append((read, int(value_arena[column[0]]), payload))
                 counts.operand_lists += 1
-                lo = int(rows[0])
-                if size == 1 or (rows[-1] - lo == size - 1 and (np.diff(rows) == 1).all()):
-                    operands.append((SLICE, arena, (lo, lo + size)))
+                if read == SLICE:
                     counts.in_place += 1
                 else:
-                    operands.append((GATHER, arena, torch.from_numpy(rows)))
                     counts.gathers += 1
                     counts.gather_bytes += size * sig.in_avals[p].nbytes
             elif kind is ArgKind.NUMBER:
                 operands.append((NUMBERS, sig.in_avals[p].dtype, [imms[-1 - c] for c in column.tolist()]))
             else:
-                operands.append((TENSORS, None, [imms[-1 - c] for c in column.tolist()]))
+                tensors = [imms[-1 - c] for c in column.tolist()]
+                first = tensors[0]
+                if all(t is first for t in tensors):
+                    operands.append((BROADCAST, size, first))     # one tensor for every row
+                else:
+                    operands.append((TENSORS, None, tensors))
         first = graph.node_first_value[nodes]
         outputs = []
         for k in range(sig.num_outputs):
-            rows = value_row[first + k]
-            arena = int(value_arena[first[0] + k])
-            lo = int(rows[0])
+            write, rows = _rows_kind(value_row[first + k], size, device)
+            outputs.append((write, int(value_arena[first[0] + k]), rows))
             counts.output_blocks += 1
-            if size == 1 or (rows[-1] - lo == size - 1 and (np.diff(rows) == 1).all()):
-                outputs.append((SLICE, arena, (lo, lo + size)))
-            else:
-                outputs.append((SCATTER, arena, torch.from_numpy(rows)))
-                counts.scattered_outputs += 1
-        steps.append(Step(sig, nodes, size, operands, outputs))
+            counts.scattered_outputs += write == SCATTER
+        steps.append(Step(sig, nodes, size, operands, outputs, graph.node_inst[nodes]))
     return steps, counts
 
 
 def allocate_arenas(graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
-    return [torch.empty((int(n), *a.shape), dtype=a.dtype) for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
+    return [torch.empty((int(n), *a.shape), dtype=a.dtype, device=graph.device)
+            for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
 
 
-def _read(op, arenas) -> torch.Tensor:
+def _read(op, arenas, device=None) -> torch.Tensor:
     kind, where, payload = op
     if kind == SLICE:
         return arenas[where][payload[0]:payload[1]]
     if kind == GATHER:
         return arenas[where].index_select(0, payload)
     if kind == NUMBERS:
-        return torch.tensor(payload, dtype=where)
+        return torch.tensor(payload, dtype=where, device=device)
+    if kind == BROADCAST:
+        return payload.detach().unsqueeze(0).expand(where, *payload.shape)
     return torch.stack([t.detach() for t in payload])
 
 
-def _call(step: Step, operands: list) -> tuple:
+def _flags(sig: Signature) -> tuple:
+    return tuple(m.training for m in sig.modules)
+
+
+def _call(step: Step, operands: list, kernels: dict) -> tuple:
+    sig = step.sig
     try:
-        return kernel_for(step.sig, operands, step.size)(operands, step.size)
+        kernel = kernels.get(sig.sid)
+        if kernel is None:
+            kernel = kernels[sig.sid] = kernel_for(sig, operands, step.size, _flags(sig))
+        return kernel(operands, step.size)
     except PhalanxError:
         raise
     except Exception as e:
-        raise BatchExecutionError(f"{step.sig.name}: batched call over {step.size} nodes failed: "
-                                  f"{type(e).__name__}: {e}") from e
+        if is_data_dependent(e):
+            raise data_dependent_error(sig, e) from e
+        raise _localize(step, operands, e) from e
+
+
+def _localize(step: Step, operands: list, error: Exception) -> BatchExecutionError:
+    """The batch failed: find the first row whose per-instance call fails too, to name its instance."""
+    from ..frontend.recorder import run_unrecorded
+
+    sig = step.sig
+    summary = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    with torch.no_grad():
+        for row in range(step.size):
+            try:
+                run_unrecorded(sig.fn, [op[row] for op in operands], sig.name, sig.in_avals)
+            except Exception as e:  # noqa: BLE001  (this row's own error is what we report)
+                cause = e.__cause__ if isinstance(e, PhalanxError) and e.__cause__ is not None else e
+                err = BatchExecutionError(
+                    f"instance {int(step.insts[row])}: {sig.name} fails on its operands "
+                    f"({', '.join(repr(a) for a in sig.in_avals)}): {type(cause).__name__}: {cause}")
+                err.instance = int(step.insts[row])
+                return err
+    return BatchExecutionError(f"{sig.name}: batched call over {step.size} nodes (instances "
+                               f"{sorted(set(step.insts.tolist()))[:8]}...) failed: {summary}")
 
 
 def _write(step: Step, outs: tuple, arenas: list[torch.Tensor]) -> None:
@@ -135,48 +193,56 @@ def _output_grad(output, garenas) -> torch.Tensor:
     return garenas[arena].index_select(0, rows)
 
 
-def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -> None:
+def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None, device=None) -> None:
     """Run every step under no_grad. ``profile``: a Stats whose per-op times are filled in."""
+    kernels: dict = {}
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            _write(step, _call(step, [_read(op, arenas) for op in step.operands]), arenas)
+            _write(step, _call(step, [_read(op, arenas, device) for op in step.operands], kernels), arenas)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
+
+
+def _keep(t):
+    return t
 
 
 class TrainingRun:
     """State shared by the forward and backward of one flush (see NOTE: [Batched backward])."""
 
     def __init__(self, steps: list[Step], arenas: list[torch.Tensor], result_index: list,
-                 grad_inputs: list[torch.Tensor], stats=None, profile: bool = False):
+                 params: FlushParams, stats=None, profile: bool = False, device=None):
         self.steps = steps
         self.arenas = arenas
         self.result_index = result_index      # [(arena, index tensor)] for each Function output
-        self.grad_inputs = grad_inputs
+        self.params = params
         self.saved: list = []
         self.stats = stats                    # its backward_s is set when backward runs
         self.profile = stats if profile else None
+        self.device = device
+        self.kernels: dict = {}
+
+    def _operands(self, step: Step) -> list:
+        arenas, operands = self.arenas, []
+        for op in step.operands:
+            kind = op[0]
+            t = arenas[op[1]][op[2][0]:op[2][1]].data if kind == SLICE else _read(op, arenas, self.device)
+            # Arena reads always join the backward; per-instance tensors only if one requires grad;
+            # numbers never.
+            if t.is_floating_point() and (kind <= GATHER or (kind == TENSORS and any(x.requires_grad for x in op[2]))
+                                          or (kind == BROADCAST and op[2].requires_grad)):
+                t.requires_grad_()
+            operands.append(t)
+        return operands
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         arenas, saved = self.arenas, self.saved
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), self.params:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
-                operands = []
-                for op in step.operands:
-                    kind = op[0]
-                    if kind == SLICE:
-                        t = arenas[op[1]][op[2][0]:op[2][1]].data
-                    else:
-                        t = _read(op, arenas)
-                    # Arena reads always join the backward; stacked tensors only if one requires grad;
-                    # numbers never.
-                    if t.is_floating_point() and (kind <= GATHER or (kind == TENSORS and any(x.requires_grad
-                                                                                              for x in op[2]))):
-                        t.requires_grad_()
-                    operands.append(t)
-                outs = _call(step, operands)
+                operands = self._operands(step)
+                outs = _call(step, operands, self.kernels)
                 saved.append((operands, outs))
                 with torch.no_grad():
                     _write(step, outs, arenas)
@@ -186,13 +252,22 @@ class TrainingRun:
 
     def backward(self, grads) -> tuple:
         start = time.perf_counter()
-        arenas = self.arenas
+        input_grads = self._backward_pass(grads, skip_zero_rows=False)
+        if not all(g is None or bool(torch.isfinite(g).all()) for g in input_grads):
+            input_grads = self._backward_pass(grads, skip_zero_rows=True)   # NOTE: [Rows the loss does not use]
+        self.saved = []   # the per-batch graphs are freed: a second backward is an error
+        if self.stats is not None:
+            self.stats.backward_s = time.perf_counter() - start
+        return tuple(input_grads)
+
+    def _backward_pass(self, grads, skip_zero_rows: bool) -> list:
+        arenas, inputs = self.arenas, self.params.inputs
         garenas = [torch.zeros_like(a) if a.is_floating_point() else None for a in arenas]
         for (arena, idx), g in zip(self.result_index, grads, strict=True):
             if g is not None and garenas[arena] is not None:
                 garenas[arena].index_add_(0, idx, g)
-        position = {id(t): i for i, t in enumerate(self.grad_inputs)}
-        input_grads: list = [None] * len(self.grad_inputs)
+        position = self.params.position
+        input_grads: list = [None] * len(inputs)
 
         def accumulate(i, g):
             input_grads[i] = g if input_grads[i] is None else input_grads[i] + g
@@ -206,38 +281,90 @@ class TrainingRun:
                     gout_list.append(_output_grad(output, garenas))
             if not out_list:
                 continue
+            wrt = self.params.wrt.get(step.sig.sid, ())
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]
-            leaves = [t for t in step.sig.grad_leaves if id(t) in position]
-            if not wrt_ops and not leaves:
+            if not wrt_ops and not wrt:
                 continue
-            # retain_graph: a cell may read a tensor derived from parameters outside the run
-            # (W2 = 2 * W); that graph is shared by every batch. Ours is freed with self.saved.
-            grads_all = torch.autograd.grad(out_list, [operands[p] for p in wrt_ops] + leaves, gout_list,
+            rows = None
+            if skip_zero_rows:
+                live = torch.zeros(step.size, dtype=torch.bool, device=out_list[0].device)
+                for g in gout_list:
+                    live |= g.reshape(step.size, -1).ne(0).any(1)
+                if not bool(live.any()):
+                    continue
+                if not bool(live.all()):
+                    rows = live.nonzero().squeeze(1)
+                    operands, out_list, gout_list = self._rerun_rows(step, operands, rows, gout_list)
+            # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
+            grads_all = torch.autograd.grad(out_list, [operands[p] for p in wrt_ops] + [t for _, t in wrt], gout_list,
                                             allow_unused=True, retain_graph=True)
             for p, g in zip(wrt_ops, grads_all[:len(wrt_ops)], strict=True):
-                if g is None:
-                    continue
-                kind, where, payload = step.operands[p]
-                if kind == SLICE:
-                    garenas[where][payload[0]:payload[1]] += g
-                elif kind == GATHER:
-                    target = garenas[where]
-                    if g.untyped_storage().data_ptr() == target.untyped_storage().data_ptr():
-                        g = g.clone()   # autograd may hand back the output-gradient view itself
-                    target.index_add_(0, payload, g)
-                elif kind == TENSORS:
-                    for row, t in enumerate(payload):
-                        if id(t) in position:
-                            accumulate(position[id(t)], g[row])
-            for leaf, g in zip(leaves, grads_all[len(wrt_ops):], strict=True):
                 if g is not None:
-                    accumulate(position[id(leaf)], g)
+                    self._add_operand_grad(step.operands[p], g, garenas, rows, accumulate)
+            for (k, _), g in zip(wrt, grads_all[len(wrt_ops):], strict=True):
+                if g is not None:
+                    accumulate(k, g)
             if self.profile is not None:
                 self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - step_start, "backward_s")
-        self.saved = []   # the per-batch graphs are freed: a second backward is an error
-        if self.stats is not None:
-            self.stats.backward_s = time.perf_counter() - start
-        return tuple(input_grads)
+        return input_grads
+
+    def _rerun_rows(self, step: Step, operands: list, rows: torch.Tensor, gout_list: list):
+        """The batch again, on ``rows`` only (fresh graph), with their output gradients."""
+        sub = [op.detach().index_select(0, rows).requires_grad_(op.requires_grad) for op in operands]
+        sub_step = Step(step.sig, step.nodes, len(rows), step.operands, step.outputs, step.insts[rows.cpu().numpy()])
+        with torch.enable_grad(), self.params:
+            outs = _call(sub_step, sub, self.kernels)
+        out_list = [o for o in outs if o.requires_grad]
+        return sub, out_list, [g.index_select(0, rows) for g in gout_list]
+
+    def _add_operand_grad(self, op, g, garenas, rows, accumulate) -> None:
+        kind, where, payload = op
+        position = self.params.position
+        if kind == SLICE:
+            if rows is None:
+                garenas[where][payload[0]:payload[1]] += g
+            else:
+                garenas[where].index_add_(0, rows + payload[0], g)
+        elif kind == GATHER:
+            target = garenas[where]
+            index = payload if rows is None else payload.index_select(0, rows)
+            if g.untyped_storage().data_ptr() == target.untyped_storage().data_ptr():
+                g = g.clone()   # autograd may hand back the output-gradient view itself
+            target.index_add_(0, index, g)
+        elif kind == BROADCAST:
+            if id(payload) in position:
+                accumulate(position[id(payload)], g.sum(0))
+        elif kind == TENSORS:
+            picked = range(len(payload)) if rows is None else rows.tolist()
+            for g_row, r in zip(g, picked, strict=True):
+                t = payload[r]
+                if id(t) in position:
+                    accumulate(position[id(t)], g_row)
+
+    def recompute(self) -> list[torch.Tensor]:
+        """The flush again as ordinary autograd ops on the real tensors (NOTE: [Double backward])."""
+        arenas = [torch.zeros_like(a) for a in self.arenas]
+        kernels: dict = {}
+        for step in self.steps:
+            operands = []
+            for kind, where, payload in step.operands:
+                if kind == SLICE:
+                    operands.append(arenas[where][payload[0]:payload[1]].clone())
+                elif kind == GATHER:
+                    operands.append(arenas[where].index_select(0, payload))
+                elif kind == NUMBERS:
+                    operands.append(torch.tensor(payload, dtype=where, device=self.device))
+                elif kind == BROADCAST:
+                    operands.append(payload.unsqueeze(0).expand(where, *payload.shape))
+                else:
+                    operands.append(torch.stack(payload))
+            outs = _call(step, operands, kernels)
+            for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
+                if kind == SLICE:
+                    arenas[arena][rows[0]:rows[1]] = out
+                else:
+                    arenas[arena].index_copy_(0, rows, out)
+        return [arenas[a].index_select(0, idx) for a, idx in self.result_index]
 
 
 class FlushFunction(torch.autograd.Function):
@@ -256,5 +383,15 @@ class FlushFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         run = ctx.run
         if not run.saved and run.steps:
-            raise PhalanxError("backward through a phalanx flush twice is not supported (its batched graph was freed)")
+            raise PhalanxError("backward through a phalanx flush twice is not supported (its batched graph was freed); "
+                               "pass retain_graph=True only to backward calls that do not reach a phalanx result")
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiate a differentiable re-run (NOTE: [Double backward]).
+            with torch.enable_grad():
+                results = run.recompute()
+            pairs = [(r, g) for r, g in zip(results, grads, strict=True) if g is not None and r.requires_grad]
+            inputs = run.params.inputs
+            got = torch.autograd.grad([r for r, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
+                                      allow_unused=True) if pairs else [None] * len(inputs)
+            return (None, *got)
         return (None, *run.backward(grads))

@@ -1,25 +1,37 @@
 """Batched kernels: the batched version of one signature's per-instance function.
 
-Three ways to batch, chosen once per signature (the kernel is cached on ``sig.kernel``):
+Four ways to batch, chosen once per signature and training-flags tuple (``sig.kernels``):
 - ``native``: call the per-instance function on tensors with a leading batch dimension. Correct for
   batch-polymorphic code (nn.Linear, elementwise ops, ``cat(dim=-1)``...) and the fastest.
 - ``vmap``: ``torch.func.vmap`` of the per-instance function; correct for any vmappable code.
+- ``vmap-random``: vmap with ``randomness="different"``, for cells that draw random numbers
+  (dropout in train mode): every instance gets its own independent draw.
 - ``expand``: a signature without per-instance operands computes once and is broadcast.
 
-With ``batching="auto"`` (the default) the first batch runs a probe: the per-instance function is
-applied row by row to a few probe rows (the oracle), then native and vmap are tried on the stacked
-rows, and the first one that matches the oracle is kept. The probe batch size avoids every
-dimension size in the signature, so a shape coincidence cannot make native look right. If neither
-matches, the op cannot be batched and UnsupportedOpError names it.
+NOTE: [Sound batching] a sampled probe cannot prove that a cell is batch-polymorphic on its own,
+so with ``batching="auto"`` (the default) the per-instance oracle runs on the probe rows under
+taint tracking (frontend/capture.py ``DecisionMode``): if the cell hands data computed from its
+operands to Python (``bool``, ``item``, ``int``... : data-dependent control flow), it is refused
+with ``DataDependentError`` naming the cell and pointing to fibers, whatever the rows did. Without
+such decisions a cell computes the same op sequence for every row, and native is kept only if it
+equals the per-instance function row by row on perturbed probe rows (tolerances by dtype);
+otherwise vmap, checked the same way. A cell that draws random numbers cannot be compared row by
+row and would share one draw across rows natively: vmap-random.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from ..errors import BatchExecutionError, UnsupportedOpError
+from ..errors import BatchExecutionError, DataDependentError, UnsupportedOpError
+from ..frontend.capture import run_observed
 from ..ir.signature import Signature
 
 _PROBE_SEED = 0x5EED
+# (rtol, atol) for comparing a candidate kernel with the per-instance function, by dtype.
+_TOLERANCE = {torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2), torch.float64: (1e-7, 1e-9)}
+_DEFAULT_TOLERANCE = (1e-4, 1e-5)
 
 
 class BatchedKernel:
@@ -32,6 +44,8 @@ class BatchedKernel:
             self._call = sig.fn
         elif mode == "vmap":
             self._call = torch.func.vmap(sig.fn, in_dims=0)
+        elif mode == "vmap-random":
+            self._call = torch.func.vmap(sig.fn, in_dims=0, randomness="different")
         elif mode == "expand":
             self._call = None
         else:
@@ -51,11 +65,25 @@ class BatchedKernel:
         return outs
 
 
-def kernel_for(sig: Signature, operands: list, size: int) -> BatchedKernel:
-    """The cached kernel of ``sig``, probing on the first batch's operands if needed."""
-    if sig.kernel is None:
-        sig.kernel = _choose(sig, operands, size)
-    return sig.kernel
+def kernel_for(sig: Signature, operands: list, size: int, flags: tuple = ()) -> BatchedKernel:
+    """The kernel of ``sig`` for the training ``flags`` of its modules, probing on first use."""
+    kernel = sig.kernels.get(flags)
+    if kernel is None:
+        kernel = sig.kernels[flags] = _choose(sig, operands, size)
+    sig.kernel = kernel
+    return kernel
+
+
+def is_data_dependent(error: BaseException) -> bool:
+    text = str(error)
+    return "vmap" in text and ("data-dependent control flow" in text or ".item()" in text)
+
+
+def data_dependent_error(sig: Signature, error: "BaseException | str") -> DataDependentError:
+    return DataDependentError(
+        f"{sig.name} branches on tensor data inside the cell ({str(error).splitlines()[0]}), so it cannot be "
+        f"batched soundly. Move the decision out of the cell into the per-instance code, where phalanx fibers "
+        f"suspend the instance and batch the rest, or make the cell branch-free (torch.where)")
 
 
 def _probe_size(sig: Signature) -> int:
@@ -71,13 +99,27 @@ def _probe_operands(sig: Signature, operands: list, size: int) -> list:
     rows = torch.randint(size, (_probe_size(sig),), generator=gen)
     probe = []
     for op in operands:
-        picked = op.index_select(0, rows)
+        picked = op.index_select(0, rows.to(op.device))
         if picked.dtype.is_floating_point:
             # Real rows are often all equal (zero states, shared constants); noise on every float
             # operand makes a batching that mixes rows visible.
-            picked = picked + torch.randn(picked.shape, generator=gen, dtype=picked.dtype)
+            noise = torch.randn(picked.shape, generator=gen, dtype=torch.float32).to(picked.device, picked.dtype)
+            picked = picked + noise
         probe.append(picked)
     return probe
+
+
+def _matches(got: tuple, expected: list) -> bool:
+    for g, x in zip(got, expected, strict=True):
+        if g.shape != x.shape or g.dtype != x.dtype:
+            return False
+        rtol, atol = _TOLERANCE.get(x.dtype, _DEFAULT_TOLERANCE)
+        if x.is_floating_point() or x.is_complex():
+            if not torch.allclose(g, x, rtol=rtol, atol=atol, equal_nan=True):
+                return False
+        elif not torch.equal(g, x):
+            return False
+    return True
 
 
 def _choose(sig: Signature, operands: list, size: int) -> BatchedKernel:
@@ -85,24 +127,32 @@ def _choose(sig: Signature, operands: list, size: int) -> BatchedKernel:
 
     if not sig.in_kinds:
         return BatchedKernel(sig, "expand")
-    mode = sig.meta.get("batching", "auto")
-    if mode != "auto":
-        return BatchedKernel(sig, mode)
-    with torch.no_grad():
+    declared = sig.meta.get("batching", "auto")
+    if declared in ("native", "vmap"):
+        return BatchedKernel(sig, declared)
+    with torch.no_grad(), warnings.catch_warnings():
+        # vmap's "performance drop" warning for ops without a batching rule is not an error here.
+        warnings.simplefilter("ignore")
         probe = _probe_operands(sig, operands, size)
-        rows = [run_unrecorded(sig.fn, [p[i] for p in probe], sig.name, sig.in_avals)
-                for i in range(len(probe[0]))]
+        n = len(probe[0])
+        rows = []
+        for i in range(n):
+            out, decision = run_unrecorded(run_observed, [sig.fn, [p[i] for p in probe]], sig.name, sig.in_avals)
+            if decision is not None:
+                raise data_dependent_error(sig, f"{decision} on data computed from its operands")
+            rows.append(out)
         expected = [torch.stack(col) for col in zip(*map(sig.flatten, rows), strict=True)]
         failures = []
         for mode in ("native", "vmap"):
             kernel = BatchedKernel(sig, mode)
             try:
-                got = kernel(probe, len(probe[0]))
-            except Exception as e:  # a failed candidate is expected; we try the next one
+                got = kernel(probe, n)
+            except Exception as e:  # noqa: BLE001  (a failed candidate is expected; we try the next one)
+                if mode == "vmap" and "random" in str(e):
+                    return BatchedKernel(sig, "vmap-random")
                 failures.append(f"{mode}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                 continue
-            if all(g.shape == x.shape and g.dtype == x.dtype and torch.allclose(g, x, rtol=1e-4, atol=1e-5, equal_nan=True)
-                   for g, x in zip(got, expected, strict=True)):
+            if _matches(got, expected):
                 return kernel
             failures.append(f"{mode}: results differ from the per-instance function")
     raise UnsupportedOpError(

@@ -29,6 +29,8 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
+import torch
+
 from ..errors import PhalanxError, PolicyMismatchError
 from ..ir.graph import GraphArrays
 from .base import Frontier, Policy, Schedule
@@ -205,10 +207,19 @@ class FSMPolicy(Policy):
         ``fn_or_batcher``: the per-instance function (or a ``Batcher`` of it, whose op types are
         then shared). ``sample_instances_list``: a list of mini-batches (each a list of instances);
         each is recorded, without executing, into one training graph."""
-        from ..api import Batcher
+        record = getattr(fn_or_batcher, "record", None)
+        if record is None:
+            from ..frontend.recording import record_instances
+            from ..ir.signature import SignatureTable
 
-        batcher = fn_or_batcher if isinstance(fn_or_batcher, Batcher) else Batcher(fn_or_batcher)
-        graphs = [batcher.record(instances) for instances in sample_instances_list]
+            fn = fn_or_batcher
+            root = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+            table = SignatureTable(root)
+
+            def record(instances):
+                return record_instances(fn, list(instances), table)[0].graph.freeze()
+
+        graphs = [record(instances) for instances in sample_instances_list]
         return cls.train_on_graphs(graphs, encoding=encoding, seed=seed, max_episodes=max_episodes,
                                    progress=progress, **options)
 
@@ -251,9 +262,20 @@ class FSMPolicy(Policy):
     def load(cls, path: "str | os.PathLike", *, unknown_types: str = "error") -> "FSMPolicy":
         """Read a policy written by ``save``. Using it on a graph with op types outside its
         fingerprint raises PolicyMismatchError (unless ``unknown_types="fallback"``)."""
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return cls.from_json(data, source=os.fspath(path), unknown_types=unknown_types)
+        source = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise PolicyMismatchError(f"{source}: no such fsm policy file") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PolicyMismatchError(f"{source} is not a phalanx fsm policy file: it is empty, truncated or corrupt "
+                                      f"({type(e).__name__}: {e}); train and save it again") from e
+        try:
+            return cls.from_json(data, source=source, unknown_types=unknown_types)
+        except (KeyError, TypeError, ValueError) as e:
+            raise PolicyMismatchError(f"{source} is a damaged phalanx fsm policy file ({type(e).__name__}: {e}); "
+                                      f"train and save it again") from e
 
     def __repr__(self) -> str:
         state = "untrained" if self.table is None else f"{len(self.table)} states over {len(self.type_names)} types"

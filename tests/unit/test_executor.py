@@ -130,6 +130,24 @@ def test_one_shot_batch_matches_eager_and_reuses_its_batcher():
     for x, g in zip(xs, got, strict=True):
         torch.testing.assert_close(g, fn(x))
     phalanx.batch(fn, xs[:2], policy="agenda")
-    assert len(api._BATCHERS[fn]) == 2            # one Batcher per distinct option set
+    assert len(api._CACHE[fn]) == 2               # one table per distinct option set
+    table = api._CACHE[fn][(None, (("policy", "agenda"),))][0]
     phalanx.batch(fn, xs[:3], policy="agenda")
-    assert len(api._BATCHERS[fn]) == 2            # ...reused, not rebuilt
+    assert len(api._CACHE[fn]) == 2               # ...reused, not rebuilt
+    assert api._CACHE[fn][(None, (("policy", "agenda"),))][0] is table
+
+
+def test_one_shot_batch_does_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    from phalanx.models import TreeLSTM
+    from phalanx.data import synthetic
+
+    model = TreeLSTM(30, 8, embed_dim=4)
+    phalanx.batch(model, synthetic.random_trees(3, 0, 30))
+    phalanx.batch(model.encode, synthetic.random_trees(3, 0, 30))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

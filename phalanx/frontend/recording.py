@@ -1,0 +1,75 @@
+"""Recording a mini-batch: run the per-instance function on every instance with lazy values.
+
+Shared by ``Batcher`` (which then flushes) and by policy training (which only needs graphs), so the
+scheduler never imports the API layer."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..errors import InstanceError, PhalanxError, ResultStructureError
+from ..ir.signature import SignatureTable
+from . import recorder as _recorder
+from .value import LazyValue
+
+_LEAF_TYPES = (torch.Tensor, LazyValue, type(None))
+
+
+def model_device(root) -> torch.device:
+    """Where a model's batched values live: the device of its first parameter or buffer (CPU if none)."""
+    if isinstance(root, torch.nn.Module):
+        for t in root.parameters():
+            return t.device
+        for t in root.buffers():
+            return t.device
+    return torch.device("cpu")
+
+
+def record_instances(fn: Callable[[Any], Any], instances: list, table: SignatureTable, *, lazy_inputs: bool = True,
+                     device: torch.device | None = None):
+    """Record ``instances`` into a new Recorder; returns it and, per instance, its flattened result
+    ``(leaves, rebuild)``. Errors name the instance; the thread's recorder slot is always reset."""
+    slot = _recorder._SLOT
+    if slot.rec is not None:
+        raise PhalanxError("phalanx runs cannot be nested (a Batcher was called while recording)")
+    rec = _recorder.Recorder(table, device)
+    outputs = []
+    slot.rec = rec
+    try:
+        for i, instance in enumerate(instances):
+            rec.begin_instance(i)
+            try:
+                out = fn(rec.lazify(instance) if lazy_inputs else instance)
+            except PhalanxError as e:
+                # Same exception object (type, attributes, traceback), message naming the instance.
+                if e.instance is None:
+                    e.args = (f"instance {i}: {e.args[0] if e.args else ''}", *e.args[1:])
+                    e.instance = i
+                raise
+            except RecursionError as e:
+                raise InstanceError(i, f"RecursionError: {e} (the instance is nested too deeply for Python's "
+                                       f"recursion limit, sys.getrecursionlimit())") from e
+            except Exception as e:
+                raise InstanceError(i, f"{type(e).__name__}: {e}") from e
+            outputs.append(flatten_result(out, i))
+    finally:
+        slot.rec = None
+    return rec, outputs
+
+
+def flatten_result(out, index: int):
+    if type(out) is LazyValue or isinstance(out, torch.Tensor):
+        return [out], _first
+    leaves, spec = torch.utils._pytree.tree_flatten(out)
+    bad = [leaf for leaf in leaves if not isinstance(leaf, _LEAF_TYPES)]
+    if bad:
+        raise ResultStructureError(
+            f"instance {index}: the function returned {type(out).__name__} containing "
+            f"{type(bad[0]).__name__} ({bad[0]!r:.60}); results must be tensors, lazy values, None, "
+            f"or tuples / lists / dicts of them")
+    return leaves, (lambda vals: torch.utils._pytree.tree_unflatten(vals, spec))
+
+
+def _first(vals):
+    return vals[0]
