@@ -11,6 +11,7 @@ import time
 import torch
 
 from .bench import harness, report
+from .errors import PhalanxError
 from .bench.workloads import WORKLOADS
 
 
@@ -175,7 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except PhalanxError as e:
+        # Bad input (a policy file, a model): one clear line, no traceback.
+        print(f"phalanx: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,14 +35,29 @@ def assert_close_structures(got, expected, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(g, e, rtol=rtol, atol=atol)
 
 
+_REUSED: dict = {}
+
+
+def reused_batcher(fn, **options) -> "phalanx.Batcher":
+    """ONE Batcher per (fn, options) for the whole test session, so property tests exercise a
+    Batcher that lives through many calls with different structures and grad modes, as in a
+    training script (a fresh Batcher per example would hide stale caches)."""
+    key = (fn, tuple(sorted((k, v if isinstance(v, (str, int, bool, type(None))) else id(v))
+                            for k, v in options.items())))
+    if key not in _REUSED:
+        _REUSED[key] = phalanx.Batcher(fn, verify=True, **options)
+    return _REUSED[key]
+
+
 def assert_matches_eager(fn, instances, *, params=(), policy="depth", train=False, rtol=1e-4, atol=1e-5,
-                         batcher=None):
+                         batcher=None, grad_mode="no_grad"):
     """Run ``fn`` per instance eagerly and under phalanx; compare outputs and (``train``) the
-    gradients of ``params``. Returns the Batcher used."""
+    gradients of ``params``. Without ``train``, both run under ``grad_mode`` (``"no_grad"`` or
+    ``"inference_mode"``). Returns the Batcher used."""
     params = list(params)
     batcher = batcher or phalanx.Batcher(fn, policy=policy, verify=True)
     if not train:
-        with torch.no_grad():
+        with torch.inference_mode() if grad_mode == "inference_mode" else torch.no_grad():
             expected = [fn(x) for x in instances]
             got = batcher(instances)
         assert_close_structures(got, expected, rtol, atol)

@@ -12,10 +12,15 @@ def test_readme_example_runs_and_matches_eager():
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     model, trees, outs = scope["model"], scope["trees"], scope["outs"]
-    assert all(p.grad is not None for p in model.parameters())
-    with torch.no_grad():
-        for tree, out in zip(trees, outs, strict=True):
-            torch.testing.assert_close(out, model(tree))
+    batched_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    eager = [model(tree) for tree in trees]
+    torch.stack(eager).sum().backward()
+    for p, g in zip(model.parameters(), batched_grads, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+        assert g.abs().sum() > 0
+    for e, out in zip(eager, outs, strict=True):
+        torch.testing.assert_close(out, e)
 
 
 def test_readme_names_the_commands_ci_runs():

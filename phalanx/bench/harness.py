@@ -28,6 +28,7 @@ class Impl:
     batcher: Batcher | None = None
     seconds: list[float] = field(default_factory=list)
     stats: list[dict] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)   # training: the loss of every step, in order
 
 
 def resolve_policies(workload: Workload, names: list[str], train: bool, policy_file: str | None = None,
@@ -116,9 +117,11 @@ def step(impl: Impl, batch: list, train: bool, reduce) -> float:
         loss = reduce(impl.run(batch))
         loss.backward()
         impl.optimizer.step()
-    else:
-        with torch.no_grad():
-            impl.run(batch)
+        seconds = time.perf_counter() - start
+        impl.losses.append(float(loss.detach()))
+        return seconds
+    with torch.no_grad():
+        impl.run(batch)
     return time.perf_counter() - start
 
 
@@ -146,6 +149,9 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
         row = {"impl": impl.name, "seconds_per_batch": seconds, "instances_per_s": batch_size / seconds,
                "vs_eager": base["eager"] / seconds, "vs_manual": base["manual"] / seconds,
                "samples": len(impl.seconds)}
+        if impl.losses:
+            # Same weights, batches and SGD steps: every implementation's loss sequence must agree.
+            row["losses"] = impl.losses
         if impl.stats:
             keys = ("nodes", "batches", "lower_bound", "operand_lists", "in_place", "gathers", "gather_bytes",
                     "output_blocks", "scattered_outputs", "record_s", "schedule_s", "plan_s", "execute_s",

@@ -9,7 +9,7 @@ import phalanx
 from phalanx.data import synthetic
 from phalanx.models import BiLSTMTagger, TreeLSTM
 from phalanx.schedule.fsm import FSMPolicy
-from tests.oracle import assert_matches_eager
+from tests.oracle import assert_matches_eager, reused_batcher
 
 POLICIES = ["depth", "agenda", "fsm"]
 PLANS = [False, "auto"]
@@ -84,6 +84,21 @@ def test_tagger_matches_eager(tagger, fsm_policies, policy, train, plan, example
     instances = examples if train else [w for w, _ in examples]
     assert_matches_eager(fn, instances, params=tagger.parameters(), train=train,
                          batcher=phalanx.Batcher(fn, policy=policy, plan=plan, verify=True))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=40, deadline=None)
+@given(trees=tree_batches, mode=st.sampled_from(["train", "no_grad", "inference_mode", "eval"]))
+def test_one_batcher_reused_across_examples_and_grad_modes(treelstm, fsm_policies, policy, trees, mode):
+    # One Batcher for every example of this test: grad modes, train / eval and structures change
+    # between its calls, as in a training script with validation passes.
+    batcher = reused_batcher(treelstm, policy=_policy(policy, fsm_policies, "treelstm"))
+    treelstm.train(mode != "eval")
+    try:
+        assert_matches_eager(treelstm, trees, params=treelstm.parameters(), train=mode == "train", batcher=batcher,
+                             grad_mode="inference_mode" if mode == "inference_mode" else "no_grad")
+    finally:
+        treelstm.train()
 
 
 class OpLevelTreeRNN(torch.nn.Module):

@@ -29,8 +29,13 @@ def test_bench_training_mode(tmp_path):
     out = tmp_path / "train.json"
     assert main(["bench", "treelstm", "--batch-size", "3", "--hidden", "8", "--batches", "1", "--repeats", "1",
                  "--policy", "depth", "--train", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert rows[-1]["backward_s"] > 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["phalanx[depth]"]["backward_s"] > 0
+    eager = rows["eager"]["losses"]
+    assert len(eager) == 2 and eager[0] > 0            # warm-up step + one timed step, real losses
+    for impl in ("manual", "phalanx[depth]"):
+        # Same start weights, same batch, same SGD steps: a wrong gradient would show here.
+        assert rows[impl]["losses"] == pytest.approx(eager, rel=1e-4)
 
 
 def test_policy_train_then_bench_and_schedules_with_the_file(tmp_path):

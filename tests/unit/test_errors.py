@@ -170,3 +170,57 @@ def test_backward_twice_is_a_clear_error(model):
     with pytest.raises(phalanx.PhalanxError, match="backward through a phalanx flush twice"):
         loss.backward()
     model.zero_grad()
+
+
+def test_out_of_range_word_id_names_the_instance(model):
+    instances = trees(4)
+    bad = synthetic.random_binary_tree(3, 7, 30)
+    next(bad.leaves()).word = 1000                     # the vocabulary has 30 words
+    instances.insert(2, bad)
+    with pytest.raises(phalanx.BatchExecutionError, match=r"instance 2: cell TreeLSTMLeaf fails .*IndexError") as info:
+        with torch.no_grad():
+            phalanx.Batcher(model)(instances)
+    assert info.value.instance == 2
+    assert_next_run_works(None, model)
+
+
+@pytest.mark.parametrize("content", [b"", b'{"format": "phalanx-fsm-policy", "vers', b"\xff\xfe\x00garbage",
+                                     b'{"format": "phalanx-fsm-policy", "version": 1}'])
+def test_bad_policy_file_names_the_path(tmp_path, content):
+    path = tmp_path / "broken.fsm.json"
+    path.write_bytes(content)
+    with pytest.raises(phalanx.PolicyMismatchError, match=str(path)):
+        phalanx.FSMPolicy.load(path)
+
+
+def test_cli_reports_a_bad_policy_file_without_a_traceback(tmp_path, capsys):
+    from phalanx.cli import main
+
+    path = tmp_path / "empty.fsm.json"
+    path.write_text("")
+    code = main(["bench", "treelstm", "--batch-size", "2", "--hidden", "8", "--batches", "1", "--repeats", "1",
+                 "--policy", "fsm", "--policy-file", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "Traceback" not in err
+
+
+def test_cell_returning_a_different_structure_in_a_batch_names_the_cell():
+    @phalanx.cell(batching="native")
+    def split(x):
+        return tuple(x)                     # 2 outputs per instance, but one per ROW of a batch
+
+    with pytest.raises(phalanx.ResultStructureError, match=r"cell split returned a tuple of 5 here but a tuple of 2"):
+        with torch.no_grad():
+            phalanx.Batcher(lambda x: split(x))([torch.randn(2) for _ in range(5)])
+
+
+def test_tensor_on_another_device_names_both_devices(model):
+    with pytest.raises(phalanx.PhalanxError, match=r"instance 0: a tensor in the instance is on meta but the model is on cpu"):
+        phalanx.Batcher(lambda x: x * 2)([torch.zeros(3, device="meta")])
+
+
+def test_numpy_function_on_a_lazy_value_points_to_torch():
+    import numpy as np
+
+    with pytest.raises(phalanx.UnsupportedOpError, match=r"numpy's tanh on a lazy value.*torch\.tanh"):
+        phalanx.Batcher(lambda x: np.tanh(x))([torch.zeros(3)])
