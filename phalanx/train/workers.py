@@ -1,0 +1,68 @@
+"""Entry points of spawned training processes, and the 1 vs N process throughput measurement.
+
+``steps_worker`` trains a fixed number of steps as one rank of a local gloo group and rank 0 writes
+the parameters and the timed seconds to a file: the data-parallel equivalence test compares those
+parameters with a single-process run, and ``measure_throughput`` times the same global batches
+with 1 and with N processes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .distributed import init_local, shutdown, spawn
+from .loop import TrainConfig, Trainer
+from .tasks import TASKS
+
+
+def steps_worker(rank: int, world_size: int, port: int, config: dict[str, Any], warmup: int, steps: int,
+                 result_path: str) -> None:
+    """Train ``warmup`` untimed then ``steps`` timed steps (no dev evaluation); rank 0 saves
+    ``{"params", "seconds", "examples"}`` to ``result_path``."""
+    torch.set_num_threads(config.get("threads", 1))
+    ctx = init_local(rank, world_size, port)
+    try:
+        cfg = TrainConfig(**config)
+        trainer = Trainer(TASKS[cfg.model](cfg.max_sentences), cfg, ctx)
+        trainer.train_steps(warmup, evaluate=False)
+        if ctx.distributed:
+            dist.barrier()
+        start = time.perf_counter()
+        trainer.train_steps(steps, evaluate=False)
+        if ctx.distributed:
+            dist.barrier()
+        seconds = time.perf_counter() - start
+        if ctx.is_main:
+            params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            torch.save({"params": params, "seconds": seconds, "examples": steps * cfg.batch_size}, result_path)
+    finally:
+        shutdown(ctx)
+
+
+def run_steps(config: TrainConfig, world_size: int, steps: int, warmup: int = 0,
+              timeout_s: float = 300.0) -> dict[str, Any]:
+    """``steps_worker`` in ``world_size`` fresh local processes; rank 0's result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "result.pt")
+        spawn(steps_worker, world_size, (vars(config).copy(), warmup, steps, path), timeout_s=timeout_s)
+        return torch.load(path, weights_only=True)
+
+
+def measure_throughput(config: TrainConfig, world_sizes=(1, 2), steps: int = 20, warmup: int = 3,
+                       timeout_s: float = 590.0) -> list[dict[str, Any]]:
+    """Training throughput on the same global batches with each number of processes (each process
+    uses ``config.threads`` threads). Rows: processes, seconds, sentences/s, speedup vs the first."""
+    rows = []
+    for world_size in world_sizes:
+        result = run_steps(config, world_size, steps, warmup, timeout_s)
+        rows.append({"processes": world_size, "threads_per_process": config.threads, "steps": steps,
+                     "global_batch": config.batch_size, "seconds": result["seconds"],
+                     "sentences_per_s": result["examples"] / result["seconds"]})
+    for row in rows:
+        row["speedup"] = row["sentences_per_s"] / rows[0]["sentences_per_s"]
+    return rows
