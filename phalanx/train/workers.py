@@ -20,36 +20,40 @@ from .loop import TrainConfig, Trainer
 from .tasks import TASKS
 
 
-def steps_worker(rank: int, world_size: int, port: int, config: dict[str, Any], warmup: int, steps: int,
+def steps_worker(rank: int, world_size: int, port: int, configs: list[dict[str, Any]], warmup: int, steps: int,
                  result_path: str) -> None:
-    """Train ``warmup`` untimed then ``steps`` timed steps (no dev evaluation); rank 0 saves
-    ``{"params", "seconds", "examples"}`` to ``result_path``."""
-    torch.set_num_threads(config.get("threads", 1))
+    """For each config in turn: train ``warmup`` untimed then ``steps`` timed steps (no dev
+    evaluation); rank 0 saves a list of ``{"params", "seconds", "examples"}`` to ``result_path``.
+    (Several configs share one process start, which costs more than a tiny run.)"""
     ctx = init_local(rank, world_size, port)
+    results = []
     try:
-        cfg = TrainConfig(**config)
-        trainer = Trainer(TASKS[cfg.model](cfg.max_sentences), cfg, ctx)
-        trainer.train_steps(warmup, evaluate=False)
-        if ctx.distributed:
-            dist.barrier()
-        start = time.perf_counter()
-        trainer.train_steps(steps, evaluate=False)
-        if ctx.distributed:
-            dist.barrier()
-        seconds = time.perf_counter() - start
-        if ctx.is_main:
+        for config in configs:
+            cfg = TrainConfig(**config)
+            torch.set_num_threads(cfg.threads)
+            trainer = Trainer(TASKS[cfg.model](cfg.max_sentences), cfg, ctx)
+            trainer.train_steps(warmup, evaluate=False)
+            if ctx.distributed:
+                dist.barrier()
+            start = time.perf_counter()
+            trainer.train_steps(steps, evaluate=False)
+            if ctx.distributed:
+                dist.barrier()
+            seconds = time.perf_counter() - start
             params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-            torch.save({"params": params, "seconds": seconds, "examples": steps * cfg.batch_size}, result_path)
+            results.append({"params": params, "seconds": seconds, "examples": steps * cfg.batch_size})
+        if ctx.is_main:
+            torch.save(results, result_path)
     finally:
         shutdown(ctx)
 
 
-def run_steps(config: TrainConfig, world_size: int, steps: int, warmup: int = 0,
-              timeout_s: float = 300.0) -> dict[str, Any]:
-    """``steps_worker`` in ``world_size`` fresh local processes; rank 0's result."""
+def run_steps(configs: list[TrainConfig], world_size: int, steps: int, warmup: int = 0,
+              timeout_s: float = 300.0) -> list[dict[str, Any]]:
+    """``steps_worker`` in ``world_size`` fresh local processes; rank 0's results, one per config."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.pt")
-        spawn(steps_worker, world_size, (vars(config).copy(), warmup, steps, path), timeout_s=timeout_s)
+        spawn(steps_worker, world_size, ([vars(c).copy() for c in configs], warmup, steps, path), timeout_s=timeout_s)
         return torch.load(path, weights_only=True)
 
 
@@ -59,7 +63,7 @@ def measure_throughput(config: TrainConfig, world_sizes=(1, 2), steps: int = 20,
     uses ``config.threads`` threads). Rows: processes, seconds, sentences/s, speedup vs the first."""
     rows = []
     for world_size in world_sizes:
-        result = run_steps(config, world_size, steps, warmup, timeout_s)
+        result = run_steps([config], world_size, steps, warmup, timeout_s)[0]
         rows.append({"processes": world_size, "threads_per_process": config.threads, "steps": steps,
                      "global_batch": config.batch_size, "seconds": result["seconds"],
                      "sentences_per_s": result["examples"] / result["seconds"]})
