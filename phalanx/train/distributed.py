@@ -87,7 +87,15 @@ def shard(batch: Sequence[Any], ctx: Context) -> list:
 
 class ShardLoss(nn.Module):
     """``forward(examples, scale)`` -> ``scale * sum of every per-instance loss term`` of
-    ``model.loss`` over ``examples``, run as batched kernels by one Batcher (this rank's)."""
+    ``model.loss`` over ``examples``, run as batched kernels by one Batcher (this rank's).
+
+    NOTE: [Every parameter gets a gradient] a shard may not run every cell (a TreeLSTM shard of
+    one-word sentences never runs the internal cell). DDP then waits for a gradient that never
+    comes, and Adam would treat "no gradient" (skip) differently from "zero gradient" (step with
+    its moments). So the loss adds ``0 * (one element of every parameter)``: an unused parameter
+    gets an exact zero gradient on every rank and in single-process runs alike, and DDP needs no
+    ``find_unused_parameters`` graph walk.
+    """
 
     def __init__(self, model: nn.Module, policy: Any = "depth"):
         super().__init__()
@@ -103,16 +111,15 @@ class ShardLoss(nn.Module):
         terms = flat_losses(self.batcher(examples))
         if not terms:
             raise PhalanxError("a rank got an empty shard: the global batch must hold at least world_size examples")
-        return torch.stack([t.reshape(()) for t in terms]).sum() * scale
+        touch = torch.stack([p.reshape(-1)[0] for p in self.parameters() if p.requires_grad]).sum() * 0.0
+        return torch.stack([t.reshape(()) for t in terms]).sum() * scale + touch
 
 
 def wrap(module: nn.Module, ctx: Context) -> nn.Module:
-    """DDP around ``module`` in a distributed run (broadcasts rank 0's weights), else ``module``.
-    ``find_unused_parameters``: a shard may use only some cells (a TreeLSTM shard of one-word
-    sentences never runs the internal cell)."""
+    """DDP around ``module`` in a distributed run (broadcasts rank 0's weights), else ``module``."""
     if not ctx.distributed:
         return module
-    return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True, broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(module)
 
 
 def all_reduce_mean(value: float, ctx: Context) -> float:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from phalanx.train import TrainConfig, Trainer
-from phalanx.train.distributed import Context, DistributedError, shard, spawn
+from phalanx.train.distributed import Context, DistributedError, ShardLoss, shard, spawn
 from phalanx.train.tasks import TASKS
 from phalanx.train.workers import run_steps
 
@@ -50,6 +50,25 @@ def test_a_step_follows_the_gradient_of_the_global_mean_loss(tmp_path):
     assert loss == pytest.approx(float(torch.stack(terms).detach().mean()), rel=1e-5)
     for (name, p), q in zip(trainer.model.named_parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_cell_the_shard_never_runs_gets_an_exact_zero_gradient():
+    """One-word trees never run the TreeLSTM internal cell: its parameters get zero gradients (so
+    DDP's reducer and Adam see every parameter), and the others the true gradient."""
+    task = TASKS["treelstm"](None)
+    one_word = [x for x in task.train if x[0].is_leaf][:3]
+    assert len(one_word) == 3
+    torch.manual_seed(0)
+    model = task.build_model(8)
+    ShardLoss(model)(one_word, 1 / 3).backward()
+    eager = task.build_model(8)
+    eager.load_state_dict(model.state_dict())
+    torch.stack([eager.loss(x) for x in one_word]).mean().backward()
+    for (name, p), q in zip(model.named_parameters(), eager.parameters(), strict=True):
+        if name.startswith("internal."):
+            assert q.grad is None and torch.equal(p.grad, torch.zeros_like(p))
+        else:
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
 def test_shards_partition_the_global_batch():
