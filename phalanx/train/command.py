@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of training: time --throughput-steps steps on the same global batches "
                              "with 1 and with 2 local processes (gloo), and print sentences/s")
     parser.add_argument("--throughput-steps", type=int, default=20, help="timed steps per measurement (default: 20)")
+    parser.add_argument("--throughput-rounds", type=int, default=2,
+                        help="measurements per process count, in alternating order; the fastest is kept (default: 2)")
 
 
 def _config(args) -> TrainConfig:
@@ -84,7 +86,7 @@ def main(args) -> int:
     config = _config(args)
     console = _console()
     if args.measure_throughput:
-        return _throughput(config, args.throughput_steps, console)
+        return _throughput(config, args.throughput_steps, args.throughput_rounds, console)
     ctx = init_from_env()
     try:
         return _train(config, args.resume, ctx, console)
@@ -177,25 +179,27 @@ def _tag(label: int) -> str:
     return UPOS_TAGS[label]
 
 
-def _throughput(config: TrainConfig, steps: int, console) -> int:
+def _throughput(config: TrainConfig, steps: int, rounds: int, console) -> int:
     from rich.table import Table
 
     from .workers import measure_throughput
 
-    with console.status(f"timing {steps} training steps with 1 and with 2 processes"):
-        rows = measure_throughput(config, (1, 2), steps=steps)
+    with console.status(f"timing {steps} training steps with 1 and with 2 processes, {rounds} round(s)"):
+        rows = measure_throughput(config, (1, 2), steps=steps, rounds=rounds)
     table = Table(title=f"{config.model} training throughput, same global batches of {config.batch_size}, hidden "
                         f"{config.hidden}, policy {config.policy}, gloo on 127.0.0.1", title_justify="left")
-    for col in ("processes", "threads/process", "steps", "seconds", "sentences/s", "vs 1 process"):
+    for col in ("processes", "threads/process", "steps", "seconds (fastest)", "every round (s)", "sentences/s",
+                "vs 1 process"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["processes"]), str(r["threads_per_process"]), str(r["steps"]), f"{r['seconds']:.2f}",
-                      f"{r['sentences_per_s']:.1f}", f"{r['speedup']:.2f}x")
+                      " ".join(f"{x:.2f}" for x in r["rounds_s"]), f"{r['sentences_per_s']:.1f}", f"{r['speedup']:.2f}x")
     console.print(table)
     os.makedirs(config.out, exist_ok=True)
     path = os.path.join(config.out, "throughput.json")
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"config": vars(config), "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
+        json.dump({"config": vars(config), "cpus": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows},
+                  f, indent=1)
         f.write("\n")
     console.print(f"wrote {path}")
     return 0

@@ -181,17 +181,20 @@ class Trainer:
             if evaluate and ((every and self.global_step % every == 0) or (not every and epoch_end)):
                 self.evaluate_dev(on_eval)
 
-    def evaluate_dev(self, on_eval: Callable | None = None) -> float:
+    def evaluate_dev(self, on_eval: Callable | None = None) -> float | None:
+        """Dev accuracy, best / last checkpoints. Only rank 0 evaluates and writes (the others go on
+        to the next step and wait for it in DDP's all-reduce); other ranks return None."""
+        if not self.ctx.is_main:
+            return None
         accuracy = self.accuracy(self.task.dev)
         self.history.dev_step.append(self.global_step)
         self.history.dev_accuracy.append(accuracy)
         improved = accuracy > self.best_dev
         if improved:
             self.best_dev = accuracy
-        if self.ctx.is_main:
-            if improved:
-                self.save(os.path.join(self.config.out, "best.pt"))
-            self.save(os.path.join(self.config.out, "last.pt"))
+        if improved:
+            self.save(os.path.join(self.config.out, "best.pt"))
+        self.save(os.path.join(self.config.out, "last.pt"))
         if on_eval:
             on_eval(self, accuracy, improved)
         return accuracy
