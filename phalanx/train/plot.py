@@ -35,7 +35,8 @@ def learning_curve(path: str, history, title: str, baseline: float | None = None
     acc_ax = loss_ax.twinx()
     acc_ax.plot(history.dev_step, history.dev_accuracy, "o-", color="tab:red", markersize=3.5, label="dev accuracy")
     if baseline is not None:
-        acc_ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label=f"majority baseline ({baseline:.3f})")
+        acc_ax.axhline(baseline, color="gray", linestyle="--", linewidth=1,
+                       label=f"majority-class baseline, dev ({baseline:.3f})")
     if test_accuracy is not None:
         acc_ax.axhline(test_accuracy, color="tab:green", linestyle=":", linewidth=1.2,
                        label=f"test accuracy, best dev checkpoint ({test_accuracy:.3f})")
