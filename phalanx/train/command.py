@@ -15,7 +15,7 @@ from .loop import DEFAULTS, TrainConfig, Trainer
 from .tasks import TASKS
 
 # Options a resumed run takes from its checkpoint unless given; given ones must agree with it.
-RESUMED = ("hidden", "lr", "batch_size", "seed", "policy", "eval_every")
+RESUMED = ("hidden", "lr", "batch_size", "seed", "policy", "eval_every", "max_sentences")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,9 +68,6 @@ def _config(args) -> TrainConfig:
                     f"this run asks for {given[key]!r}; omit the option to continue with the checkpoint's")
         if given["epochs"] is None:
             given["epochs"] = saved.get("epochs")
-    given.setdefault("policy", None)
-    if given["policy"] is None:
-        given["policy"] = "fsm"
     return TrainConfig.with_defaults(args.model, **given)
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     lr: float
     batch_size: int
     seed: int = 0
-    policy: str = "depth"
+    policy: str = "fsm"
     out: str = "runs/train"
     eval_every: int = 0            # steps between dev evaluations; 0: at the end of every epoch
     max_steps: int | None = None   # stop early (a last checkpoint is written): quick checks, tests

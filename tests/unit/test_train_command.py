@@ -38,7 +38,7 @@ def test_interrupted_then_resumed_run_reports_what_the_straight_run_reports(tmp_
     assert main([*common, "--out", str(straight)]) == 0
     assert main([*common, "--out", str(split), "--max-steps", "5"]) == 0
     assert not (split / "metrics.json").exists()
-    assert main(["train", "treelstm", "--max-sentences", "24", "--out", str(split), "--resume",
+    assert main(["train", "treelstm", "--out", str(split), "--resume",
                  str(split / "last.pt")]) == 0      # options come from the checkpoint
     a = json.loads((straight / "metrics.json").read_text())
     b = json.loads((split / "metrics.json").read_text())
