@@ -92,7 +92,8 @@ def main(args) -> int:
 
 
 def _train(config: TrainConfig, resume: str | None, ctx, console) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     start = time.perf_counter()
     task = TASKS[config.model](config.max_sentences)
@@ -190,7 +191,8 @@ def _throughput(config: TrainConfig, steps: int, rounds: int, console) -> int:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["processes"]), str(r["threads_per_process"]), str(r["steps"]), f"{r['seconds']:.2f}",
-                      " ".join(f"{x:.2f}" for x in r["rounds_s"]), f"{r['sentences_per_s']:.1f}", f"{r['speedup']:.2f}x")
+                      " ".join(f"{x:.2f}" for x in r["rounds_s"]), f"{r['sentences_per_s']:.1f}",
+                      f"{r['speedup']:.2f}x")
     console.print(table)
     os.makedirs(config.out, exist_ok=True)
     path = os.path.join(config.out, "throughput.json")

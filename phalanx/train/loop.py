@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
