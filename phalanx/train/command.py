@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="checkpoints, metrics.json, learning-curve.png "
                         "(default: runs/MODEL)")
     parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. DIR/last.pt); the run "
-                        "continues exactly as if it had not stopped")
+                        "continues exactly as if it had not stopped (default: none, a fresh run)")
     parser.add_argument("--eval-every", type=int, metavar="STEPS",
                         help="dev accuracy (and checkpoints) every STEPS steps (default: 0 = every epoch)")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps in all, writing DIR/last.pt "
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default: 1)")
     parser.add_argument("--measure-throughput", action="store_true",
                         help="instead of training: time --throughput-steps steps on the same global batches "
-                             "with 1 and with 2 local processes (gloo), and print sentences/s")
+                             "with 1 and with 2 local processes (gloo), and print sentences/s (default: off)")
     parser.add_argument("--throughput-steps", type=int, default=20, help="timed steps per measurement (default: 20)")
     parser.add_argument("--throughput-rounds", type=int, default=2,
                         help="measurements per process count, in alternating order; the fastest is kept (default: 2)")

@@ -17,6 +17,10 @@ def test_help_shows_every_option_with_its_default(capsys):
                    "--eval-every", "--max-steps", "--threads", "--measure-throughput"):
         assert option in out
     assert "default: tagger" in out and "default: fsm" in out
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    for action in train._actions:
+        if action.option_strings and action.dest != "help":
+            assert "default" in action.help, action.option_strings
 
 
 def test_train_writes_checkpoints_metrics_and_learning_curve(tmp_path, capsys):
