@@ -100,3 +100,20 @@ def test_a_failing_worker_is_reported_and_the_others_stopped():
     with pytest.raises(DistributedError, match="rank 1 broke"):
         spawn(_fails, 2, timeout_s=50)
     assert time.monotonic() - start < 45
+
+
+def test_throughput_alternates_the_order_and_keeps_each_fastest_round(monkeypatch):
+    from phalanx.train import workers
+
+    calls, times = [], iter([4.0, 3.0, 2.5, 5.0])     # round 1: 1 then 2 processes; round 2: 2 then 1
+
+    def fake_run_steps(configs, world_size, steps, warmup, timeout_s):
+        calls.append(world_size)
+        return [{"seconds": next(times)}]
+
+    monkeypatch.setattr(workers, "run_steps", fake_run_steps)
+    config = TrainConfig(model="tagger", epochs=1, hidden=8, lr=0.1, batch_size=10)
+    rows = workers.measure_throughput(config, (1, 2), steps=2, rounds=2)
+    assert calls == [1, 2, 2, 1]
+    assert [r["seconds"] for r in rows] == [4.0, 2.5] and rows[1]["rounds_s"] == [3.0, 2.5]
+    assert rows[0]["sentences_per_s"] == 20 / 4.0 and rows[1]["speedup"] == 4.0 / 2.5
