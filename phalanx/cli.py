@@ -1,6 +1,7 @@
 """The ``phalanx`` command: ``bench`` (eager vs manual vs phalanx, side by side), ``schedules``
 (batches per policy vs the lower bound and the optimum), ``policy train`` (learn and save an fsm
-policy) and ``explain`` (one mini-batch: op types, where the time goes, the schedule)."""
+policy), ``explain`` (one mini-batch: op types, where the time goes, the schedule) and ``train``
+(train a model on EWT; phalanx/train/)."""
 from __future__ import annotations
 
 import argparse
@@ -171,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--policy", default="depth", choices=["depth", "agenda", "fsm"])
     explain.add_argument("--train", action="store_true", help="profile forward and backward of the loss")
     explain.set_defaults(run=_explain)
+
+    from .train import command as train_command
+
+    train = sub.add_parser("train", help="train a model on UD English EWT: dev accuracy, checkpoints, test accuracy")
+    train_command.add_arguments(train)
+    train.set_defaults(run=train_command.main)
     return parser
 
 
