@@ -6,6 +6,7 @@ zoo with plots), schedules (batches per policy vs the lower bound and the optimu
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -96,8 +97,9 @@ def _explain(args) -> int:
         raise SystemExit(f"phalanx explain: not enough {args.model} instances for one batch of {args.batch_size}")
     model = workload.copy_model()
     batcher = Batcher(workload.phalanx_fn(model, args.train), policy=args.policy, profile=True)
-    explanation = explain(batcher, workload.batches[0], out=args.out, train=args.train,
-                          reduce=workload.reduce if args.train else None)
+    with torch.set_grad_enabled(args.train):
+        explanation = explain(batcher, workload.batches[0], out=args.out, train=args.train,
+                              reduce=workload.reduce if args.train else None)
     console = _console()
     console.print(explanation.text(), markup=False, highlight=False)
     if args.out:
@@ -105,12 +107,13 @@ def _explain(args) -> int:
     return 0
 
 
-def _console(width: int | None = None):
+def _console():
     from rich.console import Console
 
-    console = Console(width=width)
-    # Piped output (CI logs, files) gets a fixed width; every table fits 80 columns anyway.
-    return console if console.is_terminal or width else Console(width=100)
+    # A terminal's own width (or $COLUMNS); piped output (CI logs, files) gets 100 columns. Every
+    # table is built to fit 80.
+    console = Console()
+    return console if console.is_terminal or os.environ.get("COLUMNS") else Console(width=100)
 
 
 def _schedules(args) -> int:

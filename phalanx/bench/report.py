@@ -40,9 +40,9 @@ def tables(title: str, rows: list[dict], train: bool) -> list[Table]:
         speed.add_row(escape(r["impl"]), f"{r['instances_per_s']:.0f}", f"{1e3 * r['seconds_per_batch']:.1f}",
                       _ratio(r, "vs_eager"), _ratio(r, "vs_manual"), *([_ratio(r, "vs_dynet")] if peers else []))
     batched = [r for r in rows if "batches" in r]
-    batching = _table("batches and operand reads (per mini-batch)",
+    batching = _table("batches and operand reads",
                       ["impl", "batches", "bound", "in place", "gathers", "rec us/node"])
-    split = _table("time split (ms per mini-batch)", ["impl", "record", "schedule", "plan", "execute", "backward"])
+    split = _table("time split, ms per mini-batch", ["impl", "record", "schedule", "plan", "execute", "backward"])
     for r in batched:
         batching.add_row(escape(r["impl"]), f"{r['batches']:.0f}", f"{r['lower_bound']:.0f}",
                          f"{r['in_place']:.0f}/{r['operand_lists']:.0f}", f"{r['gathers']:.0f}",
@@ -66,7 +66,7 @@ def zoo_tables(model: str, payloads: list[dict]) -> list[Table]:
     last = payloads[-1]
     peers = any(r["impl"].startswith("dynet") for r in last["rows"])
     sizes = [p["batch_size"] for p in payloads]
-    speed = _table(f"{model}, hidden {last['hidden']}: instances/s per batch size; ratios at batch {sizes[-1]}",
+    speed = _table(f"{model} (hidden {last['hidden']}): instances/s; ratios at batch {sizes[-1]}",
                    ["impl"] + [f"b={b}" for b in sizes] + ["vs eager", "vs manual"] + (["vs DyNet"] if peers else []))
     for impl in dict.fromkeys(r["impl"] for p in payloads for r in p["rows"]):
         per_size = [next((r for r in p["rows"] if r["impl"] == impl), {}) for p in payloads]

@@ -59,6 +59,11 @@ class Explanation:
             at = f" @{r['path']}" if r["path"] else ""
             lines.append(f"  t{r['sid']:<3d} {r['nodes']:5d} nodes {r['batches']:4d} batches (bound {r['bound']:3d}) "
                          f"{r['mode']:6s} {r['name']}{at} ({r['shapes']})")
+        if self.stats.per_op:
+            lines.append("\nwhere the time goes (profiled call, per op; ms forward / backward):")
+            for name, r in sorted(self.stats.per_op.items(), key=lambda kv: -kv[1]["forward_s"] - kv[1]["backward_s"]):
+                lines.append(f"  {1e3 * r['forward_s']:8.2f} / {1e3 * r['backward_s']:8.2f} ms  {r['batches']:4d} batches "
+                             f"{r['nodes'] / max(r['batches'], 1):6.1f} nodes/batch  {name}")
         lines.append("\ngraph by depth (batch: nodes at this depth):")
         batch_of = _batch_of(g, sched)
         for d in range(int(g.node_depth.max()) + 1 if g.num_nodes else 0):
