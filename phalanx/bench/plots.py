@@ -18,7 +18,8 @@ def _figure(models: list[str], title: str):
 
     cols = min(3, max(len(models), 1))
     rows = math.ceil(max(len(models), 1) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False,
+                             layout="constrained")
     fig.suptitle(title)
     flat = list(axes.flat)
     for ax in flat[len(models):]:
@@ -87,7 +88,6 @@ def time_split(payloads: list[dict], path: Path) -> None:
 
 
 def _save(plt, fig, path: Path) -> None:
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

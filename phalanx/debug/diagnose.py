@@ -51,10 +51,10 @@ def shape_fragmentation(graph, schedule, per_op: dict) -> list[Finding]:
     groups: dict[tuple, list[int]] = {}
     for sid in graph.used_sids.tolist():
         sig = graph.sigs[sid]
-        groups.setdefault((sig.name, sig.path, sig.in_kinds, len(sig.out_avals)), []).append(sid)
+        groups.setdefault((sig.name, sig.path), []).append(sid)
     findings = []
     batch_sids = np.asarray(schedule.sids, dtype=np.int64)
-    for (name, path, _, _), sids in groups.items():
+    for (name, path), sids in groups.items():
         if len(sids) < 2:
             continue
         merged_sig = graph.node_sig.copy()
@@ -65,22 +65,24 @@ def shape_fragmentation(graph, schedule, per_op: dict) -> list[Finding]:
         batches = int(np.isin(batch_sids, sids).sum())
         if batches <= ideal:
             continue
-        shapes = sorted({tuple(a.shape) for s in sids for a in graph.sigs[s].in_avals})
         varying = _varying_dims(graph, sids)
         where = f"`{name}`" + (f" ({path})" if path else "")
         findings.append(Finding(
             "shape-fragmentation", (batches - ideal) * _per_batch(per_op, name),
-            f"op {where} has {len(sids)} op types that differ only in operand shapes{varying}: "
+            f"{where} has {len(sids)} op types that differ only in operand shapes ({varying}): "
             f"{batches} batches instead of ~{ideal}",
             f"give every instance the same shapes (pad to a few bucket lengths, or pass the varying "
-            f"length as data instead of a shape); {len(shapes)} distinct operand shapes seen"))
+            f"length as data instead of a shape)"))
     return findings
 
 
 def _varying_dims(graph, sids) -> str:
-    """' (operand 1 dim 0: 3..17)' for the operand dimensions that vary across the types."""
+    """'operand 1 dim 0: 3..17' for the operand dimensions (and counts) that vary across the types."""
     parts = []
     avals = [graph.sigs[s].in_avals for s in sids]
+    counts = sorted({len(a) for a in avals})
+    if len(counts) > 1:
+        parts.append(f"operand count: {counts[0]}..{counts[-1]}")
     for p in range(min(len(a) for a in avals)):
         shapes = [a[p].shape for a in avals]
         if len({len(s) for s in shapes}) != 1:
@@ -90,7 +92,7 @@ def _varying_dims(graph, sids) -> str:
             values = sorted({s[d] for s in shapes})
             if len(values) > 1:
                 parts.append(f"operand {p} dim {d}: {values[0]}..{values[-1]}")
-    return f" ({'; '.join(parts[:3])})" if parts else ""
+    return "; ".join(parts[:3]) or "dtypes or ranks"
 
 
 def vmap_fallbacks(graph, per_op: dict) -> list[Finding]:
@@ -107,14 +109,18 @@ def vmap_fallbacks(graph, per_op: dict) -> list[Finding]:
         findings.append(Finding(
             "vmap-fallback", seconds,
             f"{sig.name} fell back to vmap: {1e3 * seconds:.2f} ms per mini-batch over {batches} batches",
-            "make it batch-polymorphic so it runs natively: index with negative dims (dim=-1), avoid "
-            "reshapes that hard-code the instance's shape, or mark it @phalanx.cell(batching='native') if it is"))
+            ("make it batch-polymorphic so it runs natively: index with negative dims (dim=-1), avoid "
+             "reshapes that hard-code the instance's shape, or mark it @phalanx.cell(batching='native') if it is")
+            if sig.name.startswith("cell") else
+            "give the op negative dims (e.g. dim=-2 instead of dim=0) so it runs natively on a batch"))
     return findings
 
 
-def tiny_batches(graph, schedule, per_op: dict, max_size: int = 2) -> list[Finding]:
-    """Many batches of one or two nodes: launch overhead with little work per launch."""
-    sizes = np.array([len(b) for b in schedule.batches])
+def tiny_batches(graph, schedule, per_op: dict, max_size: int = 2, exclude=()) -> list[Finding]:
+    """Many batches of one or two nodes: launch overhead with little work per launch. Batches of
+    the ops in ``exclude`` (already reported as split by shape) are not counted twice."""
+    sizes = np.array([len(b) if graph.sigs[sid].name not in exclude else max_size + 1
+                      for b, sid in zip(schedule.batches, schedule.sids, strict=True)])
     tiny = np.flatnonzero(sizes <= max_size)
     if len(schedule) == 0 or len(tiny) < max(4, 0.3 * len(schedule)):
         return []
@@ -168,7 +174,9 @@ def gathers(steps, arena_rows, graph, repeats: int = 3) -> list[Finding]:
 
 def diagnose(graph, schedule, steps, arena_rows, bound: int, per_op: dict) -> list[Finding]:
     """Every finding, most expensive first."""
-    findings = (shape_fragmentation(graph, schedule, per_op) + vmap_fallbacks(graph, per_op)
-                + tiny_batches(graph, schedule, per_op) + over_bound(graph, schedule, bound, per_op)
+    split = shape_fragmentation(graph, schedule, per_op)
+    split_names = {f.message.split("`")[1] for f in split}
+    findings = (split + vmap_fallbacks(graph, per_op) + tiny_batches(graph, schedule, per_op, exclude=split_names)
+                + over_bound(graph, schedule, bound, per_op)
                 + gathers(steps, arena_rows, graph))
     return sorted(findings, key=lambda f: -f.cost_s)

@@ -41,9 +41,18 @@ def draw(explanation, path: Path) -> Path:
     from .explain import _batch_of
 
     g, sched = explanation.graph, explanation.schedule
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if g.num_nodes == 0:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "empty mini-batch: nothing was recorded", ha="center", va="center")
+        ax.axis("off")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
     batch_of = _batch_of(g, sched)
     colors = _colors(len(sched))
-    fig, (ax_graph, ax_time) = plt.subplots(2, 1, figsize=(11, 9), gridspec_kw={"height_ratios": [3, 2]})
+    fig, (ax_graph, ax_time) = plt.subplots(2, 1, figsize=(11, 9), gridspec_kw={"height_ratios": [3, 2]},
+                                           layout="constrained")
     x, y = positions(g, batch_of)
     producer, consumer = g.edges
     if len(producer) <= MAX_DRAWN_EDGES:
@@ -72,8 +81,6 @@ def draw(explanation, path: Path) -> Path:
         ax_time.set_xticks(range(len(sched)), labels, rotation=70, fontsize=6)
     ax_time.set(title="timeline: nodes per batch (hatched: an operand list was gathered)",
                 xlabel="batch, in execution order", ylabel="nodes")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
