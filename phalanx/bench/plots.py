@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from matplotlib.ticker import NullFormatter, NullLocator
+
 _STAGES = (("record_s", "record"), ("schedule_s", "schedule"), ("plan_s", "plan"), ("execute_s", "execute"),
            ("backward_s", "backward"))
 
@@ -47,6 +49,8 @@ def throughput(payloads: list[dict], path: Path) -> None:
             style = "--" if impl.startswith("dynet") else ":" if impl in ("eager", "manual") else "-"
             ax.plot(*zip(*points, strict=True), style, marker="o", label=impl)
         ax.set(title=model, xlabel="batch size", ylabel="instances/s", xscale="log", yscale="log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks([p["batch_size"] for p in ps], [str(p["batch_size"]) for p in ps])
         ax.legend(fontsize=7)
     _save(plt, fig, path)
@@ -78,12 +82,14 @@ def time_split(payloads: list[dict], path: Path) -> None:
         rows = [r for r in ps[-1]["rows"] if "record_s" in r]
         left = [0.0] * len(rows)
         for key, label in _STAGES:
+            if key == "backward_s" and not any(r[key] for r in rows):
+                continue
             ms = [1e3 * r[key] for r in rows]
             ax.barh([r["impl"] for r in rows], ms, left=left, label=label)
             left = [a + b for a, b in zip(left, ms, strict=True)]
         ax.set(title=f"{model}, batch {ps[-1]['batch_size']}", xlabel="ms")
         ax.invert_yaxis()
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncols=5, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     _save(plt, fig, path)
 
 
