@@ -67,7 +67,7 @@ def schedule_rows(workload: Workload, policies: list, train: bool, optimal_max_n
             rows.append({"policy": "optimal", "batches": None, "note": str(e)})
     else:
         rows.append({"policy": "optimal", "batches": None,
-                     "note": f"not tractable: graphs over {optimal_max_nodes} nodes"})
+                     "note": f"skipped: graphs > {optimal_max_nodes} nodes"})
     for policy in policies:
         total = fallbacks = 0
         start = time.perf_counter()

@@ -100,7 +100,9 @@ def schedule_table(title: str, rows: list[dict]) -> Table:
     t = _table(title, ["policy", "batches", "vs bound", "fsm fallbacks", "sched us/node"])
     for r in rows:
         if r.get("batches") is None:
-            t.add_row(f"{r['policy']} ({escape(r.get('note', ''))})", "-", "-", "", "")
+            t.add_row(r["policy"], "-", "-", "", "")
+            t.caption = "; ".join(filter(None, [t.caption, escape(f"{r['policy']}: {r.get('note', '')}")]))
+            t.caption_justify = "left"
             continue
         t.add_row(r["policy"], f"{r['batches']}", f"{r['vs_bound']:.3f}", str(r.get("fallbacks", "")),
                   f"{r['schedule_us_per_node']:.2f}" if "schedule_us_per_node" in r else "")
