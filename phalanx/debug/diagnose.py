@@ -51,11 +51,15 @@ def shape_fragmentation(graph, schedule, per_op: dict) -> list[Finding]:
     groups: dict[tuple, list[int]] = {}
     for sid in graph.used_sids.tolist():
         sig = graph.sigs[sid]
-        groups.setdefault((sig.name, sig.path), []).append(sid)
+        key = (sig.name, sig.path, frozenset(sig.in_kinds), frozenset(a.dtype for a in sig.in_avals))
+        groups.setdefault(key, []).append(sid)
     findings = []
     batch_sids = np.asarray(schedule.sids, dtype=np.int64)
-    for (name, path), sids in groups.items():
-        if len(sids) < 2:
+    for (name, path, _, _), sids in groups.items():
+        operands = {(graph.sigs[s].in_kinds, graph.sigs[s].in_avals) for s in sids}
+        # Two types with the same operands are different callees or static arguments that the
+        # name does not tell apart (two LSTM cells without a model path): not a shape problem.
+        if len(sids) < 2 or len(operands) < len(sids):
             continue
         merged_sig = graph.node_sig.copy()
         merged_sig[np.isin(merged_sig, sids)] = sids[0]

@@ -108,3 +108,21 @@ def test_gathers_are_measured_and_the_planner_is_suggested():
     gathers = [f for f in findings if f.kind == "gathers"]
     assert len(gathers) == 1 and gathers[0].cost_s > 0 and "plan='auto'" in gathers[0].action
 
+
+
+def test_same_named_cells_with_equal_shapes_are_not_fragmentation():
+    class TwoChains(nn.Module):
+        """Two cells of one class (no model path: the Batcher gets a plain function) read the same shapes."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.first, self.second = Embed(), Attend(-1), Attend(-1)
+
+        def forward(self, words):
+            keys = torch.stack([self.embed(w) for w in words], dim=-2)
+            return self.first(keys) + self.second(keys)
+
+    model = TwoChains()
+    with torch.no_grad():
+        findings = phalanx.Batcher(lambda words: model(words)).explain(_sentences([3] * 4)).findings
+    assert not [f for f in findings if f.kind == "shape-fragmentation"]
