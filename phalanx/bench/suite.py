@@ -33,9 +33,9 @@ class Settings:
 
 
 def progress_units(settings: Settings, model: str) -> int:
-    """Steps ``run_workload`` reports for one batch size (warm-ups + timed steps + peers)."""
-    impls = 2 + len(settings.policies) * len(settings.plans)
-    return impls * (1 + settings.repeats * settings.batches) + len(_peer_strategies(settings))
+    """Steps ``run_workload`` reports for one batch size (warm-ups and timed steps, peers included)."""
+    impls = 2 + len(settings.policies) * len(settings.plans) + len(_peer_strategies(settings))
+    return impls * (1 + settings.repeats * settings.batches)
 
 
 def _peer_strategies(settings: Settings) -> list[int]:
@@ -44,8 +44,8 @@ def _peer_strategies(settings: Settings) -> list[int]:
 
 def run_workload(model: str, batch_size: int, settings: Settings,
                  progress: Callable[[str], None] | None = None) -> dict:
-    """Payload of one model at one batch size: ``rows`` (one per implementation; peers included
-    with ``vs_dynet`` ratios), ``schedules`` (batches per policy vs the bound) and ``notes``."""
+    """Payload of one model at one batch size: ``rows`` (one per implementation, peers included,
+    all timed round-robin in one run), ``schedules`` (batches per policy vs the bound), ``notes``."""
     workload = WORKLOADS[model](batch_size, settings.hidden, settings.batches, settings.seed)
     payload = {"model": model, "hidden": settings.hidden, "batch_size": batch_size, "train": settings.train,
                "rows": [], "schedules": [], "notes": [], "policy_training": {}}
@@ -55,46 +55,46 @@ def run_workload(model: str, batch_size: int, settings: Settings,
     policies, facts = harness.resolve_policies(workload, list(settings.policies), settings.train,
                                                settings.policy_file, settings.seed)
     impls = harness.build_impls(workload, policies, settings.train, list(settings.plans), settings.plan_objective)
-    harness.measure(workload, impls, settings.train, settings.repeats, progress=progress)
-    rows = harness.summarize(workload, impls, batch_size)
-    rows += peer_rows(model, batch_size, settings, rows, progress)
+    peers = start_peers(model, batch_size, settings, payload["notes"])
+    try:
+        harness.measure(workload, impls + peers, settings.train, settings.repeats, progress=progress)
+    finally:
+        for impl in peers:
+            impl.peer.close()
+    rows = harness.summarize(workload, impls + peers, batch_size)
+    add_dynet_ratios(rows)
     payload.update(rows=rows, schedules=harness.schedule_rows(workload, policies, settings.train),
                    policy_training=facts)
-    if "dynet" in settings.peers:
-        from ..peers import dynet_worker
-
-        if settings.train:
-            payload["notes"].append("DyNet peer: inference only (run without --train)")
-        elif not dynet_worker.available():
-            payload["notes"].append(dynet_worker.missing_note())
     return payload
 
 
-def peer_rows(model: str, batch_size: int, settings: Settings, rows: list[dict], progress=None) -> list[dict]:
-    """Rows of the requested peers; adds ``vs_dynet`` (DyNet's best strategy / this) to every row."""
-    strategies = _peer_strategies(settings)
-    if not strategies:
+def start_peers(model: str, batch_size: int, settings: Settings, notes: list[str]) -> list[harness.Impl]:
+    """One Impl per requested peer, its subprocess started and its outputs checked (all peers start
+    at once). A peer that cannot run here adds one line to ``notes`` instead."""
+    if "dynet" not in settings.peers:
         return []
     from ..peers import dynet_worker
 
-    if not dynet_worker.available():
+    if settings.train:
+        notes.append("DyNet peer: inference only (run without --train)")
         return []
-    found = []
-    for strategy in strategies:
-        found += dynet_worker.run_dynet(model, batch_size, settings.hidden, settings.batches, settings.seed,
-                                        settings.repeats, settings.threads, strategies=(strategy,))
-        if progress:
-            progress(found[-1]["impl"])
-    base = {r["impl"]: r["seconds_per_batch"] for r in rows}
-    timed = [r for r in found if "seconds_per_batch" in r]
-    for r in timed:
-        r["vs_eager"] = base["eager"] / r["seconds_per_batch"]
-        r["vs_manual"] = base["manual"] / r["seconds_per_batch"]
-    if timed:
-        best = min(r["seconds_per_batch"] for r in timed)
-        for r in rows + timed:
-            r["vs_dynet"] = best / r["seconds_per_batch"]
-    return found
+    if not dynet_worker.available():
+        notes.append(dynet_worker.missing_note())
+        return []
+    peers = [dynet_worker.DynetPeer(model, batch_size, settings.hidden, settings.batches, settings.seed,
+                                    settings.threads, strategy) for strategy in _peer_strategies(settings)]
+    for peer in peers:
+        peer.wait_ready()
+    return [harness.Impl(peer.impl, None, [], None, peer=peer) for peer in peers]
+
+
+def add_dynet_ratios(rows: list[dict]) -> None:
+    """``vs_dynet`` on every timed row: DyNet's best strategy's seconds over the row's."""
+    dynet = [r["seconds_per_batch"] for r in rows if r["impl"].startswith("dynet") and "seconds_per_batch" in r]
+    if dynet:
+        for r in rows:
+            if "seconds_per_batch" in r:
+                r["vs_dynet"] = min(dynet) / r["seconds_per_batch"]
 
 
 def run_all(settings: Settings, progress: Callable[[str, str], None] | None = None) -> list[dict]:

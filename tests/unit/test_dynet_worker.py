@@ -2,6 +2,7 @@
 every mini-batch before timing and fails otherwise); a crash or a missing DyNet is a note, never
 an exception."""
 import subprocess
+import sys
 
 import pytest
 
@@ -28,17 +29,71 @@ def test_a_model_without_a_dynet_version_is_a_note():
     assert rows == [{"impl": "dynet[agenda]", "note": note}, {"impl": "dynet[agenda+depth]", "note": note}]
 
 
-def test_a_crashing_peer_becomes_a_row_note(monkeypatch):
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -11, "", ""))
-    assert dynet_worker.run_dynet("treelstm", 3, 8, 1, 0, 1, 1, strategies=(2,)) == [
-        {"impl": "dynet[depth]", "note": "crashed (SIGSEGV)"}]
+class FakePeer:
+    """Stands in for DynetPeer: fixed seconds per mini-batch, or a failure after ``fail_after`` calls."""
 
-    def too_slow(*a, **k):
-        raise subprocess.TimeoutExpired(a, 5)
+    def __init__(self, impl, seconds, fail_after=None):
+        self.impl, self.seconds, self.fail_after = impl, seconds, fail_after
+        self.note, self.facts, self.calls, self.closed = None, {"max_abs_diff": 0.0}, [], False
 
-    monkeypatch.setattr(subprocess, "run", too_slow)
-    assert dynet_worker.run_dynet("treelstm", 3, 8, 1, 0, 1, 1, strategies=(1,), timeout_s=5) == [
-        {"impl": "dynet[agenda]", "note": "timed out after 5 s"}]
+    def wait_ready(self):
+        return True
+
+    def time_batch(self, index):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            self.note = "crashed (SIGSEGV)"
+            return None
+        self.calls.append(index)
+        return self.seconds
+
+    def close(self):
+        self.closed = True
+
+
+def test_peers_are_timed_round_robin_with_ratios_and_failures_as_notes(monkeypatch):
+    fakes = [FakePeer("dynet[agenda]", 1e-4), FakePeer("dynet[depth]", 5e-5), FakePeer("dynet[agenda+depth]", 1e-5, 2)]
+    monkeypatch.setattr(dynet_worker, "available", lambda: True)
+    monkeypatch.setattr(dynet_worker, "DynetPeer", lambda *a: fakes[a[-1] - 1])
+    settings = suite.Settings(hidden=8, batches=2, repeats=2, policies=("depth",), peers=("dynet",))
+    payload = suite.run_workload("treelstm", 3, settings)
+    rows = {r["impl"]: r for r in payload["rows"]}
+    assert list(rows) == ["eager", "manual", "phalanx[depth]", "dynet[agenda]", "dynet[depth]", "dynet[agenda+depth]"]
+    assert fakes[0].calls == [0, 0, 1, 0, 1] and all(f.closed for f in fakes)   # warm-up, then 2 rounds
+    assert rows["dynet[agenda+depth]"] == {"impl": "dynet[agenda+depth]", "note": "crashed (SIGSEGV)"}
+    depth = rows["dynet[depth]"]
+    assert depth["seconds_per_batch"] == 5e-5 and depth["vs_dynet"] == 1.0 and depth["max_abs_diff"] == 0.0
+    assert rows["dynet[agenda]"]["vs_dynet"] == pytest.approx(0.5)
+    assert depth["vs_eager"] == pytest.approx(rows["eager"]["seconds_per_batch"] / 5e-5)
+    assert rows["phalanx[depth]"]["vs_dynet"] == pytest.approx(5e-5 / rows["phalanx[depth]"]["seconds_per_batch"])
+    assert payload["notes"] == []
+
+
+def test_a_crashing_subprocess_becomes_a_note(monkeypatch):
+    """The real DynetPeer protocol against a stand-in process that segfaults after saying ready."""
+    script = ("import os, signal, sys; print('PHALANX_PEER ' + '{\"max_abs_diff\": 0.0}', flush=True); "
+              "sys.stdin.readline(); os.kill(os.getpid(), signal.SIGSEGV)")
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: real_popen([sys.executable, "-c", script], **kw))
+    peer = dynet_worker.DynetPeer("treelstm", 3, 8, 1, 0, 1, strategy=2)
+    assert peer.wait_ready() and peer.facts == {"max_abs_diff": 0.0}
+    assert peer.time_batch(0) is None and peer.note == "crashed (SIGSEGV)"
+    assert peer.time_batch(0) is None
+    peer.close()
+
+
+def test_a_failing_or_silent_subprocess_becomes_a_note(monkeypatch):
+    real_popen = subprocess.Popen
+    script = "import sys; sys.exit('DyNet output 0 of mini-batch 0 differs from PyTorch by 0.5')"
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: real_popen([sys.executable, "-c", script], **kw))
+    peer = dynet_worker.DynetPeer("treelstm", 3, 8, 1, 0, 1, strategy=1)
+    assert not peer.wait_ready()
+    assert peer.note == "failed: DyNet output 0 of mini-batch 0 differs from PyTorch by 0.5"
+    peer.close()
+    script = "import time; time.sleep(30)"
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: real_popen([sys.executable, "-c", script], **kw))
+    peer = dynet_worker.DynetPeer("treelstm", 3, 8, 1, 0, 1, strategy=1, timeout_s=0.5)
+    assert peer.time_batch(0) is None and peer.note == "timed out after 0 s"
+    peer.close()
 
 
 def test_missing_dynet_is_one_note_and_no_rows(monkeypatch):
@@ -47,20 +102,3 @@ def test_missing_dynet_is_one_note_and_no_rows(monkeypatch):
     payload = suite.run_workload("treelstm", 3, settings)
     assert [r["impl"] for r in payload["rows"]] == ["eager", "manual", "phalanx[depth]"]
     assert payload["notes"] == [dynet_worker.missing_note()]
-
-
-def test_peer_rows_get_ratios_against_the_in_process_baselines(monkeypatch):
-    found = [{"impl": "dynet[agenda]", "seconds_per_batch": 0.02, "instances_per_s": 150.0},
-             {"impl": "dynet[depth]", "seconds_per_batch": 0.01, "instances_per_s": 300.0},
-             {"impl": "dynet[agenda+depth]", "note": "crashed (SIGSEGV)"}]
-    monkeypatch.setattr(dynet_worker, "available", lambda: True)
-    monkeypatch.setattr(dynet_worker, "run_dynet", lambda *a, strategies, **k: [found[strategies[0] - 1]])
-    rows = [{"impl": "eager", "seconds_per_batch": 0.04}, {"impl": "manual", "seconds_per_batch": 0.005},
-            {"impl": "phalanx[fsm]", "seconds_per_batch": 0.008}]
-    settings = suite.Settings(peers=("dynet",))
-    peers = suite.peer_rows("treelstm", 3, settings, rows)
-    assert [r["impl"] for r in peers] == ["dynet[agenda]", "dynet[depth]", "dynet[agenda+depth]"]
-    assert peers[1]["vs_eager"] == pytest.approx(4.0) and peers[1]["vs_manual"] == pytest.approx(0.5)
-    assert rows[2]["vs_dynet"] == pytest.approx(1.25) and peers[0]["vs_dynet"] == pytest.approx(0.5)
-    assert "vs_dynet" not in peers[2]
-    assert suite.peer_rows("treelstm", 3, suite.Settings(peers=("dynet",), train=True), rows) == []
