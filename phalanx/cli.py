@@ -38,6 +38,8 @@ def _bench(args) -> int:
 
     if (args.model is None) == (not args.all):
         raise SystemExit("phalanx bench: give one MODEL or --all")
+    if args.all and args.policy_file:
+        raise SystemExit("phalanx bench: --policy-file holds one model's policy; use it without --all")
     settings = _settings(args)
     if not args.all:
         settings.models = (args.model,)

@@ -120,3 +120,7 @@ def test_bench_all_quick_writes_tables_json_and_plots(tmp_path, capsys):
 def test_bench_needs_a_model_or_all():
     with pytest.raises(SystemExit, match="MODEL or --all"):
         main(["bench"])
+    with pytest.raises(SystemExit, match="MODEL or --all"):
+        main(["bench", "treelstm", "--all"])
+    with pytest.raises(SystemExit, match="--policy-file holds one model's policy"):
+        main(["bench", "--all", "--policy-file", "x.json"])
