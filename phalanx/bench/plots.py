@@ -52,7 +52,7 @@ def throughput(payloads: list[dict], path: Path) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks([p["batch_size"] for p in ps], [str(p["batch_size"]) for p in ps])
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     _save(plt, fig, path)
 
 
