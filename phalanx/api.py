@@ -172,6 +172,13 @@ class Batcher:
             results.append(rebuild(vals))
         return results
 
+    def explain(self, instances: Iterable[Any], out=None):
+        """Draw (``out``: a .png or .svg path) and diagnose what this Batcher does with ``instances``;
+        returns a ``phalanx.debug.Explanation`` (``print`` it for the text). See phalanx/debug/."""
+        from .debug.explain import explain
+
+        return explain(self, instances, out=out)
+
 
 def _instance_tensors(graph) -> list[torch.Tensor]:
     """Per-instance tensor operands that require grad (their gradients leave through the flush)."""

@@ -1,10 +1,13 @@
-"""The ``phalanx`` command: ``bench`` (eager vs manual vs phalanx, side by side), ``schedules``
-(batches per policy vs the lower bound and the optimum), ``policy train`` (learn and save an fsm
-policy), ``explain`` (one mini-batch: op types, where the time goes, the schedule) and ``train``
-(train a model on EWT; phalanx/train/)."""
+"""phalanx: batch per-instance PyTorch models.
+
+Commands: bench (eager vs manual vs phalanx policies vs peers, side by side; --all for the whole
+zoo with plots), schedules (batches per policy vs the lower bound and the optimum), policy train
+(learn and save an fsm policy), explain (draw and diagnose what the scheduler did) and train
+(train a model on UD English EWT: dev accuracy, checkpoints, test accuracy; phalanx/train/)."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -15,88 +18,106 @@ from .bench import harness, report
 from .errors import PhalanxError
 from .bench.workloads import WORKLOADS
 
+def _settings(args):
+    from .bench.suite import Settings
+
+    chosen = dict(policies=tuple(args.policy), plans=tuple(False if p == "off" else p for p in args.plan),
+                  plan_objective=args.plan_objective, train=args.train, seed=args.seed, threads=args.threads,
+                  peers=tuple(args.peers), policy_file=args.policy_file)
+    given = {k: v for k, v in (("hidden", args.hidden), ("batches", args.batches), ("repeats", args.repeats)) if v is not None}
+    if args.batch_size is not None:
+        given["batch_sizes"] = (args.batch_size,)
+    base = Settings.quick() if args.quick else Settings()
+    if not args.all and "batch_sizes" not in given:
+        given["batch_sizes"] = (64,) if not args.quick else (32,)
+    return Settings(**{**base.__dict__, **chosen, **given})
+
 
 def _bench(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    torch.set_num_threads(args.threads)
+    from .bench import suite
+
+    if (args.model is None) == (not args.all):
+        raise SystemExit("phalanx bench: give one MODEL or --all")
+    if args.all and args.policy_file:
+        raise SystemExit("phalanx bench: --policy-file holds one model's policy; use it without --all")
+    settings = _settings(args)
+    if not args.all:
+        settings.models = (args.model,)
+    torch.set_num_threads(settings.threads)
     console = _console()
-    workload = WORKLOADS[args.model](args.batch_size, args.hidden, args.batches, args.seed)
-    if not workload.batches:
-        console.print(f"[red]not enough {args.model} instances for one batch of {args.batch_size}")
-        return 2
-    plans = [False if p == "off" else p for p in args.plan]
-    with console.status("preparing policies (fsm trains on held-out mini-batches)"):
-        policies, facts = harness.resolve_policies(workload, args.policy, args.train, args.policy_file, args.seed)
-    impls = harness.build_impls(workload, policies, args.train, plans, args.plan_objective)
-    total = len(impls) * (1 + args.repeats * len(workload.batches))
-    mode = "training" if args.train else "inference"
+    mode = "training" if settings.train else "inference"
+    total = sum(suite.progress_units(settings, m) for m in settings.models) * len(settings.batch_sizes)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task(f"{args.model} {mode}", total=total)
-        harness.measure(workload, impls, args.train, args.repeats,
-                        progress=lambda what: progress.update(task, advance=1, description=f"{args.model} {mode}: {what}"))
-    rows = harness.summarize(workload, impls, args.batch_size)
-    title = (f"{args.model} {mode}, hidden {args.hidden}, batch {args.batch_size}, {args.threads} thread(s), "
-             f"median of {args.repeats * len(workload.batches)} mini-batches")
-    report.print_table(rows, title, args.train, console)
-    schedules = harness.schedule_rows(workload, policies, args.train)
-    console.print(report.schedule_table(f"{args.model}: batches over the same {len(workload.batches)} mini-batches",
-                                        schedules))
-    if "fsm_training_s" in facts:
-        console.print(f"fsm trained on {len(workload.held_out)} held-out mini-batches in "
-                      f"{facts['fsm_training_s']:.2f} s ({facts['fsm_training'].get('episodes', '?')} episodes)")
+        task = progress.add_task(mode, total=total)
+        payloads = suite.run_all(settings, lambda where, what: progress.update(
+            task, advance=1, description=f"{where} {mode}: {what}"))
+    command = "phalanx " + " ".join(map(shlex.quote, sys.argv[1:] if args.argv is None else args.argv))
+    for payload in payloads:
+        payload["command"] = command
+        payload["environment"] = report.environment(settings.threads)
+    if args.all:
+        for model in settings.models:
+            for t in report.zoo_tables(model, [p for p in payloads if p["model"] == model]):
+                console.print(t)
+    else:
+        p = payloads[0]
+        title = (f"{p['model']} {mode}, hidden {p['hidden']}, batch {p['batch_size']}, {settings.threads} thread(s), "
+                 f"median of {settings.repeats * settings.batches} mini-batches")
+        report.print_tables(p["rows"], title, settings.train, console)
+        if p["schedules"]:
+            console.print(report.schedule_table(f"{p['model']}: batches over the same {settings.batches} mini-batches",
+                                                p["schedules"]))
+        facts = p["policy_training"]
+        if "fsm_training_s" in facts:
+            console.print(f"fsm trained on held-out mini-batches in {facts['fsm_training_s']:.2f} s "
+                          f"({facts['fsm_training'].get('episodes', '?')} episodes)")
+    for note in dict.fromkeys(n for p in payloads for n in p["notes"]):
+        console.print(note, highlight=False, markup=False)
+    for p in payloads:
+        for line in report.notes(p["rows"]):
+            console.print(f"{p['model']} b={p['batch_size']}: {line}", highlight=False, markup=False)
     if args.json:
-        report.write_json(args.json, {"command": "phalanx " + " ".join(map(shlex.quote, sys.argv[1:])),
-                                      "model": args.model, "hidden": args.hidden, "batch_size": args.batch_size,
-                                      "train": args.train, "environment": report.environment(args.threads),
-                                      "rows": rows, "schedules": schedules, "policy_training": facts})
-        console.print(f"wrote {args.json}")
+        data = payloads if args.all else payloads[0]
+        report.write_json(args.json, {"command": command, "payloads": data} if args.all else data)
+        console.print(f"wrote {args.json}", highlight=False)
+    if args.plot:
+        from .bench import plots
+
+        for path in plots.write_all(payloads, args.plot):
+            console.print(f"wrote {path}", highlight=False)
     return 0
 
 
 def _explain(args) -> int:
     from .api import Batcher
-    from .schedule import format_schedule
+    from .debug.explain import explain
 
     torch.set_num_threads(args.threads)
     workload = WORKLOADS[args.model](args.batch_size, args.hidden, 1, args.seed)
+    if not workload.batches:
+        raise SystemExit(f"phalanx explain: not enough {args.model} instances for one batch of {args.batch_size}")
     model = workload.copy_model()
     batcher = Batcher(workload.phalanx_fn(model, args.train), policy=args.policy, profile=True)
-    batch = workload.batches[0]
-    for _ in range(2):                   # the first call warms up: batching probes, fsm training
-        batcher.stats.per_op.clear()
-        results = batcher(batch)
-        if args.train:
-            workload.reduce(results).backward()
-    graph = batcher.record(batch)
-    schedule = batcher.policy.schedule(graph)
+    with torch.set_grad_enabled(args.train):
+        explanation = explain(batcher, workload.batches[0], out=args.out, train=args.train,
+                              reduce=workload.reduce if args.train else None)
     console = _console()
-    console.print(f"[bold]{args.model}[/bold], {len(batch)} instances: {batcher.stats}")
-    console.print("op types:")
-    for sid in graph.used_sids:
-        sig = graph.sigs[sid]
-        mode = sig.kernel.mode if sig.kernel is not None else "-"
-        console.print(f"  {sid:3d}  {int((graph.node_sig == sid).sum()):6d} nodes  {mode:6s}  {sig.describe()}")
-    from rich.table import Table
-
-    profile = Table(title="where the time goes (second call, per op type)", title_justify="left")
-    for col in ("op type", "batches", "nodes", "nodes/batch", "forward ms", "backward ms"):
-        profile.add_column(col, justify="left" if col == "op type" else "right")
-    for name, row in sorted(batcher.stats.per_op.items(), key=lambda kv: -kv[1]["forward_s"] - kv[1]["backward_s"]):
-        profile.add_row(name, str(row["batches"]), str(row["nodes"]), f"{row['nodes'] / max(row['batches'], 1):.1f}",
-                        f"{1e3 * row['forward_s']:.2f}", f"{1e3 * row['backward_s']:.2f}" if args.train else "-")
-    console.print(profile)
-    console.print(format_schedule(graph, schedule), markup=False, highlight=False)
+    console.print(explanation.text(), markup=False, highlight=False)
+    if args.out:
+        console.print(f"wrote {args.out}", highlight=False)
     return 0
 
 
 def _console():
     from rich.console import Console
 
+    # A terminal's own width (or $COLUMNS); piped output (CI logs, files) gets 100 columns. Every
+    # table is built to fit 80.
     console = Console()
-    # Piped output (CI logs, files) gets a width that fits the whole table.
-    return console if console.is_terminal else Console(width=170)
+    return console if console.is_terminal or os.environ.get("COLUMNS") else Console(width=100)
 
 
 def _schedules(args) -> int:
@@ -125,52 +146,90 @@ def _policy_train(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phalanx", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("model", choices=sorted(WORKLOADS))
-    common.add_argument("--batch-size", type=int, default=64)
-    common.add_argument("--hidden", type=int, default=256)
-    common.add_argument("--threads", type=int, default=1)
-    common.add_argument("--seed", type=int, default=0)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" unless the option has no default or its help already says it."""
 
-    bench = sub.add_parser("bench", parents=[common], help="eager vs manual vs phalanx policies, side by side")
-    bench.add_argument("--policy", nargs="+", default=["depth", "agenda", "fsm"],
-                       choices=["depth", "agenda", "fsm"])
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == [] \
+                or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _model_options(parser: argparse.ArgumentParser, optional_model: bool = False) -> None:
+    models = ", ".join(sorted(WORKLOADS))
+    if optional_model:
+        parser.add_argument("model", nargs="?", choices=sorted(WORKLOADS), metavar="MODEL",
+                            help=f"workload to run ({models}); or --all")
+        parser.add_argument("--batch-size", type=int, help="instances per mini-batch (default: 64; --quick: 32; "
+                            "--all: 8 and 64, --all --quick: 8 and 32)")
+        parser.add_argument("--hidden", type=int, help="hidden size (default: 256; --quick: 64)")
+    else:
+        parser.add_argument("model", choices=sorted(WORKLOADS), metavar="MODEL", help=f"workload ({models})")
+        parser.add_argument("--batch-size", type=int, default=64, help="instances per mini-batch")
+        parser.add_argument("--hidden", type=int, default=256, help="hidden size")
+    parser.add_argument("--threads", type=int, default=1, help="torch (and peer) threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and policy training")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phalanx", description=__doc__, formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    policies = ["depth", "agenda", "fsm"]
+
+    def add(parent, name, text, optional_model=False):
+        p = parent.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+        if name != "policy":
+            _model_options(p, optional_model)
+        return p
+
+    bench = add(sub, "bench", "eager vs manual vs phalanx policies (and peers), side by side", optional_model=True)
+    bench.add_argument("--all", action="store_true", help="every model at two batch sizes: tables per model")
+    bench.add_argument("--quick", action="store_true", help="small sizes, one timed mini-batch (about a minute)")
+    bench.add_argument("--policy", nargs="+", default=policies, choices=policies, metavar="POLICY",
+                       help="phalanx policies to time: depth, agenda, fsm")
     bench.add_argument("--policy-file", metavar="FILE", help="use this saved fsm policy instead of training one")
     bench.add_argument("--plan", nargs="+", default=["off"], choices=["off", "auto", "instance", "producer", "pqtree"],
-                       help="memory planning strategies to compare (off = schedule-order layout)")
+                       metavar="PLAN", help="memory planning strategies to compare: off (schedule-order layout), "
+                       "auto, instance, producer, pqtree")
     bench.add_argument("--plan-objective", default="bytes", choices=["bytes", "lists"],
                        help="planner objective: bytes read in place, or operand lists read in place")
-    bench.add_argument("--train", action="store_true", help="forward + backward + SGD step")
-    bench.add_argument("--batches", type=int, default=4, help="distinct mini-batches of real data")
-    bench.add_argument("--repeats", type=int, default=3, help="timed rounds over those mini-batches")
-    bench.add_argument("--json", metavar="FILE")
+    bench.add_argument("--train", action="store_true", help="time forward + backward + SGD step")
+    bench.add_argument("--batches", type=int, help="distinct mini-batches of real data (default: 4; --quick: 1)")
+    bench.add_argument("--repeats", type=int, help="timed rounds over those mini-batches (default: 3; --quick: 2)")
+    bench.add_argument("--peers", nargs="*", default=[], choices=["dynet"],
+                       help="other systems to time on the same workload (needs pip install 'phalanx[peers]')")
+    bench.add_argument("--json", metavar="FILE", help="write every row and setting as JSON")
+    bench.add_argument("--plot", metavar="DIR", help="write PNG plots (throughput, batches, time split)")
     bench.set_defaults(run=_bench)
 
-    schedules = sub.add_parser("schedules", parents=[common],
-                               help="batches of every policy vs the lower bound and the exact optimum")
-    schedules.add_argument("--policy", nargs="+", default=["depth", "agenda", "fsm"], choices=["depth", "agenda", "fsm"])
-    schedules.add_argument("--policy-file", metavar="FILE")
-    schedules.add_argument("--batches", type=int, default=4)
-    schedules.add_argument("--optimal-max-nodes", type=int, default=200)
-    schedules.add_argument("--json", metavar="FILE")
+    schedules = add(sub, "schedules", "batches of every policy vs the lower bound and the exact optimum")
+    schedules.add_argument("--policy", nargs="+", default=policies, choices=policies, metavar="POLICY",
+                           help="policies to compare: depth, agenda, fsm")
+    schedules.add_argument("--policy-file", metavar="FILE", help="use this saved fsm policy instead of training one")
+    schedules.add_argument("--batches", type=int, default=4, help="mini-batches to schedule")
+    schedules.add_argument("--optimal-max-nodes", type=int, default=200,
+                           help="run the exact optimum only on graphs up to this many nodes")
+    schedules.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     schedules.set_defaults(run=_schedules)
 
-    policy = sub.add_parser("policy", help="learned batching policies")
-    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
-    policy_train = policy_sub.add_parser("train", parents=[common], help="learn an fsm policy and save it")
-    policy_train.add_argument("--out", required=True, metavar="FILE")
+    policy = add(sub, "policy", "learned batching policies")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    policy_train = add(policy_sub, "train", "learn an fsm policy on held-out mini-batches and save it")
+    policy_train.add_argument("--out", required=True, metavar="FILE", help="where to save the policy (JSON)")
     policy_train.add_argument("--samples", type=int, default=4, help="sample mini-batches to learn on")
-    policy_train.add_argument("--encoding", default="sort", choices=["sort", "base", "max"])
-    policy_train.add_argument("--max-episodes", type=int, default=1000)
+    policy_train.add_argument("--encoding", default="sort", choices=["sort", "base", "max"],
+                              help="frontier encoding of the learned table")
+    policy_train.add_argument("--max-episodes", type=int, default=1000, help="Q-learning episodes at most")
     policy_train.add_argument("--train", action="store_true", help="learn on the training graph (loss)")
     policy_train.set_defaults(run=_policy_train)
 
-    explain = sub.add_parser("explain", parents=[common], help="record one mini-batch; show op types and schedule")
-    explain.add_argument("--policy", default="depth", choices=["depth", "agenda", "fsm"])
+    explain = add(sub, "explain", "draw and diagnose what the scheduler did for one small mini-batch")
+    explain.set_defaults(batch_size=4)
+    explain.add_argument("--policy", default="depth", choices=policies, help="batching policy")
     explain.add_argument("--train", action="store_true", help="profile forward and backward of the loss")
+    explain.add_argument("--out", metavar="FILE", help="draw the graph and the batch timeline (.png or .svg)")
     explain.set_defaults(run=_explain)
 
     from .train import command as train_command
@@ -183,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except PhalanxError as e:

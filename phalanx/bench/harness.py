@@ -26,6 +26,8 @@ class Impl:
     params: list
     optimizer: torch.optim.Optimizer | None
     batcher: Batcher | None = None
+    # Another system in a subprocess (peers/): ``peer.time_batch(i)`` -> seconds or None (``peer.note``).
+    peer: object | None = None
     seconds: list[float] = field(default_factory=list)
     stats: list[dict] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)   # training: the loss of every step, in order
@@ -68,7 +70,7 @@ def schedule_rows(workload: Workload, policies: list, train: bool, optimal_max_n
             rows.append({"policy": "optimal", "batches": None, "note": str(e)})
     else:
         rows.append({"policy": "optimal", "batches": None,
-                     "note": f"not tractable: graphs over {optimal_max_nodes} nodes"})
+                     "note": f"skipped: graphs > {optimal_max_nodes} nodes"})
     for policy in policies:
         total = fallbacks = 0
         start = time.perf_counter()
@@ -128,13 +130,21 @@ def step(impl: Impl, batch: list, train: bool, reduce) -> float:
 def measure(workload: Workload, impls: list[Impl], train: bool, repeats: int, progress=None) -> None:
     """Warm every implementation up on the first batch, then time ``repeats`` rounds over all batches."""
     for impl in impls:
-        step(impl, workload.batches[0], train, workload.reduce)
+        if impl.peer is not None:
+            impl.peer.time_batch(0)
+        else:
+            step(impl, workload.batches[0], train, workload.reduce)
         if progress:
             progress(f"warm-up {impl.name}")
     for _ in range(repeats):
-        for batch in workload.batches:
+        for b, batch in enumerate(workload.batches):
             for impl in impls:
-                impl.seconds.append(step(impl, batch, train, workload.reduce))
+                if impl.peer is not None:
+                    seconds = impl.peer.time_batch(b)
+                    if seconds is not None:
+                        impl.seconds.append(seconds)
+                else:
+                    impl.seconds.append(step(impl, batch, train, workload.reduce))
                 if impl.batcher is not None:
                     impl.stats.append(impl.batcher.stats.as_dict())
                 if progress:
@@ -143,8 +153,12 @@ def measure(workload: Workload, impls: list[Impl], train: bool, repeats: int, pr
 
 def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[dict]:
     rows = []
-    base = {impl.name: statistics.median(impl.seconds) for impl in impls}
+    base = {impl.name: statistics.median(impl.seconds) for impl in impls if impl.seconds}
     for impl in impls:
+        note = getattr(impl.peer, "note", None)
+        if note is not None:            # a peer that failed: its note, and no times even if some ran
+            rows.append({"impl": impl.name, "note": note})
+            continue
         seconds = base[impl.name]
         row = {"impl": impl.name, "seconds_per_batch": seconds, "instances_per_s": batch_size / seconds,
                "vs_eager": base["eager"] / seconds, "vs_manual": base["manual"] / seconds,
@@ -157,5 +171,6 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
                     "output_blocks", "scattered_outputs", "record_s", "schedule_s", "plan_s", "execute_s",
                     "backward_s", "record_us_per_node")
             row.update({k: statistics.median(s[k] for s in impl.stats) for k in keys})
+        row.update(getattr(impl.peer, "facts", {}))
         rows.append(row)
     return rows

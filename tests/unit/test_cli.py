@@ -52,8 +52,80 @@ def test_policy_train_then_bench_and_schedules_with_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_explain_prints_op_types_profile_and_schedule(capsys, train):
-    assert main(["explain", "treelstm", "--batch-size", "2", "--hidden", "8", "--policy", "fsm"]
-                + (["--train"] if train else [])) == 0
+def test_explain_prints_op_types_profile_timeline_and_draws(capsys, tmp_path, train):
+    drawing = tmp_path / "explain.svg"
+    assert main(["explain", "treelstm", "--batch-size", "2", "--hidden", "8", "--policy", "fsm",
+                 "--out", str(drawing)] + (["--train"] if train else [])) == 0
     out = capsys.readouterr().out
-    assert "cell TreeLSTMInternal" in out and "schedule[fsm]" in out and "where the time goes" in out
+    assert "cell TreeLSTMInternal" in out and "policy `fsm`" in out and "where the time goes" in out
+    assert "timeline" in out and "diagnosis" in out
+    assert "<svg" in drawing.read_text()
+    backward_ms = [float(line.split("/")[1].split()[0]) for line in out.splitlines() if "nodes/batch" in line]
+    assert backward_ms and (max(backward_ms) > 0) == train
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_help_of_every_command_names_every_option_with_its_default(capsys):
+    from phalanx.cli import build_parser
+
+    commands = dict(_subparsers(build_parser()))
+    assert {"bench", "schedules", "policy", "policy train", "explain"} <= set(commands)
+    for name, parser in commands.items():
+        with pytest.raises(SystemExit):
+            main([*name.split(), "--help"])
+        text = capsys.readouterr().out
+        assert "``" not in text, name
+        for action in parser._actions:
+            for option in action.option_strings:
+                assert option in text, (name, option)
+            if action.option_strings and action.help != "==SUPPRESS==":
+                assert action.help, (name, action.option_strings)
+            if (isinstance(action.default, (int, str)) and not isinstance(action.default, bool)
+                    and action.default != "==SUPPRESS==" and "default" not in action.help):
+                assert f"default: {action.default}" in " ".join(text.split()), (name, action.option_strings)
+
+
+@pytest.mark.parametrize("width", ["80", "120"])
+def test_bench_output_fits_the_terminal(capsys, monkeypatch, width):
+    monkeypatch.setenv("COLUMNS", width)
+    assert main(["bench", "treelstm", "--batch-size", "3", "--hidden", "8", "--batches", "1", "--repeats", "1",
+                 "--policy", "depth", "fsm", "--plan", "off", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= int(width)
+    assert "phalanx[fsm+plan:auto]" in out and "time split" in out
+
+
+def test_bench_all_quick_writes_tables_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "all.json"
+    assert main(["bench", "--all", "--quick", "--hidden", "8", "--batch-size", "3", "--repeats", "1",
+                 "--policy", "depth", "--json", str(out), "--plot", str(tmp_path / "plots")]) == 0
+    text = capsys.readouterr().out
+    payloads = json.loads(out.read_text())["payloads"]
+    from phalanx.bench.workloads import WORKLOADS
+
+    assert [p["model"] for p in payloads] == list(WORKLOADS)
+    for p in payloads:
+        assert p["hidden"] == 8 and p["batch_size"] == 3
+        assert [r["impl"] for r in p["rows"]] == ["eager", "manual", "phalanx[depth]"]
+        assert f"{p['model']} (hidden 8)" in text
+    for name in ("throughput", "batches_vs_bound", "time_split"):
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_needs_a_model_or_all():
+    with pytest.raises(SystemExit, match="MODEL or --all"):
+        main(["bench"])
+    with pytest.raises(SystemExit, match="MODEL or --all"):
+        main(["bench", "treelstm", "--all"])
+    with pytest.raises(SystemExit, match="--policy-file holds one model's policy"):
+        main(["bench", "--all", "--policy-file", "x.json"])

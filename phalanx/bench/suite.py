@@ -1,0 +1,107 @@
+"""One benchmark run of a workload (``run_workload``: implementations side by side, policies'
+schedules, optional peers) and the whole zoo (``run_all``: every registered workload at several
+batch sizes), as JSON-ready payloads for tables (bench/report.py) and plots (bench/plots.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import harness
+from .workloads import WORKLOADS
+
+
+@dataclass
+class Settings:
+    hidden: int = 256
+    batch_sizes: tuple[int, ...] = (8, 64)
+    batches: int = 4
+    repeats: int = 3
+    policies: tuple[str, ...] = ("depth", "agenda", "fsm")
+    plans: tuple = (False,)
+    plan_objective: str = "bytes"
+    train: bool = False
+    seed: int = 0
+    threads: int = 1
+    peers: tuple[str, ...] = ()
+    policy_file: str | None = None
+    models: tuple[str, ...] = field(default_factory=lambda: tuple(WORKLOADS))
+
+    @classmethod
+    def quick(cls, **overrides) -> "Settings":
+        """About a minute for the whole zoo on one core: small hidden size, one timed mini-batch."""
+        return cls(**{"hidden": 64, "batch_sizes": (8, 32), "batches": 1, "repeats": 2, **overrides})
+
+
+def progress_units(settings: Settings, model: str) -> int:
+    """Steps ``run_workload`` reports for one batch size (warm-ups and timed steps, peers included)."""
+    impls = 2 + len(settings.policies) * len(settings.plans) + len(_peer_strategies(settings))
+    return impls * (1 + settings.repeats * settings.batches)
+
+
+def _peer_strategies(settings: Settings) -> list[int]:
+    return [1, 2, 3] if "dynet" in settings.peers and not settings.train else []
+
+
+def run_workload(model: str, batch_size: int, settings: Settings,
+                 progress: Callable[[str], None] | None = None) -> dict:
+    """Payload of one model at one batch size: ``rows`` (one per implementation, peers included,
+    all timed round-robin in one run), ``schedules`` (batches per policy vs the bound), ``notes``."""
+    workload = WORKLOADS[model](batch_size, settings.hidden, settings.batches, settings.seed)
+    payload = {"model": model, "hidden": settings.hidden, "batch_size": batch_size, "train": settings.train,
+               "rows": [], "schedules": [], "notes": [], "policy_training": {}}
+    if not workload.batches:
+        payload["notes"].append(f"not enough {model} instances for one mini-batch of {batch_size}")
+        return payload
+    policies, facts = harness.resolve_policies(workload, list(settings.policies), settings.train,
+                                               settings.policy_file, settings.seed)
+    impls = harness.build_impls(workload, policies, settings.train, list(settings.plans), settings.plan_objective)
+    peers = start_peers(model, batch_size, settings, payload["notes"])
+    try:
+        harness.measure(workload, impls + peers, settings.train, settings.repeats, progress=progress)
+    finally:
+        for impl in peers:
+            impl.peer.close()
+    rows = harness.summarize(workload, impls + peers, batch_size)
+    add_dynet_ratios(rows)
+    payload.update(rows=rows, schedules=harness.schedule_rows(workload, policies, settings.train),
+                   policy_training=facts)
+    return payload
+
+
+def start_peers(model: str, batch_size: int, settings: Settings, notes: list[str]) -> list[harness.Impl]:
+    """One Impl per requested peer, its subprocess started and its outputs checked (all peers start
+    at once). A peer that cannot run here adds one line to ``notes`` instead."""
+    if "dynet" not in settings.peers:
+        return []
+    from ..peers import dynet_worker
+
+    if settings.train:
+        notes.append("DyNet peer: inference only (run without --train)")
+        return []
+    if not dynet_worker.available():
+        notes.append(dynet_worker.missing_note())
+        return []
+    peers = [dynet_worker.DynetPeer(model, batch_size, settings.hidden, settings.batches, settings.seed,
+                                    settings.threads, strategy) for strategy in _peer_strategies(settings)]
+    for peer in peers:
+        peer.wait_ready()
+    return [harness.Impl(peer.impl, None, [], None, peer=peer) for peer in peers]
+
+
+def add_dynet_ratios(rows: list[dict]) -> None:
+    """``vs_dynet`` on every timed row: DyNet's best strategy's seconds over the row's."""
+    dynet = [r["seconds_per_batch"] for r in rows if r["impl"].startswith("dynet") and "seconds_per_batch" in r]
+    if dynet:
+        for r in rows:
+            if "seconds_per_batch" in r:
+                r["vs_dynet"] = min(dynet) / r["seconds_per_batch"]
+
+
+def run_all(settings: Settings, progress: Callable[[str, str], None] | None = None) -> list[dict]:
+    """Payloads of every model in ``settings.models`` at every batch size."""
+    payloads = []
+    for model in settings.models:
+        for batch_size in settings.batch_sizes:
+            tick = (lambda what, m=model, b=batch_size: progress(f"{m} b={b}", what)) if progress else None
+            payloads.append(run_workload(model, batch_size, settings, tick))
+    return payloads
