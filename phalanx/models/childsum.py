@@ -117,6 +117,7 @@ def manual_childsum(model: ChildSumTreeLSTM, trees, labels=None):
     n, hidden = len(words), model.hidden
     x = model.embed(words)
     x_iou, x_f = model.input_iou(x), model.input_f(x)      # hoisted: all nodes at once
+    # Rows are written once, in place: the gathers that read them save only indices for backward.
     h_all, c_all = torch.zeros(n, hidden), torch.zeros(n, hidden)
     edge_level = height[edge_parent]
     for level in range(int(height.max()) + 1 if n else 0):
@@ -134,7 +135,7 @@ def manual_childsum(model: ChildSumTreeLSTM, trees, labels=None):
         i, o, u = iou.chunk(3, dim=-1)
         c = torch.sigmoid(i) * torch.tanh(u) + child_c
         h = torch.sigmoid(o) * torch.tanh(c)
-        h_all, c_all = h_all.index_copy(0, nodes, h), c_all.index_copy(0, nodes, c)
+        h_all.index_copy_(0, nodes, h), c_all.index_copy_(0, nodes, c)
     root_h = h_all[roots]
     if labels is None:
         return model.classifier(root_h)

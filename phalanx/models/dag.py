@@ -89,9 +89,10 @@ def manual_dag(model: DagRNN, dags, labels=None):
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
     words, kinds, level, edge_dst, edge_src = map(as_long, (words, kinds, level, edge_dst, edge_src))
     degree = torch.zeros(offset).index_add(0, edge_dst, torch.ones(len(edge_dst))) if offset else torch.zeros(0)
+    # Rows are written once, in place: the gathers that read them save only indices for backward.
     h_all = torch.zeros(offset, model.hidden)
     sources = torch.nonzero(level == 0).squeeze(1)
-    h_all = h_all.index_copy(0, sources, model.source(words[sources]))
+    h_all.index_copy_(0, sources, model.source(words[sources]))
     edge_level = level[edge_dst]
     for depth in range(1, int(level.max()) + 1 if offset else 0):
         edges = torch.nonzero(edge_level == depth).squeeze(1)
@@ -103,6 +104,6 @@ def manual_dag(model: DagRNN, dags, labels=None):
             mine = (kinds[dst] == k)
             rows = torch.searchsorted(nodes, dst[mine])
             mean = torch.zeros(len(nodes), model.hidden).index_add(0, rows, h_all[src[mine]]) / degree[nodes].unsqueeze(1)
-            h_all = h_all.index_copy(0, nodes, node_cell.gru(model.embed(words[nodes]), mean))
+            h_all.index_copy_(0, nodes, node_cell.gru(model.embed(words[nodes]), mean))
     out = h_all[as_long(lasts)]
     return model.scorer.out(out) if labels is None else model.scorer(out, torch.as_tensor(labels))

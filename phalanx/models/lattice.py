@@ -120,6 +120,7 @@ def manual_lattice(model: LatticeRNN, lattices, labels: bool = False):
     rnn = model.node.gru if model.kind == "gru" else model.node.lstm
     all_chars = torch.cat([s[1] for s in steps]) if steps else torch.zeros(0, dtype=torch.long)
     x_proj = F.linear(model.embed(all_chars), rnn.weight_ih, rnn.bias_ih).split([len(s[0]) for s in steps])
+    # Rows are written once, in place: the gathers that read them save only indices for backward.
     h_all, c_all = torch.zeros(total, hidden), torch.zeros(total, hidden)
     for (nodes, _, edge_row, edge_src, degree), gi in zip(steps, x_proj, strict=True):
         scale = 1.0 / degree.unsqueeze(1).to(h_all.dtype)
@@ -136,8 +137,8 @@ def manual_lattice(model: LatticeRNN, lattices, labels: bool = False):
             i, f, g, o = (gi + gh).chunk(4, dim=-1)
             c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-            c_all = c_all.index_copy(0, nodes, c)
-        h_all = h_all.index_copy(0, nodes, h)
+            c_all.index_copy_(0, nodes, c)
+        h_all.index_copy_(0, nodes, h)
     logits = model.scorer.out(h_all[outputs])
     if not labels:
         return logits

@@ -82,10 +82,11 @@ def manual_mvrnn(model: MVRNN, trees, labels=None):
     matrix-vector products). Returns root logits [n, C], or per-tree losses [n]."""
     words, left, right, height, roots = _binary_levels(trees)
     d = model.hidden
+    # Rows are written once, in place: the gathers that read them save only indices for backward.
     vec, mat = torch.zeros(len(words), d), torch.zeros(len(words), d, d)
     leaves = torch.nonzero(height == 0).squeeze(1)
     a, A = model.leaf(words[leaves], words[leaves] % model.num_matrices)
-    vec, mat = vec.index_copy(0, leaves, a), mat.index_copy(0, leaves, A)
+    vec.index_copy_(0, leaves, a), mat.index_copy_(0, leaves, A)
     for level in range(1, int(height.max()) + 1 if len(words) else 0):
         nodes = torch.nonzero(height == level).squeeze(1)
         lo, ro = left[nodes], right[nodes]
@@ -94,6 +95,6 @@ def manual_mvrnn(model: MVRNN, trees, labels=None):
         Ab = torch.bmm(A, b.unsqueeze(-1)).squeeze(-1)
         p = torch.tanh(model.compose.vector(torch.cat([Ba, Ab], dim=-1)))
         P = torch.matmul(model.compose.matrix, torch.cat([A, B], dim=-2))
-        vec, mat = vec.index_copy(0, nodes, p), mat.index_copy(0, nodes, P)
+        vec.index_copy_(0, nodes, p), mat.index_copy_(0, nodes, P)
     root = vec[roots]
     return model.classifier(root) if labels is None else model.classifier(root, torch.as_tensor(labels))

@@ -71,11 +71,12 @@ def manual_treegru(model: TreeGRU, trees, labels=None):
     """All leaves in one call, then one call per tree height with children gathered by index.
     Returns root logits [n, C], or per-tree losses [n] given ``labels``."""
     words, left, right, height, roots = _binary_levels(trees)
+    # Rows are written once, in place: the gathers that read them save only indices for backward.
     h_all = torch.zeros(len(words), model.hidden)
     leaves = torch.nonzero(height == 0).squeeze(1)
-    h_all = h_all.index_copy(0, leaves, model.leaf(words[leaves]))
+    h_all.index_copy_(0, leaves, model.leaf(words[leaves]))
     for level in range(1, int(height.max()) + 1 if len(words) else 0):
         nodes = torch.nonzero(height == level).squeeze(1)
-        h_all = h_all.index_copy(0, nodes, model.internal(h_all[left[nodes]], h_all[right[nodes]]))
+        h_all.index_copy_(0, nodes, model.internal(h_all[left[nodes]], h_all[right[nodes]]))
     root_h = h_all[roots]
     return model.classifier(root_h) if labels is None else model.classifier(root_h, torch.as_tensor(labels))

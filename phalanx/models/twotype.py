@@ -68,10 +68,11 @@ def manual_twotype(model: TwoTypeTreeLSTM, trees, labels=None):
     is_function = torch.tensor([node.label in model.function_labels for tree in trees
                                 for node in tree.nodes_postorder()], dtype=torch.bool)
     n = len(words)
+    # Rows are written once, in place: the gathers that read them save only indices for backward.
     h_all, c_all = torch.zeros(n, model.hidden), torch.zeros(n, model.hidden)
     leaves = torch.nonzero(height == 0).squeeze(1)
     h, c = model.leaf(words[leaves])
-    h_all, c_all = h_all.index_copy(0, leaves, h), c_all.index_copy(0, leaves, c)
+    h_all.index_copy_(0, leaves, h), c_all.index_copy_(0, leaves, c)
     for level in range(1, int(height.max()) + 1 if n else 0):
         at_level = height == level
         for cell, mask in ((model.function_node, at_level & is_function), (model.content_node, at_level & ~is_function)):
@@ -79,6 +80,6 @@ def manual_twotype(model: TwoTypeTreeLSTM, trees, labels=None):
             if len(nodes):
                 lo, ro = left[nodes], right[nodes]
                 h, c = cell(h_all[lo], c_all[lo], h_all[ro], c_all[ro])
-                h_all, c_all = h_all.index_copy(0, nodes, h), c_all.index_copy(0, nodes, c)
+                h_all.index_copy_(0, nodes, h), c_all.index_copy_(0, nodes, c)
     root_h = h_all[roots]
     return model.classifier(root_h) if labels is None else model.classifier(root_h, torch.as_tensor(labels))
