@@ -93,6 +93,15 @@ def test_batched_matches_eager(name, policy, train, seed, sizes):
 
 
 @pytest.mark.parametrize("name", MODELS)
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**31), sizes=sizes_strategy)
+def test_batched_matches_eager_with_memory_planning(name, seed, sizes):
+    m = model(name)
+    assert_matches_eager(m.loss, instances(name, seed, sizes), params=m.parameters(), train=True,
+                         batcher=phalanx.Batcher(m.loss, policy="agenda", plan="auto", verify=True))
+
+
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("sizes", [[], [1]])
 def test_zero_and_one_tiny_instances(name, sizes):
     m = model(name)
