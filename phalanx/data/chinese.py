@@ -14,8 +14,10 @@ second, most of it reading the lexicon, which is cached too).
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 from .conllu import Sentence, parse_conllu
 from .lattice import Lattice, build_lattice, word_spans
@@ -39,11 +41,13 @@ def load_chinese_sentences(source: str) -> tuple[Sentence, ...]:
 @lru_cache(maxsize=None)
 def jieba_lexicon() -> frozenset[str]:
     """Every word of jieba's ``dict.txt`` (lines ``word frequency [tag]``)."""
-    try:
-        dict_file = resources.files("jieba").joinpath("dict.txt")
-    except ModuleNotFoundError:
+    # find_spec locates the package without importing it (jieba's import touches pkg_resources,
+    # which newer setuptools warns about); only the data file is needed.
+    spec = importlib.util.find_spec("jieba")
+    if spec is None or not spec.submodule_search_locations:
         raise ImportError("Chinese lattices need the jieba lexicon: pip install jieba "
-                          "(or pip install 'phalanx[lattice]')") from None
+                          "(or pip install 'phalanx[lattice]')")
+    dict_file = Path(next(iter(spec.submodule_search_locations))) / "dict.txt"
     words = set()
     for line_number, line in enumerate(dict_file.read_text(encoding="utf-8").splitlines(), start=1):
         word = line.split(" ", 1)[0]

@@ -2,9 +2,17 @@
 outputs and parameter gradients; tiny CoNLL-U snippets with the awkward cases of real files."""
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 import torch
 
 from tests.oracle import weighted_total
+
+
+# Checked without importing jieba (only its bundled dict.txt is read).
+requires_jieba = pytest.mark.skipif(importlib.util.find_spec("jieba") is None,
+                                    reason="the jieba lexicon is not installed (pip install jieba)")
 
 
 def _grads(params):

@@ -4,7 +4,7 @@ import pytest
 
 from phalanx.data import parse_conllu
 from phalanx.data.lattice import Lattice, build_lattice, word_spans
-from tests.models.zoo_checks import row
+from tests.models.zoo_checks import requires_jieba, row
 
 
 def test_word_spans_finds_lexicon_words_up_to_max_length():
@@ -43,8 +43,8 @@ def test_chinese_sentence_text_and_labels_skip_multiword_tokens_and_empty_nodes(
     assert sentence_text_and_labels(sentence) == ("中国发展很快", [1, 0, 1, 0, 1, 1])
 
 
+@requires_jieba
 def test_shipped_chinese_sources_become_lattices_with_jieba_arcs():
-    pytest.importorskip("jieba")
     from phalanx.data.chinese import SOURCES, jieba_lexicon, load_chinese_sentences, load_lattices
 
     assert {"中国", "发展"} <= jieba_lexicon()
