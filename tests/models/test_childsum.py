@@ -28,6 +28,8 @@ def test_trees_are_dependency_trees_with_variable_arity(examples_and_model):
 @pytest.mark.parametrize("policy", ["depth", "agenda", "fsm"])
 def test_phalanx_matches_eager_on_ewt(examples_and_model, policy):
     examples, model = examples_and_model
+    if policy == "fsm":
+        examples = examples[:4]   # fsm trains itself on the graph: Q-learning over many op types is slow
     assert_matches_eager(model.loss, examples, params=model.parameters(), policy=policy, train=True)
 
 
