@@ -10,8 +10,15 @@ from typing import Any, Callable
 
 import torch
 
+from ..models import childsum as childsum_mod
+from ..models import dag as dag_mod
+from ..models import lattice as lattice_mod
+from ..models import mvrnn as mvrnn_mod
+from ..models import nested as nested_mod
 from ..models import tagger as tagger_mod
+from ..models import treegru as treegru_mod
 from ..models import treelstm as treelstm_mod
+from ..models import twotype as twotype_mod
 
 
 @dataclass
@@ -92,4 +99,111 @@ def tagger(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Wor
                     _chunks(examples, batch_size, HELD_OUT, num_batches), model, _eager, manual, _phalanx_fn, reduce)
 
 
-WORKLOADS: dict[str, Callable[..., Workload]] = {"treelstm": treelstm, "tagger": tagger}
+def _flat_sum(results) -> torch.Tensor:
+    """Total of per-token results (lists of tensors, or one tensor of all tokens)."""
+    flat = [t.reshape(-1) for r in results for t in (r if isinstance(r, list) else [r])]
+    return torch.cat(flat).sum() if flat else torch.zeros(())
+
+
+def _tree_workload(name, examples, model, manual_fn, batch_size, num_batches):
+    """A tree model whose instances are ``(tree, label)`` and whose manual is ``manual_fn(m, trees[, labels])``."""
+    def manual(m, train):
+        if train:
+            return (lambda batch: [manual_fn(m, [t for t, _ in batch], [y for _, y in batch])]), m
+        return (lambda batch: [manual_fn(m, [t for t, _ in batch])]), m
+
+    return Workload(name, _chunks(examples, batch_size, num_batches),
+                    _chunks(examples, batch_size, HELD_OUT, num_batches), model, _eager, manual, _phalanx_fn, _sum_all)
+
+
+def childsum(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    """Child-sum TreeLSTM over EWT dependency trees as they are (variable arity)."""
+    examples, vocab = childsum_mod.ewt_examples("dev")
+    torch.manual_seed(seed)
+    return _tree_workload("childsum", examples, childsum_mod.ChildSumTreeLSTM(len(vocab), hidden),
+                          childsum_mod.manual_childsum, batch_size, num_batches)
+
+
+def treegru(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, vocab = treelstm_mod.ewt_examples("dev")
+    torch.manual_seed(seed)
+    return _tree_workload("treegru", examples, treegru_mod.TreeGRU(len(vocab), hidden),
+                          treegru_mod.manual_treegru, batch_size, num_batches)
+
+
+def mvrnn(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    """MV-RNN (sizes 64 / 128 in DESIGN: every node carries a hidden x hidden matrix)."""
+    examples, vocab = treelstm_mod.ewt_examples("dev")
+    torch.manual_seed(seed)
+    return _tree_workload("mvrnn", examples, mvrnn_mod.MVRNN(len(vocab), hidden),
+                          mvrnn_mod.manual_mvrnn, batch_size, num_batches)
+
+
+def twotype(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, vocab, function_labels = twotype_mod.ewt_examples("dev")
+    torch.manual_seed(seed)
+    return _tree_workload("twotype", examples, twotype_mod.TwoTypeTreeLSTM(len(vocab), function_labels, hidden),
+                          twotype_mod.manual_twotype, batch_size, num_batches)
+
+
+def dag(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    """DAG-RNN over synthetic DAGs with 3 node kinds (EWT-like sizes)."""
+    examples = dag_mod.synthetic_examples(batch_size * (num_batches + HELD_OUT), seed)
+    torch.manual_seed(seed)
+    return _tree_workload("dag", examples, dag_mod.DagRNN(1000, hidden), dag_mod.manual_dag, batch_size, num_batches)
+
+
+def nested(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    """NestedRNN: character LSTM per word feeding a word LSTM, per-token UPOS (EWT)."""
+    examples, chars = nested_mod.ewt_examples("dev")
+    torch.manual_seed(seed)
+    model = nested_mod.NestedRNN(len(chars), hidden)
+
+    def manual(m, train):
+        baseline = nested_mod.ManualNestedRNN(m)
+        if train:
+            return (lambda batch: [baseline([w for w, _ in batch], [t for _, t in batch])]), m
+        return (lambda batch: [baseline([w for w, _ in batch])]), m
+
+    return Workload("nested", _chunks(examples, batch_size, num_batches),
+                    _chunks(examples, batch_size, HELD_OUT, num_batches), model, _eager, manual, _phalanx_fn, _flat_sum)
+
+
+def _lattice_workload(name, lattices, model, batch_size, num_batches):
+    def eager(m, train):
+        return (lambda batch: [(m.loss if train else m)(x) for x in batch]), m
+
+    def manual(m, train):
+        return (lambda batch: [lattice_mod.manual_lattice(m, batch, labels=train)]), m
+
+    def phalanx_fn(m, train):
+        return m.loss if train else m
+
+    return Workload(name, _chunks(lattices, batch_size, num_batches),
+                    _chunks(lattices, batch_size, HELD_OUT, num_batches), model, eager, manual, phalanx_fn, _flat_sum)
+
+
+def _chinese_lattice(kind):
+    def build(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+        lattices, chars = lattice_mod.chinese_examples()
+        torch.manual_seed(seed)
+        return _lattice_workload(f"lattice_{kind}", lattices, lattice_mod.LatticeRNN(len(chars), hidden, kind=kind),
+                                 batch_size, num_batches)
+    build.__doc__ = f"Lattice-{kind.upper()} over Chinese UD sentences with jieba word arcs."
+    return build
+
+
+def lattice_gru_synthetic(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    """Lattice-GRU over synthetic lattices (EWT-like lengths, random word arcs)."""
+    from ..data.synthetic import random_lattices
+
+    lattices = random_lattices(batch_size * (num_batches + HELD_OUT), seed, 1000)
+    torch.manual_seed(seed)
+    return _lattice_workload("lattice_gru_synthetic", lattices, lattice_mod.LatticeRNN(1000, hidden, kind="gru"),
+                             batch_size, num_batches)
+
+
+WORKLOADS: dict[str, Callable[..., Workload]] = {
+    "treelstm": treelstm, "tagger": tagger, "childsum": childsum, "treegru": treegru, "mvrnn": mvrnn,
+    "twotype": twotype, "nested": nested, "lattice_gru": _chinese_lattice("gru"),
+    "lattice_lstm": _chinese_lattice("lstm"), "lattice_gru_synthetic": lattice_gru_synthetic, "dag": dag}

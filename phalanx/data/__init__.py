@@ -9,7 +9,16 @@ from .conllu import read_conllu as read_conllu
 from .ewt import load_sentences as load_sentences
 from .ewt import load_tagging as load_tagging
 from .ewt import load_treebank as load_treebank
+from .lattice import Lattice as Lattice
+from .lattice import build_lattice as build_lattice
+from .synthetic import Dag as Dag
 from .synthetic import random_binary_tree as random_binary_tree
+from .synthetic import random_dag as random_dag
+from .synthetic import random_dags as random_dags
+from .synthetic import random_lattice as random_lattice
+from .synthetic import random_lattices as random_lattices
+from .synthetic import random_nary_trees as random_nary_trees
+from .synthetic import random_tree as random_tree
 from .synthetic import random_chain as random_chain
 from .synthetic import random_chains as random_chains
 from .synthetic import random_trees as random_trees

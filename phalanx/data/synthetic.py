@@ -126,3 +126,111 @@ def random_chains(
     """``n`` random tagging examples whose lengths follow ``sentence_lengths``."""
     rng = as_generator(rng)
     return [random_chain(int(length), rng, vocab_size, num_tags) for length in sentence_lengths(n, rng)]
+
+
+# *** scaling families: n-ary trees, lattices and DAGs with several node kinds ***
+
+def random_tree(
+    num_nodes: int, rng: int | np.random.Generator, vocab_size: int, max_children: int = 4, num_labels: int = 1
+) -> Tree:
+    """A random ordered tree with ``num_nodes`` nodes, each carrying a word (like a dependency tree:
+    internal nodes have words too) and at most ``max_children`` children.
+
+    Shape: node ``i > 0`` attaches to a uniform earlier node that still has room (a random
+    recursive tree), so arities vary from 0 (leaves) to ``max_children`` and heights are O(log n).
+    """
+    if num_nodes < 1:
+        raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+    if max_children < 1:
+        raise ValueError(f"max_children must be >= 1, got {max_children}")
+    rng = as_generator(rng)
+    words = _word_ids(num_nodes, rng, vocab_size)
+    labels = rng.integers(0, num_labels, size=num_nodes).tolist()
+    children: list[list[int]] = [[] for _ in range(num_nodes)]
+    open_nodes = [0]                      # nodes with fewer than max_children children
+    for node in range(1, num_nodes):
+        k = int(rng.integers(0, len(open_nodes)))
+        parent = open_nodes[k]
+        children[parent].append(node)
+        if len(children[parent]) == max_children:
+            open_nodes[k] = open_nodes[-1]
+            open_nodes.pop()
+        open_nodes.append(node)
+    nodes: list[Tree | None] = [None] * num_nodes
+    for node in range(num_nodes - 1, -1, -1):     # children have larger ids than their parent
+        nodes[node] = Tree(words[node], tuple(nodes[c] for c in children[node]), labels[node])  # type: ignore[misc]
+    return nodes[0]  # type: ignore[return-value]
+
+
+def random_nary_trees(
+    n: int, rng: int | np.random.Generator, vocab_size: int, max_children: int = 4, num_labels: int = 1
+) -> list[Tree]:
+    """``n`` random n-ary trees whose node counts follow ``sentence_lengths``."""
+    rng = as_generator(rng)
+    return [random_tree(int(size), rng, vocab_size, max_children, num_labels) for size in sentence_lengths(n, rng)]
+
+
+def random_lattice(
+    length: int, rng: int | np.random.Generator, vocab_size: int, arc_prob: float = 0.35, max_span: int = 4,
+    num_labels: int = 2,
+):
+    """A random ``Lattice`` over ``length`` characters: every span of 2..``max_span`` characters is
+    a word arc with probability ``arc_prob / (span - 1)`` (longer words are rarer, as in a lexicon)."""
+    from .lattice import build_lattice
+
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    rng = as_generator(rng)
+    chars = _word_ids(length, rng, vocab_size)
+    spans = [(end - span, end) for end in range(2, length + 1) for span in range(2, min(max_span, end) + 1)
+             if rng.random() < arc_prob / (span - 1)]
+    return build_lattice(chars, spans, rng.integers(0, num_labels, size=length).tolist())
+
+
+def random_lattices(n: int, rng: int | np.random.Generator, vocab_size: int, scale: float = 1.0, **options) -> list:
+    """``n`` random lattices whose lengths are ``scale`` times ``sentence_lengths`` (at least 1)."""
+    rng = as_generator(rng)
+    return [random_lattice(max(1, int(length * scale)), rng, vocab_size, **options)
+            for length in sentence_lengths(n, rng)]
+
+
+class Dag:
+    """A random DAG instance: node ``i`` has kind ``kinds[i]`` (which cell computes it), word
+    ``words[i]`` and predecessors ``preds[i]`` (earlier nodes; empty only for node 0)."""
+
+    __slots__ = ("kinds", "words", "preds")
+
+    def __init__(self, kinds: tuple[int, ...], words: tuple[int, ...], preds: tuple[tuple[int, ...], ...]):
+        self.kinds, self.words, self.preds = kinds, words, preds
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def __repr__(self) -> str:
+        return f"Dag({len(self)} nodes, {sum(map(len, self.preds))} edges)"
+
+
+def random_dag(
+    num_nodes: int, rng: int | np.random.Generator, vocab_size: int, num_kinds: int = 3, max_preds: int = 3,
+    window: int = 8,
+) -> Dag:
+    """A random DAG of ``num_nodes`` nodes with ``num_kinds`` node kinds: node ``i > 0`` reads
+    1..``max_preds`` distinct nodes among the ``window`` before it (so depth grows with size)."""
+    if num_nodes < 1:
+        raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+    if num_kinds < 1 or max_preds < 1 or window < 1:
+        raise ValueError(f"num_kinds, max_preds and window must be >= 1, got {num_kinds}, {max_preds}, {window}")
+    rng = as_generator(rng)
+    preds: list[tuple[int, ...]] = [()]
+    for node in range(1, num_nodes):
+        candidates = np.arange(max(0, node - window), node)
+        count = int(rng.integers(1, min(max_preds, len(candidates)) + 1))
+        preds.append(tuple(sorted(rng.choice(candidates, size=count, replace=False).tolist())))
+    kinds = tuple(rng.integers(0, num_kinds, size=num_nodes).tolist())
+    return Dag(kinds, tuple(_word_ids(num_nodes, rng, vocab_size)), tuple(preds))
+
+
+def random_dags(n: int, rng: int | np.random.Generator, vocab_size: int, scale: float = 1.0, **options) -> list[Dag]:
+    """``n`` random DAGs whose sizes are ``scale`` times ``sentence_lengths`` (at least 1)."""
+    rng = as_generator(rng)
+    return [random_dag(max(1, int(size * scale)), rng, vocab_size, **options) for size in sentence_lengths(n, rng)]

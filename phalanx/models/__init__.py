@@ -3,3 +3,17 @@ from .tagger import BiLSTMTagger as BiLSTMTagger
 from .tagger import ManualTagger as ManualTagger
 from .treelstm import TreeLSTM as TreeLSTM
 from .treelstm import manual_treelstm as manual_treelstm
+from .childsum import ChildSumTreeLSTM as ChildSumTreeLSTM
+from .childsum import manual_childsum as manual_childsum
+from .dag import DagRNN as DagRNN
+from .dag import manual_dag as manual_dag
+from .lattice import LatticeRNN as LatticeRNN
+from .lattice import manual_lattice as manual_lattice
+from .mvrnn import MVRNN as MVRNN
+from .mvrnn import manual_mvrnn as manual_mvrnn
+from .nested import ManualNestedRNN as ManualNestedRNN
+from .nested import NestedRNN as NestedRNN
+from .treegru import TreeGRU as TreeGRU
+from .treegru import manual_treegru as manual_treegru
+from .twotype import TwoTypeTreeLSTM as TwoTypeTreeLSTM
+from .twotype import manual_twotype as manual_twotype
