@@ -35,6 +35,7 @@ def record_instances(fn: Callable[[Any], Any], instances: list, table: Signature
         raise PhalanxError("phalanx runs cannot be nested (a Batcher was called while recording)")
     rec = _recorder.Recorder(table, device)
     outputs = []
+    exposed = expose_submodules(table.root)
     slot.rec = rec
     try:
         for i, instance in enumerate(instances):
@@ -55,7 +56,33 @@ def record_instances(fn: Callable[[Any], Any], instances: list, table: Signature
             outputs.append(flatten_result(out, i))
     finally:
         slot.rec = None
+        hide_submodules(exposed)
     return rec, outputs
+
+
+def expose_submodules(root) -> list:
+    """NOTE: [Fast submodule access] natural code reaches cells as ``self.leaf``, and
+    ``nn.Module.__getattr__`` (a Python fallback after the instance dict misses) costs about as much
+    as recording the call itself. While a run records, every submodule of the model is also put into
+    its parent's instance ``__dict__``, where attribute lookup finds it first; it is removed when
+    recording ends. Assigning a module during the run stays consistent (``nn.Module.__setattr__``
+    removes the name from ``__dict__``)."""
+    exposed = []
+    if root is None:
+        return exposed
+    for m in root.modules():
+        d = m.__dict__
+        for name, child in m._modules.items():
+            if child is not None and name not in d:
+                d[name] = child
+                exposed.append((d, name, child))
+    return exposed
+
+
+def hide_submodules(exposed: list) -> None:
+    for d, name, child in exposed:
+        if d.get(name) is child:
+            del d[name]
 
 
 def flatten_result(out, index: int):
