@@ -113,6 +113,7 @@ class Recorder:
     def __init__(self, table: SignatureTable, device: "torch.device | None" = None):
         self.table = table
         self.graph = DataflowGraph(table, device)
+        self.last_sig: dict = {}          # cell -> (signature, operand avals) of its last all-lazy call
         self.inst = 0
         self.phase = 0
 
@@ -126,8 +127,25 @@ class Recorder:
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
         g = self.graph
-        imms = g.imms
         arg_code = g.arg_code
+        # The cell's last signature, when every argument is a lazy value of the same avals: no key
+        # to build or hash (the common case: a recursion or loop calling one cell over and over).
+        last = self.last_sig.get(cell)
+        if last is not None and len(args) == len(last[1]):
+            sig, avals = last
+            mark = len(arg_code)
+            depth = 0
+            for a, av in zip(args, avals):
+                if type(a) is not LazyValue or a.aval is not av or a.graph is not g:
+                    del arg_code[mark:]
+                    break
+                arg_code.append(a.vid)
+                d = a.depth
+                if d >= depth:
+                    depth = d + 1
+            else:
+                return self._append_node(g, sig, depth)
+        imms = g.imms
         mark = len(arg_code)
         key = [cell]
         depth = 0
@@ -162,12 +180,17 @@ class Recorder:
             del arg_code[mark:]
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
+        if all(k is ArgKind.LAZY for k in sig.in_kinds):
+            self.last_sig[cell] = (sig, sig.in_avals)
+        return self._append_node(g, sig, depth)
+
+    def _append_node(self, g, sig: Signature, depth: int):
         # Inlined DataflowGraph.add_node: this is the per-node hot path.
         first = g.num_values
         g.num_values = first + sig.num_outputs
         g.node_sig.append(sig.sid)
         g.node_depth.append(depth)
-        g.arg_start.append(len(arg_code))
+        g.arg_start.append(len(g.arg_code))
         if sig.single:
             return LazyValue(first, sig.out_avals[0], depth, g)
         if sig.plain_tuple:

@@ -8,6 +8,12 @@ executes the steps under no_grad. ``TrainingRun`` does the same inside one
 ``torch.autograd.Function`` whose backward walks the steps in reverse, so results are ordinary
 autograd tensors and ``loss.backward()`` works.
 
+NOTE: [Vectorized plan] ``build_steps`` costs a few microseconds per batch: the operand codes of
+all batches are permuted at once into list-major order (one segment per batch and operand
+position), contiguity of every list is one ``diff`` + ``bincount``, and every gathered list is a
+view into ONE index tensor per flush (one host-to-device transfer on a GPU). The per-batch Python
+loop only assembles tuples from precomputed scalars.
+
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
 training we read through ``.data`` views: they share memory but have their own version counter, so
@@ -47,7 +53,7 @@ from ..errors import BatchExecutionError, PhalanxError
 from ..ir.graph import GraphArrays
 from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout
-from ..schedule.base import Schedule
+from ..schedule.base import Schedule, ranges
 from ..stats import ReadCounts
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
 from .params import FlushParams
@@ -71,51 +77,105 @@ class Step:
     insts: np.ndarray
 
 
-def _rows_kind(rows: np.ndarray, size: int, device):
-    lo = int(rows[0])
-    if size == 1 or (rows[-1] - lo == size - 1 and (np.diff(rows) == 1).all()):
-        return SLICE, (lo, lo + size)
-    return GATHER, torch.from_numpy(rows).to(device)
-
-
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
+    """Per batch, how to read each operand list and write each output (NOTE: [Vectorized plan])."""
     counts = ReadCounts()
-    steps = []
-    value_row, value_arena = layout.value_row, graph.value_aval_id
-    imms = graph.imms
+    batches = layout.batches
+    if not batches:
+        return [], counts
     device = graph.device
-    for nodes, sid in zip(layout.batches, schedule.sids, strict=True):
-        sig = graph.sigs[sid]
+    sigs = [graph.sigs[sid] for sid in schedule.sids]
+    sizes = np.array([len(b) for b in batches], dtype=np.int64)
+    order = np.concatenate(batches)
+    # *** operand lists: one contiguous segment per (batch, operand position), rows in batch order ***
+    arity = np.array([len(sig.in_kinds) for sig in sigs], dtype=np.int64)
+    per_batch = sizes * arity
+    entry_start = np.zeros(len(batches) + 1, dtype=np.int64)
+    np.cumsum(per_batch, out=entry_start[1:])
+    codes_node_major = graph.arg_code[ranges(graph.arg_start, order)]
+    # Entry e of batch b (node i, operand p; node-major) moves to list-major position p * size + i.
+    b_of = np.repeat(np.arange(len(batches)), per_batch)
+    local = np.arange(len(codes_node_major)) - entry_start[b_of]
+    a_of = np.maximum(arity[b_of], 1)
+    target = entry_start[b_of] + (local % a_of) * sizes[b_of] + local // a_of
+    codes = np.empty_like(codes_node_major)
+    codes[target] = codes_node_major
+    rows = graph_rows = layout.value_row[np.where(codes >= 0, codes, 0)]
+    lazy = codes >= 0
+    arena_of = graph.value_aval_id[np.where(lazy, codes, 0)]
+    # A list is in place when its rows step by exactly 1 (list boundaries do not count).
+    list_size = np.repeat(sizes, arity)
+    list_start = np.zeros(len(list_size) + 1, dtype=np.int64)
+    np.cumsum(list_size, out=list_start[1:])
+    broken = np.zeros(len(list_size), dtype=np.int64)
+    if len(rows) > 1:
+        list_of = np.repeat(np.arange(len(list_size)), list_size)
+        step_bad = (np.diff(rows) != 1) & (list_of[1:] == list_of[:-1])
+        broken = np.bincount(list_of[1:][step_bad], minlength=len(list_size))
+    # One index tensor (one transfer to the device) for every gathered list of the flush.
+    all_rows = torch.from_numpy(graph_rows).to(device)
+    # *** outputs: one segment per (batch, output) ***
+    num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
+    out_size = np.repeat(sizes, num_out)
+    out_start = np.zeros(len(out_size) + 1, dtype=np.int64)
+    np.cumsum(out_size, out=out_start[1:])
+    first = graph.node_first_value[order]
+    node_start = np.zeros(len(batches) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=node_start[1:])
+    k_of = np.concatenate([np.arange(k) for k in num_out.tolist()]) if num_out.sum() else np.zeros(0, np.int64)
+    out_batch = np.repeat(np.arange(len(batches)), num_out)
+    vids = first[ranges(node_start, out_batch)] + np.repeat(k_of, out_size)
+    out_rows = layout.value_row[vids]
+    out_broken = np.zeros(len(out_size), dtype=np.int64)
+    if len(out_rows) > 1:
+        out_of = np.repeat(np.arange(len(out_size)), out_size)
+        bad = (np.diff(out_rows) != 1) & (out_of[1:] == out_of[:-1])
+        out_broken = np.bincount(out_of[1:][bad], minlength=len(out_size))
+    all_out_rows = torch.from_numpy(out_rows).to(device)
+    # *** per-batch assembly: Python touches only precomputed scalars ***
+    lo_list, arena_list = rows[np.minimum(list_start[:-1], max(len(rows) - 1, 0))].tolist() if len(rows) else [], \
+        arena_of[np.minimum(list_start[:-1], max(len(rows) - 1, 0))].tolist() if len(rows) else []
+    starts, broken_l = list_start.tolist(), broken.tolist()
+    out_lo = out_rows[out_start[:-1]].tolist() if len(out_rows) else []
+    out_arena = graph.value_aval_id[vids[out_start[:-1]]].tolist() if len(vids) else []
+    out_starts, out_broken_l = out_start.tolist(), out_broken.tolist()
+    imms = graph.imms
+    steps = []
+    li = oi = 0
+    for b, (nodes, sig) in enumerate(zip(batches, sigs, strict=True)):
         size = len(nodes)
-        codes = graph.operand_codes(nodes)
         operands = []
         for p, kind in enumerate(sig.in_kinds):
-            column = codes[:, p]
+            lo, hi = starts[li], starts[li + 1]
             if kind is ArgKind.LAZY:
-                read, payload = _rows_kind(value_row[column], size, device)
-                operands.append((read, int(value_arena[column[0]]), payload))
                 counts.operand_lists += 1
-                if read == SLICE:
+                if broken_l[li] == 0:
+                    operands.append((SLICE, arena_list[li], (lo_list[li], lo_list[li] + size)))
                     counts.in_place += 1
                 else:
+                    operands.append((GATHER, arena_list[li], all_rows[lo:hi]))
                     counts.gathers += 1
                     counts.gather_bytes += size * sig.in_avals[p].nbytes
             elif kind is ArgKind.NUMBER:
-                operands.append((NUMBERS, sig.in_avals[p].dtype, [imms[-1 - c] for c in column.tolist()]))
+                operands.append((NUMBERS, sig.in_avals[p].dtype, [imms[-1 - c] for c in codes[lo:hi].tolist()]))
             else:
-                tensors = [imms[-1 - c] for c in column.tolist()]
-                first = tensors[0]
-                if all(t is first for t in tensors):
-                    operands.append((BROADCAST, size, first))     # one tensor for every row
+                tensors = [imms[-1 - c] for c in codes[lo:hi].tolist()]
+                head = tensors[0]
+                if all(t is head for t in tensors):
+                    operands.append((BROADCAST, size, head))     # one tensor for every row
                 else:
                     operands.append((TENSORS, None, tensors))
-        first = graph.node_first_value[nodes]
+            li += 1
         outputs = []
-        for k in range(sig.num_outputs):
-            write, rows = _rows_kind(value_row[first + k], size, device)
-            outputs.append((write, int(value_arena[first[0] + k]), rows))
+        for _ in range(sig.num_outputs):
+            lo, hi = out_starts[oi], out_starts[oi + 1]
             counts.output_blocks += 1
-            counts.scattered_outputs += write == SCATTER
+            if out_broken_l[oi] == 0:
+                outputs.append((SLICE, out_arena[oi], (out_lo[oi], out_lo[oi] + size)))
+            else:
+                outputs.append((SCATTER, out_arena[oi], all_out_rows[lo:hi]))
+                counts.scattered_outputs += 1
+            oi += 1
         steps.append(Step(sig, nodes, size, operands, outputs, graph.node_inst[nodes]))
     return steps, counts
 

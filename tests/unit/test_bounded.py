@@ -33,8 +33,7 @@ def test_two_thousand_calls_with_growing_inputs_stay_bounded():
 
     def fn(x):
         ones, scale = x                           # a new shape every call
-        h = torch.tanh(lin(ones))
-        return (h * scale).sum()                  # a new static number every call
+        return lin(ones) * scale                  # a new static number every call
 
     batcher = phalanx.Batcher(fn, max_signatures=64)
     gc.collect()
@@ -42,7 +41,7 @@ def test_two_thousand_calls_with_growing_inputs_stay_bounded():
     for i in range(2000):
         instance = (torch.ones(1 + i, 3), 0.5 + i)
         out = batcher([instance, instance])
-        assert batcher.stats.op_types == 5 and len(batcher.table) <= 64 + 5
+        assert batcher.stats.op_types == 3 and len(batcher.table) <= 64 + 3
         if i % 500 == 0:
             torch.testing.assert_close(out[0], fn(instance))
     gc.collect()
