@@ -17,6 +17,7 @@ from ..errors import CellCallError, PhalanxError, ResultStructureError, Unsuppor
 from ..ir.aval import AVal, aval, aval_of
 from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
+from ..rules import shifted_call
 from .capture import run_capturing
 
 class _RecorderSlot(threading.local):
@@ -336,6 +337,10 @@ class Recorder:
                 avals.append(number_aval(op))
                 examples.append(number_to_tensor(op))
         per_instance = _bind_template(fn, template_args, template_kwargs)
+        meta = {"batching": getattr(callee, "_phalanx_batching", "auto")}
+        shifted = shifted_call(fn, template_args, template_kwargs) if callee is fn else None
+        if shifted is not None:
+            meta["shifted"] = _bind_template(fn, *shifted, force=True)   # rules/dims.py: a batched form
         outputs, captured = run_unrecorded(per_instance, examples, name, avals, capture=True)
         flat, unflatten, flatten = _output_structure(outputs, name)
         paths = self.table.paths
@@ -350,7 +355,7 @@ class Recorder:
             flatten=flatten, captured=captured, callee=callee, modules=modules,
             rediscover=is_cell and any(id(t) not in own for t in captured),
             single=isinstance(outputs, torch.Tensor), plain_tuple=type(outputs) is tuple and unflatten is tuple,
-            meta={"batching": getattr(callee, "_phalanx_batching", "auto")})
+            meta=meta)
         keys = [key]
         if isinstance(key[1], tuple) and is_cell and not template_kwargs and _flat_template(template_args, len(operands)):
             # Also register the flat key of the cell fast path, so the next call skips this path.
@@ -409,9 +414,9 @@ def _func_name(func) -> str:
     return f"{module}.{qual or name}" if module else (qual or name)
 
 
-def _bind_template(fn, template_args, template_kwargs) -> Callable:
+def _bind_template(fn, template_args, template_kwargs, force: bool = False) -> Callable:
     """The per-instance callable over operands only: statics and shared tensors are baked in."""
-    if _flat_template(template_args, len(template_args)) and not template_kwargs:
+    if not force and _flat_template(template_args, len(template_args)) and not template_kwargs:
         return fn
 
     def fill(obj, it):

@@ -122,8 +122,9 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     first = graph.node_first_value[order]
     node_start = np.zeros(len(batches) + 1, dtype=np.int64)
     np.cumsum(sizes, out=node_start[1:])
-    k_of = np.concatenate([np.arange(k) for k in num_out.tolist()]) if num_out.sum() else np.zeros(0, np.int64)
     out_batch = np.repeat(np.arange(len(batches)), num_out)
+    group_start = np.cumsum(num_out) - num_out
+    k_of = np.arange(len(out_batch)) - np.repeat(group_start, num_out)
     vids = first[ranges(node_start, out_batch)] + np.repeat(k_of, out_size)
     out_rows = layout.value_row[vids]
     out_broken = np.zeros(len(out_size), dtype=np.int64)
@@ -140,6 +141,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     out_arena = graph.value_aval_id[vids[out_start[:-1]]].tolist() if len(vids) else []
     out_starts, out_broken_l = out_start.tolist(), out_broken.tolist()
     imms = graph.imms
+    inst_of = graph.node_inst[order]
+    node_starts = node_start.tolist()
     steps = []
     li = oi = 0
     for b, (nodes, sig) in enumerate(zip(batches, sigs, strict=True)):
@@ -176,7 +179,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
                 outputs.append((SCATTER, out_arena[oi], all_out_rows[lo:hi]))
                 counts.scattered_outputs += 1
             oi += 1
-        steps.append(Step(sig, nodes, size, operands, outputs, graph.node_inst[nodes]))
+        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]]))
     return steps, counts
 
 

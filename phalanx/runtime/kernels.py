@@ -3,6 +3,8 @@
 Four ways to batch, chosen once per signature and training-flags tuple (``sig.kernels``):
 - ``native``: call the per-instance function on tensors with a leading batch dimension. Correct for
   batch-polymorphic code (nn.Linear, elementwise ops, ``cat(dim=-1)``...) and the fastest.
+- ``shifted``: an op-level torch function with its dim arguments moved past the batch dimension
+  (``torch.stack(xs)`` -> ``torch.stack(xs, dim=1)``; rules/dims.py).
 - ``vmap``: ``torch.func.vmap`` of the per-instance function; correct for any vmappable code.
 - ``vmap-random``: vmap with ``randomness="different"``, for cells that draw random numbers
   (dropout in train mode): every instance gets its own independent draw.
@@ -42,6 +44,8 @@ class BatchedKernel:
         self.mode = mode
         if mode == "native":
             self._call = sig.fn
+        elif mode == "shifted":
+            self._call = sig.meta["shifted"]          # rules/dims.py: dims moved past the batch dim
         elif mode == "vmap":
             self._call = torch.func.vmap(sig.fn, in_dims=0)
         elif mode == "vmap-random":
@@ -143,7 +147,7 @@ def _choose(sig: Signature, operands: list, size: int) -> BatchedKernel:
             rows.append(out)
         expected = [torch.stack(col) for col in zip(*map(sig.flatten, rows), strict=True)]
         failures = []
-        for mode in ("native", "vmap"):
+        for mode in ("native", "shifted", "vmap") if "shifted" in sig.meta else ("native", "vmap"):
             kernel = BatchedKernel(sig, mode)
             try:
                 got = kernel(probe, n)

@@ -84,3 +84,24 @@ def test_probe_is_not_fooled_by_identical_per_instance_tensors():
     assert kernel_modes(batcher)["cell mirror"] == "vmap"
     for x, g in zip(xs, phalanx.Batcher(lambda v: mirror(v, torch.arange(4.0)), lazy_inputs=False)(xs), strict=True):
         torch.testing.assert_close(g, x + torch.arange(4.0).flip(0))
+
+
+def test_dim_arguments_are_shifted_past_the_batch_dimension():
+    # torch.stack(list) / x.sum(0) / softmax(dim=0) on one instance are not batch-polymorphic as
+    # written; the dims rule runs them natively with the dim moved right, checked against the oracle.
+    def fn(xs):
+        a, b, c = xs
+        stacked = torch.stack([a, b, c])                      # [3, 4] per instance
+        return stacked.sum(0), torch.softmax(stacked, dim=0), torch.cat([a, b]), stacked.mean(-1)
+
+    batcher = phalanx.Batcher(fn)
+    instances = [[torch.randn(4) for _ in range(3)] for _ in range(6)]
+    with torch.no_grad():
+        got = batcher(instances)
+        for x, g in zip(instances, got, strict=True):
+            for a, b in zip(g, fn(x), strict=True):
+                torch.testing.assert_close(a, b)
+    modes = kernel_modes(batcher)
+    assert modes["op torch.stack"] == "shifted" and modes["op Tensor.sum"] == "shifted"
+    assert modes["op torch.softmax"] == "shifted"
+    assert modes["op Tensor.mean"] == "native"               # a negative dim needs no shift
