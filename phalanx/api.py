@@ -47,6 +47,11 @@ class Batcher:
       operand lists read in place, i.e. fewest gather launches).
     - ``profile``: record per op type the batches, nodes and forward / backward seconds in
       ``stats.per_op`` (times each batch; off by default).
+    - ``device``: where arenas, gathers and batched kernels run; default: the device of the model's
+      first parameter (CPU for a model without parameters or a plain function). Instances' tensors
+      must be there too (a clear error names both devices otherwise).
+    - ``max_signatures``: bound on cached op types; past it the least recently used half is dropped
+      (NOTE: [What an op type may cache] in ir/signature.py).
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
@@ -63,8 +68,10 @@ class Batcher:
 
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
                  lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False,
-                 max_signatures: int = 4096, table: SignatureTable | None = None):
+                 max_signatures: int = 4096, table: SignatureTable | None = None,
+                 device: "str | torch.device | None" = None):
         self.fn = fn
+        self.device = torch.device(device) if device is not None else None
         self.plan_objective = plan_objective
         self.profile = profile
         self.plan = plan
@@ -130,7 +137,7 @@ class Batcher:
         return results
 
     def _device(self) -> torch.device:
-        return model_device(self.table.root)
+        return self.device if self.device is not None else model_device(self.table.root)
 
     def record(self, instances: Iterable[Any]):
         """Record ``instances`` without executing them; returns the frozen graph (``GraphArrays``).

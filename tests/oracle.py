@@ -10,10 +10,12 @@ import phalanx
 def weighted_total(results) -> torch.Tensor:
     """A scalar that depends on every output element with a distinct weight, so that gradients
     check every element (a plain sum would let errors that cancel slip through)."""
-    total = torch.zeros(())
+    leaves = [leaf for leaf in tree_leaves(results) if isinstance(leaf, torch.Tensor)]
+    total = torch.zeros((), device=leaves[0].device if leaves else None)
     for leaf in tree_leaves(results):
         if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
-            weights = torch.cos(torch.arange(leaf.numel(), dtype=leaf.dtype) * 0.7 + 0.3).reshape(leaf.shape)
+            weights = torch.cos(torch.arange(leaf.numel(), dtype=leaf.dtype, device=leaf.device) * 0.7 + 0.3)
+            weights = weights.reshape(leaf.shape)
             total = total + (leaf * weights).sum()
     return total
 

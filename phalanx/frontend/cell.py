@@ -18,9 +18,12 @@ from .recorder import _SLOT
 _BATCHING_MODES = ("auto", "vmap", "native")
 
 
-def _convert_numbers(args: tuple) -> tuple:
+def _convert_numbers(args: tuple, module: "nn.Module | None" = None) -> tuple:
     if any(type(a) in (int, float, bool) for a in args):
-        return tuple(_recorder.number_to_tensor(a) if type(a) in (int, float, bool) else a for a in args)
+        # On the cell's own device, as the batched run puts them on the model's device.
+        device = next(module.parameters(), None) if module is not None else None
+        device = device.device if device is not None else None
+        return tuple(_recorder.number_to_tensor(a, device) if type(a) in (int, float, bool) else a for a in args)
     return args
 
 
@@ -55,7 +58,7 @@ class Cell:
 def _cell_call(self, *args, **kwargs):
     rec = _SLOT.rec
     if rec is None:
-        return nn.Module.__call__(self, *_convert_numbers(args), **kwargs)
+        return nn.Module.__call__(self, *_convert_numbers(args, self), **kwargs)
     return rec.record_cell(self, args, kwargs)
 
 

@@ -92,9 +92,9 @@ def number_aval(x) -> AVal:
     return aval((), torch.get_default_dtype())
 
 
-def number_to_tensor(x) -> torch.Tensor:
+def number_to_tensor(x, device=None) -> torch.Tensor:
     """The 0-d tensor a cell receives for a Python number, eagerly and batched alike."""
-    return torch.tensor(x, dtype=number_aval(x).dtype)
+    return torch.tensor(x, dtype=number_aval(x).dtype, device=device)
 
 
 def _static_key(obj, op_name: str):
@@ -335,7 +335,7 @@ class Recorder:
             else:
                 kinds.append(ArgKind.NUMBER)
                 avals.append(number_aval(op))
-                examples.append(number_to_tensor(op))
+                examples.append(number_to_tensor(op, g.device))
         per_instance = _bind_template(fn, template_args, template_kwargs)
         meta = {"batching": getattr(callee, "_phalanx_batching", "auto")}
         shifted = shifted_call(fn, template_args, template_kwargs) if callee is fn else None

@@ -113,7 +113,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         step_bad = (np.diff(rows) != 1) & (list_of[1:] == list_of[:-1])
         broken = np.bincount(list_of[1:][step_bad], minlength=len(list_size))
     # One index tensor (one transfer to the device) for every gathered list of the flush.
-    all_rows = torch.from_numpy(graph_rows).to(device)
+    all_rows = _to_device(torch.from_numpy(graph_rows), device)
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
@@ -132,7 +132,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         out_of = np.repeat(np.arange(len(out_size)), out_size)
         bad = (np.diff(out_rows) != 1) & (out_of[1:] == out_of[:-1])
         out_broken = np.bincount(out_of[1:][bad], minlength=len(out_size))
-    all_out_rows = torch.from_numpy(out_rows).to(device)
+    all_out_rows = _to_device(torch.from_numpy(out_rows), device)
     # *** per-batch assembly: Python touches only precomputed scalars ***
     lo_list, arena_list = rows[np.minimum(list_start[:-1], max(len(rows) - 1, 0))].tolist() if len(rows) else [], \
         arena_of[np.minimum(list_start[:-1], max(len(rows) - 1, 0))].tolist() if len(rows) else []
@@ -143,6 +143,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     imms = graph.imms
     inst_of = graph.node_inst[order]
     node_starts = node_start.tolist()
+    numbers: dict = {}
+    pending: list = []
     steps = []
     li = oi = 0
     for b, (nodes, sig) in enumerate(zip(batches, sigs, strict=True)):
@@ -160,7 +162,12 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
                     counts.gathers += 1
                     counts.gather_bytes += size * sig.in_avals[p].nbytes
             elif kind is ArgKind.NUMBER:
-                operands.append((NUMBERS, sig.in_avals[p].dtype, [imms[-1 - c] for c in codes[lo:hi].tolist()]))
+                # Filled in below: every number of the flush goes to the device in one tensor per dtype.
+                dtype = sig.in_avals[p].dtype
+                values = numbers.setdefault(dtype, [])
+                pending.append((operands, len(operands), dtype, len(values), size))
+                values.extend(imms[-1 - c] for c in codes[lo:hi].tolist())
+                operands.append(None)
             else:
                 tensors = [imms[-1 - c] for c in codes[lo:hi].tolist()]
                 head = tensors[0]
@@ -180,7 +187,19 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
                 counts.scattered_outputs += 1
             oi += 1
         steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]]))
+    tensors = {dtype: _to_device(torch.tensor(values, dtype=dtype), device) for dtype, values in numbers.items()}
+    for operands, k, dtype, lo, size in pending:
+        operands[k] = (NUMBERS, dtype, tensors[dtype][lo:lo + size])
     return steps, counts
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host data of a flush to the device: one pinned, non-blocking copy on CUDA, nothing on CPU."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def allocate_arenas(graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
@@ -195,7 +214,7 @@ def _read(op, arenas, device=None) -> torch.Tensor:
     if kind == GATHER:
         return arenas[where].index_select(0, payload)
     if kind == NUMBERS:
-        return torch.tensor(payload, dtype=where, device=device)
+        return payload
     if kind == BROADCAST:
         return payload.detach().unsqueeze(0).expand(where, *payload.shape)
     return torch.stack([t.detach() for t in payload])
@@ -316,7 +335,8 @@ class TrainingRun:
     def backward(self, grads) -> tuple:
         start = time.perf_counter()
         input_grads = self._backward_pass(grads, skip_zero_rows=False)
-        if not all(g is None or bool(torch.isfinite(g).all()) for g in input_grads):
+        checks = [torch.isfinite(g).all() for g in input_grads if g is not None]
+        if checks and not bool(torch.stack(checks).all()):      # one device-to-host read per backward
             input_grads = self._backward_pass(grads, skip_zero_rows=True)   # NOTE: [Rows the loss does not use]
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
         if self.stats is not None:
@@ -416,7 +436,7 @@ class TrainingRun:
                 elif kind == GATHER:
                     operands.append(arenas[where].index_select(0, payload))
                 elif kind == NUMBERS:
-                    operands.append(torch.tensor(payload, dtype=where, device=self.device))
+                    operands.append(payload)
                 elif kind == BROADCAST:
                     operands.append(payload.unsqueeze(0).expand(where, *payload.shape))
                 else:
