@@ -56,8 +56,10 @@ class Batcher:
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
     ``batcher(instances)`` returns a list with one result per instance, in order. ``batcher.stats``
-    describes the last call (see ``phalanx.Stats``). One phalanx run records at a time per process
-    (the active recorder is process-global for speed); runs cannot be nested.
+    describes the last call (see ``phalanx.Stats``). The recorder belongs to the calling thread
+    (other threads' eager calls stay eager); runs cannot be nested, and one Batcher refuses a second
+    concurrent call (use one Batcher per thread). One Batcher can serve a whole training run
+    (docs/design.md, "One Batcher for a whole training run").
 
     **Example:**
 
