@@ -33,12 +33,18 @@ def compile_cell(fn: Callable, module: nn.Module | None, in_avals: Iterable[AVal
     name = name or getattr(module, "_phalanx_name", None) or f"cell {getattr(fn, '__name__', 'fn')}"
     names, _ = explicit_tensors(module)
     reader = ParamReader(module, tuple(names))
-    if not options.trace:
-        return _vmap_program(name, fn, module, in_avals, options, reader)
-    traced = trace_cell(name, fn, module, in_avals)
-    if module is None:
-        _refuse_closure_parameters(name, traced)
-    return _build(traced, options, reader)
+
+    def build() -> CellProgram:
+        if not options.trace:
+            return _vmap_program(name, fn, module, in_avals, options, reader)
+        traced = trace_cell(name, fn, module, in_avals)
+        if module is None:
+            _refuse_closure_parameters(name, traced)
+        return _build(traced, options, reader)
+
+    program = build()
+    program.retrace = build
+    return program
 
 
 def _refuse_closure_parameters(name: str, traced: TracedCell) -> None:
@@ -123,7 +129,8 @@ def auto_split(program: CellProgram, lower: Iterable[int]) -> CellSplit | None:
 
 
 def _vmap_program(name, fn, module, in_avals, options, reader) -> CellProgram:
-    """``trace=False``: ``torch.func.vmap`` of the per-instance function at every call."""
+    """``trace=False``: ``torch.func.vmap`` of the per-instance aten graph at every call (batching
+    rules applied per call; no hoisting, merging or splitting)."""
     names = reader.names
     holder: dict = {}
     if module is not None:
@@ -146,7 +153,9 @@ def _vmap_program(name, fn, module, in_avals, options, reader) -> CellProgram:
                      f"{name} on operands ({', '.join(map(repr, in_avals))})")
     out_nodes = next(n for n in reversed(example.graph.nodes) if n.op == "output").args[0]
     out_avals = tuple(aval_of(n.meta["val"]) for n in out_nodes)
-    vmapped = torch.func.vmap(call, in_dims=(None,) * len(names) + (0,) * len(in_avals))
+    # vmap the per-instance aten graph: composite ops without a batching rule (lstm_cell) are
+    # decomposed there, so this works for every traceable cell
+    vmapped = torch.func.vmap(example, in_dims=(None,) * len(names) + (0,) * len(in_avals))
 
     def main(size, *flat):
         return vmapped(*flat)

@@ -85,6 +85,18 @@ class CellProgram:
         self.main = main
         self.info = info
         self.compiled = None
+        self.retrace: Callable[[], CellProgram] | None = None   # set by compile_cell
+        self.param_key = self._param_key(params())
+
+    @staticmethod
+    def _param_key(params: list[torch.Tensor]) -> tuple:
+        return tuple((p.dtype, p.shape) for p in params)
+
+    def _refresh(self, params: list[torch.Tensor]) -> None:
+        """A parameter changed dtype or shape (``model.double()``): trace again, keep this object."""
+        retrace = self.retrace
+        self.__dict__.update(retrace().__dict__)
+        self.retrace = retrace
 
     def __call__(self, operands: list[torch.Tensor], size: int) -> tuple[torch.Tensor, ...]:
         if len(operands) != len(self.in_avals):
@@ -92,6 +104,8 @@ class CellProgram:
         if size == 0:
             return tuple(torch.zeros((0, *a.shape), dtype=a.dtype) for a in self.out_avals)
         params = self.params()
+        if self.param_key != self._param_key(params) and self.retrace is not None:
+            self._refresh(params)
         hoisted = self.hoist.get(params) if self.hoist is not None else ()
         run = self.compiled or self.main
         return tuple(run(size, *params, *hoisted, *operands))

@@ -1,0 +1,81 @@
+"""Traced / batchified / hoisted / merged programs of every zoo cell equal the per-instance cell
+(outputs, operand gradients, parameter gradients), with each switch on and off, batch 0, 1 and more."""
+import pytest
+import torch
+
+from phalanx.cells import CellOptions, compile_cell
+from phalanx.models.tagger import Embed, LSTMStep, TagScorer
+from phalanx.models.treelstm import RootClassifier, TreeLSTMInternal, TreeLSTMLeaf
+
+from ..cells_oracle import assert_program_matches_cell, avals, random_operands
+
+H, V, C = 6, 11, 5
+
+# name -> (cell factory, example operands of one instance; an int example is the exclusive bound)
+ZOO = {
+    "TreeLSTMLeaf": (lambda: TreeLSTMLeaf(V, 4, H), [torch.tensor(V)]),
+    "TreeLSTMInternal": (lambda: TreeLSTMInternal(H), [torch.zeros(H)] * 4),
+    "RootClassifier": (lambda: RootClassifier(H, C), [torch.zeros(H)]),
+    "RootClassifier+label": (lambda: RootClassifier(H, C), [torch.zeros(H), torch.tensor(C)]),
+    "Embed": (lambda: Embed(V, H), [torch.tensor(V)]),
+    "LSTMStep": (lambda: LSTMStep(4, H), [torch.zeros(4), torch.zeros(H), torch.zeros(H)]),
+    "TagScorer": (lambda: TagScorer(H, C), [torch.zeros(H), torch.zeros(H)]),
+    "TagScorer+tag": (lambda: TagScorer(H, C), [torch.zeros(H), torch.zeros(H), torch.tensor(C)]),
+}
+
+OPTIONS = {
+    "all-on": CellOptions(),
+    "all-off": CellOptions.all_off(),
+    "no-hoist": CellOptions(hoist=False),
+    "no-merge": CellOptions(merge=False),
+    "no-sparse": CellOptions(sparse_grads=False),
+    "vmap-untraced": CellOptions(trace=False),
+}
+
+
+@pytest.mark.parametrize("options", list(OPTIONS), ids=list(OPTIONS))
+@pytest.mark.parametrize("cell_name", list(ZOO))
+def test_zoo_cell_program_matches_per_instance_cell(cell_name, options):
+    torch.manual_seed(0)
+    factory, examples = ZOO[cell_name]
+    cell = factory()
+    program = compile_cell(cell._phalanx_fn(), cell, avals(examples), options=OPTIONS[options])
+    assert program.mode == ("vmap" if options == "vmap-untraced" else "traced")
+    gen = torch.Generator().manual_seed(1)
+    for size in (0, 1, 2, 7):
+        operands = random_operands(examples, size, gen)
+        assert_program_matches_cell(program, cell, operands, size)
+
+
+def test_parameters_are_inputs_not_constants():
+    cell = TreeLSTMInternal(H)
+    program = compile_cell(cell._phalanx_fn(), cell, avals([torch.zeros(H)] * 4))
+    assert all(n.op != "get_attr" for n in program.graph.nodes)
+    gen = torch.Generator().manual_seed(2)
+    operands = random_operands([torch.zeros(H)] * 4, 3, gen)
+    # a replaced parameter, a frozen one and a retyped module are all seen by the next call
+    cell.gates.weight = torch.nn.Parameter(torch.randn_like(cell.gates.weight))
+    assert_program_matches_cell(program, cell, operands, 3)
+    cell.gates.bias.requires_grad_(False)
+    assert_program_matches_cell(program, cell, operands, 3)
+
+
+class CastingCell(torch.nn.Module):
+    """Works in whatever dtype its parameters have; float32 in and out."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(H, H)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x.to(self.lin.weight.dtype))).float()
+
+
+def test_a_parameter_dtype_change_retraces():
+    cell = CastingCell()
+    program = compile_cell(cell.forward, cell, avals([torch.zeros(H)]))
+    operands = random_operands([torch.zeros(H)], 4, torch.Generator().manual_seed(3))
+    assert_program_matches_cell(program, cell, operands, 4)
+    cell.double()
+    assert_program_matches_cell(program, cell, operands, 4)
+    assert program.hoisted_values()[0].dtype == torch.float64
