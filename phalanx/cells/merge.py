@@ -69,11 +69,12 @@ def merge_matmuls(graph: fx.Graph, shared: set[fx.Node]) -> list[int]:
                 piece.meta = dict(m.meta)
                 offset += width
                 m.replace_all_uses_with(piece)
-                graph.erase_node(m)
                 # a column block is not contiguous: views of it must be allowed to copy
                 for user in list(piece.users):
                     if user.target in _VIEWS:
                         user.target = _ATEN.reshape.default
+        for m in members:     # only now: the insertion point above is members[0]
+            graph.erase_node(m)
         merged.append(len(members))
     graph.lint()
     return merged
