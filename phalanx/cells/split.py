@@ -57,14 +57,15 @@ def split_graph(what: str, graph: fx.Graph, num_leading: int, keep: frozenset[in
     deps = dependence(graph, operands)
     prefix = {n for n in graph.nodes if n.op == "call_function" and deps[n] and deps[n] <= keep}
     output = next(n for n in graph.nodes if n.op == "output")
-    crossing = [n for n in graph.nodes if n in prefix
+    kept_ops = [operands[i] for i in sorted(keep)]
+    # a kept operand the rest reads directly passes through the prefix unchanged
+    crossing = [n for n in graph.nodes if (n in prefix or n in kept_ops)
                 and any(u is output or (u not in prefix and deps.get(u)) for u in n.users)]
     for n in crossing:
         val = n.meta.get("val")
         if not isinstance(val, torch.Tensor) or n.meta.get("bdim") != 0:
             raise CellTraceError(f"{what}: cannot split over operands {sorted(keep)}: value {n.name} crossing "
                                  f"the cut is not a tensor with rows in dimension 0")
-    kept_ops = [operands[i] for i in sorted(keep)]
     other_ops = [p for i, p in enumerate(operands) if i not in keep]
 
     pre = fx.Graph()
