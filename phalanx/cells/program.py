@@ -107,7 +107,8 @@ class CellProgram:
         if self.param_key != self._param_key(params) and self.retrace is not None:
             self._refresh(params)
         hoisted = self.hoist.get(params) if self.hoist is not None else ()
-        run = self.compiled or self.main
+        # dynamo specializes sizes 0 and 1: a single row runs the plain program instead of recompiling
+        run = self.compiled if self.compiled is not None and size > 1 else self.main
         return tuple(run(size, *params, *hoisted, *operands))
 
     def unflatten(self, outs) -> Any:
@@ -153,8 +154,12 @@ class CellProgram:
             examples = [a.zeros().expand(example_size, *a.shape).clone() for a in self.in_avals]
             params = self.params()
             hoisted = self.hoist.get(params) if self.hoist is not None else ()
+            # both modes the runtime uses: inference (no_grad) and training (grad through the program)
             with torch.no_grad():
                 compiled(example_size, *params, *hoisted, *examples)
+            hoisted = self.hoist.get(params) if self.hoist is not None else ()
+            examples = [e.requires_grad_() if e.is_floating_point() else e for e in examples]
+            compiled(example_size, *params, *hoisted, *examples)
         except Exception as e:  # any backend failure falls back; the warning says why
             warnings.warn(f"{self.name}: torch.compile failed, running the traced program: "
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", CellCompileWarning,
