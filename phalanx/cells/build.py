@@ -12,7 +12,7 @@ from ..errors import CellTraceError
 from ..ir.aval import AVal, aval_of
 from ..ir.signature import ArgKind
 from . import hoist as hoisting
-from .merge import eliminate_common_subexpressions, merge_matmuls
+from .merge import eliminate_common_subexpressions, fuse_bias_adds, merge_matmuls
 from .options import CellOptions
 from .program import CellProgram, HoistCache, ParamReader, graph_program
 from .sparse import rewrite_embeddings
@@ -65,6 +65,7 @@ def _build(traced: TracedCell, options: CellOptions, reader: ParamReader) -> Cel
     eliminate_common_subexpressions(graph)
     shared = hoisting.shared_nodes(graph, params)
     hoisting.move_shared_first(graph, shared)
+    info["fused_bias"] = fuse_bias_adds(graph, shared)
     if options.merge:
         info["merged"] = merge_matmuls(graph, shared)
     hoist = None

@@ -33,9 +33,9 @@ def test_lstm_input_projection_splits_off_and_chains_back_exactly(hoist):
     program = compile_cell(cell._phalanx_fn(), cell, avals(EXAMPLES), options=CellOptions(hoist=hoist))
     split = split_program(program, {0})
     assert split.worthwhile
-    mm = torch.ops.aten.mm.default
-    assert sum(n.target is mm for n in split.prefix.graph.nodes) == 1     # W_ih x
-    assert sum(n.target is mm for n in split.rest.graph.nodes) == 1       # W_hh h
+    gemms = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+    assert sum(n.target in gemms for n in split.prefix.graph.nodes) == 1     # W_ih x + b_ih
+    assert sum(n.target in gemms for n in split.rest.graph.nodes) == 1       # W_hh h + b_hh
     assert split.prefix.in_avals == program.in_avals[:1]
     gen = torch.Generator().manual_seed(0)
     for size in (0, 1, 4):
