@@ -42,8 +42,9 @@ class ParamReader:
 class HoistCache:
     """Hoisted values of one parameter state. NOTE: [Hoist cache key] identity, ``_version``, dtype
     and ``requires_grad`` of every parameter, the grad / inference mode (values made under no_grad
-    must not serve a training call) and ``epoch``, which the runtime bumps once per flush so that a
-    training flush never reuses a graph a previous backward freed."""
+    must not serve a training call) and, with grad on, ``epoch``, which the runtime bumps once per
+    flush (``CellProgram.begin_flush``) so that a training flush never reuses a graph that a previous
+    backward freed. Before the first ``begin_flush``, every grad-mode call recomputes."""
 
     def __init__(self, module: fx.GraphModule):
         self.module = module
@@ -54,7 +55,10 @@ class HoistCache:
 
     def get(self, params: list[torch.Tensor]) -> tuple:
         grad = torch.is_grad_enabled()
-        key = (grad, torch.is_inference_mode_enabled(), self.epoch if grad else None,
+        # with grad on, values are shared only inside a flush the runtime announced (begin_flush):
+        # a caller that backprops without retain_graph may have freed their graph
+        epoch = (self.epoch if self.epoch else object()) if grad else None
+        key = (grad, torch.is_inference_mode_enabled(), epoch,
                *[(id(p), p._version, p.dtype, p.requires_grad) for p in params])
         if key != self.key:
             self.values = tuple(self.module(*params))
