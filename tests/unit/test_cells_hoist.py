@@ -38,10 +38,12 @@ def test_hoisted_values_are_recomputed_after_an_optimizer_step():
     opt = torch.optim.SGD(cell.parameters(), lr=0.5)
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
+        program.begin_flush()
         operands = random_operands(EXAMPLES, 4, gen)
-        assert_program_matches_cell(program, cell, operands, 4)
-        computed = program.hoist.computed
         outs = program(operands, 4)
+        computed = program.hoist.computed
+        assert_program_matches_cell(program, cell, operands, 4)     # same flush, same weights: reused
+        assert program.hoist.computed == computed
         (outs[0].sum() + outs[1].pow(2).sum()).backward()
         opt.step()
         opt.zero_grad()
