@@ -103,3 +103,21 @@ def test_untraceable_body_names_the_cell_and_shapes():
 
     with pytest.raises(CellTraceError, match=r"cell Random on operands \(float32\[3\]\)"):
         compile_cell(Random().forward, Random(), avals([torch.zeros(3)]), name="cell Random")
+
+
+def test_cell_without_operands_is_computed_once_and_broadcast():
+    class Start(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.h0 = nn.Parameter(torch.randn(3))
+
+        def forward(self):
+            return torch.tanh(self.h0)
+
+    cell = Start()
+    program = compile_cell(cell.forward, cell, ())
+    out, = program([], 4)
+    assert out.shape == (4, 3)
+    torch.testing.assert_close(out, torch.tanh(cell.h0).expand(4, 3))
+    g, = torch.autograd.grad(out.sum(), [cell.h0])
+    torch.testing.assert_close(g, 4 * (1 - torch.tanh(cell.h0) ** 2))
