@@ -17,7 +17,7 @@ from .options import CellOptions
 from .program import CellProgram, HoistCache, ParamReader, graph_program
 from .sparse import rewrite_embeddings
 from .split import split_graph
-from .trace import TracedCell, explicit_tensors, trace_cell
+from .trace import CAPTURED_HINT, TracedCell, explicit_tensors, trace_cell
 
 
 def compile_cell(fn: Callable, module: nn.Module | None, in_avals: Iterable[AVal], in_kinds: Iterable[ArgKind] = (),
@@ -25,8 +25,8 @@ def compile_cell(fn: Callable, module: nn.Module | None, in_avals: Iterable[AVal
     """The batched program of ``fn`` (one instance's cell call) on operands of ``in_avals``.
 
     ``module``: the cell module whose parameters and buffers ``fn`` reads (they become explicit
-    inputs, read at every call). ``None`` for a function cell: it must then read no tensor from its
-    closure that requires grad (those could not be passed explicitly), else ``CellTraceError``.
+    inputs, read at every call). ``None`` for a function cell. Either way, a tensor read from a
+    closure or a global could not be passed explicitly: ``CellTraceError``.
     ``in_kinds`` (LAZY / NUMBER / TENSOR) do not change the program: every operand arrives batched.
     """
     in_avals = tuple(in_avals)
@@ -38,8 +38,7 @@ def compile_cell(fn: Callable, module: nn.Module | None, in_avals: Iterable[AVal
         if not options.trace:
             return _vmap_program(name, fn, module, in_avals, options, reader)
         traced = trace_cell(name, fn, module, in_avals)
-        if module is None:
-            _refuse_closure_parameters(name, traced)
+        _refuse_captured_tensors(name, traced)
         return _build(traced, options, reader)
 
     program = build()
@@ -47,11 +46,12 @@ def compile_cell(fn: Callable, module: nn.Module | None, in_avals: Iterable[AVal
     return program
 
 
-def _refuse_closure_parameters(name: str, traced: TracedCell) -> None:
+def _refuse_captured_tensors(name: str, traced: TracedCell) -> None:
+    """A tensor the cell reads that is not its parameter or buffer (a closure or global) would be
+    baked into the program, stale after any update: refuse it."""
     for node in traced.graph.nodes:
         if node.op == "get_attr":
-            raise CellTraceError(f"{name}: a function cell that reads tensors from its closure cannot be "
-                                 f"compiled with explicit parameters; make it an nn.Module cell")
+            raise CellTraceError(f"{name}: {CAPTURED_HINT}")
 
 
 def _build(traced: TracedCell, options: CellOptions, reader: ParamReader) -> CellProgram:
@@ -65,8 +65,8 @@ def _build(traced: TracedCell, options: CellOptions, reader: ParamReader) -> Cel
     eliminate_common_subexpressions(graph)
     shared = hoisting.shared_nodes(graph, params)
     hoisting.move_shared_first(graph, shared)
-    info["fused_bias"] = fuse_bias_adds(graph, shared)
     if options.merge:
+        info["fused_bias"] = fuse_bias_adds(graph, shared)
         info["merged"] = merge_matmuls(graph, shared)
     hoist = None
     if options.hoist:

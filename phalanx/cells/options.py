@@ -13,7 +13,8 @@ class CellOptions:
       switches then do nothing).
     - ``hoist``: compute values that depend only on parameters and constants (transposes, weight
       concatenations) once, cached while the parameters are unchanged.
-    - ``merge``: merge matmuls that read the same input into one with a concatenated weight.
+    - ``merge``: fold bias adds into the GEMM (``addmm``) and merge matmuls that read the same input
+      into one with a concatenated weight.
     - ``split``: allow ``CellProgram.auto_split`` to cut the cell into a prefix over some operands
       and the rest (the recorder decides where; see ``split.py``).
     - ``compile``: ``torch.compile`` (Inductor) the batched program with a dynamic batch size. Off by

@@ -34,6 +34,8 @@ from ..errors import CellDataDependentError, CellTraceError
 from ..ir.aval import AVal, aval_of
 
 _TRACE_SIZES = (1009, 1013, 1019)
+CAPTURED_HINT = ("reads a tensor from its closure or a global that is not a parameter or buffer of the "
+                 "cell module; make it one (nn.Parameter / register_buffer) so it is passed at every call")
 _FIBERS_HINT = ("this cell branches on tensor data (or reads a value with .item() / a boolean mask), "
                 "so no single batched program is right for every row; move the decision out of the "
                 "cell (fibers, see DESIGN.md) or write it with tensor ops such as torch.where")
@@ -113,6 +115,8 @@ def _trace(f: Callable, args: list, what: str) -> fx.GraphModule:
     except Exception as e:
         if _is_data_dependent(e):
             raise CellDataDependentError(f"{what}: {_FIBERS_HINT} ({type(e).__name__})") from e
+        if "convert all Tensors to FakeTensors" in str(e):
+            raise CellTraceError(f"{what}: {CAPTURED_HINT}") from e
         first = str(e).splitlines()[0] if str(e) else ""
         raise CellTraceError(f"{what}: cannot be traced ahead of time: {type(e).__name__}: {first}") from e
     finally:

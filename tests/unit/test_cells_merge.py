@@ -67,3 +67,23 @@ def test_matmuls_on_different_inputs_are_not_merged():
     assert program.info["merged"] == [] and mms(program) == 2
     operands = random_operands([torch.zeros(H)] * 2, 5, torch.Generator().manual_seed(1))
     assert_program_matches_cell(program, cell, operands, 5)
+
+
+def test_bias_adds_fold_into_addmm():
+    from phalanx.models.tagger import LSTMStep
+
+    torch.manual_seed(0)
+    cell = LSTMStep(3, H)
+    examples = [torch.zeros(3), torch.zeros(H), torch.zeros(H)]
+    fused = compile_cell(cell._phalanx_fn(), cell, avals(examples))
+    plain = compile_cell(cell._phalanx_fn(), cell, avals(examples), options=CellOptions(merge=False))
+
+    def count(program, op):
+        return sum(n.target is op for n in program.graph.nodes)
+
+    aten = torch.ops.aten
+    assert fused.info["fused_bias"] == 2
+    assert (count(fused, aten.addmm.default), count(fused, aten.mm.default)) == (2, 0)
+    assert (count(plain, aten.addmm.default), count(plain, aten.mm.default)) == (0, 2)
+    operands = random_operands(examples, 5, torch.Generator().manual_seed(0))
+    assert_program_matches_cell(fused, cell, operands, 5)

@@ -90,10 +90,20 @@ def test_function_cell_without_closure_parameters_compiles():
     torch.testing.assert_close(program([a, b], 5)[0], torch.sigmoid(a) * torch.tanh(b))
 
 
-def test_function_cell_reading_a_closure_parameter_is_refused():
+def test_cells_reading_closure_tensors_are_refused():
     w = nn.Parameter(torch.randn(3, 3))
-    with pytest.raises(CellTraceError, match="closure"):
+    with pytest.raises(CellTraceError, match=r"cell closure on operands \(float32\[3\]\): reads a tensor from its closure"):
         compile_cell(lambda x: w @ x, None, avals([torch.zeros(3)]), name="cell closure")
+
+    class UsesGlobal(nn.Module):
+        def forward(self, x):
+            return w @ x
+
+    with pytest.raises(CellTraceError, match="not a parameter or buffer"):
+        compile_cell(UsesGlobal().forward, UsesGlobal(), avals([torch.zeros(3)]))
+    table = torch.randn(3, 3)      # a plain (non-parameter) global tensor: would be baked, stale
+    with pytest.raises(CellTraceError, match="not a parameter or buffer"):
+        compile_cell(lambda x: table @ x, None, avals([torch.zeros(3)]))
 
 
 def test_untraceable_body_names_the_cell_and_shapes():
