@@ -77,9 +77,7 @@ def _build(traced: TracedCell, options: CellOptions, reader: ParamReader) -> Cel
     graph.eliminate_dead_code()
     info["ops"] = sum(1 for n in graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload))
     program = CellProgram(traced.name, "traced", options, traced.in_avals, traced.out_avals, traced.out_spec,
-                          reader, hoist, graph_program(graph), info)
-    program.graph = graph
-    program.num_leading = 1 + num_params + (info.get("hoisted", 0))
+                          reader, hoist, graph_program(graph), info, graph, 1 + num_params + info.get("hoisted", 0))
     if options.compile:
         program.compile()
     return program
@@ -107,13 +105,13 @@ def split_program(program: CellProgram, keep: Iterable[int]) -> CellSplit:
     _, flat_spec = tree_flatten(tuple(range(len(parts.prefix_out_avals))))
     prefix = CellProgram(f"{program.name}[prefix {list(kept)}]", "traced", program.options,
                          tuple(program.in_avals[i] for i in kept), parts.prefix_out_avals, flat_spec,
-                         program.params, program.hoist, graph_program(parts.prefix), dict(program.info))
+                         program.params, program.hoist, graph_program(parts.prefix), dict(program.info),
+                         parts.prefix, program.num_leading)
     rest = CellProgram(f"{program.name}[rest]", "traced", program.options, (*parts.prefix_out_avals, *others),
                        program.out_avals, program.out_spec, program.params, program.hoist,
-                       graph_program(parts.rest), dict(program.info))
-    for part, graph in ((prefix, parts.prefix), (rest, parts.rest)):
-        part.graph, part.num_leading = graph, program.num_leading
-        part.info["ops"] = sum(1 for n in graph.nodes if n.op == "call_function")
+                       graph_program(parts.rest), dict(program.info), parts.rest, program.num_leading)
+    for part in (prefix, rest):
+        part.info["ops"] = sum(1 for n in part.graph.nodes if n.op == "call_function")
     return CellSplit(kept, prefix, rest, parts.worthwhile)
 
 

@@ -77,7 +77,8 @@ class CellProgram:
 
     def __init__(self, name: str, mode: str, options: CellOptions, in_avals: tuple[AVal, ...],
                  out_avals: tuple[AVal, ...], out_spec: Any, params: ParamReader,
-                 hoist: HoistCache | None, main: Callable | None, info: dict):
+                 hoist: HoistCache | None, main: Callable | None, info: dict,
+                 graph: fx.Graph | None = None, num_leading: int = 0):
         self.name = name
         self.mode = mode
         self.options = options
@@ -88,6 +89,8 @@ class CellProgram:
         self.hoist = hoist
         self.main = main
         self.info = info
+        self.graph = graph                  # the per-row fx graph (traced mode), for analyses and tests
+        self.num_leading = num_leading      # placeholders before the operands: size, params, hoisted
         self.compiled = None
         self.retrace: Callable[[], CellProgram] | None = None   # set by compile_cell
         self.param_key = self._param_key(params())

@@ -2,6 +2,8 @@
 (outputs, operand gradients, parameter gradients), with each switch on and off, batch 0, 1 and more."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phalanx.cells import CellOptions, compile_cell
 from phalanx.models.tagger import Embed, LSTMStep, TagScorer
@@ -79,3 +81,23 @@ def test_a_parameter_dtype_change_retraces():
     cell.double()
     assert_program_matches_cell(program, cell, operands, 4)
     assert program.hoisted_values()[0].dtype == torch.float64
+
+
+@pytest.fixture(scope="module")
+def compiled_zoo():
+    torch.manual_seed(0)
+    out = {}
+    for name in ("TreeLSTMInternal", "LSTMStep", "RootClassifier+label"):
+        factory, examples = ZOO[name]
+        cell = factory()
+        out[name] = (cell, examples, compile_cell(cell._phalanx_fn(), cell, avals(examples)))
+    return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(name=st.sampled_from(["TreeLSTMInternal", "LSTMStep", "RootClassifier+label"]),
+       size=st.integers(0, 9), seed=st.integers(0, 2 ** 16))
+def test_programs_match_on_random_batches(compiled_zoo, name, size, seed):
+    cell, examples, program = compiled_zoo[name]
+    operands = random_operands(examples, size, torch.Generator().manual_seed(seed))
+    assert_program_matches_cell(program, cell, operands, size)
