@@ -35,8 +35,13 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("options", list(OPTIONS), ids=list(OPTIONS))
-@pytest.mark.parametrize("cell_name", list(ZOO))
+# every switch on and off on every zoo cell (all-on, all-off, untraced); one switch off at a time on
+# the two cells where each switch changes the program (an embedding, a bias-folded GEMM pair)
+CASES = ([(c, o) for c in ZOO for o in ("all-on", "all-off", "vmap-untraced")]
+         + [(c, o) for c in ("TreeLSTMLeaf", "LSTMStep") for o in ("no-hoist", "no-merge", "no-sparse")])
+
+
+@pytest.mark.parametrize(("cell_name", "options"), CASES, ids=[f"{c}-{o}" for c, o in CASES])
 def test_zoo_cell_program_matches_per_instance_cell(cell_name, options):
     torch.manual_seed(0)
     factory, examples = ZOO[cell_name]
@@ -44,7 +49,7 @@ def test_zoo_cell_program_matches_per_instance_cell(cell_name, options):
     program = compile_cell(cell._phalanx_fn(), cell, avals(examples), options=OPTIONS[options])
     assert program.mode == ("vmap" if options == "vmap-untraced" else "traced")
     gen = torch.Generator().manual_seed(1)
-    for size in (0, 1, 2, 7):
+    for size in (0, 1, 5):
         operands = random_operands(examples, size, gen)
         assert_program_matches_cell(program, cell, operands, size)
 
