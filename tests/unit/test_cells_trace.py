@@ -92,7 +92,8 @@ def test_function_cell_without_closure_parameters_compiles():
 
 def test_cells_reading_closure_tensors_are_refused():
     w = nn.Parameter(torch.randn(3, 3))
-    with pytest.raises(CellTraceError, match=r"cell closure on operands \(float32\[3\]\): reads a tensor from its closure"):
+    message = r"cell closure on operands \(float32\[3\]\): reads a tensor from its closure"
+    with pytest.raises(CellTraceError, match=message):
         compile_cell(lambda x: w @ x, None, avals([torch.zeros(3)]), name="cell closure")
 
     class UsesGlobal(nn.Module):
