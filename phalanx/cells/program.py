@@ -111,7 +111,10 @@ class CellProgram:
         if size == 0:
             return tuple(torch.zeros((0, *a.shape), dtype=a.dtype) for a in self.out_avals)
         params = self.params()
-        if self.param_key != self._param_key(params) and self.retrace is not None:
+        if self.param_key != self._param_key(params):
+            if self.retrace is None:
+                raise BatchExecutionError(f"{self.name}: the cell's parameters changed dtype or shape since this "
+                                          f"program was split off; split the retraced program again")
             self._refresh(params)
         hoisted = self.hoist.get(params) if self.hoist is not None else ()
         # dynamo specializes sizes 0 and 1: a single row runs the plain program instead of recompiling

@@ -73,3 +73,13 @@ def test_split_needs_a_proper_subset():
     program = compile_cell(cell._phalanx_fn(), cell, avals(EXAMPLES))
     with pytest.raises(ValueError, match="proper subset"):
         split_program(program, {0, 1, 2})
+
+
+def test_split_parts_refuse_parameters_that_changed_dtype():
+    from phalanx.errors import BatchExecutionError
+
+    cell = LSTMStep(X, H)
+    split = split_program(compile_cell(cell._phalanx_fn(), cell, avals(EXAMPLES)), {0})
+    cell.double()
+    with pytest.raises(BatchExecutionError, match=r"LSTMStep\[prefix \[0\]\]: the cell's parameters changed dtype"):
+        split.prefix([torch.zeros(2, X, dtype=torch.float64)], 2)
