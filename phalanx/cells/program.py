@@ -7,6 +7,7 @@ are read from the module at every call (so a replaced, frozen or retyped paramet
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from typing import Any, Callable
@@ -19,6 +20,18 @@ from ..errors import BatchExecutionError
 from ..ir.aval import AVal
 from .options import CellOptions
 from .trace import as_module
+
+
+@contextlib.contextmanager
+def _quiet_torch_internals():
+    """Warnings torch raises inside its own compiler, not about the user's code: dynamo reads ``.grad``
+    of every tensor input (hoisted values are non-leaf in training); Inductor calls deprecated
+    torch.jit helpers. (Recompiles happen inside compiled calls, so every call is wrapped.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.")
+        yield
 
 
 class CellCompileWarning(UserWarning):
@@ -160,7 +173,12 @@ class CellProgram:
             return
         start = time.perf_counter()
         try:
-            compiled = torch.compile(self.main, dynamic=True, fullgraph=True)
+            dynamo = torch.compile(self.main, dynamic=True, fullgraph=True)
+
+            def compiled(*args):
+                with _quiet_torch_internals():
+                    return dynamo(*args)
+
             examples = [a.zeros().expand(example_size, *a.shape).clone() for a in self.in_avals]
             params = self.params()
             hoisted = self.hoist.get(params) if self.hoist is not None else ()
