@@ -19,7 +19,6 @@ from torch.utils._pytree import tree_unflatten
 from ..errors import BatchExecutionError
 from ..ir.aval import AVal
 from .options import CellOptions
-from .trace import as_module
 
 
 @contextlib.contextmanager
@@ -198,4 +197,5 @@ class CellProgram:
 
 
 def graph_program(graph: fx.Graph) -> fx.GraphModule:
-    return as_module(graph)
+    """Python code for a program graph (no attributes: every tensor is an input)."""
+    return fx.GraphModule(nn.Module(), graph)

@@ -273,13 +273,4 @@ def _generalize(what: str, graphs: list[fx.Graph], sizes: tuple[int, ...]) -> fx
     return new
 
 
-def input_placeholders(graph: fx.Graph) -> list[fx.Node]:
-    return [n for n in graph.nodes if n.op == "placeholder"]
-
-
-def as_module(graph: fx.Graph) -> fx.GraphModule:
-    gm = fx.GraphModule(torch.nn.Module(), graph)
-    return gm
-
-
-__all__ = ["TracedCell", "trace_cell", "explicit_tensors", "input_placeholders", "as_module"]
+__all__ = ["TracedCell", "trace_cell", "explicit_tensors"]
