@@ -44,3 +44,14 @@ class BatchExecutionError(PhalanxError):
 class PolicyMismatchError(PhalanxError):
     """A saved or trained scheduling policy does not fit: the graph has op types outside the policy's
     fingerprint (the message names them), or the policy file has another format version."""
+
+
+class CellTraceError(UnsupportedOpError):
+    """A cell could not be traced or batchified ahead of time (phalanx/cells); names the cell and
+    the operand shapes. The runtime can still run it through ``torch.func.vmap``."""
+
+
+class CellDataDependentError(DataDependentError):
+    """A cell body branches on tensor data (``if h.sum() > 0``, ``.item()``, a boolean mask): no
+    single batched program is right for every row. Keep the decision outside the cell (fibers), or
+    write it with tensor ops (``torch.where``)."""

@@ -1,0 +1,36 @@
+"""Cells analysed ahead of time (ACRoBat on PyTorch): a cell written for ONE instance becomes a
+batched program, traced once per signature.
+
+Interface for the runtime (``Signature.kernel`` is the swap point)::
+
+    program = compile_cell(sig.fn, module_or_None, sig.in_avals, sig.in_kinds, CellOptions(...))
+    outs = program(operands, size)       # operands with a leading batch dim -> flat tuple of outputs
+    program.begin_flush()                # once per flush (hoisted values of a training flush)
+    split = auto_split(program, lower={0})   # prefix over operand 0 + rest, or None
+
+- ``trace.py``: fake-tensor ``make_fx`` of the per-instance cell with parameters and buffers as
+  explicit inputs (``functional_call``), then of its ``vmap``: each aten op gets its exact batching
+  rule at trace time; the batch size is generalized from three traces. Data-dependent control flow
+  raises ``CellDataDependentError`` (fibers); anything untraceable ``CellTraceError``.
+- ``hoist.py``: taint analysis (values that read only parameters/constants) and the hoist graph,
+  cached while the parameters' identity / version / dtype / requires_grad are unchanged.
+- ``merge.py``: CSE, then parallel matmuls reading the same input -> one with a concatenated weight.
+- ``split.py``: the prefix that reads only some operands, for a lower-depth node (NOTE: [Split rule]).
+- ``sparse.py``: embedding lookups with row-sparse weight gradients; ``densify`` once per flush.
+- ``ragged.py``: variable-length operand lists (CSR) reduced per segment (NOTE: [Ragged cells]).
+- ``program.py``: ``CellProgram`` (call convention, hoist cache, optional ``torch.compile``).
+- ``options.py``: ``CellOptions``, one ablation switch per optimization.
+
+Parameter gradients flow through ordinary autograd: the program reads the module's current tensors,
+so ``torch.autograd.grad(outs, operands + params)`` works as for the per-instance cell, except that
+embedding weights get a sparse COO gradient when ``sparse_grads`` is on (``densify`` it).
+"""
+from .build import CellSplit as CellSplit
+from .build import auto_split as auto_split
+from .build import compile_cell as compile_cell
+from .build import split_program as split_program
+from .options import CellOptions as CellOptions
+from .program import CellCompileWarning as CellCompileWarning
+from .program import CellProgram as CellProgram
+from .ragged import segment_reduce as segment_reduce
+from .sparse import densify as densify

@@ -1,0 +1,41 @@
+"""The swap point: a CellProgram as a signature's batched kernel.
+
+``runtime.kernels.kernel_for`` keeps whatever is on ``Signature.kernel``; a ``CellKernel`` there has
+the same contract as ``BatchedKernel`` (``mode``, ``__call__(operands, size) -> flat tuple``), so the
+executor runs it unchanged, forward and batched backward (parameter gradients reach the module's
+tensors because the program reads them at every call).
+
+What the runtime integration still has to do (the lead's part): build the kernel in
+``Recorder._new_signature`` where the callee module is known; call ``program.begin_flush()`` once
+per flush; ``densify`` parameter gradients the Function returns when ``sparse_grads`` is on (autograd
+would otherwise store a sparse ``.grad`` that Adam rejects); and let ``auto_split`` record a prefix node.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..ir.signature import Signature
+from .build import compile_cell
+from .options import CellOptions
+from .program import CellProgram
+
+
+class CellKernel:
+    __slots__ = ("sig", "program", "mode", "calls")
+
+    def __init__(self, sig: Signature, program: CellProgram):
+        self.sig = sig
+        self.program = program
+        self.mode = program.mode
+        self.calls = 0     # batches run (stats, tests)
+
+    def __call__(self, operands: list, size: int) -> tuple:
+        self.calls += 1
+        return self.program(operands, size)
+
+
+def install(sig: Signature, module: nn.Module | None, options: CellOptions = CellOptions()) -> CellKernel:
+    """Compile ``sig``'s cell and make it the signature's kernel."""
+    program = compile_cell(sig.fn, module, sig.in_avals, sig.in_kinds, options, name=sig.name)
+    sig.kernel = CellKernel(sig, program)
+    return sig.kernel

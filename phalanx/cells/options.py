@@ -1,0 +1,35 @@
+"""Ablation switches of the ahead-of-time cell analysis; each one can be turned off on its own."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """**Fields** (all on by default except ``compile``):
+
+    - ``trace``: trace the cell into an aten graph and batchify it ahead of time. Off: run
+      ``torch.func.vmap`` of the per-instance function at every call (no analysis at all; the other
+      switches then do nothing).
+    - ``hoist``: compute values that depend only on parameters and constants (transposes, weight
+      concatenations) once, cached while the parameters are unchanged.
+    - ``merge``: fold bias adds into the GEMM (``addmm``) and merge matmuls that read the same input
+      into one with a concatenated weight.
+    - ``split``: allow ``CellProgram.auto_split`` to cut the cell into a prefix over some operands
+      and the rest (the recorder decides where; see ``split.py``).
+    - ``compile``: ``torch.compile`` (Inductor) the batched program with a dynamic batch size. Off by
+      default: on CPU it was measured at 0.8-1.1x of the plain program (GEMM-bound); for the GPU.
+    - ``sparse_grads``: embedding lookups give row-sparse weight gradients (indices + rows), not a
+      dense vocabulary-sized tensor per batch.
+    """
+
+    trace: bool = True
+    hoist: bool = True
+    merge: bool = True
+    split: bool = True
+    compile: bool = False
+    sparse_grads: bool = True
+
+    @classmethod
+    def all_off(cls) -> CellOptions:
+        return cls(trace=True, hoist=False, merge=False, split=False, compile=False, sparse_grads=False)

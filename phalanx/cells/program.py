@@ -1,0 +1,201 @@
+"""CellProgram: the batched program of one cell signature, with its parameters as explicit inputs.
+
+Call convention of every program graph: ``(size, *params, *hoisted, *operands) -> tuple``. ``params``
+are read from the module at every call (so a replaced, frozen or retyped parameter is seen);
+``hoisted`` come from a ``HoistCache`` keyed on the parameters' identity, version, dtype and
+``requires_grad`` plus the grad mode, so an optimizer step (which bumps ``_version``) recomputes them.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+from torch.utils._pytree import tree_unflatten
+
+from ..errors import BatchExecutionError
+from ..ir.aval import AVal
+from .options import CellOptions
+
+
+@contextlib.contextmanager
+def _quiet_torch_internals():
+    """Warnings torch raises inside its own compiler, not about the user's code: dynamo reads ``.grad``
+    of every tensor input (hoisted values are non-leaf in training); Inductor calls deprecated
+    torch.jit helpers. (Recompiles happen inside compiled calls, so every call is wrapped.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.")
+        yield
+
+
+class CellCompileWarning(UserWarning):
+    """``torch.compile`` of a cell program failed; the uncompiled program runs instead."""
+
+
+class ParamReader:
+    """The current tensors behind dotted names of a module (attribute reads, no dict building)."""
+
+    def __init__(self, module: nn.Module | None, names: tuple[str, ...]):
+        self.names = names
+        self._where = []
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            self._where.append((module.get_submodule(owner) if owner else module, attr))
+
+    def __call__(self) -> list[torch.Tensor]:
+        return [getattr(m, a) for m, a in self._where]
+
+
+class HoistCache:
+    """Hoisted values of one parameter state. NOTE: [Hoist cache key] identity, ``_version``, dtype
+    and ``requires_grad`` of every parameter, the grad / inference mode (values made under no_grad
+    must not serve a training call) and, with grad on, ``epoch``, which the runtime bumps once per
+    flush (``CellProgram.begin_flush``) so that a training flush never reuses a graph that a previous
+    backward freed. Before the first ``begin_flush``, every grad-mode call recomputes."""
+
+    def __init__(self, module: fx.GraphModule):
+        self.module = module
+        self.key: Any = None
+        self.values: tuple = ()
+        self.epoch = 0
+        self.computed = 0     # how many times the values were computed (tests, stats)
+
+    def get(self, params: list[torch.Tensor]) -> tuple:
+        grad = torch.is_grad_enabled()
+        # with grad on, values are shared only inside a flush the runtime announced (begin_flush):
+        # a caller that backprops without retain_graph may have freed their graph
+        epoch = (self.epoch if self.epoch else object()) if grad else None
+        key = (grad, torch.is_inference_mode_enabled(), epoch,
+               *[(id(p), p._version, p.dtype, p.requires_grad) for p in params])
+        if key != self.key:
+            self.values = tuple(self.module(*params))
+            self.key = key
+            self.computed += 1
+        return self.values
+
+
+class CellProgram:
+    """The batched program of one cell signature.
+
+    ``program(operands, size)`` takes per-row operands with a leading batch dimension (the contract
+    of ``runtime.kernels.BatchedKernel.__call__``) and returns the flat tuple of batched outputs;
+    ``unflatten`` rebuilds the cell's output structure. ``mode`` is ``traced`` or ``vmap``.
+    """
+
+    def __init__(self, name: str, mode: str, options: CellOptions, in_avals: tuple[AVal, ...],
+                 out_avals: tuple[AVal, ...], out_spec: Any, params: ParamReader,
+                 hoist: HoistCache | None, main: Callable | None, info: dict,
+                 graph: fx.Graph | None = None, num_leading: int = 0):
+        self.name = name
+        self.mode = mode
+        self.options = options
+        self.in_avals = in_avals
+        self.out_avals = out_avals
+        self.out_spec = out_spec
+        self.params = params
+        self.hoist = hoist
+        self.main = main
+        self.info = info
+        self.graph = graph                  # the per-row fx graph (traced mode), for analyses and tests
+        self.num_leading = num_leading      # placeholders before the operands: size, params, hoisted
+        self.compiled = None
+        self.retrace: Callable[[], CellProgram] | None = None   # set by compile_cell
+        self.param_key = self._param_key(params())
+
+    @staticmethod
+    def _param_key(params: list[torch.Tensor]) -> tuple:
+        return tuple((p.dtype, p.shape) for p in params)
+
+    def _refresh(self, params: list[torch.Tensor]) -> None:
+        """A parameter changed dtype or shape (``model.double()``): trace again, keep this object."""
+        retrace = self.retrace
+        self.__dict__.update(retrace().__dict__)
+        self.retrace = retrace
+
+    def __call__(self, operands: list[torch.Tensor], size: int) -> tuple[torch.Tensor, ...]:
+        if len(operands) != len(self.in_avals):
+            raise BatchExecutionError(f"{self.name}: {len(operands)} operands, the cell takes {len(self.in_avals)}")
+        if size == 0:
+            return tuple(torch.zeros((0, *a.shape), dtype=a.dtype) for a in self.out_avals)
+        params = self.params()
+        if self.param_key != self._param_key(params):
+            if self.retrace is None:
+                raise BatchExecutionError(f"{self.name}: the cell's parameters changed dtype or shape since this "
+                                          f"program was split off; split the retraced program again")
+            self._refresh(params)
+        hoisted = self.hoist.get(params) if self.hoist is not None else ()
+        # dynamo specializes sizes 0 and 1: a single row runs the plain program instead of recompiling
+        run = self.compiled if self.compiled is not None and size > 1 else self.main
+        return tuple(run(size, *params, *hoisted, *operands))
+
+    def unflatten(self, outs) -> Any:
+        return tree_unflatten(list(outs), self.out_spec)
+
+    def hoisted_values(self) -> tuple[torch.Tensor, ...]:
+        """The hoisted values for the current parameters (computed if stale)."""
+        return self.hoist.get(self.params()) if self.hoist is not None else ()
+
+    def begin_flush(self) -> None:
+        """Called by the runtime once per flush (NOTE: [Hoist cache key])."""
+        if self.hoist is not None:
+            self.hoist.epoch += 1
+
+    def describe(self) -> str:
+        parts = [self.mode]
+        info = self.info
+        if self.mode == "traced":
+            parts.append(f"{info.get('ops', 0)} ops per batch")
+            if self.hoist is not None:
+                parts.append(f"{info.get('hoisted', 0)} hoisted values")
+            if info.get("merged"):
+                parts.append(f"merged matmuls {info['merged']}")
+            if info.get("sparse_embeddings"):
+                parts.append(f"{info['sparse_embeddings']} row-sparse embeddings")
+            if self.compiled is not None:
+                parts.append(f"compiled in {info['compile_s']:.2f} s")
+        return f"{self.name}: " + ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<CellProgram {self.describe()}>"
+
+    # *** code generation ***
+
+    def compile(self, example_size: int = 8) -> None:
+        """``torch.compile`` the main graph with a dynamic batch size, warmed up now so the compile
+        time is reported (``info['compile_s']``); on failure warn and keep the plain program."""
+        if self.main is None:
+            return
+        start = time.perf_counter()
+        try:
+            dynamo = torch.compile(self.main, dynamic=True, fullgraph=True)
+
+            def compiled(*args):
+                with _quiet_torch_internals():
+                    return dynamo(*args)
+
+            examples = [a.zeros().expand(example_size, *a.shape).clone() for a in self.in_avals]
+            params = self.params()
+            hoisted = self.hoist.get(params) if self.hoist is not None else ()
+            # both modes the runtime uses: inference (no_grad) and training (grad through the program)
+            with torch.no_grad():
+                compiled(example_size, *params, *hoisted, *examples)
+            hoisted = self.hoist.get(params) if self.hoist is not None else ()
+            examples = [e.requires_grad_() if e.is_floating_point() else e for e in examples]
+            compiled(example_size, *params, *hoisted, *examples)
+        except Exception as e:  # any backend failure falls back; the warning says why
+            warnings.warn(f"{self.name}: torch.compile failed, running the traced program: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", CellCompileWarning,
+                          stacklevel=2)
+            return
+        self.compiled = compiled
+        self.info["compile_s"] = time.perf_counter() - start
+
+
+def graph_program(graph: fx.Graph) -> fx.GraphModule:
+    """Python code for a program graph (no attributes: every tensor is an input)."""
+    return fx.GraphModule(nn.Module(), graph)
