@@ -1,6 +1,7 @@
 """The swap point: a CellProgram as a signature's batched kernel.
 
-``runtime.kernels.kernel_for`` keeps whatever is on ``Signature.kernel``; a ``CellKernel`` there has
+``runtime.kernels.kernel_for`` uses a kernel installed in ``Signature.meta["kernel"]`` for every
+training-flags tuple; a ``CellKernel`` there has
 the same contract as ``BatchedKernel`` (``mode``, ``__call__(operands, size) -> flat tuple``), so the
 executor runs it unchanged, forward and batched backward (parameter gradients reach the module's
 tensors because the program reads them at every call).
@@ -37,5 +38,6 @@ class CellKernel:
 def install(sig: Signature, module: nn.Module | None, options: CellOptions = CellOptions()) -> CellKernel:
     """Compile ``sig``'s cell and make it the signature's kernel."""
     program = compile_cell(sig.fn, module, sig.in_avals, sig.in_kinds, options, name=sig.name)
-    sig.kernel = CellKernel(sig, program)
+    sig.kernels.clear()
+    sig.kernel = sig.meta["kernel"] = CellKernel(sig, program)
     return sig.kernel

@@ -107,7 +107,8 @@ def _is_data_dependent(e: BaseException) -> bool:
 
 def _trace(f: Callable, args: list, what: str) -> fx.GraphModule:
     from ..frontend import recorder
-    saved, recorder._ACTIVE = recorder._ACTIVE, None
+    slot = recorder._SLOT
+    saved, slot.rec = slot.rec, None
     try:
         gm = make_fx(torch.func.functionalize(f), tracing_mode="fake")(*args)
     except (CellTraceError, CellDataDependentError) as e:
@@ -120,7 +121,7 @@ def _trace(f: Callable, args: list, what: str) -> fx.GraphModule:
         first = str(e).splitlines()[0] if str(e) else ""
         raise CellTraceError(f"{what}: cannot be traced ahead of time: {type(e).__name__}: {first}") from e
     finally:
-        recorder._ACTIVE = saved
+        slot.rec = saved
     gm.graph.eliminate_dead_code()
     for node in gm.graph.nodes:
         val = node.meta.get("val")

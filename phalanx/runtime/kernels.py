@@ -73,7 +73,8 @@ def kernel_for(sig: Signature, operands: list, size: int, flags: tuple = ()) -> 
     """The kernel of ``sig`` for the training ``flags`` of its modules, probing on first use."""
     kernel = sig.kernels.get(flags)
     if kernel is None:
-        kernel = sig.kernels[flags] = _choose(sig, operands, size)
+        # An installed kernel (cells/kernel.py) serves every flags tuple; otherwise choose one.
+        kernel = sig.kernels[flags] = sig.meta.get("kernel") or _choose(sig, operands, size)
     sig.kernel = kernel
     return kernel
 
