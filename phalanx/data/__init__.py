@@ -6,6 +6,7 @@ Nothing here imports torch; models turn these ids and trees into tensors.
 from .conllu import Sentence as Sentence
 from .conllu import parse_conllu as parse_conllu
 from .conllu import read_conllu as read_conllu
+from .ewt import load_root_examples as load_root_examples
 from .ewt import load_sentences as load_sentences
 from .ewt import load_tagging as load_tagging
 from .ewt import load_treebank as load_treebank

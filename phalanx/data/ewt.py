@@ -59,6 +59,17 @@ def load_treebank(
     return [build(s, vocab, label_vocab) for s in sentences], vocab, label_vocab
 
 
+def load_root_examples(
+    split: Split = "dev", binary: bool = True, max_sentences: int | None = None
+) -> tuple[list[tuple[Tree, int]], Vocab, Vocab]:
+    """``(tree, UPOS id of the sentence's root)`` pairs of ``split`` (the tree models' task), with
+    the word and relation vocabularies of ``load_treebank``."""
+    sentences = load_sentences(split, max_sentences)
+    trees, vocab, label_vocab = load_treebank(split, binary=binary, max_sentences=max_sentences)
+    labels = [UPOS[s.upos[s.heads.index(0)]] for s in sentences]
+    return list(zip(trees, labels, strict=True)), vocab, label_vocab
+
+
 def load_tagging(
     split: Split = "dev", max_sentences: int | None = None
 ) -> tuple[list[tuple[list[int], list[int]]], Vocab, Vocab]:

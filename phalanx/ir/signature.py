@@ -71,6 +71,7 @@ class Signature:
 
     def __post_init__(self):
         self.num_outputs = len(self.out_avals)
+        self.all_lazy = all(k is ArgKind.LAZY for k in self.in_kinds)   # eligible for the last-signature cache
 
     def describe(self) -> str:
         """Stable text of this type, the same in every process (used to fingerprint saved policies)."""

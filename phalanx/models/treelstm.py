@@ -86,10 +86,8 @@ class TreeLSTM(nn.Module):
 
 def ewt_examples(split: str = "dev", max_sentences: int | None = None):
     """``([(binary tree, root UPOS id)], vocab)`` from the shipped EWT treebank."""
-    sentences = data.load_sentences(split, max_sentences)
-    trees, vocab, _ = data.load_treebank(split, binary=True, max_sentences=max_sentences)
-    labels = [data.UPOS[s.upos[s.heads.index(0)]] for s in sentences]
-    return list(zip(trees, labels, strict=True)), vocab
+    examples, vocab, _ = data.load_root_examples(split, binary=True, max_sentences=max_sentences)
+    return examples, vocab
 
 
 # *** the hand-batched baseline ***

@@ -54,11 +54,9 @@ class TwoTypeTreeLSTM(nn.Module):
 
 def ewt_examples(split: str = "dev", max_sentences: int | None = None):
     """``([(binary tree, root UPOS id)], vocab, function_labels)`` from the shipped EWT treebank."""
-    sentences = data.load_sentences(split, max_sentences)
-    trees, vocab, label_vocab = data.load_treebank(split, binary=True, max_sentences=max_sentences)
-    labels = [data.UPOS[s.upos[s.heads.index(0)]] for s in sentences]
+    examples, vocab, label_vocab = data.load_root_examples(split, binary=True, max_sentences=max_sentences)
     function_labels = {label_vocab[r] for r in label_vocab.tokens if r in FUNCTION_RELATIONS}
-    return list(zip(trees, labels, strict=True)), vocab, function_labels
+    return examples, vocab, function_labels
 
 
 def manual_twotype(model: TwoTypeTreeLSTM, trees, labels=None):
