@@ -20,6 +20,7 @@ from .frontend.value import LazyValue
 from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
 from .memory.planner import plan_memory, verify_plan
+from .runtime import fibers as _fibers
 from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
 from .schedule import format_schedule, make_policy, verify_schedule
 from .schedule.base import Policy
@@ -77,7 +78,15 @@ class Batcher:
         stats = self.stats = Stats(policy=self.policy.name, instances=len(instances))
         rec = _recorder.Recorder(self.table)
         t0 = time.perf_counter()
-        outputs = self._record(rec, instances)
+        # >>> fibers (runtime/fibers.py): instances run as fibers; if any forced a lazy value, the hub
+        # flushed round by round and holds the results. Otherwise: one flush, below, as before.
+        hub = _fibers.Hub(self, stats)
+        outputs = hub.record(rec, instances)
+        stats.fibers = hub.fiber_stats
+        if hub.results is not None:
+            stats.record_s += time.perf_counter() - t0 - stats.schedule_s - stats.execute_s
+            return hub.results
+        # <<< fibers
         t1 = time.perf_counter()
         graph = rec.graph.freeze()
         if getattr(self.policy, "needs_training", False):
@@ -126,20 +135,26 @@ class Batcher:
         _recorder._ACTIVE = rec
         try:
             for i, instance in enumerate(instances):
-                rec.begin_instance(i)
-                try:
-                    out = self.fn(rec.lazify(instance) if self.lazy_inputs else instance)
-                except PhalanxError as e:
-                    # Same exception object (type, attributes, traceback), message naming the instance.
-                    e.args = (f"instance {i}: {e.args[0] if e.args else ''}", *e.args[1:])
-                    e.instance = i
-                    raise
-                except Exception as e:
-                    raise InstanceError(i, f"{type(e).__name__}: {e}") from e
-                outputs.append(_flatten_result(out, i))
+                outputs.append(self._record_instance(rec, i, instance))
         finally:
             _recorder._ACTIVE = None
         return outputs
+
+    def _record_instance(self, rec: "_recorder.Recorder", i: int, instance):
+        rec.begin_instance(i)
+        try:
+            out = self.fn(rec.lazify(instance) if self.lazy_inputs else instance)
+        except PhalanxError as e:
+            if e.instance is None:
+                # Same exception object (type, attributes, traceback), message naming the instance.
+                e.args = (f"instance {i}: {e.args[0] if e.args else ''}", *e.args[1:])
+                e.instance = i
+            raise
+        except Exception as e:
+            err = InstanceError(i, f"{type(e).__name__}: {e}")
+            err.instance = i
+            raise err from e
+        return _flatten_result(out, i)
 
     # *** execute ***
     def _execute(self, graph, layout, steps, outputs) -> list:

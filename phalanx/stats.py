@@ -38,6 +38,8 @@ class Stats(ReadCounts):
     execute_s: float = 0.0
     backward_s: float = 0.0
     training: bool = False
+    # Fibers (runtime/fibers.FiberStats): flush rounds, decisions per instance, batches / nodes per round.
+    fibers: object = None
     # Filled only by Batcher(profile=True): per op type, batches / nodes / forward and backward seconds.
     per_op: dict = field(default_factory=dict)
 

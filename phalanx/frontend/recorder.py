@@ -19,6 +19,12 @@ from ..ir.signature import ArgKind, Signature, SignatureTable
 
 _ACTIVE: "Recorder | None" = None
 
+# NOTE: [Phase depth] depth restarts per program phase (ACRoBat): a node in phase p gets depth
+# (p << PHASE_SHIFT) + its depth inside the phase, so the same decoder step of every instance has
+# one depth however long each encoder was, depth still grows along every edge, and phases of
+# higher rank run after lower ones. DataflowGraph.freeze() renumbers depths densely.
+PHASE_SHIFT = 32
+
 # Key markers for Python-number operands of cells (their aval alone would collide with LAZY ones).
 _INT_KEY, _FLOAT_KEY, _BOOL_KEY = object(), object(), object()
 
@@ -99,10 +105,17 @@ class Recorder:
         self.graph = DataflowGraph(table)
         self.inst = 0
         self.phase = 0
+        self.phase_base = 0
 
-    def begin_instance(self, inst: int) -> None:
+    def begin_instance(self, inst: int, phase: int = 0) -> None:
         self.inst = inst
-        self.graph.set_instance(inst, self.phase)
+        self.set_phase(phase)
+
+    def set_phase(self, phase: int) -> None:
+        """Nodes recorded from now on belong to ``phase`` (frontend/phase.py, NOTE: [Phase depth])."""
+        self.phase = phase
+        self.phase_base = phase << PHASE_SHIFT
+        self.graph.set_instance(self.inst, phase)
 
     # *** cells: the fast path ***
     def record_cell(self, cell, args: tuple, kwargs: dict):
@@ -119,8 +132,8 @@ class Recorder:
             t = type(a)
             if t is LazyValue:
                 if a.graph is not g:
-                    del arg_code[mark:]
-                    raise PhalanxError(f"{cell._phalanx_name}: got a lazy value from a finished phalanx run")
+                    key = None     # a value of an earlier fiber round: the general path resolves it
+                    break
                 key.append(a.aval)
                 arg_code.append(a.vid)
                 d = a.depth
@@ -145,6 +158,8 @@ class Recorder:
             del arg_code[mark:]
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
+        if depth < self.phase_base:
+            depth = self.phase_base
         # Inlined DataflowGraph.add_node: this is the per-node hot path.
         first = g.num_values
         g.num_values = first + sig.num_outputs
@@ -169,9 +184,9 @@ class Recorder:
         if sig is None:
             sig = self._new_signature(key, None, f"input {key[1]}", _identity, (_OPERAND,), {}, [tensor])
         g = self.graph
-        first = g.add_node(sig, [-1 - len(g.imms)], 0)
+        first = g.add_node(sig, [-1 - len(g.imms)], self.phase_base)
         g.imms.append(tensor)
-        return LazyValue(first, sig.out_avals[0], 0, g)
+        return LazyValue(first, sig.out_avals[0], self.phase_base, g)
 
     def lazify(self, instance):
         """Replace the tensors in an instance (itself, or inside tuples / lists / dicts) by lazy values."""
@@ -201,9 +216,11 @@ class Recorder:
 
         def encode(obj):
             t = type(obj)
+            if t is LazyValue and obj.graph is not g:
+                # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]).
+                obj = _fibers.resolve_stale(obj, name)
+                t = torch.Tensor
             if t is LazyValue:
-                if obj.graph is not g:
-                    raise PhalanxError(f"{name}: got a lazy value from a finished phalanx run")
                 operands.append(obj)
                 key_parts.append(obj.aval)
                 return _OPERAND
@@ -244,6 +261,8 @@ class Recorder:
             else:
                 codes.append(-1 - len(imms))
                 imms.append(op)
+        if depth < self.phase_base:
+            depth = self.phase_base
         first = g.add_node(sig, codes, depth)
         return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 
@@ -400,4 +419,5 @@ def _grad_leaves(outputs) -> tuple[torch.Tensor, ...]:
     return tuple(found.values())
 
 
+from ..runtime import fibers as _fibers  # noqa: E402
 from .value import LazyValue  # noqa: E402  (value.py imports this module)
