@@ -201,10 +201,12 @@ def _flatten_result(out, index: int):
     leaves, spec = torch.utils._pytree.tree_flatten(out)
     bad = [leaf for leaf in leaves if not isinstance(leaf, _LEAF_TYPES)]
     if bad:
-        raise ResultStructureError(
+        err = ResultStructureError(
             f"instance {index}: the function returned {type(out).__name__} containing "
             f"{type(bad[0]).__name__} ({bad[0]!r:.60}); results must be tensors, lazy values, None, "
             f"or tuples / lists / dicts of them")
+        err.instance = index
+        raise err
     return leaves, (lambda vals: torch.utils._pytree.tree_unflatten(vals, spec))
 
 
