@@ -10,6 +10,9 @@ from typing import Any, Callable
 
 import torch
 
+from ..api import Batcher
+from ..models import berxit as berxit_mod
+from ..models import nmt as nmt_mod
 from ..models import tagger as tagger_mod
 from ..models import treelstm as treelstm_mod
 
@@ -28,6 +31,10 @@ class Workload:
     manual: Callable[[torch.nn.Module, bool], Callable]
     phalanx_fn: Callable[[torch.nn.Module, bool], Callable]
     reduce: Callable[[Any], torch.Tensor]
+    # Models with tensor-dependent control flow (fibers) compare against "no-fibers": phalanx on one
+    # instance at a time, i.e. a flush at every decision of every instance, instead of a manual baseline.
+    baseline_name: str = "manual"
+    decides: bool = False
 
     def copy_model(self) -> torch.nn.Module:
         return copy.deepcopy(self.model)
@@ -92,4 +99,61 @@ def tagger(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Wor
                     _chunks(examples, batch_size, HELD_OUT, num_batches), model, _eager, manual, _phalanx_fn, reduce)
 
 
-WORKLOADS: dict[str, Callable[..., Workload]] = {"treelstm": treelstm, "tagger": tagger}
+def _no_fibers(m, train):
+    """Phalanx without fibers' cross-instance rounds: each instance alone, flushing at each of its
+    decisions (what one could do before fibers: sum, not max, of the decision points)."""
+    batcher = Batcher(_phalanx_fn(m, train))
+    return (lambda batch: [batcher([x])[0] for x in batch]), m
+
+
+def _most_varied(candidates, outcome):
+    """The candidate setting whose outcomes over a few held-out instances are most varied."""
+    return max(candidates, key=lambda c: (len(set(outcome(c))), -abs(c)))
+
+
+def nmt(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, src_vocab, tgt_vocab = nmt_mod.pud_examples(max_len=32)
+    torch.manual_seed(seed)
+    model = nmt_mod.NMT(len(src_vocab), len(tgt_vocab), hidden)
+    held = examples[-16:]
+    # Untrained weights would decode every sentence to the length limit: sharpen the output layer
+    # and set the <eos> bias so greedy lengths vary over held-out sentences as real ones do.
+    with torch.no_grad():
+        model.decoder.out.weight.mul_(4.0)
+        base = float(model.decoder.out.bias[model.eos])
+
+        def lengths(bias):
+            model.decoder.out.bias[model.eos] = base + bias
+            return [len(model(src)[0]) for src, _ in held]
+
+        model.decoder.out.bias[model.eos] = base + _most_varied([0.25 * k for k in range(13)], lengths)
+    return Workload("nmt", _chunks(examples, batch_size, num_batches), [], model, _eager, _no_fibers, _phalanx_fn,
+                    _sum_all, baseline_name="no-fibers", decides=True)
+
+
+def berxit(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, vocab = berxit_mod.ewt_examples("dev", max_len=64)
+    torch.manual_seed(seed)
+    model = berxit_mod.Berxit(len(vocab), hidden)
+    held = [w for w, _ in examples[-16:]]
+    # Untrained classifiers are barely confident: pick the exit threshold that spreads exits most.
+    with torch.no_grad():
+        first = sorted(float(torch.softmax(model.exits[0](model.layers[0](*_embedded(model, w))), -1).max())
+                       for w in held)
+
+        def exits(threshold):
+            model.threshold = threshold
+            return [int(model(w)[1]) for w in held]
+
+        model.threshold = _most_varied(first, exits)
+    return Workload("berxit", _chunks(examples, batch_size, num_batches), [], model, _eager, _no_fibers, _phalanx_fn,
+                    _sum_all, baseline_name="no-fibers", decides=True)
+
+
+def _embedded(model, words):
+    length = -(-len(words) // model.bucket) * model.bucket
+    return (model.embed(torch.tensor(list(words) + [0] * (length - len(words)))),
+            torch.arange(length) < len(words))
+
+
+WORKLOADS: dict[str, Callable[..., Workload]] = {"treelstm": treelstm, "tagger": tagger, "nmt": nmt, "berxit": berxit}

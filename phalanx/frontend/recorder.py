@@ -132,8 +132,12 @@ class Recorder:
             t = type(a)
             if t is LazyValue:
                 if a.graph is not g:
-                    key = None     # a value of an earlier fiber round: the general path resolves it
-                    break
+                    # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]).
+                    a = _fibers.resolve_stale(a, cell._phalanx_name)
+                    key.append(("tensor", aval_of(a)))
+                    arg_code.append(-1 - len(imms))
+                    imms.append(a)
+                    continue
                 key.append(a.aval)
                 arg_code.append(a.vid)
                 d = a.depth
