@@ -59,7 +59,8 @@ class Stats(ReadCounts):
         if self._lower_bound is None:
             from .schedule.bound import lower_bound
 
-            self._lower_bound = lower_bound(self._graph) if self._graph is not None else 0
+            graphs = self._graph if isinstance(self._graph, list) else [self._graph] if self._graph is not None else []
+            self._lower_bound = sum(lower_bound(g) for g in graphs)   # fibers: one graph per flush round
             self._graph = None
         return self._lower_bound
 

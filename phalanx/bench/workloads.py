@@ -12,7 +12,9 @@ import torch
 
 from ..api import Batcher
 from ..models import berxit as berxit_mod
+from ..models import drnn as drnn_mod
 from ..models import nmt as nmt_mod
+from ..models import stackrnn as stackrnn_mod
 from ..models import tagger as tagger_mod
 from ..models import treelstm as treelstm_mod
 
@@ -150,10 +152,37 @@ def berxit(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Wor
                     _sum_all, baseline_name="no-fibers", decides=True)
 
 
+def stackrnn(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, vocab = stackrnn_mod.ewt_examples("dev", max_len=64)
+    torch.manual_seed(seed)
+    model = stackrnn_mod.StackRNN(len(vocab), hidden)
+    return Workload("stackrnn", _chunks(examples, batch_size, num_batches), [], model, _eager, _no_fibers,
+                    _phalanx_fn, _sum_all, baseline_name="no-fibers", decides=True)
+
+
+def drnn(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    """Synthetic latent codes decoded into trees; inference only (the generator has no loss)."""
+    torch.manual_seed(seed)
+    model = drnn_mod.DRNN(hidden)
+    codes = drnn_mod.latent_codes(batch_size * num_batches, hidden, seed)
+
+    def eager(m, train):
+        return (lambda batch: [m(z) for z in batch]), m
+
+    def no_fibers(m, train):
+        batcher = Batcher(m)
+        return (lambda batch: [batcher([z])[0] for z in batch]), m
+
+    return Workload("drnn", _chunks(codes, batch_size, num_batches), [], model, eager, no_fibers,
+                    lambda m, train: m, lambda results: torch.cat([r[0].reshape(-1) for r in results]).sum(),
+                    baseline_name="no-fibers", decides=True)
+
+
 def _embedded(model, words):
     length = -(-len(words) // model.bucket) * model.bucket
     return (model.embed(torch.tensor(list(words) + [0] * (length - len(words)))),
             torch.arange(length) < len(words))
 
 
-WORKLOADS: dict[str, Callable[..., Workload]] = {"treelstm": treelstm, "tagger": tagger, "nmt": nmt, "berxit": berxit}
+WORKLOADS: dict[str, Callable[..., Workload]] = {"treelstm": treelstm, "tagger": tagger, "nmt": nmt, "berxit": berxit,
+                                                 "stackrnn": stackrnn, "drnn": drnn}

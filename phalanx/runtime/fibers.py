@@ -214,6 +214,9 @@ class Hub:
         finally:
             _recorder._ACTIVE = self.rec
         self.rounds[id(rec.graph)] = RoundResult(rec.graph, layout.value_row, graph.value_aval_id, arenas)
+        if not isinstance(stats._graph, list):
+            stats._graph = []
+        stats._graph.append(graph)          # the lower bound (a sum over rounds) is computed when read
         fs = self.fiber_stats
         fs.rounds += 1
         fs.round_batches.append(len(schedule))
