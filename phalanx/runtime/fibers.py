@@ -258,6 +258,9 @@ class _BackwardClock:
     def __init__(self, stats):
         self._stats = stats
 
+    def __getattr__(self, name):          # add_op_time and the rest: the call's Stats
+        return getattr(self._stats, name)
+
     @property
     def backward_s(self) -> float:
         return self._stats.backward_s

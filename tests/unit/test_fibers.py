@@ -161,6 +161,17 @@ class TeacherForced(torch.nn.Module):
         return loss
 
 
+def test_profile_and_verify_cover_every_round():
+    torch.manual_seed(3)
+    model = Walker()
+    batcher = phalanx.Batcher(model, profile=True, verify=True)
+    xs = inputs(6, 5)
+    assert_matches_eager(model, xs, params=list(model.parameters()), train=True, batcher=batcher)
+    per_op = batcher.stats.per_op
+    assert sum(row["nodes"] for row in per_op.values()) == batcher.stats.nodes
+    assert batcher.stats.backward_s > 0 and batcher.stats.lower_bound <= batcher.stats.batches
+
+
 def test_teacher_forced_loss_with_sampled_stop_trains():
     torch.manual_seed(2)
     model = TeacherForced()
