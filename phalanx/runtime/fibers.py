@@ -95,7 +95,8 @@ class Hub:
         self.fiber_stats = FiberStats()
         self.rounds: dict[int, RoundResult] = {}
         self.results: list | None = None
-        self.waiting: list[_Fiber] = []
+        self.waiting: list[_Fiber] = []      # suspended in the round being recorded
+        self.resuming: list[_Fiber] = []     # suspended in the last flushed round, being resumed
         self.driver: greenlet | None = None
         self.main: greenlet | None = None
         self.rec = None
@@ -146,10 +147,10 @@ class Hub:
             if not self.waiting:
                 break
             self.fiber_stats.decision_rounds += 1
-            waiting, self.waiting = self.waiting, []
+            self.resuming, self.waiting = self.waiting, []
             self.rec = _recorder.Recorder(self.batcher.table)
             _recorder._ACTIVE = self.rec
-            for fiber in waiting:
+            for fiber in self.resuming:
                 self.rec.begin_instance(fiber.inst, fiber.phase)
                 fiber.glet.switch()     # runs the instance until it suspends again or finishes
         self.results = self._collect_results()
@@ -167,8 +168,10 @@ class Hub:
         self.main.switch()
 
     def _kill_fibers(self) -> None:
-        fibers = [f.glet for f in self.waiting] + ([self.driver] if self.driver is not None else [])
-        self.waiting, self.driver = [], None
+        # Unwind every unfinished fiber now, while no recorder is active: left to the garbage
+        # collector, its cleanup code (a phase's exit) could run during a later call.
+        fibers = [f.glet for f in self.resuming + self.waiting] + ([self.driver] if self.driver is not None else [])
+        self.resuming, self.waiting, self.driver = [], [], None
         for g in fibers:
             if not g.dead:
                 try:

@@ -203,6 +203,30 @@ def test_exception_in_one_instance_names_it_and_next_run_works():
     assert_matches_eager(fn, xs, batcher=batcher)
 
 
+def test_failed_run_unwinds_its_fibers_at_once():
+    lin = torch.nn.Linear(3, 3)
+    unwound = []
+
+    def fn(x):
+        try:
+            with phalanx.phase("fail-test"):
+                h = torch.tanh(lin(x))
+                if h.sum() > 100:
+                    return h
+                if x[0].item() == 7.0:          # instance 0 fails while 1..3 wait to be resumed
+                    raise ValueError("bad")
+                return h
+        finally:
+            unwound.append(True)
+
+    xs = [torch.tensor([7.0, 0.0, 0.0])] + [torch.randn(3) for _ in range(3)]
+    with pytest.raises(InstanceError):
+        with torch.no_grad():
+            phalanx.Batcher(fn)(xs)
+    assert len(unwound) == 4        # every fiber ran its cleanup before the call returned
+    assert_matches_eager(lambda x: torch.tanh(lin(x)), xs)
+
+
 def test_record_without_fibers_explains():
     lin = torch.nn.Linear(3, 3)
 
