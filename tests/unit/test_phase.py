@@ -49,17 +49,14 @@ def test_phases_never_share_a_batch(policy):
     torch.manual_seed(0)
     model = EncodeDecode()
     xs = sentences(1, 4 if policy == "optimal" else 6)
-    batcher = phalanx.Batcher(model, policy=FSMPolicy() if policy == "fsm" else policy)
-    graph = batcher.record(xs)
+    graph = phalanx.Batcher(model).record(xs)
     assert len(np.unique(graph.node_phase)) == 3
-    pol = make_policy(policy)
-    if policy == "fsm":
-        pol.fit([graph])
+    pol = FSMPolicy().fit([graph], max_episodes=50) if policy == "fsm" else make_policy(policy)
     schedule = pol.schedule(graph)
     verify_schedule(graph, schedule)
     for nodes in schedule.batches:
         assert len(np.unique(graph.node_phase[nodes])) == 1, "a batch mixes phases"
-    assert_matches_eager(model, xs, params=list(model.parameters()), policy=policy, train=True)
+    assert_matches_eager(model, xs, params=list(model.parameters()), policy=pol, train=True)
 
 
 def test_depth_restarts_per_phase():
