@@ -52,3 +52,20 @@ def test_explain_prints_op_types_profile_and_schedule(capsys, train):
                 + (["--train"] if train else [])) == 0
     out = capsys.readouterr().out
     assert "cell TreeLSTMInternal" in out and "schedule[fsm]" in out and "where the time goes" in out
+
+
+@pytest.mark.parametrize("model", ["nmt", "berxit", "stackrnn", "drnn"])
+def test_bench_models_with_decisions_compare_against_no_fibers(tmp_path, model):
+    out = tmp_path / "bench.json"
+    args = ["bench", model, "--batch-size", "3", "--hidden", "8", "--batches", "1", "--repeats", "1",
+            "--policy", "depth", "--json", str(out)]
+    assert main(args) == 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["eager", "no-fibers", "phalanx[depth]"]
+    assert rows["phalanx[depth]"]["rounds"] >= 1
+    assert rows["phalanx[depth]"]["batches"] >= rows["phalanx[depth]"]["lower_bound"] > 0
+
+
+def test_bench_refuses_fsm_for_models_with_decisions(capsys):
+    assert main(["bench", "drnn", "--batch-size", "2", "--hidden", "8", "--batches", "1", "--policy", "fsm"]) == 2
+    assert "fibers" in capsys.readouterr().out
