@@ -9,6 +9,7 @@ from .errors import PhalanxError as PhalanxError
 from .errors import PolicyMismatchError as PolicyMismatchError
 from .errors import ResultStructureError as ResultStructureError
 from .errors import UnsupportedOpError as UnsupportedOpError
+from .frontend.align import align as align
 from .frontend.cell import cell as cell
 from .frontend.cell import is_cell as is_cell
 from .frontend.phase import phase as phase
