@@ -117,7 +117,6 @@ class Frontier:
             self._add_ready(unique[self.pending[unique] == 0])
         return batch
 
-
     def _one_phase(self, sid: int, batch: np.ndarray, phase: int | None) -> np.ndarray:
         """Nodes of different program phases never share a batch: keep ``phase``, by default the
         phase of the shallowest ready node (it ranks first, NOTE: [Phase depth]); the rest stay ready."""
