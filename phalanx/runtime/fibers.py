@@ -19,6 +19,12 @@ recorded by one *driver* greenlet, in order, on one stack. When an instance susp
 that runs it becomes that instance's fiber and the hub starts a new driver for the instances not
 yet begun. So greenlets created = 1 + instances that suspended in round 0, and a model without
 decisions records exactly as before (one greenlet per call, one flush).
+
+NOTE: [Fiber memory] a suspended greenlet keeps a copy of its C stack. Plain Python recursion
+costs little (3.11 keeps Python frames off the C stack) but each nested ``nn.Module`` call adds C
+frames: measured, 5,000 instances suspended 40 module calls deep took 1.2 GB peak RSS against
+0.3 GB for the same model without a decision (about 180 KB per fiber); shallow code (the 5,000
+instance test) costs little. Very large calls of deeply nested modules should be split.
 """
 from __future__ import annotations
 
