@@ -23,6 +23,7 @@ from .frontend.value import LazyValue
 from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
 from .memory.planner import plan_memory, verify_plan
+from .runtime.fibers import Hub
 from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
 from .runtime.params import FlushParams
 from .schedule import format_schedule, make_policy, verify_schedule
@@ -99,39 +100,31 @@ class Batcher:
         table = self.table
         table.begin_call()          # NOTE: [What an op type may cache] (ir/signature.py)
         t0 = time.perf_counter()
-        rec, outputs = record_instances(self.fn, instances, table, lazy_inputs=self.lazy_inputs,
-                                        device=self._device())
+        # Instances run as fibers (runtime/fibers.py): if one forces a lazy value, the hub flushes
+        # round by round and returns the results; otherwise it returns what was recorded, and
+        # this call flushes once, below (NOTE: [Lazy fibers]: no decisions, no extra cost).
+        hub = Hub(self, stats)
+        rec, outputs = hub.record(instances)
+        stats.fibers = hub.fiber_stats
+        if hub.results is not None:
+            table.end_call(hub.used_sids)
+            stats.record_s += time.perf_counter() - t0 - stats.schedule_s - stats.plan_s - stats.execute_s
+            return hub.results
         t1 = time.perf_counter()
         graph = rec.graph.freeze()
-        for sid in graph.used_sids.tolist():
-            if graph.sigs[sid].rediscover:
-                rediscover_captured(graph.sigs[sid], graph.device)
-        if getattr(self.policy, "needs_training", False):
-            self.policy.fit([graph])   # a self-training policy ("fsm") learns on its first graph
         stats.nodes, stats.values = graph.num_nodes, graph.num_values
         stats.op_types = len(graph.used_sids)
-        schedule = self.policy.schedule(graph)
-        stats._graph = graph                      # stats.lower_bound is computed when first read
-        t2 = time.perf_counter()
-        if self.plan:
-            layout, report = plan_memory(graph, schedule, self.plan, self.plan_objective)
-        else:
-            layout, report = plan_layout(graph, schedule), None
-        steps, counts = build_steps(graph, schedule, layout)
-        if self.verify:
-            verify_schedule(graph, schedule)
-            if report is None:
-                verify_layout(graph, layout, outputs_consecutive=True)
-            else:
-                verify_plan(graph, schedule, layout, report)
+        schedule, layout, steps, counts = self._plan(graph, stats)
         t3 = time.perf_counter()
-        results = self._execute(graph, layout, steps, outputs)
+        result_index, arena_of = _result_rows(graph, layout, outputs)
+        tensors = self._run(graph, layout, steps, result_index, stats)
+        results = _assemble(outputs, arena_of, tensors, result_index, per_row_views=stats.training)
         t4 = time.perf_counter()
         table.end_call(graph.used_sids.tolist())
         stats.batches = len(schedule)
         for f in dataclasses.fields(ReadCounts):
             setattr(stats, f.name, getattr(counts, f.name))
-        stats.record_s, stats.schedule_s, stats.plan_s, stats.execute_s = t1 - t0, t2 - t1, t3 - t2, t4 - t3
+        stats.record_s, stats.execute_s = t1 - t0, t4 - t3
         if _config.DEBUG:
             print(f"phalanx: {stats}")
             if _config.DEBUG >= 2:
@@ -143,7 +136,8 @@ class Batcher:
 
     def record(self, instances: Iterable[Any]):
         """Record ``instances`` without executing them; returns the frozen graph (``GraphArrays``).
-        Used to train policies on sample graphs and by ``phalanx explain``."""
+        Used to train policies on sample graphs and by ``phalanx explain``. Without execution there
+        are no values, so per-instance code that forces one raises ``DataDependentError``."""
         self.table.begin_call()
         rec, _ = record_instances(self.fn, list(instances), self.table, lazy_inputs=self.lazy_inputs,
                                   device=self._device())
@@ -151,35 +145,44 @@ class Batcher:
         self.table.end_call(graph.used_sids.tolist())
         return graph
 
-    # *** execute ***
-    def _execute(self, graph, layout, steps, outputs) -> list:
-        arenas = allocate_arenas(graph, layout)
-        # The rows every instance's results live in, one index per arena.
-        rows_by_arena: dict[int, list[int]] = {}
-        value_aval_id, value_row = graph.value_aval_id, layout.value_row
-        for leaves, _ in outputs:
-            for leaf in leaves:
-                if type(leaf) is LazyValue:
-                    rows_by_arena.setdefault(int(value_aval_id[leaf.vid]), []).append(int(value_row[leaf.vid]))
-        result_index = [(a, torch.tensor(r, dtype=torch.int64, device=graph.device)) for a, r in rows_by_arena.items()]
-        params = None
-        if torch.is_grad_enabled():
-            params = FlushParams(graph, self.table.modules(), _instance_tensors(graph))
-        self.stats.training = bool(params is not None and params.inputs)
-        if self.stats.training:
-            run = TrainingRun(steps, arenas, result_index, params, self.stats, self.profile, graph.device)
-            tensors = FlushFunction.apply(run, *params.inputs)
-            # One select view per result (not unbind): users may modify a result in place, as eagerly.
-            per_arena = {a: iter([t[i] for i in range(len(t))]) for (a, _), t in zip(result_index, tensors, strict=True)}
+    # *** flush: plan, then run (also one round of fibers) ***
+    def _plan(self, graph, stats: Stats):
+        """Schedule, layout and plan steps of a frozen graph; adds schedule and plan seconds."""
+        t0 = time.perf_counter()
+        for sid in graph.used_sids.tolist():
+            if graph.sigs[sid].rediscover:
+                rediscover_captured(graph.sigs[sid], graph.device)
+        if graph.num_nodes and getattr(self.policy, "needs_training", False):
+            self.policy.fit([graph])   # a self-training policy ("fsm") learns on its first graph
+        schedule = self.policy.schedule(graph)
+        stats.add_graph(graph)                    # stats.lower_bound is computed when first read
+        t1 = time.perf_counter()
+        if self.plan:
+            layout, report = plan_memory(graph, schedule, self.plan, self.plan_objective)
         else:
-            run_inference(steps, arenas, self.stats if self.profile else None, graph.device)
-            tensors = [arenas[a].index_select(0, idx) for a, idx in result_index]
-            per_arena = {a: iter(t.unbind(0)) for (a, _), t in zip(result_index, tensors, strict=True)}
-        results = []
-        for leaves, rebuild in outputs:
-            vals = [next(per_arena[int(value_aval_id[x.vid])]) if type(x) is LazyValue else x for x in leaves]
-            results.append(rebuild(vals))
-        return results
+            layout, report = plan_layout(graph, schedule), None
+        steps, counts = build_steps(graph, schedule, layout)
+        if self.verify:
+            verify_schedule(graph, schedule)
+            if report is None:
+                verify_layout(graph, layout, outputs_consecutive=True)
+            else:
+                verify_plan(graph, schedule, layout, report)
+        stats.schedule_s += t1 - t0
+        stats.plan_s += time.perf_counter() - t1
+        return schedule, layout, steps, counts
+
+    def _run(self, graph, layout, steps, result_index: list, stats: Stats) -> list:
+        """Execute the steps; returns the rows ``result_index`` names, one tensor per entry
+        (autograd-connected through one FlushFunction when gradients are needed)."""
+        arenas = allocate_arenas(graph, layout)
+        params = FlushParams(graph, self.table.modules(), _instance_tensors(graph)) if torch.is_grad_enabled() else None
+        if params is not None and params.inputs:
+            stats.training = True
+            run = TrainingRun(steps, arenas, result_index, params, stats, self.profile, graph.device)
+            return list(FlushFunction.apply(run, *params.inputs))
+        run_inference(steps, arenas, stats if self.profile else None, graph.device)
+        return [arenas[a].index_select(0, idx) for a, idx in result_index]
 
     def explain(self, instances: Iterable[Any], out=None):
         """Draw (``out``: a .png or .svg path) and diagnose what this Batcher does with ``instances``;
@@ -192,6 +195,31 @@ class Batcher:
 def _instance_tensors(graph) -> list[torch.Tensor]:
     """Per-instance tensor operands that require grad (their gradients leave through the flush)."""
     return [x for x in graph.imms if isinstance(x, torch.Tensor) and x.requires_grad]
+
+
+def _result_rows(graph, layout, outputs) -> tuple[list, dict]:
+    """The rows every instance's results live in: one index tensor per arena, and each leaf's arena."""
+    rows_by_arena: dict[int, list[int]] = {}
+    value_aval_id, value_row = graph.value_aval_id, layout.value_row
+    arena_of = {}
+    for leaves, _ in outputs:
+        for leaf in leaves:
+            if type(leaf) is LazyValue:
+                a = arena_of[leaf.vid] = int(value_aval_id[leaf.vid])
+                rows_by_arena.setdefault(a, []).append(int(value_row[leaf.vid]))
+    return [(a, torch.tensor(r, dtype=torch.int64, device=graph.device)) for a, r in rows_by_arena.items()], arena_of
+
+
+def _assemble(outputs, arena_of: dict, tensors: list, result_index: list, per_row_views: bool) -> list:
+    """Per-instance results in the user's structures. With autograd, one ``select`` view per result
+    (not ``unbind``), so users may modify a result in place, as eagerly."""
+    per_arena = {a: iter([t[i] for i in range(len(t))] if per_row_views else t.unbind(0))
+                 for (a, _), t in zip(result_index, tensors, strict=True)}
+    results = []
+    for leaves, rebuild in outputs:
+        vals = [next(per_arena[arena_of[x.vid]]) if type(x) is LazyValue else x for x in leaves]
+        results.append(rebuild(vals))
+    return results
 
 
 # fn (or a bound method's object) -> {(method, options): (SignatureTable, Policy)}. Weak keys, and the

@@ -15,7 +15,7 @@ class InstanceError(PhalanxError):
 
     def __init__(self, index: int, message: str):
         super().__init__(f"instance {index}: {message}")
-        self.index = index
+        self.index = self.instance = index
 
 
 class CellCallError(PhalanxError):

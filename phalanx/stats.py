@@ -38,6 +38,8 @@ class Stats(ReadCounts):
     execute_s: float = 0.0
     backward_s: float = 0.0
     training: bool = False
+    # Fibers (runtime/fibers.FiberStats): flush rounds, decisions per instance, batches / nodes per round.
+    fibers: object = None
     # Filled only by Batcher(profile=True): per op type, batches / nodes / forward and backward seconds.
     per_op: dict = field(default_factory=dict)
 
@@ -49,16 +51,21 @@ class Stats(ReadCounts):
         row[phase] += seconds
 
     # The lower bound is a report, not work the batch needs: computed on first read (schedule/bound.py).
-    _graph: object = field(default=None, repr=False, compare=False)
+    _graphs: list = field(default_factory=list, repr=False, compare=False)
     _lower_bound: int | None = field(default=None, repr=False, compare=False)
+
+    def add_graph(self, graph) -> None:
+        """A flushed graph (fibers: one per round) whose lower bound counts toward ``lower_bound``."""
+        self._graphs.append(graph)
+        self._lower_bound = None
 
     @property
     def lower_bound(self) -> int:
         if self._lower_bound is None:
             from .schedule.bound import lower_bound
 
-            self._lower_bound = lower_bound(self._graph) if self._graph is not None else 0
-            self._graph = None
+            self._lower_bound = sum(lower_bound(g) for g in self._graphs)
+            self._graphs = []
         return self._lower_bound
 
     @property

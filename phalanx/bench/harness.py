@@ -104,7 +104,7 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
         impls.append(Impl(name, run, params, optimizer, batcher))
 
     make("eager", workload.eager)
-    make("manual", workload.manual)
+    make(workload.baseline_name, workload.manual)
     for policy in policies:
         for plan in plans:
             suffix = (f"+plan:{plan}" + ("" if objective == "bytes" else f"/{objective}")) if plan else ""
@@ -161,7 +161,7 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
             continue
         seconds = base[impl.name]
         row = {"impl": impl.name, "seconds_per_batch": seconds, "instances_per_s": batch_size / seconds,
-               "vs_eager": base["eager"] / seconds, "vs_manual": base["manual"] / seconds,
+               "vs_eager": base["eager"] / seconds, "vs_manual": base[workload.baseline_name] / seconds,
                "samples": len(impl.seconds)}
         if impl.losses:
             # Same weights, batches and SGD steps: every implementation's loss sequence must agree.
@@ -171,6 +171,8 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
                     "output_blocks", "scattered_outputs", "record_s", "schedule_s", "plan_s", "execute_s",
                     "backward_s", "record_us_per_node")
             row.update({k: statistics.median(s[k] for s in impl.stats) for k in keys})
+            if impl.stats[0].get("fibers") is not None:     # flush rounds per call (runtime/fibers.py)
+                row["rounds"] = statistics.median(s["fibers"]["rounds"] for s in impl.stats)
         row.update(getattr(impl.peer, "facts", {}))
         rows.append(row)
     return rows

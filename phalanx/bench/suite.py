@@ -52,8 +52,13 @@ def run_workload(model: str, batch_size: int, settings: Settings,
     if not workload.batches:
         payload["notes"].append(f"not enough {model} instances for one mini-batch of {batch_size}")
         return payload
-    policies, facts = harness.resolve_policies(workload, list(settings.policies), settings.train,
-                                               settings.policy_file, settings.seed)
+    names = list(settings.policies)
+    if workload.decides and "fsm" in names:
+        # Models that decide on their own values (fibers) record one graph per flush round, not per
+        # mini-batch: the fsm policy has nothing to train on (nor the schedules table to compare).
+        names.remove("fsm")
+        payload["notes"].append(f"{model} decides on its own values (fibers): fsm skipped, no schedules table")
+    policies, facts = harness.resolve_policies(workload, names, settings.train, settings.policy_file, settings.seed)
     impls = harness.build_impls(workload, policies, settings.train, list(settings.plans), settings.plan_objective)
     peers = start_peers(model, batch_size, settings, payload["notes"])
     try:
@@ -63,8 +68,11 @@ def run_workload(model: str, batch_size: int, settings: Settings,
             impl.peer.close()
     rows = harness.summarize(workload, impls + peers, batch_size)
     add_dynet_ratios(rows)
-    payload.update(rows=rows, schedules=harness.schedule_rows(workload, policies, settings.train),
-                   policy_training=facts)
+    schedules = [] if workload.decides else harness.schedule_rows(workload, policies, settings.train)
+    if workload.decides:
+        payload["notes"].append(f"{model}: 'vs manual' is vs {workload.baseline_name}; flush rounds per call: "
+                                + ", ".join(f"{r['impl']} {r['rounds']:.0f}" for r in rows if "rounds" in r))
+    payload.update(rows=rows, schedules=schedules, policy_training=facts)
     return payload
 
 

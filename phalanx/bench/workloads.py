@@ -10,6 +10,11 @@ from typing import Any, Callable
 
 import torch
 
+from ..api import Batcher
+from ..models import berxit as berxit_mod
+from ..models import drnn as drnn_mod
+from ..models import nmt as nmt_mod
+from ..models import stackrnn as stackrnn_mod
 from ..models import childsum as childsum_mod
 from ..models import dag as dag_mod
 from ..models import lattice as lattice_mod
@@ -35,6 +40,10 @@ class Workload:
     manual: Callable[[torch.nn.Module, bool], Callable]
     phalanx_fn: Callable[[torch.nn.Module, bool], Callable]
     reduce: Callable[[Any], torch.Tensor]
+    # Models with tensor-dependent control flow (fibers) compare against "no-fibers": phalanx on one
+    # instance at a time, i.e. a flush at every decision of every instance, instead of a manual baseline.
+    baseline_name: str = "manual"
+    decides: bool = False
 
     def copy_model(self) -> torch.nn.Module:
         return copy.deepcopy(self.model)
@@ -203,7 +212,91 @@ def lattice_gru_synthetic(batch_size: int, hidden: int, num_batches: int, seed: 
                              batch_size, num_batches)
 
 
+def _no_fibers(m, train):
+    """Phalanx without fibers' cross-instance rounds: each instance alone, flushing at each of its
+    decisions (what one could do before fibers: sum, not max, of the decision points)."""
+    batcher = Batcher(_phalanx_fn(m, train))
+    return (lambda batch: [batcher([x])[0] for x in batch]), m
+
+
+def _most_varied(candidates, outcome):
+    """The candidate setting whose outcomes over a few held-out instances are most varied."""
+    return max(candidates, key=lambda c: (len(set(outcome(c))), -abs(c)))
+
+
+def nmt(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, src_vocab, tgt_vocab = nmt_mod.pud_examples(max_len=32)
+    torch.manual_seed(seed)
+    model = nmt_mod.NMT(len(src_vocab), len(tgt_vocab), hidden)
+    held = examples[-16:]
+    # Untrained weights would decode every sentence to the length limit: sharpen the output layer
+    # and set the <eos> bias so greedy lengths vary over held-out sentences as real ones do.
+    with torch.no_grad():
+        model.decoder.out.weight.mul_(4.0)
+        base = float(model.decoder.out.bias[model.eos])
+
+        def lengths(bias):
+            model.decoder.out.bias[model.eos] = base + bias
+            return [len(model(src)[0]) for src, _ in held]
+
+        model.decoder.out.bias[model.eos] = base + _most_varied([0.25 * k for k in range(13)], lengths)
+    return Workload("nmt", _chunks(examples, batch_size, num_batches), [], model, _eager, _no_fibers, _phalanx_fn,
+                    _sum_all, baseline_name="no-fibers", decides=True)
+
+
+def berxit(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, vocab = berxit_mod.ewt_examples("dev", max_len=64)
+    torch.manual_seed(seed)
+    model = berxit_mod.Berxit(len(vocab), hidden)
+    held = [w for w, _ in examples[-16:]]
+    # Untrained classifiers are barely confident: pick the exit threshold that spreads exits most.
+    with torch.no_grad():
+        first = sorted(float(torch.softmax(model.exits[0](model.layers[0](*_embedded(model, w))), -1).max())
+                       for w in held)
+
+        def exits(threshold):
+            model.threshold = threshold
+            return [int(model(w)[1]) for w in held]
+
+        model.threshold = _most_varied(first, exits)
+    return Workload("berxit", _chunks(examples, batch_size, num_batches), [], model, _eager, _no_fibers, _phalanx_fn,
+                    _sum_all, baseline_name="no-fibers", decides=True)
+
+
+def stackrnn(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    examples, vocab = stackrnn_mod.ewt_examples("dev", max_len=64)
+    torch.manual_seed(seed)
+    model = stackrnn_mod.StackRNN(len(vocab), hidden)
+    return Workload("stackrnn", _chunks(examples, batch_size, num_batches), [], model, _eager, _no_fibers,
+                    _phalanx_fn, _sum_all, baseline_name="no-fibers", decides=True)
+
+
+def drnn(batch_size: int, hidden: int, num_batches: int, seed: int = 0) -> Workload:
+    """Synthetic latent codes decoded into trees; inference only (the generator has no loss)."""
+    torch.manual_seed(seed)
+    model = drnn_mod.DRNN(hidden)
+    codes = drnn_mod.latent_codes(batch_size * num_batches, hidden, seed)
+
+    def eager(m, train):
+        return (lambda batch: [m(z) for z in batch]), m
+
+    def no_fibers(m, train):
+        batcher = Batcher(m)
+        return (lambda batch: [batcher([z])[0] for z in batch]), m
+
+    return Workload("drnn", _chunks(codes, batch_size, num_batches), [], model, eager, no_fibers,
+                    lambda m, train: m, lambda results: torch.cat([r[0].reshape(-1) for r in results]).sum(),
+                    baseline_name="no-fibers", decides=True)
+
+
+def _embedded(model, words):
+    length = -(-len(words) // model.bucket) * model.bucket
+    return (model.embed(torch.tensor(list(words) + [0] * (length - len(words)))),
+            torch.arange(length) < len(words))
+
+
 WORKLOADS: dict[str, Callable[..., Workload]] = {
     "treelstm": treelstm, "tagger": tagger, "childsum": childsum, "treegru": treegru, "mvrnn": mvrnn,
     "twotype": twotype, "nested": nested, "lattice_gru": _chinese_lattice("gru"),
-    "lattice_lstm": _chinese_lattice("lstm"), "lattice_gru_synthetic": lattice_gru_synthetic, "dag": dag}
+    "lattice_lstm": _chinese_lattice("lstm"), "lattice_gru_synthetic": lattice_gru_synthetic, "dag": dag,
+    "nmt": nmt, "berxit": berxit, "stackrnn": stackrnn, "drnn": drnn}

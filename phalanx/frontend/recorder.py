@@ -9,11 +9,11 @@ finding the parameters a cell reads, validating outputs) happens once per new si
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from ..errors import CellCallError, PhalanxError, ResultStructureError, UnsupportedOpError
+from ..errors import CellCallError, DataDependentError, PhalanxError, ResultStructureError, UnsupportedOpError
 from ..ir.aval import AVal, aval, aval_of
 from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
@@ -22,6 +22,7 @@ from .capture import run_capturing
 
 class _RecorderSlot(threading.local):
     rec: "Recorder | None" = None
+    hub: Any = None               # runtime/fibers.Hub while a Batcher call runs its instances as fibers
 
 
 _SLOT = _RecorderSlot()
@@ -34,12 +35,38 @@ class _Substitution(threading.local):
 
 SUBSTITUTION = _Substitution()
 
+# NOTE: [Phase depth] depth restarts per program phase (ACRoBat): a node in phase p gets depth
+# (p << PHASE_SHIFT) + its depth inside the phase, so the same decoder step of every instance has
+# one depth however long each encoder was, depth still grows along every edge, and phases of
+# higher rank run after lower ones. DataflowGraph.freeze() renumbers depths densely.
+PHASE_SHIFT = 32
+
 # Key markers for Python-number operands of cells (their aval alone would collide with LAZY ones).
 _INT_KEY, _FLOAT_KEY, _BOOL_KEY = object(), object(), object()
 
 
 def active() -> "Recorder | None":
     return _SLOT.rec
+
+
+def force_value(value, what: str) -> torch.Tensor:
+    """A lazy value's data, for a suspension point (``bool``, ``item``...): the fibers hub suspends
+    the instance until its round is flushed (runtime/fibers.py). Without a hub (``Batcher.record``,
+    policy training) there is no value to wait for."""
+    hub = _SLOT.hub
+    if hub is None:
+        raise DataDependentError(
+            f"{what} on {value!r} needs its value, which does not exist while recording; run the instances "
+            f"with a Batcher call (fibers), keep the decision inside a cell, or run this code outside phalanx")
+    return hub.force(value, what)
+
+
+def resolve_stale(value, name: str) -> torch.Tensor:
+    """A lazy value of an earlier fiber round, as the concrete tensor a later round reads."""
+    hub = _SLOT.hub
+    if hub is None:
+        raise PhalanxError(f"{name}: got a lazy value from a finished phalanx run")
+    return hub.resolve_stale(value, name)
 
 
 def active_or_error() -> "Recorder":
@@ -117,10 +144,17 @@ class Recorder:
         self.last_sig: dict = {}          # cell -> (signature, operand avals) of its last all-lazy call
         self.inst = 0
         self.phase = 0
+        self.phase_base = 0
 
-    def begin_instance(self, inst: int) -> None:
+    def begin_instance(self, inst: int, phase: int = 0) -> None:
         self.inst = inst
-        self.graph.set_instance(inst, self.phase)
+        self.set_phase(phase)
+
+    def set_phase(self, phase: int) -> None:
+        """Nodes recorded from now on belong to ``phase`` (frontend/phase.py, NOTE: [Phase depth])."""
+        self.phase = phase
+        self.phase_base = phase << PHASE_SHIFT
+        self.graph.set_instance(self.inst, phase)
 
     # *** cells: the fast path ***
     def record_cell(self, cell, args: tuple, kwargs: dict):
@@ -154,8 +188,12 @@ class Recorder:
             t = type(a)
             if t is LazyValue:
                 if a.graph is not g:
-                    del arg_code[mark:]
-                    raise PhalanxError(f"{cell._phalanx_name}: got a lazy value from a finished phalanx run")
+                    # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]).
+                    a = resolve_stale(a, cell._phalanx_name)
+                    key.append(("tensor", aval_of(a)))
+                    arg_code.append(-1 - len(imms))
+                    imms.append(a)
+                    continue
                 key.append(a.aval)
                 arg_code.append(a.vid)
                 d = a.depth
@@ -181,11 +219,13 @@ class Recorder:
             del arg_code[mark:]
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
-        if all(k is ArgKind.LAZY for k in sig.in_kinds):
+        if sig.all_lazy:
             self.last_sig[cell] = (sig, sig.in_avals)
         return self._append_node(g, sig, depth)
 
     def _append_node(self, g, sig: Signature, depth: int):
+        if depth < self.phase_base:
+            depth = self.phase_base
         # Inlined DataflowGraph.add_node: this is the per-node hot path.
         first = g.num_values
         g.num_values = first + sig.num_outputs
@@ -211,9 +251,9 @@ class Recorder:
         if sig is None:
             sig = self._new_signature(key, None, f"input {key[1]}", _identity, (_OPERAND,), {}, [tensor])
         g = self.graph
-        first = g.add_node(sig, [-1 - len(g.imms)], 0)
+        first = g.add_node(sig, [-1 - len(g.imms)], self.phase_base)
         g.imms.append(tensor)
-        return LazyValue(first, sig.out_avals[0], 0, g)
+        return LazyValue(first, sig.out_avals[0], self.phase_base, g)
 
     def lazify(self, instance):
         """Replace the tensors in an instance (itself, or inside tuples / lists / dicts) by lazy values.
@@ -273,9 +313,11 @@ class Recorder:
 
         def encode(obj):
             t = type(obj)
+            if t is LazyValue and obj.graph is not g:
+                # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]).
+                obj = resolve_stale(obj, name)
+                t = torch.Tensor
             if t is LazyValue:
-                if obj.graph is not g:
-                    raise PhalanxError(f"{name}: got a lazy value from a finished phalanx run")
                 operands.append(obj)
                 key_parts.append(obj.aval)
                 return _OPERAND
@@ -317,6 +359,8 @@ class Recorder:
             else:
                 codes.append(-1 - len(imms))
                 imms.append(op)
+        if depth < self.phase_base:
+            depth = self.phase_base
         first = g.add_node(sig, codes, depth)
         return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 

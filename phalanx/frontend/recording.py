@@ -39,25 +39,30 @@ def record_instances(fn: Callable[[Any], Any], instances: list, table: Signature
     slot.rec = rec
     try:
         for i, instance in enumerate(instances):
-            rec.begin_instance(i)
-            try:
-                out = fn(rec.lazify(instance) if lazy_inputs else instance)
-            except PhalanxError as e:
-                # Same exception object (type, attributes, traceback), message naming the instance.
-                if e.instance is None:
-                    e.args = (f"instance {i}: {e.args[0] if e.args else ''}", *e.args[1:])
-                    e.instance = i
-                raise
-            except RecursionError as e:
-                raise InstanceError(i, f"RecursionError: {e} (the instance is nested too deeply for Python's "
-                                       f"recursion limit, sys.getrecursionlimit())") from e
-            except Exception as e:
-                raise InstanceError(i, f"{type(e).__name__}: {e}") from e
-            outputs.append(flatten_result(out, i))
+            outputs.append(record_one(fn, rec, i, instance, lazy_inputs))
     finally:
         slot.rec = None
         hide_submodules(exposed)
     return rec, outputs
+
+
+def record_one(fn: Callable[[Any], Any], rec, i: int, instance, lazy_inputs: bool = True):
+    """Record instance ``i`` into ``rec``; its flattened result ``(leaves, rebuild)``. Errors name it."""
+    rec.begin_instance(i)
+    try:
+        out = fn(rec.lazify(instance) if lazy_inputs else instance)
+    except PhalanxError as e:
+        # Same exception object (type, attributes, traceback), message naming the instance.
+        if e.instance is None:
+            e.args = (f"instance {i}: {e.args[0] if e.args else ''}", *e.args[1:])
+            e.instance = i
+        raise
+    except RecursionError as e:
+        raise InstanceError(i, f"RecursionError: {e} (the instance is nested too deeply for Python's "
+                               f"recursion limit, sys.getrecursionlimit())") from e
+    except Exception as e:
+        raise InstanceError(i, f"{type(e).__name__}: {e}") from e
+    return flatten_result(out, i)
 
 
 def expose_submodules(root) -> list:
@@ -91,10 +96,12 @@ def flatten_result(out, index: int):
     leaves, spec = torch.utils._pytree.tree_flatten(out)
     bad = [leaf for leaf in leaves if not isinstance(leaf, _LEAF_TYPES)]
     if bad:
-        raise ResultStructureError(
+        err = ResultStructureError(
             f"instance {index}: the function returned {type(out).__name__} containing "
             f"{type(bad[0]).__name__} ({bad[0]!r:.60}); results must be tensors, lazy values, None, "
             f"or tuples / lists / dicts of them")
+        err.instance = index
+        raise err
     return leaves, (lambda vals: torch.utils._pytree.tree_unflatten(vals, spec))
 
 

@@ -3,13 +3,14 @@
 A LazyValue names one output value of a recorded node (``vid``) and knows its per-instance shape
 and dtype (``aval``) and depth. It never holds data. Torch functions, operators and methods called
 on it record a node (via ``__torch_function__``) and return new LazyValues; anything that needs the
-data (``bool``, ``item``, ``tolist``, ``float``...) raises DataDependentError naming the call.
+data (``bool``, ``item``, ``tolist``, ``float``...) suspends the instance's fiber until the graph
+recorded so far is flushed (runtime/fibers.py); outside a Batcher call it raises DataDependentError.
 """
 from __future__ import annotations
 
 import torch
 
-from ..errors import DataDependentError, UnsupportedOpError
+from ..errors import UnsupportedOpError
 from . import recorder as _recorder
 
 
@@ -94,32 +95,34 @@ class LazyValue:
                 f"use the out-of-place form Tensor.{name[:-1]}")
         return self._method(name)
 
-    # *** suspension points: these need data; without fibers they are errors ***
-    def _needs_value(self, what: str):
-        raise DataDependentError(
-            f"{what} on {self!r} needs its value, which does not exist while recording; keep "
-            f"tensor-dependent decisions inside a cell, or run this code outside phalanx")
+    # *** suspension points (runtime/fibers.py): inside a Batcher call, each one suspends this
+    # instance's fiber until the graph recorded so far is flushed, then answers from the value ***
+    def _needs_value(self, what: str) -> torch.Tensor:
+        return _recorder.force_value(self, what)
 
     def __bool__(self):
-        self._needs_value("bool()")
+        """Suspends the instance (fiber) until its value is computed; ``if v > 0:`` lands here."""
+        return bool(self._needs_value("bool()"))
 
     def item(self):
-        self._needs_value(".item()")
+        """Suspends the instance (fiber) until its value is computed."""
+        return self._needs_value(".item()").item()
 
     def tolist(self):
-        self._needs_value(".tolist()")
+        """Suspends the instance (fiber) until its value is computed."""
+        return self._needs_value(".tolist()").tolist()
 
     def numpy(self, *args, **kwargs):
-        self._needs_value(".numpy()")
+        return self._needs_value(".numpy()").numpy(*args, **kwargs)
 
     def __float__(self):
-        self._needs_value("float()")
+        return float(self._needs_value("float()"))
 
     def __int__(self):
-        self._needs_value("int()")
+        return int(self._needs_value("int()"))
 
     def __index__(self):
-        self._needs_value("use as a Python index")
+        return self._needs_value("use as a Python index").__index__()
 
     def __array__(self, *args, **kwargs):
         self._needs_value("conversion to a numpy array")
@@ -152,3 +155,4 @@ for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__
               "__or__", "__xor__", "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__",
               "__getitem__"):
     setattr(LazyValue, _name, _binary(_name))
+

@@ -91,7 +91,7 @@ class DataflowGraph:
         return GraphArrays(
             sigs=sigs,
             node_sig=node_sig,
-            node_depth=np.asarray(self.node_depth, dtype=np.int64),
+            node_depth=_dense_depth(self.node_depth, self.phase_runs),
             node_inst=_expand_runs(self.inst_runs, len(node_sig)),
             node_phase=_expand_runs(self.phase_runs, len(node_sig)),
             node_first_value=node_first_value,
@@ -104,6 +104,15 @@ class DataflowGraph:
             device=self.device,
             used_sids=used,
         )
+
+
+def _dense_depth(depth: list[int], phase_runs: list[tuple[int, int]]) -> np.ndarray:
+    """Depths as recorded; with program phases (NOTE: [Phase depth] in frontend/recorder.py) they
+    are renumbered 0, 1, 2... keeping their order, so policies can loop over depth levels."""
+    out = np.asarray(depth, dtype=np.int64)
+    if any(phase for _, phase in phase_runs) and len(out):
+        out = np.unique(out, return_inverse=True)[1].astype(np.int64).reshape(-1)
+    return out
 
 
 def _expand_runs(runs: list[tuple[int, int]], n: int) -> np.ndarray:

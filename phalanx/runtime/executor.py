@@ -340,7 +340,7 @@ class TrainingRun:
             input_grads = self._backward_pass(grads, skip_zero_rows=True)   # NOTE: [Rows the loss does not use]
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
         if self.stats is not None:
-            self.stats.backward_s = time.perf_counter() - start
+            self.stats.backward_s += time.perf_counter() - start   # fibers: summed over rounds
         return tuple(input_grads)
 
     def _backward_pass(self, grads, skip_zero_rows: bool) -> list:

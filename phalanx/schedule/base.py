@@ -62,6 +62,7 @@ class Frontier:
         self.remaining_depth = np.bincount(graph.node_sig, weights=graph.node_depth,
                                            minlength=self.num_sigs)
         self.left = graph.num_nodes
+        self.phased = graph.num_nodes > 0 and graph.node_phase.max() > graph.node_phase.min()
         self._add_ready(np.flatnonzero(self.pending == 0))
 
     def _add_ready(self, nodes: np.ndarray) -> None:
@@ -98,12 +99,14 @@ class Frontier:
         chunks = self._ready.get(sid, ())
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 
-    def run(self, sid: int) -> np.ndarray:
+    def run(self, sid: int, phase: int | None = None) -> np.ndarray:
         chunks = self._ready.pop(sid, None)
         if not chunks:
             raise ValueError(f"op type {sid} has no ready nodes")
         batch = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         self._count[sid] = 0
+        if self.phased:
+            batch = self._one_phase(sid, batch, phase)
         self.remaining[sid] -= len(batch)
         self.remaining_depth[sid] -= self.graph.node_depth[batch].sum()
         self.left -= len(batch)
@@ -113,6 +116,16 @@ class Frontier:
             self.pending[unique] -= counts
             self._add_ready(unique[self.pending[unique] == 0])
         return batch
+
+    def _one_phase(self, sid: int, batch: np.ndarray, phase: int | None) -> np.ndarray:
+        """Nodes of different program phases never share a batch: keep ``phase``, by default the
+        phase of the shallowest ready node (it ranks first, NOTE: [Phase depth]); the rest stay ready."""
+        phases = self.graph.node_phase[batch]
+        keep = phases == (phases[np.argmin(self.graph.node_depth[batch])] if phase is None else phase)
+        if keep.all():
+            return batch
+        self._push(sid, batch[~keep])
+        return batch[keep]
 
 
 class Policy:

@@ -1,4 +1,4 @@
-"""The depth policy (TensorFlow Fold): one batch per (phase, depth, op type), in depth order.
+"""The depth policy (TensorFlow Fold): one batch per (depth, phase, op type), in depth order.
 
 Depth is recorded inline (NOTE: [Inline depth] in ir/graph.py), so nodes at one depth never depend
 on each other and grouping is a single vectorized sort: no frontier, no traversal."""
@@ -16,7 +16,8 @@ class DepthPolicy(Policy):
     def schedule(self, graph: GraphArrays) -> Schedule:
         if graph.num_nodes == 0:
             return Schedule((), (), self.name)
-        order = np.lexsort((graph.node_sig, graph.node_depth, graph.node_phase))
+        # Depth first: it already orders phases (NOTE: [Phase depth]); phase splits a depth level.
+        order = np.lexsort((graph.node_sig, graph.node_phase, graph.node_depth))
         sig = graph.node_sig[order]
         depth = graph.node_depth[order]
         phase = graph.node_phase[order]

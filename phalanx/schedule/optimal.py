@@ -49,9 +49,12 @@ class OptimalPolicy(Policy):
             raise PhalanxError(
                 f"optimal policy: graph has {graph.num_nodes} nodes, over its node limit of {self.max_nodes} "
                 f"(exact search is exponential); raise OptimalPolicy(max_nodes=...) or use lower_bound()")
-        sids = _BranchAndBound(graph, self.time_limit).solve()
+        # Search over (phase, op type) keys: nodes of different phases never share a batch.
+        stride = len(graph.sigs)
+        keys = _BranchAndBound(graph, self.time_limit, graph.node_sig + stride * graph.node_phase).solve()
+        sids = [k % stride for k in keys]
         frontier = Frontier(graph)
-        batches = tuple(frontier.run(sid) for sid in sids)
+        batches = tuple(frontier.run(k % stride, k // stride) for k in keys)
         assert frontier.done
         return Schedule(batches, tuple(sids), self.name)
 
@@ -65,11 +68,11 @@ def _bits(mask: int):
 
 
 class _BranchAndBound:
-    def __init__(self, graph: GraphArrays, time_limit: float):
+    def __init__(self, graph: GraphArrays, time_limit: float, node_key: np.ndarray):
         n = graph.num_nodes
         self.graph = graph
         self.time_limit = time_limit
-        self.node_sig = graph.node_sig.tolist()
+        self.node_sig = node_key.tolist()
         types = sorted(set(self.node_sig))
         self.type_mask = {t: 0 for t in types}
         for i, t in enumerate(self.node_sig):
@@ -115,7 +118,7 @@ class _BranchAndBound:
         # Start from a good heuristic schedule so pruning bites at once.
         incumbent = AgendaPolicy().schedule(self.graph)
         self.best = len(incumbent)
-        self.best_path = list(incumbent.sids)
+        self.best_path = [self.node_sig[b[0]] for b in incumbent.batches]
         self.seen: dict[int, int] = {}
         self.path: list[int] = []
         self.expanded = 0

@@ -116,7 +116,8 @@ def test_bench_all_quick_writes_tables_json_and_plots(tmp_path, capsys):
     assert [p["model"] for p in payloads] == list(WORKLOADS)
     for p in payloads:
         assert p["hidden"] == 8 and p["batch_size"] == 3
-        assert [r["impl"] for r in p["rows"]] == ["eager", "manual", "phalanx[depth]"]
+        baseline = "no-fibers" if p["model"] in ("nmt", "berxit", "stackrnn", "drnn") else "manual"
+        assert [r["impl"] for r in p["rows"]] == ["eager", baseline, "phalanx[depth]"]
         assert f"{p['model']} (hidden 8)" in text
     for name in ("throughput", "batches_vs_bound", "time_split"):
         assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,3 +130,23 @@ def test_bench_needs_a_model_or_all():
         main(["bench", "treelstm", "--all"])
     with pytest.raises(SystemExit, match="--policy-file holds one model's policy"):
         main(["bench", "--all", "--policy-file", "x.json"])
+
+
+@pytest.mark.parametrize("model", ["nmt", "berxit", "stackrnn", "drnn"])
+def test_bench_models_with_decisions_compare_against_no_fibers(tmp_path, model):
+    out = tmp_path / "bench.json"
+    args = ["bench", model, "--batch-size", "3", "--hidden", "8", "--batches", "1", "--repeats", "1",
+            "--policy", "depth", "--json", str(out)]
+    assert main(args) == 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["eager", "no-fibers", "phalanx[depth]"]
+    assert rows["phalanx[depth]"]["rounds"] >= 1
+    assert rows["phalanx[depth]"]["batches"] >= rows["phalanx[depth]"]["lower_bound"] > 0
+
+
+def test_bench_skips_fsm_for_models_with_decisions(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "drnn", "--batch-size", "2", "--hidden", "8", "--batches", "1", "--repeats", "1",
+                 "--policy", "depth", "fsm", "--json", str(out)]) == 0
+    assert "fsm skipped" in capsys.readouterr().out
+    assert [r["impl"] for r in json.loads(out.read_text())["rows"]] == ["eager", "no-fibers", "phalanx[depth]"]

@@ -1,0 +1,251 @@
+"""Fibers (runtime/fibers.py): per-instance code that branches on its own lazy values stays batched,
+matches the eager loop (outputs and gradients), and flushes max-not-sum rounds."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import phalanx
+from phalanx.errors import DataDependentError, InstanceError
+from tests.oracle import assert_matches_eager
+
+
+class Walker(torch.nn.Module):
+    """Steps a state until a data-dependent stop (a ``while`` on a comparison), at most ``limit``."""
+
+    def __init__(self, dim=4, limit=6):
+        super().__init__()
+        self.step = torch.nn.Linear(dim, dim)
+        self.limit = limit
+
+    def forward(self, x):
+        h, n = x, 0
+        while h.sum() > 0 and n < self.limit:
+            h = torch.tanh(self.step(h)) + 0.1
+            n += 1
+        return h * (n + 1)
+
+
+def decisions_of(model, x) -> int:
+    """How many values the eager model forces for ``x`` (the stop test of Walker)."""
+    h, n, count = x, 0, 0
+    with torch.no_grad():
+        while True:
+            count += 1
+            if not (h.sum() > 0 and n < model.limit):
+                return count
+            h = torch.tanh(model.step(h)) + 0.1
+            n += 1
+
+
+def inputs(seed: int, count: int, dim=4):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(dim, generator=gen) + 0.3 for _ in range(count)]
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**16), st.integers(0, 7), st.sampled_from(["depth", "agenda"]))
+def test_walker_matches_eager(seed, count, policy):
+    torch.manual_seed(seed)
+    model = Walker()
+    xs = inputs(seed, count)
+    assert_matches_eager(model, xs, policy=policy)
+    assert_matches_eager(model, xs, params=list(model.parameters()), policy=policy, train=True)
+
+
+def test_rounds_are_the_max_not_the_sum_of_decisions():
+    torch.manual_seed(3)
+    model = Walker()
+    xs = inputs(5, 9)
+    expected = [decisions_of(model, x) for x in xs]
+    assert len(set(expected)) > 1, "instances should take different numbers of decisions"
+    batcher = phalanx.Batcher(model)
+    with torch.no_grad():
+        batcher(xs)
+    fs = batcher.stats.fibers
+    assert fs.decisions == expected
+    assert fs.decision_rounds == max(expected)
+    assert fs.rounds == max(expected) + 1          # plus the flush of the code after the last decision
+    assert len(fs.round_batches) == len(fs.round_nodes) == fs.rounds
+    assert sum(fs.round_nodes) == batcher.stats.nodes
+
+
+def test_no_decisions_is_one_round():
+    lin = torch.nn.Linear(3, 3)
+    batcher = phalanx.Batcher(lambda x: torch.tanh(lin(x)))
+    with torch.no_grad():
+        batcher([torch.randn(3) for _ in range(4)])
+    assert batcher.stats.fibers.rounds == 1 and batcher.stats.fibers.decisions == [0] * 4
+
+
+class Conversions(torch.nn.Module):
+    """Every suspension point: item, tolist, int, float, use as an index, bool of a comparison."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 3)
+        self.proj = torch.nn.Linear(3, 5)
+
+    def forward(self, x):
+        scores = self.proj(x)
+        k = int(scores.argmax())                    # __int__
+        picked = self.emb.weight[scores.argmax()]   # a lazy index into a parameter: recorded, no decision
+        weight = [0.5, 1.5, 2.0, -1.0, 3.0][scores.argmin()]   # __index__ of a 0-d int value
+        scale = float(scores.max().detach()) + scores.min().detach().item() * weight
+        listed = scores.detach().tolist()
+        bonus = 1.0 if scores[0] > scores[1] else -1.0
+        return picked * scale + self.emb(torch.tensor(k)) * bonus + sum(listed)
+
+
+def test_every_suspension_point_matches_eager():
+    torch.manual_seed(0)
+    model = Conversions()
+    xs = [torch.randn(3) for _ in range(6)]
+    assert_matches_eager(model, xs)
+    assert_matches_eager(model, xs, params=list(model.parameters()), train=True)
+
+
+class Grower(torch.nn.Module):
+    """Recursion with a decision per node: a node gets children while the model says so (nested
+    decisions inside recursion, different numbers per instance)."""
+
+    def __init__(self, dim=4):
+        super().__init__()
+        self.child = torch.nn.Linear(dim, dim)
+        self.stop = torch.nn.Linear(dim, 1)
+
+    def grow(self, h, depth):
+        out = h
+        if depth < 3 and self.stop(h)[0] > 0:
+            for side in (0.5, -0.5):
+                out = out + self.grow(torch.tanh(self.child(h) + side), depth + 1)
+        return out
+
+    def forward(self, x):
+        return self.grow(x, 0)
+
+
+def test_recursive_generation_matches_eager():
+    torch.manual_seed(1)
+    model = Grower()
+    xs = [torch.randn(4) for _ in range(8)]
+    assert_matches_eager(model, xs)
+    batcher = assert_matches_eager(model, xs, params=list(model.parameters()), train=True)
+    assert batcher.stats.fibers.decision_rounds == max(batcher.stats.fibers.decisions)
+
+
+class TeacherForced(torch.nn.Module):
+    """Training through decisions: a teacher-forced loss at every step, plus control flow sampled
+    from the model (stop when the model's own stop score says so)."""
+
+    def __init__(self, vocab=6, dim=5):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.mix = torch.nn.Linear(2 * dim, dim)
+        self.out = torch.nn.Linear(dim, vocab)
+
+    def forward(self, example):
+        targets, = example
+        h = torch.zeros(self.mix.out_features)
+        loss = torch.zeros(())
+        prev = torch.tensor(0)
+        for t in targets:
+            h = torch.tanh(self.mix(torch.cat([self.emb(prev), h])))
+            logits = self.out(h)
+            loss = loss + torch.nn.functional.cross_entropy(logits.unsqueeze(0), t.view(1))
+            if logits.argmax() == 0:            # the model's own decision ends the sequence
+                break
+            prev = t
+        return loss
+
+
+def test_profile_and_verify_cover_every_round():
+    torch.manual_seed(3)
+    model = Walker()
+    batcher = phalanx.Batcher(model, profile=True, verify=True)
+    xs = inputs(6, 5)
+    assert_matches_eager(model, xs, params=list(model.parameters()), train=True, batcher=batcher)
+    per_op = batcher.stats.per_op
+    assert sum(row["nodes"] for row in per_op.values()) == batcher.stats.nodes
+    assert batcher.stats.backward_s > 0 and batcher.stats.lower_bound <= batcher.stats.batches
+
+
+def test_teacher_forced_loss_with_sampled_stop_trains():
+    torch.manual_seed(2)
+    model = TeacherForced()
+    gen = torch.Generator().manual_seed(4)
+    xs = [(torch.randint(1, 6, (int(n),), generator=gen),) for n in torch.randint(1, 7, (7,), generator=gen)]
+    assert_matches_eager(model, xs, params=list(model.parameters()), train=True)
+
+
+def test_exception_in_one_instance_names_it_and_next_run_works():
+    lin = torch.nn.Linear(3, 3)
+
+    def fn(x):
+        h = torch.tanh(lin(x))
+        if h.sum() > 100:       # everyone suspends here first
+            return h
+        if x[0].item() == 7.0:  # instance 2 fails after a decision, while others are suspended
+            raise ValueError("bad instance")
+        return h + 1
+
+    xs = [torch.randn(3) for _ in range(5)]
+    xs[2] = torch.tensor([7.0, 0.0, 0.0])
+    batcher = phalanx.Batcher(fn)
+    with pytest.raises(InstanceError) as info:
+        with torch.no_grad():
+            batcher(xs)
+    assert info.value.instance == 2 and "instance 2" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+    xs[2] = torch.randn(3)
+    assert_matches_eager(fn, xs, batcher=batcher)
+
+
+def test_failed_run_unwinds_its_fibers_at_once():
+    lin = torch.nn.Linear(3, 3)
+    unwound = []
+
+    def fn(x):
+        try:
+            with phalanx.phase("fail-test"):
+                h = torch.tanh(lin(x))
+                if h.sum() > 100:
+                    return h
+                if x[0].item() == 7.0:          # instance 0 fails while 1..3 wait to be resumed
+                    raise ValueError("bad")
+                return h
+        finally:
+            unwound.append(True)
+
+    xs = [torch.tensor([7.0, 0.0, 0.0])] + [torch.randn(3) for _ in range(3)]
+    with pytest.raises(InstanceError):
+        with torch.no_grad():
+            phalanx.Batcher(fn)(xs)
+    assert len(unwound) == 4        # every fiber ran its cleanup before the call returned
+    assert_matches_eager(lambda x: torch.tanh(lin(x)), xs)
+
+
+def test_record_without_fibers_explains():
+    lin = torch.nn.Linear(3, 3)
+
+    def fn(x):
+        return lin(x) if lin(x).sum() > 0 else -lin(x)
+
+    with pytest.raises(DataDependentError, match="bool"):
+        phalanx.Batcher(fn).record([torch.randn(3)])
+
+
+def test_five_thousand_instances():
+    torch.manual_seed(0)
+    model = Walker(dim=2, limit=3)
+    xs = inputs(9, 5000, dim=2)
+    batcher = phalanx.Batcher(model)
+    with torch.no_grad():
+        got = batcher(xs)
+        expected = [model(x) for x in xs[:50]]
+    assert len(got) == 5000
+    for g, e in zip(got[:50], expected, strict=True):
+        torch.testing.assert_close(g, e)
+    assert batcher.stats.fibers.decision_rounds == max(batcher.stats.fibers.decisions) <= 4
