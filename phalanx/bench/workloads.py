@@ -50,8 +50,10 @@ class Workload:
 
 
 def _sum_all(results) -> torch.Tensor:
-    """Total loss over a batch's results (each a tensor or a list of per-token tensors)."""
-    flat = [t for r in results for t in (r if isinstance(r, list) else [r])]
+    """Total over a batch's results: every floating-point tensor in them (a loss, per-token losses,
+    or a decoder's (tokens, scores) structure), summed."""
+    flat = [t.sum() for t in torch.utils._pytree.tree_leaves(results)
+            if isinstance(t, torch.Tensor) and t.is_floating_point()]
     return torch.stack(flat).sum() if flat else torch.zeros(())
 
 

@@ -16,7 +16,8 @@ def test_eager_manual_and_phalanx_agree_on_the_first_batch(name, train):
         pytest.skip("the jieba lexicon is not installed")
     workload = WORKLOADS[name](3, 8, 1)
     batch = workload.batches[0]
-    assert len(batch) == 3 and len(workload.held_out) == 4
+    # Models that decide on their own values (fibers) have no held-out graphs: fsm does not apply.
+    assert len(batch) == 3 and len(workload.held_out) == (0 if workload.decides else 4)
     totals = []
     with torch.set_grad_enabled(train):
         for build in (workload.eager, workload.manual):
