@@ -193,8 +193,16 @@ class Batcher:
 
 
 def _instance_tensors(graph) -> list[torch.Tensor]:
-    """Per-instance tensor operands that require grad (their gradients leave through the flush)."""
-    return [x for x in graph.imms if isinstance(x, torch.Tensor) and x.requires_grad]
+    """Per-instance tensor operands that require grad (their gradients leave through the flush); a
+    row of an earlier fiber round stands for its round's arena (read with one index_select)."""
+    found: dict[int, torch.Tensor] = {}
+    for x in graph.imms:
+        if isinstance(x, torch.Tensor):
+            origin = getattr(x, "_phalanx_origin", None)
+            t = x if origin is None else origin[0]
+            if t.requires_grad:
+                found.setdefault(id(t), t)
+    return list(found.values())
 
 
 def _result_rows(graph, layout, outputs) -> tuple[list, dict]:

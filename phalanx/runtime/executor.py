@@ -3,7 +3,9 @@
 ``build_steps`` (the plan stage) turns (graph, schedule, layout) into a list of Steps: per batch,
 how to read each operand list (a slice view when its rows are consecutive and in batch order,
 otherwise ONE ``index_select``; a per-instance tensor that is the same object in every row is
-broadcast with ``expand``, never stacked) and where to write each output. ``run_inference``
+broadcast with ``expand``, never stacked; rows of an earlier fiber round's arena are read with one
+``index_select`` from that arena, whose gradient is one input of the flush) and where to write each
+output. ``run_inference``
 executes the steps under no_grad. ``TrainingRun`` does the same inside one
 ``torch.autograd.Function`` whose backward walks the steps in reverse, so results are ordinary
 autograd tensors and ``loss.backward()`` works.
@@ -59,7 +61,7 @@ from .kernels import data_dependent_error, is_data_dependent, kernel_for
 from .params import FlushParams
 
 # Operand read kinds (and output write kinds: SLICE or SCATTER).
-SLICE, GATHER, NUMBERS, TENSORS, BROADCAST = 0, 1, 2, 3, 4
+SLICE, GATHER, NUMBERS, TENSORS, BROADCAST, EXTERNAL = 0, 1, 2, 3, 4, 5
 SCATTER = GATHER
 
 
@@ -171,7 +173,13 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             else:
                 tensors = [imms[-1 - c] for c in codes[lo:hi].tolist()]
                 head = tensors[0]
-                if all(t is head for t in tensors):
+                origin = getattr(head, "_phalanx_origin", None)
+                if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0]
+                                              for t in tensors):
+                    # Rows of an earlier fiber round's arena: one index_select, no stack of copies.
+                    rows_of = torch.tensor([t._phalanx_origin[1] for t in tensors], device=device)
+                    operands.append((EXTERNAL, origin[0], rows_of))
+                elif all(t is head for t in tensors):
                     operands.append((BROADCAST, size, head))     # one tensor for every row
                 else:
                     operands.append((TENSORS, None, tensors))
@@ -202,6 +210,9 @@ def _to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.to(device)
 
 
+_NO_ORIGIN = (None, None)
+
+
 def allocate_arenas(graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
     return [torch.empty((int(n), *a.shape), dtype=a.dtype, device=graph.device)
             for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
@@ -217,6 +228,8 @@ def _read(op, arenas, device=None) -> torch.Tensor:
         return payload
     if kind == BROADCAST:
         return payload.detach().unsqueeze(0).expand(where, *payload.shape)
+    if kind == EXTERNAL:
+        return where.detach().index_select(0, payload)
     return torch.stack([t.detach() for t in payload])
 
 
@@ -313,7 +326,8 @@ class TrainingRun:
             # Arena reads always join the backward; per-instance tensors only if one requires grad;
             # numbers never.
             if t.is_floating_point() and (kind <= GATHER or (kind == TENSORS and any(x.requires_grad for x in op[2]))
-                                          or (kind == BROADCAST and op[2].requires_grad)):
+                                          or (kind == BROADCAST and op[2].requires_grad)
+                                          or (kind == EXTERNAL and op[1].requires_grad)):
                 t.requires_grad_()
             operands.append(t)
         return operands
@@ -417,12 +431,21 @@ class TrainingRun:
         elif kind == BROADCAST:
             if id(payload) in position:
                 accumulate(position[id(payload)], g.sum(0))
+        elif kind == EXTERNAL:
+            if id(where) in position:
+                index = payload if rows is None else payload.index_select(0, rows)
+                accumulate(position[id(where)], torch.zeros_like(where).index_add_(0, index, g))
         elif kind == TENSORS:
             picked = range(len(payload)) if rows is None else rows.tolist()
             for g_row, r in zip(g, picked, strict=True):
                 t = payload[r]
                 if id(t) in position:
                     accumulate(position[id(t)], g_row)
+                elif hasattr(t, "_phalanx_origin") and id(t._phalanx_origin[0]) in position:
+                    base, row = t._phalanx_origin          # a row of an earlier round, read in a mixed list
+                    full = torch.zeros_like(base)
+                    full[row] = g_row
+                    accumulate(position[id(base)], full)
 
     def recompute(self) -> list[torch.Tensor]:
         """The flush again as ordinary autograd ops on the real tensors (NOTE: [Double backward])."""
@@ -439,6 +462,8 @@ class TrainingRun:
                     operands.append(payload)
                 elif kind == BROADCAST:
                     operands.append(payload.unsqueeze(0).expand(where, *payload.shape))
+                elif kind == EXTERNAL:
+                    operands.append(where.index_select(0, payload))
                 else:
                     operands.append(torch.stack(payload))
             outs = _call(step, operands, kernels)

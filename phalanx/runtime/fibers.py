@@ -76,7 +76,12 @@ class RoundResult:
         if rows is None:
             # One unbind per arena: its backward stacks every row's gradient in one op.
             rows = self._rows[arena] = self.arenas[arena].unbind(0)
-        return rows[int(self.value_row[vid])]
+        row = int(self.value_row[vid])
+        view = rows[row]
+        # Where it lives, so a later round reads many such rows with ONE index_select from the
+        # round's arena, not a stack of views (runtime/executor.py, EXTERNAL operands).
+        view._phalanx_origin = (self.arenas[arena], row)
+        return view
 
 
 @dataclass(slots=True)
