@@ -10,9 +10,11 @@ fresh graph. Rounds = the maximum, not the sum, of the instances' decision point
 NOTE: [Values across rounds] A lazy value recorded in round k names a row of one of round k's
 arenas. After round k is flushed, its graph is *stale*: using one of its values in round k+1 (as an
 operand, or as a result) resolves it to the concrete row, a view of the round's output, and it is
-recorded as a per-instance tensor operand (``ArgKind.TENSOR``). In training a round is one
-``FlushFunction`` whose outputs are its whole arenas, so those views are autograd-connected:
-gradients flow from round k+1's flush into round k's, and decisions are ordinary Python.
+recorded as a per-instance tensor operand (``ArgKind.TENSOR``), tagged with its (arena, row): the
+executor reads a list of such rows with one ``index_select`` from the arena (``EXTERNAL``), and the
+arena, not each row, is the input of the next flush. In training a round is one ``FlushFunction``
+whose outputs are its whole arenas, so those reads are autograd-connected: gradients flow from
+round k+1's flush into round k's, and decisions are ordinary Python.
 
 NOTE: [Lazy fibers] A call whose instances never force a value must pay nothing: instances are
 recorded by one *driver* greenlet, in order, on one stack. When an instance suspends, the driver
