@@ -18,7 +18,7 @@ import torch
 from . import _config
 from .errors import PhalanxError
 from .frontend.recorder import rediscover_captured
-from .frontend.recording import model_device, record_instances
+from .frontend.recording import model_device, model_of, record_instances
 from .frontend.value import LazyValue
 from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
@@ -81,7 +81,7 @@ class Batcher:
         self.lazy_inputs = lazy_inputs
         self.policy = make_policy(policy)
         self.verify = bool(_config.VERIFY) if verify is None else verify
-        root = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+        root = model_of(fn)
         self.table = table if table is not None else SignatureTable(root, max_signatures)
         self.stats = Stats(policy=self.policy.name)
         self._lock = threading.Lock()

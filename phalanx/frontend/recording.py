@@ -16,6 +16,31 @@ from .value import LazyValue
 _LEAF_TYPES = (torch.Tensor, LazyValue, type(None))
 
 
+def model_of(fn) -> "torch.nn.Module | None":
+    """The model a per-instance function runs: ``fn`` itself, a bound method's module, or the first
+    module a plain function or lambda closes over or names as a global (``lambda x: model(x)``).
+    Its structure is what every call re-checks, and its submodules are exposed while recording."""
+    if isinstance(fn, torch.nn.Module):
+        return fn
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        return owner
+    code = getattr(fn, "__code__", None)
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:       # an empty cell
+            continue
+        if isinstance(value, torch.nn.Module):
+            return value
+    names = getattr(fn, "__globals__", {})
+    for name in code.co_names if code is not None else ():
+        value = names.get(name)
+        if isinstance(value, torch.nn.Module):
+            return value
+    return None
+
+
 def model_device(root) -> torch.device:
     """Where a model's batched values live: the device of its first parameter or buffer (CPU if none)."""
     if isinstance(root, torch.nn.Module):

@@ -209,11 +209,11 @@ class FSMPolicy(Policy):
         each is recorded, without executing, into one training graph."""
         record = getattr(fn_or_batcher, "record", None)
         if record is None:
-            from ..frontend.recording import record_instances
+            from ..frontend.recording import model_of, record_instances
             from ..ir.signature import SignatureTable
 
             fn = fn_or_batcher
-            root = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+            root = model_of(fn)
             table = SignatureTable(root)
 
             def record(instances):

@@ -156,3 +156,13 @@ def test_fast_path_covers_lazy_number_and_tensor_arguments(monkeypatch):
     monkeypatch.setattr(recorder.Recorder, "_record_general", general_path)
     graph = batcher.record([2, 3, 4])
     assert graph.num_nodes == 2 * (2 + 3 + 4)
+
+
+def test_the_model_of_a_lambda_is_found_in_its_closure_or_globals():
+    from phalanx.frontend.recording import model_of
+
+    model = nn.Linear(2, 2)
+    assert model_of(model) is model
+    assert model_of(model.forward) is model
+    assert model_of(lambda x: model(x)) is model
+    assert model_of(lambda x: x * 2) is None
