@@ -6,6 +6,7 @@ sentence's dependency root from the root state (``(tree, label)`` examples from 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,23 +113,75 @@ def _levels(trees):
             torch.tensor(roots, dtype=torch.long))
 
 
+class _LevelIndex:
+    """Index arrays of a batch of binary trees with nodes renumbered level by level (all leaves
+    first, then every node of height 1, ...), so each level's states fill one contiguous slice of a
+    state buffer. ``leaf_words`` [leaves]; ``children`` [internal nodes, 2] (left, right ids);
+    ``bounds``: slice ends per level; ``roots`` [trees]."""
+
+    def __init__(self, trees):
+        nodes, roots = [], []
+        for tree in trees:
+            nodes.extend(tree.nodes_postorder())
+            roots.append(len(nodes) - 1)
+        ids = {node: i for i, node in enumerate(nodes)}    # nodes hash by identity
+        # One flat loop, no recursion: the cheapest index building in Python (~0.5 us per node).
+        words, left, right, height = [], [], [], []
+        for node in nodes:
+            kids = node.children
+            if kids:
+                lid, rid = ids[kids[0]], ids[kids[1]]
+                lh, rh = height[lid], height[rid]
+                words.append(0), left.append(lid), right.append(rid), height.append(1 + (lh if lh > rh else rh))
+            else:
+                words.append(node.word), left.append(0), right.append(0), height.append(0)
+        # numpy converts Python lists ~10x faster than torch.tensor does.
+        heights = np.array(height, dtype=np.int64)
+        order = np.argsort(heights, kind="stable")            # new id -> post-order id
+        new_id = np.empty_like(order)
+        new_id[order] = np.arange(len(order))
+        ends = np.cumsum(np.bincount(heights)).tolist() if height else [0]
+        self.num_nodes, self.num_leaves = len(height), ends[0]
+        self.bounds = ends
+        internal = order[self.num_leaves:]
+        pairs = np.stack([np.array(left, dtype=np.int64)[internal], np.array(right, dtype=np.int64)[internal]], axis=1)
+        self.leaf_words = torch.from_numpy(np.array(words, dtype=np.int64)[order[:self.num_leaves]])
+        self.children = torch.from_numpy(new_id[pairs])
+        self.roots = torch.from_numpy(new_id[np.array(roots, dtype=np.int64)])
+
+
 def manual_treelstm(model: TreeLSTM, trees, labels=None):
-    """What an expert writes by hand: all leaves in one call, then one call per tree height,
-    gathering children states with index_select. Returns root logits [n, C], or the per-tree
-    losses [n] when ``labels`` is given. Uses ``model``'s own parameters."""
-    words, left, right, height, roots = _levels(trees)
-    n = len(words)
-    h_all = torch.zeros(n, model.hidden)
-    c_all = torch.zeros(n, model.hidden)
-    leaves = torch.nonzero(height == 0).squeeze(1)
-    h, c = model.leaf(words[leaves])
-    h_all, c_all = h_all.index_copy(0, leaves, h), c_all.index_copy(0, leaves, c)
-    for level in range(1, int(height.max()) + 1 if n else 0):
-        nodes = torch.nonzero(height == level).squeeze(1)
-        lo, ro = left[nodes], right[nodes]
-        h, c = model.internal(h_all[lo], c_all[lo], h_all[ro], c_all[ro])
-        h_all, c_all = h_all.index_copy(0, nodes, h), c_all.index_copy(0, nodes, c)
-    root_h = h_all[roots]
+    """What an expert writes by hand, index building included: one embedding lookup (sparse
+    gradient) and one input projection over all leaves of the batch, then per tree height one
+    gather of both children's states (laid out so the gather IS the ``cat([hl, hr])``), one matmul
+    and the gate math, written into a preallocated level-ordered state buffer. Returns root logits
+    [n, C], or the per-tree losses [n] when ``labels`` is given. Uses ``model``'s own parameters."""
+    hidden = model.hidden
+    if not trees:
+        logits = torch.zeros(0, model.classifier.out.out_features)
+        return logits if labels is None else torch.zeros(0)
+    index = _LevelIndex(trees)
+    leaf, internal = model.leaf, model.internal
+    x = F.embedding(index.leaf_words, leaf.embed.weight, sparse=True)
+    i, o, u = leaf.gates(x).chunk(3, dim=-1)
+    c = torch.sigmoid(i) * torch.tanh(u)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    h_all = h.new_empty(index.num_nodes, hidden)
+    c_all = h.new_empty(index.num_nodes, hidden)
+    h_all[:index.num_leaves] = h
+    c_all[:index.num_leaves] = c
+    start = index.num_leaves
+    for end in index.bounds[1:]:
+        pairs = index.children[start - index.num_leaves:end - index.num_leaves].reshape(-1)
+        count = end - start
+        gates = internal.gates(h_all.index_select(0, pairs).view(count, 2 * hidden))
+        sig = torch.sigmoid(gates[:, :4 * hidden]).view(count, 4, hidden)       # i, fl, fr, o
+        c = sig[:, 0] * torch.tanh(gates[:, 4 * hidden:]) \
+            + (sig[:, 1:3] * c_all.index_select(0, pairs).view(count, 2, hidden)).sum(1)
+        h_all[start:end] = sig[:, 3] * torch.tanh(c)
+        c_all[start:end] = c
+        start = end
+    root_h = h_all.index_select(0, index.roots)
     if labels is None:
         return model.classifier(root_h)
     return model.classifier(root_h, torch.as_tensor(labels))
