@@ -62,3 +62,20 @@ def test_stats_report_a_schedule_at_the_lower_bound_with_fsm(data):
         batcher([t for t, _ in examples])
     assert batcher.stats.batches == batcher.stats.lower_bound
     assert batcher.stats.nodes == sum(t.size() for t, _ in examples) + len(examples)
+
+
+def test_manual_baseline_gradients_on_leaf_only_trees_and_a_repeated_backward(data):
+    # Single-leaf trees (no internal level) and a second backward through the same graph: the
+    # hand-written state-buffer backward must start from zero each time.
+    examples, model = data
+    leaves = [next(tree.leaves()) for tree, _ in examples[:3]]
+    trees, labels = [examples[0][0]] + leaves, [examples[0][1]] + [1, 2, 3]
+    model.zero_grad()
+    loss = manual_treelstm(model, trees, labels).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    manual = [p.grad.to_dense() / 2 for p in model.parameters()]
+    model.zero_grad()
+    torch.stack([model.loss(x) for x in zip(trees, labels, strict=True)]).sum().backward()
+    for got, expected in zip(manual, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
