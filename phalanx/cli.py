@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from rich.markup import escape
+
 from .bench import harness, report
 from .errors import PhalanxError
 from .bench.workloads import WORKLOADS
@@ -42,6 +44,8 @@ def _bench(args) -> int:
         raise SystemExit("phalanx bench: give one MODEL or --all")
     if args.all and args.policy_file:
         raise SystemExit("phalanx bench: --policy-file holds one model's policy; use it without --all")
+    if args.scaling:
+        return _scaling(args)
     settings = _settings(args)
     if not args.all:
         settings.models = (args.model,)
@@ -88,6 +92,28 @@ def _bench(args) -> int:
 
         for path in plots.write_all(payloads, args.plot):
             console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def _scaling(args) -> int:
+    from .bench import scaling
+
+    if args.all or args.peers or args.policy_file or args.plan != ["off"]:
+        raise SystemExit("phalanx bench: --scaling times one model with plain policies "
+                         "(no --all, --peers, --policy-file or --plan)")
+    torch.set_num_threads(args.threads)
+    console = _console()
+    with console.status("scaling") as status:
+        payload = scaling.run_scaling(
+            args.model, args.scaling, args.hidden or 256, list(args.policy), args.train,
+            instances=args.scaling_instances, repeats=args.repeats or 3, eager_max=args.eager_max, seed=args.seed,
+            progress=lambda what: status.update(f"scaling {args.model}: {escape(what)}"))
+    payload["command"] = "phalanx " + " ".join(map(shlex.quote, sys.argv[1:] if args.argv is None else args.argv))
+    payload["environment"] = report.environment(args.threads)
+    console.print(scaling.scaling_table(payload))
+    if args.json:
+        report.write_json(args.json, payload)
+        console.print(f"wrote {args.json}", highlight=False)
     return 0
 
 
@@ -200,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, help="timed rounds over those mini-batches (default: 3; --quick: 2)")
     bench.add_argument("--peers", nargs="*", default=[], choices=["dynet"],
                        help="other systems to time on the same workload (needs pip install 'phalanx[peers]')")
+    bench.add_argument("--scaling", nargs="+", type=int, metavar="SIZE",
+                       help="instead: us per instance and per node at these batch sizes (e.g. 1 8 64 256 1024)")
+    bench.add_argument("--scaling-instances", type=int, default=256,
+                       help="--scaling: instances timed per round at every batch size (at least one mini-batch)")
+    bench.add_argument("--eager-max", type=int, default=64,
+                       help="--scaling: skip eager above this batch size (its per-instance cost is flat)")
     bench.add_argument("--json", metavar="FILE", help="write every row and setting as JSON")
     bench.add_argument("--plot", metavar="DIR", help="write PNG plots (throughput, batches, time split)")
     bench.set_defaults(run=_bench)

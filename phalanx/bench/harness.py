@@ -86,6 +86,13 @@ def schedule_rows(workload: Workload, policies: list, train: bool, optimal_max_n
     return rows
 
 
+def make_optimizer(params) -> torch.optim.Optimizer:
+    """The one optimizer every implementation steps with: plain SGD, the same update rule for dense
+    gradients and for the sparse embedding gradients of the manual baselines (``torch.optim.Adam``
+    would reject those), so all loss sequences stay comparable step by step."""
+    return torch.optim.SGD(params, lr=0.01)
+
+
 def build_impls(workload: Workload, policies: list, train: bool, plans=(False,), objective: str = "bytes") -> list[Impl]:
     impls = []
 
@@ -100,7 +107,7 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
                               plan_objective=objective)
             run, owner = batcher, model
         params = [p for p in owner.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=0.01) if train else None
+        optimizer = make_optimizer(params) if train else None
         impls.append(Impl(name, run, params, optimizer, batcher))
 
     make("eager", workload.eager)

@@ -4,12 +4,16 @@ expert baseline: ``nn.LSTM(bidirectional=True)`` over packed sequences, with the
 """
 from __future__ import annotations
 
+from itertools import chain
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from .. import data
+from ..errors import PhalanxError
 from ..frontend.cell import cell
 
 
@@ -94,12 +98,17 @@ def ewt_examples(split: str = "dev", max_sentences: int | None = None):
 
 
 class ManualTagger(nn.Module):
-    """Hand-batched baseline: packed ``nn.LSTM(bidirectional=True)`` with weights copied from
+    """Hand-batched baseline, as an expert writes it: one sparse-gradient embedding lookup over all
+    tokens of the batch, laid out directly in packed order (index building in numpy, no pad / pack
+    / unpad round trip), one ``nn.LSTM(bidirectional=True)`` call on that packed sequence (on CPU
+    it computes each direction's input projection for all tokens in one matmul), the classifier
+    over all tokens at once and one gather back to sentence order. Weights are copied from
     ``model`` at construction (its own parameters, so it trains as an independent copy)."""
 
     def __init__(self, model: BiLSTMTagger):
         super().__init__()
-        self.embed = nn.Embedding.from_pretrained(model.embed.table.weight.detach().clone(), freeze=False)
+        self.embed = nn.Embedding.from_pretrained(model.embed.table.weight.detach().clone(), freeze=False,
+                                                  sparse=True)
         self.lstm = nn.LSTM(model.embed.table.embedding_dim, model.hidden, bidirectional=True)
         with torch.no_grad():
             for suffix, step in (("", model.fwd.lstm), ("_reverse", model.bwd.lstm)):
@@ -112,10 +121,35 @@ class ManualTagger(nn.Module):
         """Per-token logits [total tokens, tags] in sentence order, or per-token losses."""
         if not sentences:
             return torch.zeros(0, self.out.out_features) if tags is None else torch.zeros(0)
-        packed = pack_sequence([self.embed(torch.tensor(s)) for s in sentences], enforce_sorted=False)
-        out, lengths = pad_packed_sequence(self.lstm(packed)[0])
-        states = torch.cat([out[:n, i] for i, n in enumerate(lengths.tolist())])
-        logits = self.out(states)
+        words, batch_sizes, sorted_indices, unsorted_indices, packed_position = _packed_layout(sentences)
+        packed = PackedSequence(self.embed(words), batch_sizes, sorted_indices, unsorted_indices)
+        logits = self.out(self.lstm(packed)[0].data).index_select(0, packed_position)
         if tags is None:
             return logits
-        return F.cross_entropy(logits, torch.tensor([t for ts in tags for t in ts]), reduction="none")
+        flat_tags = torch.from_numpy(np.fromiter(chain.from_iterable(tags), dtype=np.int64, count=len(logits)))
+        return F.cross_entropy(logits, flat_tags, reduction="none")
+
+
+def _packed_layout(sentences):
+    """Word ids in ``PackedSequence`` order (time step major, longest sentence first), the packed
+    sequence's ``batch_sizes`` / ``sorted_indices`` / ``unsorted_indices``, and each token's packed
+    position, tokens in sentence order."""
+    lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
+    if lengths.min() == 0:
+        empty = int(np.argmin(lengths))
+        raise PhalanxError(f"ManualTagger: sentence {empty} has no tokens")
+    total = int(lengths.sum())
+    order = np.argsort(-lengths, kind="stable")               # rank -> sentence
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    # batch_sizes[t]: sentences longer than t; offsets[t]: packed position of step t's first token.
+    batch_sizes = len(lengths) - np.cumsum(np.bincount(lengths))[:-1]
+    offsets = np.cumsum(batch_sizes) - batch_sizes
+    starts = np.cumsum(lengths) - lengths
+    sentence = np.repeat(np.arange(len(lengths)), lengths)
+    step = np.arange(total) - np.repeat(starts, lengths)
+    position = offsets[step] + rank[sentence]
+    words = np.empty(total, dtype=np.int64)
+    words[position] = np.fromiter(chain.from_iterable(sentences), dtype=np.int64, count=total)
+    return (torch.from_numpy(words), torch.from_numpy(batch_sizes), torch.from_numpy(order),
+            torch.from_numpy(rank), torch.from_numpy(position))

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import phalanx
 from phalanx.data import synthetic
-from phalanx.models import BiLSTMTagger, TreeLSTM
+from phalanx.models import BiLSTMTagger, ManualTagger, TreeLSTM, manual_treelstm
 from phalanx.schedule.fsm import FSMPolicy
 from tests.oracle import assert_matches_eager, reused_batcher
 
@@ -84,6 +84,52 @@ def test_tagger_matches_eager(tagger, fsm_policies, policy, train, plan, example
     instances = examples if train else [w for w, _ in examples]
     assert_matches_eager(fn, instances, params=tagger.parameters(), train=train,
                          batcher=phalanx.Batcher(fn, policy=policy, plan=plan, verify=True))
+
+
+def _dense_grads(params):
+    return [None if p.grad is None else p.grad.to_dense() for p in params]
+
+
+@settings(max_examples=25, deadline=None)
+@given(trees=tree_batches, seed=st.integers(0, 16))
+def test_manual_treelstm_matches_eager(treelstm, trees, seed):
+    # The benchmark's hand-batched baseline (hand-written backward, sparse embedding gradient).
+    labels = [(seed + i) % 17 for i in range(len(trees))]
+    with torch.no_grad():
+        expected = torch.stack([treelstm(t) for t in trees]) if trees else torch.zeros(0, 17)
+        torch.testing.assert_close(manual_treelstm(treelstm, trees), expected, rtol=1e-4, atol=1e-5)
+    if not trees:
+        return
+    params = list(treelstm.parameters())
+    treelstm.zero_grad()
+    manual_treelstm(treelstm, trees, labels).sum().backward()
+    got = _dense_grads(params)
+    treelstm.zero_grad()
+    torch.stack([treelstm.loss(x) for x in zip(trees, labels, strict=True)]).sum().backward()
+    for g, p in zip(got, params, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+    treelstm.zero_grad()
+
+
+@settings(max_examples=25, deadline=None)
+@given(examples=chain_batches)
+def test_manual_tagger_matches_eager(tagger, examples):
+    baseline = ManualTagger(tagger)
+    words = [w for w, _ in examples]
+    with torch.no_grad():
+        expected = [l for w in words for l in tagger(w)]
+        torch.testing.assert_close(baseline(words), torch.stack(expected) if expected else torch.zeros(0, 17),
+                                   rtol=1e-4, atol=1e-5)
+    if not examples:
+        return
+    baseline(words, [t for _, t in examples]).sum().backward()
+    tagger.zero_grad()
+    torch.stack([l for ex in examples for l in tagger.loss(ex)]).sum().backward()
+    pairs = [(baseline.embed.weight, tagger.embed.table.weight), (baseline.lstm.weight_ih_l0, tagger.fwd.lstm.weight_ih),
+             (baseline.lstm.bias_hh_l0_reverse, tagger.bwd.lstm.bias_hh), (baseline.out.bias, tagger.scorer.out.bias)]
+    for got, expected in pairs:
+        torch.testing.assert_close(got.grad.to_dense(), expected.grad, rtol=1e-4, atol=1e-5)
+    tagger.zero_grad()
 
 
 @pytest.mark.parametrize("policy", POLICIES)

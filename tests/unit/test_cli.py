@@ -25,9 +25,11 @@ def test_bench_writes_json_with_every_implementation(tmp_path, model):
     assert policies["fsm"]["batches"] >= policies["lower bound"]["batches"]
 
 
-def test_bench_training_mode(tmp_path):
+@pytest.mark.parametrize("model", ["treelstm", "tagger"])
+def test_bench_training_mode(tmp_path, model):
+    # manual trains with sparse embedding gradients, eager and phalanx with dense ones.
     out = tmp_path / "train.json"
-    assert main(["bench", "treelstm", "--batch-size", "3", "--hidden", "8", "--batches", "1", "--repeats", "1",
+    assert main(["bench", model, "--batch-size", "3", "--hidden", "8", "--batches", "1", "--repeats", "1",
                  "--policy", "depth", "--train", "--json", str(out)]) == 0
     rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["phalanx[depth]"]["backward_s"] > 0
