@@ -88,4 +88,45 @@ def tagger(dy, pc, model) -> Callable[[Any], list]:
     return forward
 
 
-BUILDERS: dict[str, Callable] = {"treelstm": treelstm, "tagger": tagger}
+def lattice(dy, pc, model) -> Callable[[Any], list]:
+    """models/lattice.py ``LatticeRNN.forward``: node ``i`` runs an ``nn.GRUCell`` (gate order r, z,
+    n; ``b_hn`` inside the reset product) or ``nn.LSTMCell`` on character ``i - 1`` and the mean of
+    its predecessors' states; one logits vector per character."""
+    hidden, gru = model.hidden, model.kind == "gru"
+    embed = _lookup(pc, model.embed)
+    rnn = model.node.gru if gru else model.node.lstm
+    w_ih, w_hh = _matrix(pc, rnn.weight_ih), _matrix(pc, rnn.weight_hh)
+    b_ih, b_hh = _matrix(pc, rnn.bias_ih), _matrix(pc, rnn.bias_hh)
+    b_lstm = _matrix(pc, rnn.bias_ih + rnn.bias_hh)
+    out_w, out_b = _linear(pc, model.scorer.out)
+
+    def gru_step(x, h):
+        r_i, z_i, n_i = _chunks(dy, dy.affine_transform([b_ih, w_ih, x]), 3, hidden)
+        r_h, z_h, n_h = _chunks(dy, dy.affine_transform([b_hh, w_hh, h]), 3, hidden)
+        r, z = dy.logistic(r_i + r_h), dy.logistic(z_i + z_h)
+        n = dy.tanh(n_i + dy.cmult(r, n_h))
+        return n + dy.cmult(z, h - n)          # (1 - z) * n + z * h
+
+    def lstm_step(x, h, c):
+        i, f, g, o = _chunks(dy, dy.affine_transform([b_lstm, w_ih, x, w_hh, h]), 4, hidden)
+        c = dy.cmult(dy.logistic(f), c) + dy.cmult(dy.logistic(i), dy.tanh(g))
+        return dy.cmult(dy.logistic(o), dy.tanh(c)), c
+
+    def forward(example):
+        hs = [dy.zeros(hidden)]
+        cs = list(hs)
+        for char, preds in zip(example.chars, example.preds, strict=True):
+            x = dy.lookup(embed, int(char))
+            h = dy.average([hs[p] for p in preds])
+            if gru:
+                hs.append(gru_step(x, h))
+            else:
+                h, c = lstm_step(x, h, dy.average([cs[p] for p in preds]))
+                hs.append(h), cs.append(c)
+        return [dy.affine_transform([out_b, out_w, h]) for h in hs[1:]]
+
+    return forward
+
+
+BUILDERS: dict[str, Callable] = {"treelstm": treelstm, "tagger": tagger, "lattice_gru": lattice,
+                                 "lattice_lstm": lattice, "lattice_gru_synthetic": lattice}

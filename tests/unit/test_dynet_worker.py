@@ -9,18 +9,33 @@ import pytest
 from phalanx.bench import suite
 from phalanx.peers import dynet_worker
 from phalanx.peers.dynet_models import BUILDERS
+from tests.models.zoo_checks import requires_jieba
 
 needs_dynet = pytest.mark.skipif(not dynet_worker.available(), reason="dynet is not installed (phalanx[peers])")
+CHINESE = {"lattice_gru", "lattice_lstm"}                  # lattices over UD Chinese need the jieba lexicon
 
 
 @needs_dynet
-@pytest.mark.parametrize("model", sorted(BUILDERS))
+@pytest.mark.parametrize("model", [pytest.param(m, marks=requires_jieba) if m in CHINESE else m
+                                   for m in sorted(BUILDERS)])
 def test_dynet_computes_what_the_pytorch_model_computes(model):
     rows = dynet_worker.run_dynet(model, batch_size=3, hidden=8, batches=2, seed=1, repeats=1, threads=1,
                                   strategies=(3,))
     assert len(rows) == 1 and "note" not in rows[0], rows
     assert rows[0]["impl"] == "dynet[agenda+depth]" and rows[0]["samples"] == 2
     assert 0.0 <= rows[0]["max_abs_diff"] < 1e-4 and rows[0]["instances_per_s"] > 0
+
+
+@needs_dynet
+def test_lattice_gru_matches_pytorch_under_the_other_autobatch_strategies():
+    """Nodes with several predecessors (word arcs) averaged, batched by agenda and by depth
+    (agenda+depth is the parametrized test above)."""
+    rows = dynet_worker.run_dynet("lattice_gru_synthetic", batch_size=4, hidden=6, batches=1, seed=2, repeats=1,
+                                  threads=1, strategies=(1, 2))
+    assert [r["impl"] for r in rows] == ["dynet[agenda]", "dynet[depth]"]
+    for row in rows:
+        assert "note" not in row, row
+        assert 0.0 <= row["max_abs_diff"] < 1e-4 and row["samples"] == 1
 
 
 def test_a_model_without_a_dynet_version_is_a_note():
