@@ -105,22 +105,12 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     rows = graph_rows = layout.value_row[np.where(codes >= 0, codes, 0)]
     lazy = codes >= 0
     arena_of = graph.value_aval_id[np.where(lazy, codes, 0)]
-    # A list is in place when its rows step by exactly 1 (list boundaries do not count).
-    list_size = np.repeat(sizes, arity)
-    list_start = np.zeros(len(list_size) + 1, dtype=np.int64)
-    np.cumsum(list_size, out=list_start[1:])
-    broken = np.zeros(len(list_size), dtype=np.int64)
-    if len(rows) > 1:
-        list_of = np.repeat(np.arange(len(list_size)), list_size)
-        step_bad = (np.diff(rows) != 1) & (list_of[1:] == list_of[:-1])
-        broken = np.bincount(list_of[1:][step_bad], minlength=len(list_size))
+    list_start, broken = _segments(rows, np.repeat(sizes, arity))
     # One index tensor (one transfer to the device) for every gathered list of the flush.
     all_rows = _to_device(torch.from_numpy(graph_rows), device)
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
-    out_start = np.zeros(len(out_size) + 1, dtype=np.int64)
-    np.cumsum(out_size, out=out_start[1:])
     first = graph.node_first_value[order]
     node_start = np.zeros(len(batches) + 1, dtype=np.int64)
     np.cumsum(sizes, out=node_start[1:])
@@ -129,11 +119,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     k_of = np.arange(len(out_batch)) - np.repeat(group_start, num_out)
     vids = first[ranges(node_start, out_batch)] + np.repeat(k_of, out_size)
     out_rows = layout.value_row[vids]
-    out_broken = np.zeros(len(out_size), dtype=np.int64)
-    if len(out_rows) > 1:
-        out_of = np.repeat(np.arange(len(out_size)), out_size)
-        bad = (np.diff(out_rows) != 1) & (out_of[1:] == out_of[:-1])
-        out_broken = np.bincount(out_of[1:][bad], minlength=len(out_size))
+    out_start, out_broken = _segments(out_rows, out_size)
     all_out_rows = _to_device(torch.from_numpy(out_rows), device)
     # *** per-batch assembly: Python touches only precomputed scalars ***
     lo_list, arena_list = rows[np.minimum(list_start[:-1], max(len(rows) - 1, 0))].tolist() if len(rows) else [], \
@@ -211,6 +197,19 @@ def _to_device(t: torch.Tensor, device) -> torch.Tensor:
 
 
 _NO_ORIGIN = (None, None)
+
+
+def _segments(rows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR starts of consecutive segments of ``rows`` with ``lengths``, and per segment how many of
+    its steps are not +1 (0: the segment is consecutive rows in order, readable as a slice)."""
+    start = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=start[1:])
+    broken = np.zeros(len(lengths), dtype=np.int64)
+    if len(rows) > 1:
+        seg = np.repeat(np.arange(len(lengths)), lengths)
+        bad = (np.diff(rows) != 1) & (seg[1:] == seg[:-1])
+        broken = np.bincount(seg[1:][bad], minlength=len(lengths))
+    return start, broken
 
 
 def allocate_arenas(graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
