@@ -61,6 +61,9 @@ class BatchedKernel:
             outs = sig.flatten(sig.fn())
             return tuple(o.unsqueeze(0).expand(size, *o.shape) for o in outs)
         outs = sig.flatten(self._call(*operands))
+        if size == 1 and any(o.shape == a.shape for o, a in zip(outs, sig.out_avals, strict=True)):
+            # A batch of one through a native ``squeeze()`` loses its batch dim too; put it back.
+            outs = tuple(o.unsqueeze(0) if o.shape == a.shape else o for o, a in zip(outs, sig.out_avals, strict=True))
         for out, aval in zip(outs, sig.out_avals, strict=True):
             if out.shape[1:] != aval.shape or out.shape[0] != size:
                 raise BatchExecutionError(

@@ -105,3 +105,13 @@ def test_dim_arguments_are_shifted_past_the_batch_dimension():
     assert modes["op torch.stack"] == "shifted" and modes["op Tensor.sum"] == "shifted"
     assert modes["op torch.softmax"] == "shifted"
     assert modes["op Tensor.mean"] == "native"               # a negative dim needs no shift
+
+
+def test_a_native_squeeze_on_a_batch_of_one_keeps_its_batch_dimension():
+    # x.squeeze() on one instance [1] -> []; natively on a batch [B, 1] -> [B], but [1, 1] -> [].
+    batcher = phalanx.Batcher(lambda x: (x * 2).squeeze() + 1)
+    with torch.no_grad():
+        batcher([torch.ones(1) * i for i in range(4)])           # the probe picks native
+        assert kernel_modes(batcher)["op Tensor.squeeze"] == "native"
+        got = batcher([torch.ones(1) * 5])                        # then a batch of one
+    assert got[0].shape == () and float(got[0]) == 11.0
