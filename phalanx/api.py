@@ -179,9 +179,9 @@ class Batcher:
         params = FlushParams(graph, self.table.modules(), _instance_tensors(graph)) if torch.is_grad_enabled() else None
         if params is not None and params.inputs:
             stats.training = True
-            run = TrainingRun(steps, arenas, result_index, params, stats, self.profile, graph.device)
+            run = TrainingRun(steps, arenas, result_index, params, stats, self.profile)
             return list(FlushFunction.apply(run, *params.inputs))
-        run_inference(steps, arenas, stats if self.profile else None, graph.device)
+        run_inference(steps, arenas, stats if self.profile else None)
         return [arenas[a].index_select(0, idx) for a, idx in result_index]
 
     def explain(self, instances: Iterable[Any], out=None):

@@ -141,7 +141,7 @@ class Recorder:
     def __init__(self, table: SignatureTable, device: "torch.device | None" = None):
         self.table = table
         self.graph = DataflowGraph(table, device)
-        self.last_sig: dict = {}          # cell -> (signature, operand avals) of its last all-lazy call
+        self.last_sig: dict = {}          # cell -> the signature of its last all-lazy call
         self.inst = 0
         self.phase = 0
         self.phase_base = 0
@@ -165,12 +165,11 @@ class Recorder:
         arg_code = g.arg_code
         # The cell's last signature, when every argument is a lazy value of the same avals: no key
         # to build or hash (the common case: a recursion or loop calling one cell over and over).
-        last = self.last_sig.get(cell)
-        if last is not None and len(args) == len(last[1]):
-            sig, avals = last
+        sig = self.last_sig.get(cell)
+        if sig is not None and len(args) == len(sig.in_avals):
             mark = len(arg_code)
             depth = 0
-            for a, av in zip(args, avals):
+            for a, av in zip(args, sig.in_avals):
                 if type(a) is not LazyValue or a.aval is not av or a.graph is not g:
                     del arg_code[mark:]
                     break
@@ -220,7 +219,7 @@ class Recorder:
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
         if sig.all_lazy:
-            self.last_sig[cell] = (sig, sig.in_avals)
+            self.last_sig[cell] = sig
         return self._append_node(g, sig, depth)
 
     def _append_node(self, g, sig: Signature, depth: int):

@@ -102,12 +102,12 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     target = entry_start[b_of] + (local % a_of) * sizes[b_of] + local // a_of
     codes = np.empty_like(codes_node_major)
     codes[target] = codes_node_major
-    rows = graph_rows = layout.value_row[np.where(codes >= 0, codes, 0)]
-    lazy = codes >= 0
-    arena_of = graph.value_aval_id[np.where(lazy, codes, 0)]
+    vids_or_zero = np.where(codes >= 0, codes, 0)      # immediates' rows are never read
+    rows = layout.value_row[vids_or_zero]
+    arena_of = graph.value_aval_id[vids_or_zero]
     list_start, broken = _segments(rows, np.repeat(sizes, arity))
     # One index tensor (one transfer to the device) for every gathered list of the flush.
-    all_rows = _to_device(torch.from_numpy(graph_rows), device)
+    all_rows = _to_device(torch.from_numpy(rows), device)
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
@@ -122,8 +122,9 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     out_start, out_broken = _segments(out_rows, out_size)
     all_out_rows = _to_device(torch.from_numpy(out_rows), device)
     # *** per-batch assembly: Python touches only precomputed scalars ***
-    lo_list, arena_list = rows[np.minimum(list_start[:-1], max(len(rows) - 1, 0))].tolist() if len(rows) else [], \
-        arena_of[np.minimum(list_start[:-1], max(len(rows) - 1, 0))].tolist() if len(rows) else []
+    heads = np.minimum(list_start[:-1], max(len(rows) - 1, 0))     # each list's first entry
+    lo_list = rows[heads].tolist() if len(rows) else []
+    arena_list = arena_of[heads].tolist() if len(rows) else []
     starts, broken_l = list_start.tolist(), broken.tolist()
     out_lo = out_rows[out_start[:-1]].tolist() if len(out_rows) else []
     out_arena = graph.value_aval_id[vids[out_start[:-1]]].tolist() if len(vids) else []
@@ -217,7 +218,7 @@ def allocate_arenas(graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
             for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
 
 
-def _read(op, arenas, device=None) -> torch.Tensor:
+def _read(op, arenas) -> torch.Tensor:
     kind, where, payload = op
     if kind == SLICE:
         return arenas[where][payload[0]:payload[1]]
@@ -287,13 +288,13 @@ def _output_grad(output, garenas) -> torch.Tensor:
     return garenas[arena].index_select(0, rows)
 
 
-def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None, device=None) -> None:
+def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -> None:
     """Run every step under no_grad. ``profile``: a Stats whose per-op times are filled in."""
     kernels: dict = {}
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            _write(step, _call(step, [_read(op, arenas, device) for op in step.operands], kernels), arenas)
+            _write(step, _call(step, [_read(op, arenas) for op in step.operands], kernels), arenas)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
 
@@ -306,7 +307,7 @@ class TrainingRun:
     """State shared by the forward and backward of one flush (see NOTE: [Batched backward])."""
 
     def __init__(self, steps: list[Step], arenas: list[torch.Tensor], result_index: list,
-                 params: FlushParams, stats=None, profile: bool = False, device=None):
+                 params: FlushParams, stats=None, profile: bool = False):
         self.steps = steps
         self.arenas = arenas
         self.result_index = result_index      # [(arena, index tensor)] for each Function output
@@ -314,14 +315,13 @@ class TrainingRun:
         self.saved: list = []
         self.stats = stats                    # its backward_s is set when backward runs
         self.profile = stats if profile else None
-        self.device = device
         self.kernels: dict = {}
 
     def _operands(self, step: Step) -> list:
         arenas, operands = self.arenas, []
         for op in step.operands:
             kind = op[0]
-            t = arenas[op[1]][op[2][0]:op[2][1]].data if kind == SLICE else _read(op, arenas, self.device)
+            t = arenas[op[1]][op[2][0]:op[2][1]].data if kind == SLICE else _read(op, arenas)
             # Arena reads always join the backward; per-instance tensors only if one requires grad;
             # numbers never.
             if t.is_floating_point() and (kind <= GATHER or (kind == TENSORS and any(x.requires_grad for x in op[2]))

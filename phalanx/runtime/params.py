@@ -32,7 +32,9 @@ class FlushParams:
 
     def __init__(self, graph, modules: list, instance_tensors: list[torch.Tensor]):
         self.inputs: list[torch.Tensor] = []
-        position: dict[int, int] = {}
+        self.position: dict[int, int] = {}
+        owned = {id(p) for m in modules for p in m._parameters.values() if p is not None}
+        # id(real parameter) -> its alias; only parameters a module owns can be swapped.
         self.aliases: dict[int, torch.Tensor] = {}
         self.wrt: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for sid in graph.used_sids.tolist():
@@ -40,30 +42,25 @@ class FlushParams:
             for t in graph.sigs[sid].captured:
                 if not t.requires_grad:
                     continue
-                k = position.get(id(t))
-                if k is None:
-                    k = position[id(t)] = len(self.inputs)
-                    self.inputs.append(t)
-                    if t.is_leaf:
-                        self.aliases[id(t)] = t.detach().requires_grad_()
+                k = self._input(t)
+                if id(t) in owned and id(t) not in self.aliases:
+                    self.aliases[id(t)] = t.detach().requires_grad_()
                 pairs.append((k, self.aliases.get(id(t), t)))
             if pairs:
                 self.wrt[sid] = pairs
         for t in instance_tensors:
-            if id(t) not in position:
-                position[id(t)] = len(self.inputs)
-                self.inputs.append(t)
-        self.position = position
-        # (module, name, real parameter) for every owner slot of an aliased parameter.
+            self._input(t)
+        # (module, name, real parameter) for every owner slot of an aliased parameter (tied weights: several).
         self.slots = [(m, name, p) for m in modules for name, p in m._parameters.items()
                       if p is not None and id(p) in self.aliases]
-        # A leaf no module owns (a plain tensor in a closure) keeps no alias: it is differentiated itself.
-        owned = {id(p) for _, _, p in self.slots}
-        for sid, pairs in self.wrt.items():
-            self.wrt[sid] = [(k, t if id(self.inputs[k]) in owned or not self.inputs[k].is_leaf else self.inputs[k])
-                             for k, t in pairs]
-        self.aliases = {i: a for i, a in self.aliases.items() if i in owned}
         self._saved_subst = None
+
+    def _input(self, t: torch.Tensor) -> int:
+        k = self.position.get(id(t))
+        if k is None:
+            k = self.position[id(t)] = len(self.inputs)
+            self.inputs.append(t)
+        return k
 
     def __enter__(self) -> "FlushParams":
         for m, name, p in self.slots:
