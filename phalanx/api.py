@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import _config
+from .cells.options import CellOptions
 from .errors import PhalanxError
 from .frontend.recorder import rediscover_captured
 from .frontend.recording import model_device, model_of, record_instances
@@ -53,6 +54,11 @@ class Batcher:
       must be there too (a clear error names both devices otherwise).
     - ``max_signatures``: bound on cached op types; past it the least recently used half is dropped
       (NOTE: [What an op type may cache] in ir/signature.py).
+    - ``cells``: the ahead-of-time cell analysis (phalanx/cells): ``True`` (default) traces every
+      cell once per op type into a batched aten program (hoisting, merged matmuls, the input split
+      of NOTE: [Input split], row-sparse embedding gradients); a ``CellOptions`` turns single
+      optimizations off; ``False`` batches cells by probing instead (runtime/kernels.py). A cell
+      that cannot be traced is batched by probing either way (``phalanx explain`` says why).
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
@@ -72,7 +78,7 @@ class Batcher:
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
                  lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False,
                  max_signatures: int = 4096, table: SignatureTable | None = None,
-                 device: "str | torch.device | None" = None):
+                 device: "str | torch.device | None" = None, cells: "CellOptions | bool" = True):
         self.fn = fn
         self.device = torch.device(device) if device is not None else None
         self.plan_objective = plan_objective
@@ -82,7 +88,7 @@ class Batcher:
         self.policy = make_policy(policy)
         self.verify = bool(_config.VERIFY) if verify is None else verify
         root = model_of(fn)
-        self.table = table if table is not None else SignatureTable(root, max_signatures)
+        self.table = table if table is not None else SignatureTable(root, max_signatures, CellOptions.resolve(cells))
         self.stats = Stats(policy=self.policy.name)
         self._lock = threading.Lock()
 
@@ -239,7 +245,8 @@ def batch(fn: Callable[[Any], Any], instances: Iterable[Any], **options) -> list
     """One-shot ``Batcher(fn, **options)(instances)``. Op-type analysis (signatures, kernels) and
     a self-trained policy are cached per ``fn`` and options and reused by the next call, without
     keeping ``fn`` (or its model) alive."""
-    key = tuple(sorted((k, v if isinstance(v, (str, int, bool, type(None))) else id(v)) for k, v in options.items()))
+    key = tuple(sorted((k, v if isinstance(v, (str, int, bool, type(None), CellOptions)) else id(v))
+                       for k, v in options.items()))
     owner, method = (fn.__self__, fn.__func__) if hasattr(fn, "__self__") and hasattr(fn, "__func__") else (fn, None)
     try:
         per_fn = _CACHE.setdefault(owner, {})

@@ -1,7 +1,7 @@
 """Stats of one phalanx call, filled in as the pipeline runs (backward time arrives later)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
 
 @dataclass
@@ -73,7 +73,8 @@ class Stats(ReadCounts):
         return 1e6 * self.record_s / self.nodes if self.nodes else 0.0
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        # Field by field: asdict would deep-copy the private graphs (and every op type they reach).
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if not f.name.startswith("_")}
         out["lower_bound"] = self.lower_bound
         out["record_us_per_node"] = self.record_us_per_node
         return out
@@ -85,3 +86,11 @@ class Stats(ReadCounts):
                 f"{self.record_s * 1e3:.1f} ms ({self.record_us_per_node:.1f} us/node), schedule "
                 f"{self.schedule_s * 1e3:.1f} ms, plan {self.plan_s * 1e3:.1f} ms, execute "
                 f"{self.execute_s * 1e3:.1f} ms, backward {self.backward_s * 1e3:.1f} ms")
+
+
+def _plain(value):
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

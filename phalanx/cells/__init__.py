@@ -25,12 +25,21 @@ Parameter gradients flow through ordinary autograd: the program reads the module
 so ``torch.autograd.grad(outs, operands + params)`` works as for the per-instance cell, except that
 embedding weights get a sparse COO gradient when ``sparse_grads`` is on (``densify`` it).
 """
-from .build import CellSplit as CellSplit
-from .build import auto_split as auto_split
-from .build import compile_cell as compile_cell
-from .build import split_program as split_program
+import importlib
+
 from .options import CellOptions as CellOptions
-from .program import CellCompileWarning as CellCompileWarning
-from .program import CellProgram as CellProgram
-from .ragged import segment_reduce as segment_reduce
-from .sparse import densify as densify
+
+# Tracing pulls in torch.fx's proxy-tensor machinery (about a second to import): load the heavy
+# modules on first use, so ``import phalanx`` stays fast for code that never traces.
+_LAZY = {"CellSplit": "build", "auto_split": "build", "compile_cell": "build", "split_program": "build",
+         "CellCompileWarning": "program", "CellProgram": "program", "segment_reduce": "ragged",
+         "densify": "sparse"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["CellOptions", *_LAZY]

@@ -33,3 +33,14 @@ class CellOptions:
     @classmethod
     def all_off(cls) -> CellOptions:
         return cls(trace=True, hoist=False, merge=False, split=False, compile=False, sparse_grads=False)
+
+    @classmethod
+    def resolve(cls, cells: "CellOptions | bool | None") -> "CellOptions | None":
+        """A Batcher's ``cells`` argument: True -> the defaults, False / None -> off (probing)."""
+        if cells is True:
+            return cls()
+        if cells is False or cells is None:
+            return None
+        if not isinstance(cells, cls):
+            raise TypeError(f"cells must be True, False or a CellOptions, got {cells!r}")
+        return cells

@@ -9,10 +9,30 @@ dense gradients (Adam) are unaffected.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 from torch import fx
 
 _ATEN = torch.ops.aten
+
+
+class _Mode(threading.local):
+    dense = False
+
+
+_MODE = _Mode()
+
+
+@contextlib.contextmanager
+def dense_gradients():
+    """Lookups made inside give dense gradients (the re-run of a flush for double backward)."""
+    saved, _MODE.dense = _MODE.dense, True
+    try:
+        yield
+    finally:
+        _MODE.dense = saved
 
 
 class _RowSparseEmbedding(torch.autograd.Function):
@@ -21,6 +41,7 @@ class _RowSparseEmbedding(torch.autograd.Function):
         ctx.save_for_backward(ids)
         ctx.weight_shape = weight.shape
         ctx.padding_idx = padding_idx
+        ctx.dense = _MODE.dense
         return weight.index_select(0, ids.reshape(-1)).reshape(*ids.shape, weight.shape[1])
 
     @staticmethod
@@ -30,6 +51,10 @@ class _RowSparseEmbedding(torch.autograd.Function):
         rows = grad.reshape(-1, ctx.weight_shape[1])
         if ctx.padding_idx >= 0:
             rows = rows * (flat_ids != ctx.padding_idx).unsqueeze(1).to(rows.dtype)
+        if ctx.dense or torch.is_grad_enabled():
+            # A graph that is differentiated twice (create_graph=True, a gradient penalty): a dense,
+            # differentiable gradient, as eager code gets.
+            return rows.new_zeros(ctx.weight_shape).index_add(0, flat_ids, rows), None, None
         g = torch.sparse_coo_tensor(flat_ids.unsqueeze(0), rows, ctx.weight_shape, check_invariants=False)
         return g, None, None
 
@@ -58,5 +83,5 @@ def densify(grad: torch.Tensor | None) -> torch.Tensor | None:
     """One dense gradient from a (possibly sparse, uncoalesced) sum of row-sparse contributions."""
     if grad is None or not grad.is_sparse:
         return grad
-    dense = torch.zeros(grad.shape, dtype=grad.dtype)
+    dense = torch.zeros(grad.shape, dtype=grad.dtype, device=grad.device)
     return dense.index_add_(0, grad._indices()[0], grad._values())

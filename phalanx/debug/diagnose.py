@@ -120,6 +120,25 @@ def vmap_fallbacks(graph, per_op: dict) -> list[Finding]:
     return findings
 
 
+def untraced_cells(graph, per_op: dict) -> list[Finding]:
+    """Cells the ahead-of-time analysis could not trace (cells/aot.py): they run probe-checked
+    kernels, without hoisting, the input split or row-sparse embedding gradients."""
+    findings = []
+    for sid in graph.used_sids.tolist():
+        sig = graph.sigs[sid]
+        aot = sig.meta.get("aot")
+        if aot is None or not aot.errors:
+            continue
+        reason = next(iter(aot.errors.values()))
+        seconds, batches = _op_seconds(per_op, sig.name)
+        findings.append(Finding(
+            "untraced-cell", seconds,
+            f"{sig.name} was not traced ahead of time ({reason}); {1e3 * seconds:.2f} ms per mini-batch "
+            f"over {batches} batches through a probe-checked kernel",
+            "make what it reads a parameter or buffer of the cell module, and keep its body to torch ops"))
+    return findings
+
+
 def tiny_batches(graph, schedule, per_op: dict, max_size: int = 2, exclude=()) -> list[Finding]:
     """Many batches of one or two nodes: launch overhead with little work per launch. Batches of
     the ops in ``exclude`` (already reported as split by shape) are not counted twice."""
@@ -180,7 +199,7 @@ def diagnose(graph, schedule, steps, arena_rows, bound: int, per_op: dict) -> li
     """Every finding, most expensive first."""
     split = shape_fragmentation(graph, schedule, per_op)
     split_names = {f.message.split("`")[1] for f in split}
-    findings = (split + vmap_fallbacks(graph, per_op) + tiny_batches(graph, schedule, per_op, exclude=split_names)
+    findings = (split + vmap_fallbacks(graph, per_op) + untraced_cells(graph, per_op) + tiny_batches(graph, schedule, per_op, exclude=split_names)
                 + over_bound(graph, schedule, bound, per_op)
                 + gathers(steps, arena_rows, graph))
     return sorted(findings, key=lambda f: -f.cost_s)

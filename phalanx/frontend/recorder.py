@@ -142,6 +142,7 @@ class Recorder:
         self.table = table
         self.graph = DataflowGraph(table, device)
         self.last_sig: dict = {}          # cell -> the signature of its last all-lazy call
+        self.splits: dict = {}            # (signature, kept operands) -> (prefix, rest, others) | None
         self.inst = 0
         self.phase = 0
         self.phase_base = 0
@@ -178,6 +179,8 @@ class Recorder:
                 if d >= depth:
                     depth = d + 1
             else:
+                if sig.splittable:
+                    return self._record_split(g, sig, mark, args, depth)
                 return self._append_node(g, sig, depth)
         imms = g.imms
         mark = len(arg_code)
@@ -220,7 +223,80 @@ class Recorder:
                                         numbers_are_operands=True)
         if sig.all_lazy:
             self.last_sig[cell] = sig
+        if sig.splittable:
+            return self._record_split(g, sig, mark, args, depth)
         return self._append_node(g, sig, depth)
+
+    def _record_split(self, g, sig: Signature, mark: int, args: tuple, depth: int):
+        """NOTE: [Input split] the part of an ahead-of-time cell that reads only *input-like*
+        operands (lazy values recorded at most ``INPUT_DEPTH`` levels into the instance's phase:
+        embeddings, their dropout or activation) while another operand is deeper (a recurrent
+        state) becomes its own node right after those inputs, so every instance's input part runs
+        in one large GEMM (``W_ih x_t`` for all tokens at once, as hand-written LSTMs hoist it); the
+        rest stays at the cell's depth. Only where the input part holds a GEMM (cells/split.py,
+        NOTE: [Split rule]); ``CellOptions(split=False)`` turns it off."""
+        limit = min(self.phase_base + INPUT_DEPTH, depth - 2)    # input-like, and below the deepest operand
+        if limit < self.phase_base:
+            return self._append_node(g, sig, depth)
+        keep = tuple([i for i, a in enumerate(args) if type(a) is LazyValue and a.depth <= limit and a.graph is g])
+        if not keep:
+            return self._append_node(g, sig, depth)
+        parts = self.splits.get((sig, keep), _NO_SPLIT)
+        if parts is _NO_SPLIT:
+            # Training flags are fixed during a call, so one lookup per (op type, operands) and call.
+            flags = tuple(m.training for m in sig.modules)
+            parts = self.splits[(sig, keep)] = self._split_signatures(sig, flags, keep)
+        if parts is None:
+            return self._append_node(g, sig, depth)
+        prefix, rest, others = parts
+        arg_code = g.arg_code
+        codes = arg_code[mark:]
+        del arg_code[mark:]
+        prefix_depth = 0
+        for i in keep:
+            arg_code.append(codes[i])
+            if args[i].depth >= prefix_depth:
+                prefix_depth = args[i].depth + 1
+        first = g.num_values
+        self._append_node(g, prefix, prefix_depth)
+        arg_code.extend(range(first, first + prefix.num_outputs))
+        for i in others:
+            arg_code.append(codes[i])
+        return self._append_node(g, rest, depth)
+
+    def _split_signatures(self, sig: Signature, flags: tuple, keep: tuple):
+        """The (prefix, rest) signatures of ``sig`` split over operands ``keep``, or None."""
+        table = self.table
+        key_prefix, key_rest = (_SPLIT, sig, flags, keep, 0), (_SPLIT, sig, flags, keep, 1)
+        prefix, rest = table.by_key.get(key_prefix), table.by_key.get(key_rest)
+        others = tuple(i for i in range(len(sig.in_avals)) if i not in set(keep))
+        if prefix is not None and rest is not None:
+            return prefix, rest, others
+        split = sig.meta["aot"].split(flags, keep)
+        if split is None:
+            return None
+        from ..cells.kernel import CellKernel
+        n_pre = len(split.prefix.out_avals)
+        pre_fn = _row_function(split.prefix, tuple)
+        prefix = Signature(
+            sid=len(table.sigs), name=f"{sig.name}[input part]", fn=pre_fn,
+            in_kinds=tuple(sig.in_kinds[i] for i in keep), in_avals=tuple(sig.in_avals[i] for i in keep),
+            out_avals=split.prefix.out_avals, unflatten=tuple, flatten=tuple, captured=sig.captured,
+            callee=sig.callee, modules=sig.modules, path=sig.path, plain_tuple=True)
+        prefix.meta["kernel"] = CellKernel(prefix, split.prefix)
+        prefix.meta["split_of"] = sig
+        table.add(prefix, key_prefix)
+        rest = Signature(
+            sid=len(table.sigs), name=f"{sig.name}[rest]", fn=_row_function(split.rest, sig.unflatten),
+            in_kinds=(ArgKind.LAZY,) * n_pre + tuple(sig.in_kinds[i] for i in others),
+            in_avals=(*split.prefix.out_avals, *(sig.in_avals[i] for i in others)),
+            out_avals=sig.out_avals, unflatten=sig.unflatten, flatten=sig.flatten, captured=sig.captured,
+            callee=sig.callee, modules=sig.modules, path=sig.path, single=sig.single,
+            plain_tuple=sig.plain_tuple)
+        rest.meta["kernel"] = CellKernel(rest, split.rest)
+        rest.meta["split_of"] = sig
+        table.add(rest, key_rest)
+        return prefix, rest, others
 
     def _append_node(self, g, sig: Signature, depth: int):
         if depth < self.phase_base:
@@ -360,6 +436,10 @@ class Recorder:
                 imms.append(op)
         if depth < self.phase_base:
             depth = self.phase_base
+        if sig.splittable and not template_kwargs and _flat_template(template_args, len(operands)):
+            mark = len(g.arg_code)
+            g.arg_code.extend(codes)
+            return self._record_split(g, sig, mark, operands, depth)
         first = g.add_node(sig, codes, depth)
         return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 
@@ -399,6 +479,8 @@ class Recorder:
             rediscover=is_cell and any(id(t) not in own for t in captured),
             single=isinstance(outputs, torch.Tensor), plain_tuple=type(outputs) is tuple and unflatten is tuple,
             meta=meta)
+        if is_cell and self.table.cells is not None and meta["batching"] == "auto":
+            _attach_program(sig, callee, self.table.cells)
         keys = [key]
         if isinstance(key[1], tuple) and is_cell and not template_kwargs and _flat_template(template_args, len(operands)):
             # Also register the flat key of the cell fast path, so the next call skips this path.
@@ -421,6 +503,32 @@ def rediscover_captured(sig: Signature, device=None) -> None:
 
 
 _INPUT = object()
+_SPLIT = object()
+_NO_SPLIT = object()
+# NOTE: [Input split]: how many levels into its phase an operand still counts as an input.
+INPUT_DEPTH = 2
+
+
+def _attach_program(sig: Signature, callee, options) -> None:
+    """Trace the cell ahead of time (phalanx/cells) for its modules' current training flags. A
+    data-dependent body raises DataDependentError here, while recording; an untraceable one keeps
+    the probe-checked kernels (the reason is in ``sig.meta["aot"].errors``)."""
+    from ..cells.aot import AotCell
+
+    module = callee if isinstance(callee, torch.nn.Module) else None
+    aot = AotCell(sig.name, sig.fn, module, sig.in_avals, sig.in_kinds, options)
+    sig.meta["aot"] = aot
+    program = aot.program(tuple(m.training for m in sig.modules))
+    sig.splittable = program is not None and aot.may_split
+
+
+def _row_function(program, rebuild) -> Callable:
+    """One instance's call of a batched program (the per-instance ``fn`` of a split signature)."""
+    def per_instance(*operands):
+        outs = program([o.unsqueeze(0) for o in operands], 1)
+        return rebuild([o[0] for o in outs])
+    return per_instance
+
 def _items(container) -> list:
     return list(container.values()) if type(container) is dict else list(container)
 

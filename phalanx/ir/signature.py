@@ -67,6 +67,7 @@ class Signature:
     kernels: dict = field(default_factory=dict)
     keys: list = field(default_factory=list)   # its keys in SignatureTable.by_key
     last_call: int = 0          # the table's call counter when it was last used (for eviction)
+    splittable: bool = False    # an ahead-of-time cell the recorder may split (NOTE: [Input split])
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -101,8 +102,10 @@ class SignatureTable:
     it (or the cost of a call) forever.
     """
 
-    def __init__(self, root: Any = None, max_signatures: int = 4096):
+    def __init__(self, root: Any = None, max_signatures: int = 4096, cells: Any = None):
         self.by_key: dict[Any, Signature] = {}
+        # CellOptions of the ahead-of-time cell analysis (phalanx/cells), or None: probe-checked kernels.
+        self.cells = cells
         self.sigs: list[Signature] = []
         self.max_signatures = max_signatures
         self.calls = 0

@@ -57,6 +57,7 @@ from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout
 from ..schedule.base import Schedule, ranges
 from ..stats import ReadCounts
+from ..cells.sparse import dense_gradients
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
 from .params import FlushParams
 
@@ -347,10 +348,11 @@ class TrainingRun:
 
     def backward(self, grads) -> tuple:
         start = time.perf_counter()
-        input_grads = self._backward_pass(grads, skip_zero_rows=False)
-        checks = [torch.isfinite(g).all() for g in input_grads if g is not None]
+        input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=False))
+        checks = [torch.isfinite(g).all() for g in input_grads if g is not None and not g.is_sparse]
         if checks and not bool(torch.stack(checks).all()):      # one device-to-host read per backward
-            input_grads = self._backward_pass(grads, skip_zero_rows=True)   # NOTE: [Rows the loss does not use]
+            # NOTE: [Rows the loss does not use]
+            input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=True))
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
         if self.stats is not None:
             self.stats.backward_s += time.perf_counter() - start   # fibers: summed over rounds
@@ -494,11 +496,11 @@ class FlushFunction(torch.autograd.Function):
                                "pass retain_graph=True only to backward calls that do not reach a phalanx result")
         if torch.is_grad_enabled():
             # create_graph=True: differentiate a differentiable re-run (NOTE: [Double backward]).
-            with torch.enable_grad():
+            with torch.enable_grad(), dense_gradients():
                 results = run.recompute()
             pairs = [(r, g) for r, g in zip(results, grads, strict=True) if g is not None and r.requires_grad]
             inputs = run.params.inputs
             got = torch.autograd.grad([r for r, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
                                       allow_unused=True) if pairs else [None] * len(inputs)
-            return (None, *got)
+            return (None, *run.params.finish(got))
         return (None, *run.backward(grads))

@@ -76,8 +76,14 @@ def kernel_for(sig: Signature, operands: list, size: int, flags: tuple = ()) -> 
     """The kernel of ``sig`` for the training ``flags`` of its modules, probing on first use."""
     kernel = sig.kernels.get(flags)
     if kernel is None:
-        # An installed kernel (cells/kernel.py) serves every flags tuple; otherwise choose one.
-        kernel = sig.kernels[flags] = sig.meta.get("kernel") or _choose(sig, operands, size)
+        # An installed kernel (cells/kernel.py) serves every flags tuple; an ahead-of-time cell
+        # (cells/aot.py) has a traced program per flags tuple; otherwise choose one by probing.
+        kernel = sig.meta.get("kernel")
+        if kernel is None and "aot" in sig.meta:
+            kernel = sig.meta["aot"].kernel(flags)
+        if kernel is None:
+            kernel = _choose(sig, operands, size)
+        sig.kernels[flags] = kernel
     sig.kernel = kernel
     return kernel
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..cells.sparse import densify
 from ..frontend.recorder import SUBSTITUTION
 
 
@@ -54,6 +55,19 @@ class FlushParams:
         self.slots = [(m, name, p) for m in modules for name, p in m._parameters.items()
                       if p is not None and id(p) in self.aliases]
         self._saved_subst = None
+        # Parameters the user asked sparse gradients for (nn.Embedding(sparse=True)) keep them.
+        self.sparse_ok = {id(m.weight) for m in modules if isinstance(m, torch.nn.Embedding) and m.sparse}
+
+    def finish(self, grads) -> list:
+        """The gradients a flush returns for ``inputs``: row-sparse sums (ahead-of-time cells'
+        embedding lookups, cells/sparse.py) become ONE dense gradient per flush, unless the user's
+        embedding is sparse itself."""
+        out = []
+        for t, g in zip(self.inputs, grads, strict=True):
+            if g is not None and g.is_sparse:
+                g = g.coalesce() if id(t) in self.sparse_ok else densify(g)
+            out.append(g)
+        return out
 
     def _input(self, t: torch.Tensor) -> int:
         k = self.position.get(id(t))

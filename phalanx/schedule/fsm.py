@@ -201,20 +201,23 @@ class FSMPolicy(Policy):
 
     @classmethod
     def train(cls, fn_or_batcher: Any, sample_instances_list: Iterable[Iterable[Any]], *, encoding: str = "sort",
-              seed: int = 0, max_episodes: int = 1000, progress: bool = False, **options) -> "FSMPolicy":
+              seed: int = 0, max_episodes: int = 1000, progress: bool = False, cells: Any = True,
+              **options) -> "FSMPolicy":
         """A policy learned on sample mini-batches of a model.
 
         ``fn_or_batcher``: the per-instance function (or a ``Batcher`` of it, whose op types are
         then shared). ``sample_instances_list``: a list of mini-batches (each a list of instances);
-        each is recorded, without executing, into one training graph."""
+        each is recorded, without executing, into one training graph. ``cells``: as the Batcher's
+        that will run the policy (its op types depend on it: NOTE: [Input split])."""
         record = getattr(fn_or_batcher, "record", None)
         if record is None:
+            from ..cells.options import CellOptions
             from ..frontend.recording import model_of, record_instances
             from ..ir.signature import SignatureTable
 
             fn = fn_or_batcher
             root = model_of(fn)
-            table = SignatureTable(root)
+            table = SignatureTable(root, cells=CellOptions.resolve(cells))
 
             def record(instances):
                 return record_instances(fn, list(instances), table)[0].graph.freeze()

@@ -47,10 +47,10 @@ def _sentences(lengths):
     return [[(7 * i + k) % 50 for k in range(n)] for i, n in enumerate(lengths)]
 
 
-def _findings(model, sentences):
+def _findings(model, sentences, **options):
     torch.manual_seed(0)
     with torch.no_grad():
-        return phalanx.Batcher(model).explain(sentences).findings
+        return phalanx.Batcher(model, **options).explain(sentences).findings
 
 
 def test_finds_op_types_split_by_sequence_length():
@@ -73,7 +73,7 @@ def test_no_fragmentation_when_every_sentence_has_one_length():
 
 @pytest.mark.parametrize("softmax_dim, expect_vmap", [(0, True), (-1, False)])
 def test_reports_a_cell_that_fell_back_to_vmap(softmax_dim, expect_vmap):
-    findings = _findings(Pooler(softmax_dim), _sentences([3] * 4))
+    findings = _findings(Pooler(softmax_dim), _sentences([3] * 4), cells=False)   # the probe's choice
     vmap = [f for f in findings if f.kind == "vmap-fallback" and "cell Attend" in f.message]
     assert bool(vmap) == expect_vmap
     # torch.stack(..., dim=0) over one sentence's embeddings runs natively with its dim shifted past
@@ -127,3 +127,16 @@ def test_same_named_cells_with_equal_shapes_are_not_fragmentation():
     with torch.no_grad():
         findings = phalanx.Batcher(lambda words: model(words)).explain(_sentences([3] * 4)).findings
     assert not [f for f in findings if f.kind == "shape-fragmentation"]
+
+
+def test_reports_a_cell_that_could_not_be_traced():
+    scale = torch.ones(DIM)
+
+    @phalanx.cell
+    def scaled(x):
+        return torch.tanh(x * scale)          # a closure tensor: not traceable ahead of time
+
+    with torch.no_grad():
+        findings = phalanx.Batcher(lambda x: scaled(x)).explain([torch.randn(DIM) for _ in range(4)]).findings
+    untraced = [f for f in findings if f.kind == "untraced-cell"]
+    assert len(untraced) == 1 and "cell scaled" in untraced[0].message and "closure" in untraced[0].message

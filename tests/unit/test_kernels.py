@@ -21,7 +21,7 @@ def test_probe_picks_native_for_batch_polymorphic_and_vmap_otherwise():
     def needs_vmap(x):
         return torch.cat([x, W @ x]).sum(0, keepdim=True)
 
-    batcher = phalanx.Batcher(lambda x: (poly(x), needs_vmap(x)))
+    batcher = phalanx.Batcher(lambda x: (poly(x), needs_vmap(x)), cells=False)
     xs = [torch.randn(4) for _ in range(5)]
     got = batcher(xs)
     assert kernel_modes(batcher)["cell poly"] == "native"
@@ -40,7 +40,7 @@ def test_probe_is_not_fooled_by_a_batch_size_equal_to_a_dimension():
     def left_mul(x):
         return W @ x
 
-    batcher = phalanx.Batcher(lambda x: left_mul(x))
+    batcher = phalanx.Batcher(lambda x: left_mul(x), cells=False)
     xs = [torch.randn(4) for _ in range(4)]
     got = batcher(xs)
     assert kernel_modes(batcher)["cell left_mul"] == "vmap"
@@ -53,7 +53,7 @@ def test_cell_without_operands_is_expanded():
     def start():
         return torch.arange(3.0)
 
-    batcher = phalanx.Batcher(lambda _: start() + 1)
+    batcher = phalanx.Batcher(lambda _: start() + 1, cells=False)
     got = batcher([None, None, None])
     assert kernel_modes(batcher)["cell start"] == "expand"
     assert all(torch.equal(g, torch.arange(3.0) + 1) for g in got)
@@ -64,7 +64,7 @@ def test_kernels_are_reused_across_calls():
     def f(x):
         return x * 2
 
-    batcher = phalanx.Batcher(lambda x: f(x))
+    batcher = phalanx.Batcher(lambda x: f(x), cells=False)
     batcher([torch.ones(2)] * 3)
     kernel = batcher.table.sigs[-1].kernel
     batcher([torch.ones(2)] * 5)
@@ -78,11 +78,11 @@ def test_probe_is_not_fooled_by_identical_per_instance_tensors():
     def mirror(x, h):
         return x + h.flip(0)
 
-    batcher = phalanx.Batcher(lambda x: mirror(x, torch.zeros(4)), lazy_inputs=False)
+    batcher = phalanx.Batcher(lambda x: mirror(x, torch.zeros(4)), lazy_inputs=False, cells=False)
     xs = [torch.randn(4) for _ in range(3)]
     batcher(xs)
     assert kernel_modes(batcher)["cell mirror"] == "vmap"
-    for x, g in zip(xs, phalanx.Batcher(lambda v: mirror(v, torch.arange(4.0)), lazy_inputs=False)(xs), strict=True):
+    for x, g in zip(xs, phalanx.Batcher(lambda v: mirror(v, torch.arange(4.0)), lazy_inputs=False, cells=False)(xs), strict=True):
         torch.testing.assert_close(g, x + torch.arange(4.0).flip(0))
 
 
@@ -94,7 +94,7 @@ def test_dim_arguments_are_shifted_past_the_batch_dimension():
         stacked = torch.stack([a, b, c])                      # [3, 4] per instance
         return stacked.sum(0), torch.softmax(stacked, dim=0), torch.cat([a, b]), stacked.mean(-1)
 
-    batcher = phalanx.Batcher(fn)
+    batcher = phalanx.Batcher(fn, cells=False)
     instances = [[torch.randn(4) for _ in range(3)] for _ in range(6)]
     with torch.no_grad():
         got = batcher(instances)
@@ -109,7 +109,7 @@ def test_dim_arguments_are_shifted_past_the_batch_dimension():
 
 def test_a_native_squeeze_on_a_batch_of_one_keeps_its_batch_dimension():
     # x.squeeze() on one instance [1] -> []; natively on a batch [B, 1] -> [B], but [1, 1] -> [].
-    batcher = phalanx.Batcher(lambda x: (x * 2).squeeze() + 1)
+    batcher = phalanx.Batcher(lambda x: (x * 2).squeeze() + 1, cells=False)
     with torch.no_grad():
         batcher([torch.ones(1) * i for i in range(4)])           # the probe picks native
         assert kernel_modes(batcher)["op Tensor.squeeze"] == "native"

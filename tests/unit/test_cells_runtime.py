@@ -1,0 +1,182 @@
+"""Ahead-of-time cells inside a Batcher (cells/aot.py, the recorder's NOTE: [Input split]): every
+switch equals per-instance eager code, outputs and gradients, through one Batcher reused across
+calls; data-dependent cells are refused while recording; untraceable cells fall back."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import phalanx
+from phalanx.cells import CellOptions
+from phalanx.cells.aot import structure_key
+from phalanx.cells.kernel import CellKernel
+from phalanx.data import synthetic
+from phalanx.errors import DataDependentError
+from phalanx.models import TreeLSTM
+from phalanx.models.tagger import BiLSTMTagger
+
+from ..oracle import assert_matches_eager
+
+SWITCHES = {"default": True, "no-split": CellOptions(split=False), "no-hoist": CellOptions(hoist=False),
+            "no-merge": CellOptions(merge=False), "dense-grads": CellOptions(sparse_grads=False),
+            "all-off": CellOptions.all_off(), "probe": False}
+
+
+def _sentences(lengths, seed=0, vocab=20, tags=5):
+    gen = torch.Generator().manual_seed(seed)
+    return [([int(w) for w in torch.randint(vocab, (n,), generator=gen)],
+             [int(t) for t in torch.randint(tags, (n,), generator=gen)]) for n in lengths]
+
+
+@pytest.mark.parametrize("switch", list(SWITCHES))
+def test_tagger_every_switch_matches_eager(switch):
+    torch.manual_seed(0)
+    model = BiLSTMTagger(20, 6, embed_dim=4, num_tags=5)
+    batcher = phalanx.Batcher(model.loss, cells=SWITCHES[switch], verify=True)
+    data = _sentences([1, 5, 2, 7, 3])
+    assert_matches_eager(model.loss, data, params=model.parameters(), train=True, batcher=batcher)
+    assert_matches_eager(model.loss, data[:1], params=model.parameters(), train=True, batcher=batcher)
+    assert_matches_eager(model.loss, [], params=model.parameters(), train=True, batcher=batcher)
+    inference = phalanx.Batcher(model.forward, cells=SWITCHES[switch], verify=True)
+    assert_matches_eager(model.forward, [w for w, _ in data], batcher=inference)
+    names = {s.name for s in batcher.table.sigs}
+    options = SWITCHES[switch]
+    split = options is True or (options is not False and options.split)
+    assert ("cell LSTMStep[input part]" in names) == split
+    aot = [s for s in batcher.table.sigs if isinstance(s.kernel, CellKernel)]
+    assert bool(aot) == (SWITCHES[switch] is not False)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.integers(1, 6), max_size=5), st.integers(0, 3))
+def test_tagger_random_lengths_one_batcher(lengths, seed):
+    torch.manual_seed(seed)
+    model = BiLSTMTagger(20, 6, embed_dim=4, num_tags=5)
+    batcher = phalanx.Batcher(model.loss, verify=True)
+    assert_matches_eager(model.loss, _sentences(lengths, seed), params=model.parameters(), train=True,
+                         batcher=batcher)
+
+
+def test_input_part_runs_as_one_batch_per_direction():
+    """The split's point: every token's input projection of one direction in ONE batch."""
+    torch.manual_seed(0)
+    model = BiLSTMTagger(20, 6, embed_dim=4, num_tags=5)
+    batcher = phalanx.Batcher(model.forward, profile=True)
+    with torch.no_grad():
+        batcher([w for w, _ in _sentences([4, 6, 3, 5])])
+    per_op = batcher.stats.per_op
+    parts = {name: row for name, row in per_op.items() if "[input part]" in name}
+    assert parts and all(row["batches"] <= 2 for row in parts.values()), per_op
+
+
+def test_hoisted_values_follow_optimizer_steps():
+    torch.manual_seed(0)
+    model = TreeLSTM(30, 8, embed_dim=4)
+    trees = [(t, i % 5) for i, t in enumerate(synthetic.random_trees(5, 0, 30))]
+    batcher = phalanx.Batcher(model.loss, verify=True)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)      # Adam: needs dense gradients
+    for _ in range(3):
+        assert_matches_eager(model.loss, trees, params=model.parameters(), train=True, batcher=batcher)
+        opt.zero_grad()
+        torch.stack([o for o in batcher(trees)]).sum().backward()
+        assert all(p.grad is None or not p.grad.is_sparse for p in model.parameters())
+        opt.step()
+    with torch.no_grad():
+        assert_matches_eager(model.loss, trees, batcher=batcher)
+
+
+class SparseLeaf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 4, sparse=True)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, word):
+        return torch.tanh(self.out(self.embed(word)))
+
+
+def test_user_sparse_embedding_keeps_sparse_gradients():
+    torch.manual_seed(0)
+    leaf = phalanx.cell(SparseLeaf())
+    weight = next(m for m in leaf.modules() if isinstance(m, nn.Embedding)).weight
+    words = [3, 7, 3, 11]
+    torch.stack([leaf(w) for w in words]).pow(2).sum().backward()
+    want = weight.grad.to_dense()
+    for p in leaf.parameters():
+        p.grad = None
+    torch.stack(phalanx.Batcher(leaf, verify=True)(words)).pow(2).sum().backward()
+    assert weight.grad.is_sparse
+    torch.testing.assert_close(weight.grad.to_dense(), want)
+
+
+@phalanx.cell
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y if y.sum() > 0 else -y          # a decision on the cell's own data
+
+
+def test_data_dependent_cell_is_refused_while_recording():
+    cell = Branchy()
+    batcher = phalanx.Batcher(lambda x: cell(x))
+    with pytest.raises(DataDependentError, match="Branchy.*fibers"):
+        batcher.record([torch.randn(4), torch.randn(4)])
+
+
+def test_closure_tensor_cell_falls_back_to_probing():
+    scale = torch.randn(4)
+
+    @phalanx.cell
+    def scaled(x):
+        return torch.tanh(x * scale)
+
+    xs = [torch.randn(4) for _ in range(3)]
+    batcher = assert_matches_eager(lambda x: scaled(x), xs)
+    sig = next(s for s in batcher.table.sigs if s.name == "cell scaled")
+    assert not isinstance(sig.kernel, CellKernel)
+    assert "closure" in next(iter(sig.meta["aot"].errors.values()))
+
+
+def test_dropout_cell_batches_per_training_flag():
+    @phalanx.cell
+    class Drop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.lin(x))
+
+    cell = Drop()
+    xs = [torch.randn(4) for _ in range(4)]
+    batcher = phalanx.Batcher(lambda x: cell(x))
+    cell.eval()
+    assert_matches_eager(lambda x: cell(x), xs, batcher=batcher)
+    cell.train()
+    with torch.no_grad():
+        out = torch.stack(batcher(xs))
+    dropped = out == 0
+    assert dropped.any() and not dropped.all()       # independent draws per row, not one shared mask
+
+
+def test_same_structure_shares_a_trace_but_not_weights():
+    torch.manual_seed(0)
+    a, b = TreeLSTM(30, 8, embed_dim=4), TreeLSTM(30, 8, embed_dim=4)
+    assert structure_key(a.internal) == structure_key(b.internal)
+    trees = synthetic.random_trees(4, 1, 30)
+    batcher_a = assert_matches_eager(a, trees)
+    batcher_b = assert_matches_eager(b, trees)
+    program = {s.name: s.kernel.program for s in batcher_a.table.sigs if isinstance(s.kernel, CellKernel)}
+    other = {s.name: s.kernel.program for s in batcher_b.table.sigs if isinstance(s.kernel, CellKernel)}
+    name = "cell TreeLSTMInternal"
+    assert program[name].main is other[name].main                       # one trace
+    assert program[name].params()[0] is not other[name].params()[0]      # each reads its own weights
+    c = TreeLSTM(30, 8, embed_dim=4)
+    c.internal.register_forward_hook(lambda m, i, o: o)
+    assert structure_key(c.internal) is None                             # hooks: never shared
