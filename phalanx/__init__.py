@@ -1,6 +1,7 @@
 """phalanx: write a dynamic model for ONE instance in plain PyTorch; run a mini-batch as batched kernels."""
 from .api import Batcher as Batcher
 from .api import batch as batch
+from .cells.options import CellOptions as CellOptions
 from .errors import BatchExecutionError as BatchExecutionError
 from .errors import CellCallError as CellCallError
 from .errors import DataDependentError as DataDependentError

@@ -7,6 +7,7 @@ zoo with plots), schedules (batches per policy vs the lower bound and the optimu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -199,6 +200,22 @@ def _model_options(parser: argparse.ArgumentParser, optional_model: bool = False
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and policy training")
 
 
+def _ablation(args) -> int:
+    from .bench.ablation import print_tables, run_ablation
+
+    torch.set_num_threads(args.threads)
+    payloads = []
+    for model in args.models:
+        for hidden in args.hidden:
+            payloads.append(run_ablation(model, hidden, args.batch_size, args.train, args.batches, args.repeats,
+                                         args.policy, tuple(args.variants)))
+            print_tables(payloads[-1:])
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"argv": args.argv, "threads": args.threads, "payloads": payloads}, f, indent=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phalanx", description=__doc__, formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -263,6 +280,27 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--train", action="store_true", help="profile forward and backward of the loss")
     explain.add_argument("--out", metavar="FILE", help="draw the graph and the batch timeline (.png or .svg)")
     explain.set_defaults(run=_explain)
+
+    from .bench.ablation import VARIANTS
+    from .bench.workloads import WORKLOADS
+
+    ablation = sub.add_parser("ablation", formatter_class=_HelpFormatter,
+                              help="the ahead-of-time cell optimizations switched off one at a time, side by side",
+                              description="the ahead-of-time cell optimizations switched off one at a time, "
+                              "side by side with manual, in one run per model and hidden size")
+    ablation.add_argument("models", nargs="+", choices=sorted(WORKLOADS), metavar="MODEL",
+                          help=f"workloads ({', '.join(sorted(WORKLOADS))})")
+    ablation.add_argument("--hidden", nargs="+", type=int, default=[64, 256], help="hidden sizes")
+    ablation.add_argument("--batch-size", type=int, default=64, help="instances per mini-batch")
+    ablation.add_argument("--train", action="store_true", help="time forward + backward + SGD step")
+    ablation.add_argument("--policy", default="depth", choices=policies, help="batching policy of every variant")
+    ablation.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="V",
+                          help=f"variants to time ({', '.join(VARIANTS)})")
+    ablation.add_argument("--batches", type=int, default=4, help="distinct mini-batches of real data")
+    ablation.add_argument("--repeats", type=int, default=3, help="timed rounds over those mini-batches")
+    ablation.add_argument("--threads", type=int, default=1, help="torch threads")
+    ablation.add_argument("--json", metavar="FILE", help="write every row as JSON")
+    ablation.set_defaults(run=_ablation)
 
     from .train import command as train_command
 

@@ -12,6 +12,7 @@ the reason for ``phalanx explain``.
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 
 import torch
@@ -90,6 +91,7 @@ class AotCell:
 # module with any attribute of another kind (a callable, a list) is not shared.
 _SHARED: "OrderedDict[tuple, CellProgram]" = OrderedDict()
 _SHARED_MAX = 512
+_LOCK = threading.Lock()
 _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device)
 
 
@@ -127,14 +129,19 @@ def _compile_shared(fn, module, in_avals, in_kinds, options, name) -> CellProgra
         structure = structure_key(module)
         if structure is not None:
             key = (structure, tuple(in_avals), options)
-    if key is not None and key in _SHARED:
-        _SHARED.move_to_end(key)
-        return _rebind(_SHARED[key], fn, module, in_avals, in_kinds, options, name)
+    if key is not None:
+        with _LOCK:               # Batchers on several threads share the cache
+            shared = _SHARED.get(key)
+            if shared is not None:
+                _SHARED.move_to_end(key)
+        if shared is not None:
+            return _rebind(shared, fn, module, in_avals, in_kinds, options, name)
     program = compile_cell(fn, module, in_avals, in_kinds, options, name=name)
     if key is not None:
-        _SHARED[key] = program
-        if len(_SHARED) > _SHARED_MAX:
-            _SHARED.popitem(last=False)
+        with _LOCK:
+            _SHARED[key] = program
+            if len(_SHARED) > _SHARED_MAX:
+                _SHARED.popitem(last=False)
         program = _rebind(program, fn, module, in_avals, in_kinds, options, name)
     return program
 
