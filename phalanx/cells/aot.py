@@ -31,8 +31,9 @@ class AotCell:
     """Programs of one cell signature, traced lazily per training-flags tuple."""
 
     def __init__(self, name: str, fn, module: nn.Module | None, in_avals: tuple[AVal, ...],
-                 in_kinds: tuple[ArgKind, ...], options: CellOptions):
+                 in_kinds: tuple[ArgKind, ...], options: CellOptions, device=None):
         self.name = name
+        self.device = device
         self.fn = fn
         self.module = module
         self.in_avals = in_avals
@@ -50,7 +51,7 @@ class AotCell:
         if flags not in self.programs:
             try:
                 self.programs[flags] = _compile_shared(self.fn, self.module, self.in_avals, self.in_kinds,
-                                                       self.options, self.name)
+                                                       self.options, self.name, self.device)
             except CellDataDependentError as e:
                 raise DataDependentError(
                     f"{self.name} branches on tensor data inside the cell, so it cannot be batched soundly "
@@ -122,36 +123,36 @@ def structure_key(module: nn.Module):
     return tuple(parts)
 
 
-def _compile_shared(fn, module, in_avals, in_kinds, options, name) -> CellProgram:
+def _compile_shared(fn, module, in_avals, in_kinds, options, name, device=None) -> CellProgram:
     key = None
     if (module is not None and isinstance(fn, functools.partial) and fn.func is nn.Module.__call__
             and fn.args == (module,) and not fn.keywords):
         structure = structure_key(module)
         if structure is not None:
-            key = (structure, tuple(in_avals), options)
+            key = (structure, tuple(in_avals), options, str(device))
     if key is not None:
         with _LOCK:               # Batchers on several threads share the cache
             shared = _SHARED.get(key)
             if shared is not None:
                 _SHARED.move_to_end(key)
         if shared is not None:
-            return _rebind(shared, fn, module, in_avals, in_kinds, options, name)
-    program = compile_cell(fn, module, in_avals, in_kinds, options, name=name)
+            return _rebind(shared, fn, module, in_avals, in_kinds, options, name, device)
+    program = compile_cell(fn, module, in_avals, in_kinds, options, name=name, device=device)
     if key is not None:
         with _LOCK:
             _SHARED[key] = program
             if len(_SHARED) > _SHARED_MAX:
                 _SHARED.popitem(last=False)
-        program = _rebind(program, fn, module, in_avals, in_kinds, options, name)
+        program = _rebind(program, fn, module, in_avals, in_kinds, options, name, device)
     return program
 
 
-def _rebind(shared: CellProgram, fn, module, in_avals, in_kinds, options, name) -> CellProgram:
+def _rebind(shared: CellProgram, fn, module, in_avals, in_kinds, options, name, device) -> CellProgram:
     """``shared``'s graphs reading ``module``'s tensors, with a hoist cache of its own."""
     hoist = HoistCache(shared.hoist.module) if shared.hoist is not None else None
     program = CellProgram(name, shared.mode, options, shared.in_avals, shared.out_avals, shared.out_spec,
                           ParamReader(module, shared.params.names), hoist, shared.main, dict(shared.info),
                           shared.graph, shared.num_leading)
     program.compiled = shared.compiled
-    program.retrace = lambda: compile_cell(fn, module, in_avals, in_kinds, options, name=name)
+    program.retrace = lambda: compile_cell(fn, module, in_avals, in_kinds, options, name=name, device=device)
     return program

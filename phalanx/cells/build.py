@@ -21,7 +21,8 @@ from .trace import CAPTURED_HINT, TracedCell, explicit_tensors, trace_cell
 
 
 def compile_cell(fn: Callable, module: nn.Module | None, in_avals: Iterable[AVal], in_kinds: Iterable[ArgKind] = (),
-                 options: CellOptions = CellOptions(), name: str | None = None) -> CellProgram:
+                 options: CellOptions = CellOptions(), name: str | None = None,
+                 device: torch.device | None = None) -> CellProgram:
     """The batched program of ``fn`` (one instance's cell call) on operands of ``in_avals``.
 
     ``module``: the cell module whose parameters and buffers ``fn`` reads (they become explicit
@@ -37,7 +38,7 @@ def compile_cell(fn: Callable, module: nn.Module | None, in_avals: Iterable[AVal
     def build() -> CellProgram:
         if not options.trace:
             return _vmap_program(name, fn, module, in_avals, options, reader)
-        traced = trace_cell(name, fn, module, in_avals)
+        traced = trace_cell(name, fn, module, in_avals, device)
         _refuse_captured_tensors(name, traced)
         return _build(traced, options, reader)
 

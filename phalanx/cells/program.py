@@ -121,7 +121,8 @@ class CellProgram:
         if len(operands) != len(self.in_avals):
             raise BatchExecutionError(f"{self.name}: {len(operands)} operands, the cell takes {len(self.in_avals)}")
         if size == 0:
-            return tuple(torch.zeros((0, *a.shape), dtype=a.dtype) for a in self.out_avals)
+            device = operands[0].device if operands else None
+            return tuple(torch.zeros((0, *a.shape), dtype=a.dtype, device=device) for a in self.out_avals)
         params = self.params()
         if self.param_key != self._param_key(params):
             if self.retrace is None:

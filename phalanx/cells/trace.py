@@ -140,12 +140,17 @@ def _pick_sizes(dims: set[int]) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def trace_cell(name: str, fn: Callable, module: nn.Module | None, in_avals: tuple[AVal, ...]) -> TracedCell:
+def trace_cell(name: str, fn: Callable, module: nn.Module | None, in_avals: tuple[AVal, ...],
+               device: torch.device | None = None) -> TracedCell:
+    """``device``: where the operands will live (default: the cell's parameters' device), so tensors
+    the cell creates (``torch.zeros(...)``) are traced on the device it runs on."""
     names, tensors = explicit_tensors(module)
+    if device is None and tensors:
+        device = tensors[0].device
     what = f"{name} on operands ({', '.join(map(repr, in_avals))})"
     holder: dict = {}
     call = _flat_call(fn, module, names, holder)
-    examples = [a.zeros() for a in in_avals]     # distinct tensors: make_fx dedups identical inputs
+    examples = [a.zeros(device) for a in in_avals]     # distinct tensors: make_fx dedups identical inputs
     params = [t.detach() for t in tensors]
     per_instance = _trace(call, [*params, *examples], what)
     spec = holder["spec"]
@@ -157,7 +162,7 @@ def trace_cell(name: str, fn: Callable, module: nn.Module | None, in_avals: tupl
     in_dims = (None,) * len(params) + (0,) * len(in_avals)
     batched = []
     for size in sizes:
-        operands = [torch.empty((size, *a.shape), dtype=a.dtype) for a in in_avals]
+        operands = [torch.empty((size, *a.shape), dtype=a.dtype, device=device) for a in in_avals]
         if not in_avals:
             batched.append(None)
             continue

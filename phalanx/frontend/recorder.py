@@ -480,7 +480,7 @@ class Recorder:
             single=isinstance(outputs, torch.Tensor), plain_tuple=type(outputs) is tuple and unflatten is tuple,
             meta=meta)
         if is_cell and self.table.cells is not None and meta["batching"] == "auto":
-            _attach_program(sig, callee, self.table.cells)
+            _attach_program(sig, callee, self.table.cells, g.device)
         keys = [key]
         if isinstance(key[1], tuple) and is_cell and not template_kwargs and _flat_template(template_args, len(operands)):
             # Also register the flat key of the cell fast path, so the next call skips this path.
@@ -509,14 +509,14 @@ _NO_SPLIT = object()
 INPUT_DEPTH = 2
 
 
-def _attach_program(sig: Signature, callee, options) -> None:
+def _attach_program(sig: Signature, callee, options, device) -> None:
     """Trace the cell ahead of time (phalanx/cells) for its modules' current training flags. A
     data-dependent body raises DataDependentError here, while recording; an untraceable one keeps
     the probe-checked kernels (the reason is in ``sig.meta["aot"].errors``)."""
     from ..cells.aot import AotCell
 
     module = callee if isinstance(callee, torch.nn.Module) else None
-    aot = AotCell(sig.name, sig.fn, module, sig.in_avals, sig.in_kinds, options)
+    aot = AotCell(sig.name, sig.fn, module, sig.in_avals, sig.in_kinds, options, device)
     sig.meta["aot"] = aot
     program = aot.program(tuple(m.training for m in sig.modules))
     sig.splittable = program is not None and aot.may_split
