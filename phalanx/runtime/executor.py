@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ import torch
 from ..errors import BatchExecutionError, PhalanxError
 from ..ir.graph import GraphArrays
 from ..ir.signature import ArgKind, Signature
-from ..memory.layout import Layout
+from ..memory.layout import Layout, output_values
 from ..schedule.base import Schedule, ranges
 from ..stats import ReadCounts
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
@@ -111,13 +112,9 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
-    first = graph.node_first_value[order]
     node_start = np.zeros(len(batches) + 1, dtype=np.int64)
     np.cumsum(sizes, out=node_start[1:])
-    out_batch = np.repeat(np.arange(len(batches)), num_out)
-    group_start = np.cumsum(num_out) - num_out
-    k_of = np.arange(len(out_batch)) - np.repeat(group_start, num_out)
-    vids = first[ranges(node_start, out_batch)] + np.repeat(k_of, out_size)
+    vids = output_values(graph, batches, schedule.sids)
     out_rows = layout.value_row[vids]
     out_start, out_broken = _segments(out_rows, out_size)
     all_out_rows = _to_device(torch.from_numpy(out_rows), device)
@@ -153,12 +150,12 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             elif kind is ArgKind.NUMBER:
                 # Filled in below: every number of the flush goes to the device in one tensor per dtype.
                 dtype = sig.in_avals[p].dtype
-                values = numbers.setdefault(dtype, [])
-                pending.append((operands, len(operands), dtype, len(values), size))
-                values.extend(imms[-1 - c] for c in codes[lo:hi].tolist())
+                segments = numbers.setdefault(dtype, [])
+                pending.append((operands, len(operands), dtype, len(segments), size))
+                segments.append(lo)
                 operands.append(None)
             else:
-                tensors = [imms[-1 - c] for c in codes[lo:hi].tolist()]
+                tensors = _pick(imms, (-1 - codes[lo:hi]).tolist())
                 head = tensors[0]
                 origin = getattr(head, "_phalanx_origin", None)
                 if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0]
@@ -182,10 +179,27 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
                 counts.scattered_outputs += 1
             oi += 1
         steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]]))
-    tensors = {dtype: _to_device(torch.tensor(values, dtype=dtype), device) for dtype, values in numbers.items()}
-    for operands, k, dtype, lo, size in pending:
+    # Every number of the flush: one C-level pick from imms and one tensor per dtype.
+    tensors, offsets = {}, {}
+    for dtype, segments in numbers.items():
+        lengths = np.array([size for _, _, d, _, size in pending if d == dtype], dtype=np.int64)
+        seg_start = np.array(segments, dtype=np.int64)
+        within = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=within[1:])
+        picked = codes[np.repeat(seg_start - within[:-1], lengths) + np.arange(within[-1])]
+        tensors[dtype] = _to_device(torch.tensor(_pick(imms, (-1 - picked).tolist()), dtype=dtype), device)
+        offsets[dtype] = within.tolist()
+    for operands, k, dtype, i, size in pending:
+        lo = offsets[dtype][i]
         operands[k] = (NUMBERS, dtype, tensors[dtype][lo:lo + size])
     return steps, counts
+
+
+def _pick(items: list, index: list) -> list:
+    """``[items[i] for i in index]`` at C speed."""
+    if len(index) == 1:
+        return [items[index[0]]]
+    return list(itemgetter(*index)(items))
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
