@@ -106,9 +106,11 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     vids_or_zero = np.where(codes >= 0, codes, 0)      # immediates' rows are never read
     rows = layout.value_row[vids_or_zero]
     arena_of = graph.value_aval_id[vids_or_zero]
-    list_start, broken = _segments(rows, np.repeat(sizes, arity))
-    # One index tensor (one transfer to the device) for every gathered list of the flush.
-    all_rows = _to_device(torch.from_numpy(rows), device)
+    list_lengths = np.repeat(sizes, arity)
+    list_start, broken = _segments(rows, list_lengths)
+    # One index tensor (one transfer to the device) for every gathered list of the flush, cut into
+    # one view per list by a single split (a Python slice per list costs several microseconds).
+    row_lists = _to_device(torch.from_numpy(rows), device).split(list_lengths.tolist()) if broken.any() else ()
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
@@ -117,7 +119,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     vids = output_values(graph, batches, schedule.sids)
     out_rows = layout.value_row[vids]
     out_start, out_broken = _segments(out_rows, out_size)
-    all_out_rows = _to_device(torch.from_numpy(out_rows), device)
+    out_row_lists = _to_device(torch.from_numpy(out_rows), device).split(out_size.tolist()) if out_broken.any() else ()
     # *** per-batch assembly: Python touches only precomputed scalars ***
     heads = np.minimum(list_start[:-1], max(len(rows) - 1, 0))     # each list's first entry
     lo_list = rows[heads].tolist() if len(rows) else []
@@ -125,7 +127,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     starts, broken_l = list_start.tolist(), broken.tolist()
     out_lo = out_rows[out_start[:-1]].tolist() if len(out_rows) else []
     out_arena = graph.value_aval_id[vids[out_start[:-1]]].tolist() if len(vids) else []
-    out_starts, out_broken_l = out_start.tolist(), out_broken.tolist()
+    out_broken_l = out_broken.tolist()
     imms = graph.imms
     inst_of = graph.node_inst[order]
     node_starts = node_start.tolist()
@@ -144,7 +146,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
                     operands.append((SLICE, arena_list[li], (lo_list[li], lo_list[li] + size)))
                     counts.in_place += 1
                 else:
-                    operands.append((GATHER, arena_list[li], all_rows[lo:hi]))
+                    operands.append((GATHER, arena_list[li], row_lists[li]))
                     counts.gathers += 1
                     counts.gather_bytes += size * sig.in_avals[p].nbytes
             elif kind is ArgKind.NUMBER:
@@ -170,28 +172,24 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             li += 1
         outputs = []
         for _ in range(sig.num_outputs):
-            lo, hi = out_starts[oi], out_starts[oi + 1]
             counts.output_blocks += 1
             if out_broken_l[oi] == 0:
                 outputs.append((SLICE, out_arena[oi], (out_lo[oi], out_lo[oi] + size)))
             else:
-                outputs.append((SCATTER, out_arena[oi], all_out_rows[lo:hi]))
+                outputs.append((SCATTER, out_arena[oi], out_row_lists[oi]))
                 counts.scattered_outputs += 1
             oi += 1
         steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]]))
-    # Every number of the flush: one C-level pick from imms and one tensor per dtype.
-    tensors, offsets = {}, {}
+    # Every number of the flush: one C-level pick from imms, one tensor per dtype, one split.
     for dtype, segments in numbers.items():
-        lengths = np.array([size for _, _, d, _, size in pending if d == dtype], dtype=np.int64)
+        entries = [e for e in pending if e[2] == dtype]
+        lengths = np.array([e[4] for e in entries], dtype=np.int64)
         seg_start = np.array(segments, dtype=np.int64)
-        within = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=within[1:])
-        picked = codes[np.repeat(seg_start - within[:-1], lengths) + np.arange(within[-1])]
-        tensors[dtype] = _to_device(torch.tensor(_pick(imms, (-1 - picked).tolist()), dtype=dtype), device)
-        offsets[dtype] = within.tolist()
-    for operands, k, dtype, i, size in pending:
-        lo = offsets[dtype][i]
-        operands[k] = (NUMBERS, dtype, tensors[dtype][lo:lo + size])
+        within = np.cumsum(lengths) - lengths
+        picked = codes[np.repeat(seg_start - within, lengths) + np.arange(int(lengths.sum()))]
+        values = _to_device(torch.tensor(_pick(imms, (-1 - picked).tolist()), dtype=dtype), device)
+        for (operands, k, _, _, _), part in zip(entries, values.split(lengths.tolist()), strict=True):
+            operands[k] = (NUMBERS, dtype, part)
     return steps, counts
 
 

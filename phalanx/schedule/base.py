@@ -61,7 +61,7 @@ class Frontier:
     as CSR ranges.
     """
 
-    SMALL = 12   # batches up to this many nodes take the plain-Python path
+    SMALL = 8   # batches up to this many nodes take the plain-Python path
 
     def __init__(self, graph: GraphArrays):
         self.graph = graph
@@ -75,7 +75,6 @@ class Frontier:
         self.pending[n] = np.iinfo(np.int64).max
         self.cons_start, self.cons = graph.consumers
         self.cons_table = _padded_consumers(self.cons_start, self.cons, n)
-        self._small: tuple | None = None    # Python lists for the small-batch path, built on first use
         self._ready: dict[int, list[np.ndarray]] = {}
         self._count = np.zeros(self.num_sigs, dtype=np.int64)
         self.remaining = np.bincount(graph.node_sig, minlength=self.num_sigs)
@@ -157,34 +156,33 @@ class Frontier:
         return batch
 
     def _run_small(self, sid: int, batch: np.ndarray) -> None:
-        """``run``'s bookkeeping for a few nodes, in plain Python (NOTE: [Lean frontier])."""
-        if self._small is None:
-            self._small = (self.cons_start.tolist(), self.cons.tolist(), self.node_sig.tolist(),
-                           self.node_depth.tolist())
-        start, cons, node_sig, depth = self._small
-        pending, count = self.pending, self._count
-        nodes = batch.tolist()
-        self.remaining_depth[sid] -= sum([depth[x] for x in nodes])
+        """``run``'s bookkeeping for a few nodes: their few edges in plain Python (NOTE: [Lean frontier])."""
+        pending, node_sig = self.pending, self.node_sig
+        self.remaining_depth[sid] -= sum(self.node_depth[batch].tolist())
+        if self.cons_table is not None:
+            consumers = self.cons_table[batch].ravel().tolist()
+        else:
+            consumers = self.cons[ranges(self.cons_start, batch)].tolist()
         fresh = []
-        for x in nodes:
-            for c in cons[start[x]:start[x + 1]]:
-                k = pending[c] - 1
-                pending[c] = k
-                if k == 0:      # each node reaches 0 exactly once: no duplicates
-                    fresh.append(c)
+        for c in consumers:
+            k = pending[c] - 1
+            pending[c] = k
+            if k == 0:      # each node reaches 0 exactly once: no duplicates
+                fresh.append(c)
         if not fresh:
             return
         fresh.sort()
-        first = node_sig[fresh[0]]
-        if all(node_sig[c] == first for c in fresh):
-            count[first] += len(fresh)
+        sigs = node_sig[fresh].tolist()
+        first = sigs[0]
+        if sigs.count(first) == len(sigs):
+            self._count[first] += len(fresh)
             self._push(first, np.array(fresh, dtype=np.int64))
             return
         by_sig: dict[int, list[int]] = {}
-        for c in fresh:
-            by_sig.setdefault(node_sig[c], []).append(c)
+        for c, t in zip(fresh, sigs, strict=True):
+            by_sig.setdefault(t, []).append(c)
         for t in sorted(by_sig):
-            count[t] += len(by_sig[t])
+            self._count[t] += len(by_sig[t])
             self._push(t, np.array(by_sig[t], dtype=np.int64))
 
     def _one_phase(self, sid: int, batch: np.ndarray, phase: int | None) -> np.ndarray:
