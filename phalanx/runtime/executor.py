@@ -92,21 +92,15 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     order = np.concatenate(batches)
     # *** operand lists: one contiguous segment per (batch, operand position), rows in batch order ***
     arity = np.array([len(sig.in_kinds) for sig in sigs], dtype=np.int64)
-    per_batch = sizes * arity
-    entry_start = np.zeros(len(batches) + 1, dtype=np.int64)
-    np.cumsum(per_batch, out=entry_start[1:])
-    codes_node_major = graph.arg_code[ranges(graph.arg_start, order)]
-    # Entry e of batch b (node i, operand p; node-major) moves to list-major position p * size + i.
-    b_of = np.repeat(np.arange(len(batches)), per_batch)
-    local = np.arange(len(codes_node_major)) - entry_start[b_of]
-    a_of = np.maximum(arity[b_of], 1)
-    target = entry_start[b_of] + (local % a_of) * sizes[b_of] + local // a_of
-    codes = np.empty_like(codes_node_major)
-    codes[target] = codes_node_major
-    vids_or_zero = np.where(codes >= 0, codes, 0)      # immediates' rows are never read
+    node_start = np.zeros(len(batches) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=node_start[1:])
+    list_batch = np.repeat(np.arange(len(batches)), arity)
+    list_pos = np.arange(len(list_batch)) - np.repeat(np.cumsum(arity) - arity, arity)
+    list_lengths = sizes[list_batch]
+    # Entry i of list (b, p) is operand p of the i-th node of batch b: gathered straight in list order.
+    codes = graph.arg_code[graph.arg_start[order[ranges(node_start, list_batch)]] + np.repeat(list_pos, list_lengths)]
+    vids_or_zero = np.maximum(codes, 0)      # immediates' rows are never read
     rows = layout.value_row[vids_or_zero]
-    arena_of = graph.value_aval_id[vids_or_zero]
-    list_lengths = np.repeat(sizes, arity)
     list_start, broken = _segments(rows, list_lengths)
     # One index tensor (one transfer to the device) for every gathered list of the flush, cut into
     # one view per list by a single split (a Python slice per list costs several microseconds).
@@ -114,8 +108,6 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
-    node_start = np.zeros(len(batches) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=node_start[1:])
     vids = output_values(graph, batches, schedule.sids)
     out_rows = layout.value_row[vids]
     out_start, out_broken = _segments(out_rows, out_size)
@@ -123,7 +115,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     # *** per-batch assembly: Python touches only precomputed scalars ***
     heads = np.minimum(list_start[:-1], max(len(rows) - 1, 0))     # each list's first entry
     lo_list = rows[heads].tolist() if len(rows) else []
-    arena_list = arena_of[heads].tolist() if len(rows) else []
+    arena_list = graph.value_aval_id[vids_or_zero[heads]].tolist() if len(rows) else []
     starts, broken_l = list_start.tolist(), broken.tolist()
     out_lo = out_rows[out_start[:-1]].tolist() if len(out_rows) else []
     out_arena = graph.value_aval_id[vids[out_start[:-1]]].tolist() if len(vids) else []
@@ -217,11 +209,14 @@ def _segments(rows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nda
     its steps are not +1 (0: the segment is consecutive rows in order, readable as a slice)."""
     start = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=start[1:])
-    broken = np.zeros(len(lengths), dtype=np.int64)
+    # bad_before[i]: steps that are not +1 among rows[0..i]; a segment's count is a difference.
+    bad_before = np.zeros(len(rows), dtype=np.int64)
     if len(rows) > 1:
-        seg = np.repeat(np.arange(len(lengths)), lengths)
-        bad = (np.diff(rows) != 1) & (seg[1:] == seg[:-1])
-        broken = np.bincount(seg[1:][bad], minlength=len(lengths))
+        np.cumsum(np.diff(rows) != 1, out=bad_before[1:])
+    last = np.maximum(start[1:] - 1, start[:-1])
+    head = np.minimum(start[:-1], max(len(rows) - 1, 0))
+    broken = bad_before[np.minimum(last, max(len(rows) - 1, 0))] - bad_before[head] if len(rows) else \
+        np.zeros(len(lengths), dtype=np.int64)
     return start, broken
 
 
