@@ -74,7 +74,7 @@ class Frontier:
         self.pending[:n] = graph.num_producers
         self.pending[n] = np.iinfo(np.int64).max
         self.cons_start, self.cons = graph.consumers
-        self.cons_table = padded_csr(self.cons_start, self.cons, n)
+        self.cons_table = graph.consumer_table
         self._ready: dict[int, list[np.ndarray]] = {}
         self._count = np.zeros(self.num_sigs, dtype=np.int64)
         self.remaining = np.bincount(graph.node_sig, minlength=self.num_sigs)
@@ -198,19 +198,6 @@ class Frontier:
         return batch[keep]
 
 
-def padded_csr(start: np.ndarray, targets: np.ndarray, n: int) -> np.ndarray | None:
-    """The CSR lists ``targets[start[m]:start[m+1]]`` of ``n`` nodes as a [n, longest list] table
-    padded with the sentinel ``n``, so a batch's lists are one fancy index; None when padding would
-    more than quadruple the CSR (a few very wide nodes)."""
-    degree = np.diff(start)
-    width = int(degree.max(initial=0))
-    if n * width > 4 * (len(targets) + n):
-        return None
-    table = np.full((n, max(width, 1)), n, dtype=np.int64)
-    if len(targets):
-        owner = np.repeat(np.arange(n), degree)
-        table[owner, np.arange(len(targets)) - start[owner]] = targets
-    return table
 
 
 class Policy:

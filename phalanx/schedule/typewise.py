@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.graph import GraphArrays
-from .base import padded_csr, ranges
+from ..ir.graph import padded_csr
+from .base import ranges
 
 
 class TypewiseLinks:
@@ -67,6 +68,7 @@ class TypewiseLinks:
         self.start = start
         self.target = np.asarray(targets, dtype=np.int64)
         self.num_ancestors = np.bincount(self.target, minlength=n).astype(np.int64)
+        self.table = padded_csr(self.start, self.target, n)   # see TypewiseFrontier.run
 
     @staticmethod
     def _leads_to_type(graph: GraphArrays) -> np.ndarray:
@@ -112,7 +114,7 @@ class TypewiseFrontier:
         self.pending = np.empty(n + 1, dtype=np.int64)
         self.pending[:n] = self.links.num_ancestors
         self.pending[n] = np.iinfo(np.int64).max
-        self.table = padded_csr(self.links.start, self.links.target, n)
+        self.table = self.links.table
         self.size = np.bincount(graph.node_sig[self.pending[:n] == 0], minlength=len(graph.sigs)).astype(np.int64)
 
     def run(self, batch: np.ndarray) -> None:
