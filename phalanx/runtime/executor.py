@@ -10,11 +10,12 @@ executes the steps under no_grad. ``TrainingRun`` does the same inside one
 ``torch.autograd.Function`` whose backward walks the steps in reverse, so results are ordinary
 autograd tensors and ``loss.backward()`` works.
 
-NOTE: [Vectorized plan] ``build_steps`` costs a few microseconds per batch: the operand codes of
-all batches are permuted at once into list-major order (one segment per batch and operand
-position), contiguity of every list is one ``diff`` + ``bincount``, and every gathered list is a
-view into ONE index tensor per flush (one host-to-device transfer on a GPU). The per-batch Python
-loop only assembles tuples from precomputed scalars.
+NOTE: [Vectorized plan] ``build_steps`` does its work in whole-flush numpy passes: the operand
+codes of all batches are gathered at once in list-major order (one segment per batch and operand
+position), contiguity of every list is one ``diff`` + ``cumsum``, every gathered list is a view
+into ONE index tensor per flush (one host-to-device transfer on a GPU), cut by one ``split``, and
+every number operand of the flush is picked from the immediates with one ``itemgetter`` into one
+tensor per dtype. The per-batch Python loop only assembles tuples from precomputed scalars.
 
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
