@@ -61,7 +61,7 @@ class Frontier:
     as CSR ranges.
     """
 
-    SMALL = 8   # batches up to this many nodes take the plain-Python path
+    SMALL = 16   # batches up to this many nodes take the plain-Python path
 
     def __init__(self, graph: GraphArrays):
         self.graph = graph
