@@ -171,6 +171,12 @@ class GraphArrays:
         return start, consumer[order]
 
     @cached_property
+    def consumer_table(self) -> np.ndarray | None:
+        """``consumers`` as a padded [nodes, most consumers] table (``padded_csr``), or None."""
+        start, consumer = self.consumers
+        return padded_csr(start, consumer, self.num_nodes)
+
+    @cached_property
     def num_producers(self) -> np.ndarray:
         """Number of lazy operands of each node (its in-degree, with multiplicity)."""
         _, consumer = self.edges
@@ -182,3 +188,18 @@ class GraphArrays:
             return np.zeros((0, 0), dtype=np.int64)
         arity = int(self.arg_start[nodes[0] + 1] - self.arg_start[nodes[0]])
         return self.arg_code[self.arg_start[nodes][:, None] + np.arange(arity)]
+
+
+def padded_csr(start: np.ndarray, targets: np.ndarray, n: int) -> np.ndarray | None:
+    """The CSR lists ``targets[start[m]:start[m+1]]`` of ``n`` nodes as a [n, longest list] table
+    padded with the sentinel ``n``, so a batch's lists are one fancy index; None when padding would
+    more than quadruple the CSR (a few very wide nodes)."""
+    degree = np.diff(start)
+    width = int(degree.max(initial=0))
+    if n * width > 4 * (len(targets) + n):
+        return None
+    table = np.full((n, max(width, 1)), n, dtype=np.int64)
+    if len(targets):
+        owner = np.repeat(np.arange(n), degree)
+        table[owner, np.arange(len(targets)) - start[owner]] = targets
+    return table

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.graph import GraphArrays
-from ..schedule.base import Schedule
+from ..schedule.base import Schedule, ranges
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,17 +31,34 @@ class Layout:
 
 
 def plan_layout(graph: GraphArrays, schedule: Schedule) -> Layout:
+    """Rows in schedule order: batch by batch, output by output, each batch's nodes in its order.
+    Vectorized: a value's row is its rank among the values of its arena in that order."""
     value_row = np.full(graph.num_values, -1, dtype=np.int64)
-    arena_rows = np.zeros(len(graph.avals), dtype=np.int64)
-    for nodes, sid in zip(schedule.batches, schedule.sids, strict=True):
-        first = graph.node_first_value[nodes]
-        for k in range(graph.sigs[sid].num_outputs):
-            vids = first + k
-            arena = graph.value_aval_id[vids[0]]
-            lo = arena_rows[arena]
-            value_row[vids] = np.arange(lo, lo + len(nodes))
-            arena_rows[arena] = lo + len(nodes)
+    vids = output_values(graph, schedule.batches, schedule.sids)
+    arena = graph.value_aval_id[vids]
+    arena_rows = np.bincount(arena, minlength=len(graph.avals)).astype(np.int64)
+    if len(vids) and (arena == arena[0]).all():
+        value_row[vids] = np.arange(len(vids))
+    elif len(vids):
+        by_arena = np.argsort(arena, kind="stable")
+        arena_start = np.cumsum(arena_rows) - arena_rows
+        value_row[vids[by_arena]] = np.arange(len(vids)) - arena_start[arena[by_arena]]
     return Layout(value_row, arena_rows, schedule.batches)
+
+
+def output_values(graph: GraphArrays, batches, sids) -> np.ndarray:
+    """The values ``batches`` produce, batch by batch, output by output, in each batch's node order:
+    one segment of ``len(batch)`` values per (batch, output)."""
+    if not batches:
+        return np.zeros(0, dtype=np.int64)
+    sizes = np.array([len(b) for b in batches], dtype=np.int64)
+    num_out = np.array([graph.sigs[sid].num_outputs for sid in sids], dtype=np.int64)
+    first = graph.node_first_value[np.concatenate(batches)]
+    node_start = np.zeros(len(batches) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=node_start[1:])
+    out_batch = np.repeat(np.arange(len(batches)), num_out)
+    k_of = np.arange(len(out_batch)) - np.repeat(np.cumsum(num_out) - num_out, num_out)
+    return first[ranges(node_start, out_batch)] + np.repeat(k_of, sizes[out_batch])
 
 
 def verify_layout(graph: GraphArrays, layout: Layout, outputs_consecutive: bool = False) -> None:

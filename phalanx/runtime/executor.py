@@ -10,11 +10,12 @@ executes the steps under no_grad. ``TrainingRun`` does the same inside one
 ``torch.autograd.Function`` whose backward walks the steps in reverse, so results are ordinary
 autograd tensors and ``loss.backward()`` works.
 
-NOTE: [Vectorized plan] ``build_steps`` costs a few microseconds per batch: the operand codes of
-all batches are permuted at once into list-major order (one segment per batch and operand
-position), contiguity of every list is one ``diff`` + ``bincount``, and every gathered list is a
-view into ONE index tensor per flush (one host-to-device transfer on a GPU). The per-batch Python
-loop only assembles tuples from precomputed scalars.
+NOTE: [Vectorized plan] ``build_steps`` does its work in whole-flush numpy passes: the operand
+codes of all batches are gathered at once in list-major order (one segment per batch and operand
+position), contiguity of every list is one ``diff`` + ``cumsum``, every gathered list is a view
+into ONE index tensor per flush (one host-to-device transfer on a GPU), cut by one ``split``, and
+every number operand of the flush is picked from the immediates with one ``itemgetter`` into one
+tensor per dtype. The per-batch Python loop only assembles tuples from precomputed scalars.
 
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 import torch
@@ -54,7 +56,7 @@ import torch
 from ..errors import BatchExecutionError, PhalanxError
 from ..ir.graph import GraphArrays
 from ..ir.signature import ArgKind, Signature
-from ..memory.layout import Layout
+from ..memory.layout import Layout, output_values
 from ..schedule.base import Schedule, ranges
 from ..stats import ReadCounts
 from ..cells.sparse import dense_gradients
@@ -92,44 +94,34 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     order = np.concatenate(batches)
     # *** operand lists: one contiguous segment per (batch, operand position), rows in batch order ***
     arity = np.array([len(sig.in_kinds) for sig in sigs], dtype=np.int64)
-    per_batch = sizes * arity
-    entry_start = np.zeros(len(batches) + 1, dtype=np.int64)
-    np.cumsum(per_batch, out=entry_start[1:])
-    codes_node_major = graph.arg_code[ranges(graph.arg_start, order)]
-    # Entry e of batch b (node i, operand p; node-major) moves to list-major position p * size + i.
-    b_of = np.repeat(np.arange(len(batches)), per_batch)
-    local = np.arange(len(codes_node_major)) - entry_start[b_of]
-    a_of = np.maximum(arity[b_of], 1)
-    target = entry_start[b_of] + (local % a_of) * sizes[b_of] + local // a_of
-    codes = np.empty_like(codes_node_major)
-    codes[target] = codes_node_major
-    vids_or_zero = np.where(codes >= 0, codes, 0)      # immediates' rows are never read
+    node_start = np.zeros(len(batches) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=node_start[1:])
+    list_batch = np.repeat(np.arange(len(batches)), arity)
+    list_pos = np.arange(len(list_batch)) - np.repeat(np.cumsum(arity) - arity, arity)
+    list_lengths = sizes[list_batch]
+    # Entry i of list (b, p) is operand p of the i-th node of batch b: gathered straight in list order.
+    codes = graph.arg_code[graph.arg_start[order[ranges(node_start, list_batch)]] + np.repeat(list_pos, list_lengths)]
+    vids_or_zero = np.maximum(codes, 0)      # immediates' rows are never read
     rows = layout.value_row[vids_or_zero]
-    arena_of = graph.value_aval_id[vids_or_zero]
-    list_start, broken = _segments(rows, np.repeat(sizes, arity))
-    # One index tensor (one transfer to the device) for every gathered list of the flush.
-    all_rows = _to_device(torch.from_numpy(rows), device)
+    list_start, broken = _segments(rows, list_lengths)
+    # One index tensor (one transfer to the device) for every gathered list of the flush, cut into
+    # one view per list by a single split (a Python slice per list costs several microseconds).
+    row_lists = _to_device(torch.from_numpy(rows), device).split(list_lengths.tolist()) if broken.any() else ()
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
-    first = graph.node_first_value[order]
-    node_start = np.zeros(len(batches) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=node_start[1:])
-    out_batch = np.repeat(np.arange(len(batches)), num_out)
-    group_start = np.cumsum(num_out) - num_out
-    k_of = np.arange(len(out_batch)) - np.repeat(group_start, num_out)
-    vids = first[ranges(node_start, out_batch)] + np.repeat(k_of, out_size)
+    vids = output_values(graph, batches, schedule.sids)
     out_rows = layout.value_row[vids]
     out_start, out_broken = _segments(out_rows, out_size)
-    all_out_rows = _to_device(torch.from_numpy(out_rows), device)
+    out_row_lists = _to_device(torch.from_numpy(out_rows), device).split(out_size.tolist()) if out_broken.any() else ()
     # *** per-batch assembly: Python touches only precomputed scalars ***
     heads = np.minimum(list_start[:-1], max(len(rows) - 1, 0))     # each list's first entry
     lo_list = rows[heads].tolist() if len(rows) else []
-    arena_list = arena_of[heads].tolist() if len(rows) else []
+    arena_list = graph.value_aval_id[vids_or_zero[heads]].tolist() if len(rows) else []
     starts, broken_l = list_start.tolist(), broken.tolist()
     out_lo = out_rows[out_start[:-1]].tolist() if len(out_rows) else []
     out_arena = graph.value_aval_id[vids[out_start[:-1]]].tolist() if len(vids) else []
-    out_starts, out_broken_l = out_start.tolist(), out_broken.tolist()
+    out_broken_l = out_broken.tolist()
     imms = graph.imms
     inst_of = graph.node_inst[order]
     node_starts = node_start.tolist()
@@ -148,18 +140,18 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
                     operands.append((SLICE, arena_list[li], (lo_list[li], lo_list[li] + size)))
                     counts.in_place += 1
                 else:
-                    operands.append((GATHER, arena_list[li], all_rows[lo:hi]))
+                    operands.append((GATHER, arena_list[li], row_lists[li]))
                     counts.gathers += 1
                     counts.gather_bytes += size * sig.in_avals[p].nbytes
             elif kind is ArgKind.NUMBER:
                 # Filled in below: every number of the flush goes to the device in one tensor per dtype.
                 dtype = sig.in_avals[p].dtype
-                values = numbers.setdefault(dtype, [])
-                pending.append((operands, len(operands), dtype, len(values), size))
-                values.extend(imms[-1 - c] for c in codes[lo:hi].tolist())
+                segments = numbers.setdefault(dtype, [])
+                pending.append((operands, len(operands), dtype, len(segments), size))
+                segments.append(lo)
                 operands.append(None)
             else:
-                tensors = [imms[-1 - c] for c in codes[lo:hi].tolist()]
+                tensors = _pick(imms, (-1 - codes[lo:hi]).tolist())
                 head = tensors[0]
                 origin = getattr(head, "_phalanx_origin", None)
                 if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0]
@@ -174,19 +166,32 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             li += 1
         outputs = []
         for _ in range(sig.num_outputs):
-            lo, hi = out_starts[oi], out_starts[oi + 1]
             counts.output_blocks += 1
             if out_broken_l[oi] == 0:
                 outputs.append((SLICE, out_arena[oi], (out_lo[oi], out_lo[oi] + size)))
             else:
-                outputs.append((SCATTER, out_arena[oi], all_out_rows[lo:hi]))
+                outputs.append((SCATTER, out_arena[oi], out_row_lists[oi]))
                 counts.scattered_outputs += 1
             oi += 1
         steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]]))
-    tensors = {dtype: _to_device(torch.tensor(values, dtype=dtype), device) for dtype, values in numbers.items()}
-    for operands, k, dtype, lo, size in pending:
-        operands[k] = (NUMBERS, dtype, tensors[dtype][lo:lo + size])
+    # Every number of the flush: one C-level pick from imms, one tensor per dtype, one split.
+    for dtype, segments in numbers.items():
+        entries = [e for e in pending if e[2] == dtype]
+        lengths = np.array([e[4] for e in entries], dtype=np.int64)
+        seg_start = np.array(segments, dtype=np.int64)
+        within = np.cumsum(lengths) - lengths
+        picked = codes[np.repeat(seg_start - within, lengths) + np.arange(int(lengths.sum()))]
+        values = _to_device(torch.tensor(_pick(imms, (-1 - picked).tolist()), dtype=dtype), device)
+        for (operands, k, _, _, _), part in zip(entries, values.split(lengths.tolist()), strict=True):
+            operands[k] = (NUMBERS, dtype, part)
     return steps, counts
+
+
+def _pick(items: list, index: list) -> list:
+    """``[items[i] for i in index]`` at C speed."""
+    if len(index) == 1:
+        return [items[index[0]]]
+    return list(itemgetter(*index)(items))
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -206,11 +211,14 @@ def _segments(rows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nda
     its steps are not +1 (0: the segment is consecutive rows in order, readable as a slice)."""
     start = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=start[1:])
-    broken = np.zeros(len(lengths), dtype=np.int64)
+    # bad_before[i]: steps that are not +1 among rows[0..i]; a segment's count is a difference.
+    bad_before = np.zeros(len(rows), dtype=np.int64)
     if len(rows) > 1:
-        seg = np.repeat(np.arange(len(lengths)), lengths)
-        bad = (np.diff(rows) != 1) & (seg[1:] == seg[:-1])
-        broken = np.bincount(seg[1:][bad], minlength=len(lengths))
+        np.cumsum(np.diff(rows) != 1, out=bad_before[1:])
+    last = np.maximum(start[1:] - 1, start[:-1])
+    head = np.minimum(start[:-1], max(len(rows) - 1, 0))
+    broken = bad_before[np.minimum(last, max(len(rows) - 1, 0))] - bad_before[head] if len(rows) else \
+        np.zeros(len(lengths), dtype=np.int64)
     return start, broken
 
 

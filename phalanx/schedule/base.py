@@ -48,39 +48,62 @@ class Frontier:
     """The ready nodes of a partially executed graph, grouped by op type, updated in O(work done).
 
     ``ready_count(sid)``, ``ready_sids()`` and the per-type remaining counts are what policies read;
-    ``run(sid)`` executes (in the scheduling sense) every ready node of that type and returns them.
+    ``run(sid)`` executes (in the scheduling sense) every ready node of that type and returns them,
+    in the order they became ready (nodes that became ready in one step: by id).
+
+    NOTE: [Lean frontier] a step's cost is dominated by per-call overhead (numpy: about a
+    microsecond a call), not by its nodes, so a step makes as few calls as possible. A large batch
+    takes about ten numpy calls whatever its size: consumers come from a padded
+    [nodes, max out-degree] table (padding points at a sentinel node that never becomes ready),
+    pending counts drop with one ``subtract.at``, the nodes that became ready are sorted once and
+    split by op type with one ``bincount``. A small batch (most steps near the end of a schedule)
+    walks its few edges in plain Python instead. Graphs with a few very wide nodes read consumers
+    as CSR ranges.
     """
+
+    SMALL = 16   # batches up to this many nodes take the plain-Python path
 
     def __init__(self, graph: GraphArrays):
         self.graph = graph
+        n = graph.num_nodes
         self.num_sigs = len(graph.sigs)
-        self.pending = graph.num_producers.copy()
+        self.node_sig = graph.node_sig
+        self.node_depth = graph.node_depth
+        # Slot n is the sentinel that padded consumer slots point at; it never reaches 0.
+        self.pending = np.empty(n + 1, dtype=np.int64)
+        self.pending[:n] = graph.num_producers
+        self.pending[n] = np.iinfo(np.int64).max
         self.cons_start, self.cons = graph.consumers
+        self.cons_table = graph.consumer_table
         self._ready: dict[int, list[np.ndarray]] = {}
         self._count = np.zeros(self.num_sigs, dtype=np.int64)
         self.remaining = np.bincount(graph.node_sig, minlength=self.num_sigs)
         self.remaining_depth = np.bincount(graph.node_sig, weights=graph.node_depth,
                                            minlength=self.num_sigs)
-        self.left = graph.num_nodes
-        self.phased = graph.num_nodes > 0 and graph.node_phase.max() > graph.node_phase.min()
-        self._add_ready(np.flatnonzero(self.pending == 0))
+        self.left = n
+        self.phased = n > 0 and graph.node_phase.max() > graph.node_phase.min()
+        self._add_ready(np.flatnonzero(self.pending[:n] == 0))
 
     def _add_ready(self, nodes: np.ndarray) -> None:
+        """Nodes that just became ready, sorted by id."""
         if len(nodes) == 0:
             return
-        sigs = self.graph.node_sig[nodes]
-        if len(nodes) > 1 and (sigs[0] != sigs).any():
-            order = np.argsort(sigs, kind="stable")
-            nodes, sigs = nodes[order], sigs[order]
-            cuts = np.flatnonzero(sigs[1:] != sigs[:-1]) + 1
-            for part in np.split(nodes, cuts):
-                self._push(int(self.graph.node_sig[part[0]]), part)
+        sigs = self.node_sig[nodes]
+        per_sig = np.bincount(sigs, minlength=self.num_sigs)
+        self._count += per_sig
+        present = np.flatnonzero(per_sig)
+        if len(present) == 1:
+            self._push(int(present[0]), nodes)
         else:
-            self._push(int(sigs[0]), nodes)
+            for sid in present.tolist():
+                self._push(sid, nodes[sigs == sid])
 
     def _push(self, sid: int, nodes: np.ndarray) -> None:
-        self._ready.setdefault(sid, []).append(nodes)
-        self._count[sid] += len(nodes)
+        chunks = self._ready.get(sid)
+        if chunks is None:
+            self._ready[sid] = [nodes]
+        else:
+            chunks.append(nodes)
 
     @property
     def done(self) -> bool:
@@ -93,6 +116,7 @@ class Frontier:
         return int(self._count[sid])
 
     def ready_counts(self) -> np.ndarray:
+        """Ready nodes per op type; the same array for the frontier's life, updated in place."""
         return self._count
 
     def ready_nodes(self, sid: int) -> np.ndarray:
@@ -107,15 +131,59 @@ class Frontier:
         self._count[sid] = 0
         if self.phased:
             batch = self._one_phase(sid, batch, phase)
-        self.remaining[sid] -= len(batch)
-        self.remaining_depth[sid] -= self.graph.node_depth[batch].sum()
-        self.left -= len(batch)
-        consumers = self.cons[ranges(self.cons_start, batch)]
+        size = len(batch)
+        self.remaining[sid] -= size
+        self.left -= size
+        if size <= self.SMALL:
+            self._run_small(sid, batch)
+            return batch
+        self.remaining_depth[sid] -= self.node_depth[batch].sum()
+        if self.cons_table is not None:
+            consumers = self.cons_table[batch].reshape(-1)
+        else:
+            consumers = self.cons[ranges(self.cons_start, batch)]
         if len(consumers):
-            unique, counts = np.unique(consumers, return_counts=True)
-            self.pending[unique] -= counts
-            self._add_ready(unique[self.pending[unique] == 0])
+            pending = self.pending
+            np.subtract.at(pending, consumers, 1)
+            hit = consumers[pending[consumers] == 0]
+            if len(hit) > 1:
+                # A node whose last producers share this batch is hit once per edge from them.
+                hit.sort()
+                fresh = hit[1:] != hit[:-1]
+                if not fresh.all():
+                    hit = hit[np.concatenate(([True], fresh))]
+            self._add_ready(hit)
         return batch
+
+    def _run_small(self, sid: int, batch: np.ndarray) -> None:
+        """``run``'s bookkeeping for a few nodes: their few edges in plain Python (NOTE: [Lean frontier])."""
+        pending, node_sig = self.pending, self.node_sig
+        self.remaining_depth[sid] -= sum(self.node_depth[batch].tolist())
+        if self.cons_table is not None:
+            consumers = self.cons_table[batch].ravel().tolist()
+        else:
+            consumers = self.cons[ranges(self.cons_start, batch)].tolist()
+        fresh = []
+        for c in consumers:
+            k = pending[c] - 1
+            pending[c] = k
+            if k == 0:      # each node reaches 0 exactly once: no duplicates
+                fresh.append(c)
+        if not fresh:
+            return
+        fresh.sort()
+        sigs = node_sig[fresh].tolist()
+        first = sigs[0]
+        if sigs.count(first) == len(sigs):
+            self._count[first] += len(fresh)
+            self._push(first, np.array(fresh, dtype=np.int64))
+            return
+        by_sig: dict[int, list[int]] = {}
+        for c, t in zip(fresh, sigs, strict=True):
+            by_sig.setdefault(t, []).append(c)
+        for t in sorted(by_sig):
+            self._count[t] += len(by_sig[t])
+            self._push(t, np.array(by_sig[t], dtype=np.int64))
 
     def _one_phase(self, sid: int, batch: np.ndarray, phase: int | None) -> np.ndarray:
         """Nodes of different program phases never share a batch: keep ``phase``, by default the
@@ -124,8 +192,12 @@ class Frontier:
         keep = phases == (phases[np.argmin(self.graph.node_depth[batch])] if phase is None else phase)
         if keep.all():
             return batch
-        self._push(sid, batch[~keep])
+        rest = batch[~keep]
+        self._push(sid, rest)
+        self._count[sid] += len(rest)
         return batch[keep]
+
+
 
 
 class Policy:

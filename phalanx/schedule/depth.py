@@ -22,6 +22,8 @@ class DepthPolicy(Policy):
         depth = graph.node_depth[order]
         phase = graph.node_phase[order]
         cuts = np.flatnonzero((sig[1:] != sig[:-1]) | (depth[1:] != depth[:-1]) | (phase[1:] != phase[:-1])) + 1
-        batches = tuple(np.split(order, cuts))
-        sids = tuple(int(s) for s in sig[np.concatenate(([0], cuts))])
+        bounds = [0, *cuts.tolist(), len(order)]
+        # Plain slices: np.split costs several microseconds per piece.
+        batches = tuple(order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]))
+        sids = tuple(sig[bounds[:-1]].tolist())
         return Schedule(batches, sids, self.name)

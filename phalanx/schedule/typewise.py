@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.graph import GraphArrays
+from ..ir.graph import padded_csr
 from .base import ranges
 
 
@@ -67,6 +68,7 @@ class TypewiseLinks:
         self.start = start
         self.target = np.asarray(targets, dtype=np.int64)
         self.num_ancestors = np.bincount(self.target, minlength=n).astype(np.int64)
+        self.table = padded_csr(self.start, self.target, n)   # see TypewiseFrontier.run
 
     @staticmethod
     def _leads_to_type(graph: GraphArrays) -> np.ndarray:
@@ -106,22 +108,37 @@ class TypewiseFrontier:
     def __init__(self, graph: GraphArrays, links: TypewiseLinks | None = None):
         self.links = links if links is not None else TypewiseLinks(graph)
         self.node_sig = graph.node_sig
-        self.pending = self.links.num_ancestors.copy()
-        self.size = np.bincount(graph.node_sig[self.pending == 0], minlength=len(graph.sigs)).astype(np.int64)
+        n = graph.num_nodes
+        # As in the Frontier (NOTE: [Lean frontier]): links padded into a table whose padding
+        # points at a sentinel slot n that never reaches 0.
+        self.pending = np.empty(n + 1, dtype=np.int64)
+        self.pending[:n] = self.links.num_ancestors
+        self.pending[n] = np.iinfo(np.int64).max
+        self.table = self.links.table
+        self.size = np.bincount(graph.node_sig[self.pending[:n] == 0], minlength=len(graph.sigs)).astype(np.int64)
 
     def run(self, batch: np.ndarray) -> None:
         sid = int(self.node_sig[batch[0]])
         self.size[sid] -= len(batch)
-        linked = self.links.target[ranges(self.links.start, batch)]
+        if self.table is not None:
+            linked = self.table[batch].reshape(-1)
+        else:
+            linked = self.links.target[ranges(self.links.start, batch)]
         if len(linked):
             # All links of a batch stay within its type; repeated targets need every decrement.
-            np.subtract.at(self.pending, linked, 1)
-            self.size[sid] += int(np.count_nonzero(self.pending[np.unique(linked)] == 0))
+            pending = self.pending
+            np.subtract.at(pending, linked, 1)
+            joined = linked[pending[linked] == 0]
+            if len(joined) > 1:
+                joined.sort()
+                self.size[sid] += 1 + int(np.count_nonzero(joined[1:] != joined[:-1]))
+            else:
+                self.size[sid] += len(joined)
 
     def members(self, sid: int, executed: np.ndarray) -> np.ndarray:
         """Node ids of type ``sid``'s typewise frontier (``executed``: bool per node). For tests and
         debugging; O(nodes)."""
-        return np.flatnonzero((self.pending == 0) & (self.node_sig == sid) & ~executed)
+        return np.flatnonzero((self.pending[:-1] == 0) & (self.node_sig == sid) & ~executed)
 
 
 def reward(ready: int, typewise_size: int) -> float:

@@ -151,3 +151,23 @@ def test_one_shot_batch_does_not_keep_the_model_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_numbers_of_two_dtypes_across_batches_of_every_size():
+    # build_steps picks every number of a flush at once and cuts one tensor per dtype into the
+    # batches' lists: int and float numbers, in several batches of sizes 1 and up, in order.
+    torch.manual_seed(5)
+    emb, lin = nn.Embedding(10, 3), nn.Linear(3, 3)
+
+    @phalanx.cell
+    def step(h, word, scale):
+        return torch.tanh(lin(h) + emb(word)) * scale
+
+    def fn(inst):
+        words, h = inst
+        for i, w in enumerate(words):
+            h = step(h, w, 0.5 + i)
+        return h
+
+    xs = [([w % 10 for w in range(k, 2 * k + 1)], torch.randn(3)) for k in range(5)]
+    assert_matches_eager(fn, xs, params=[*emb.parameters(), *lin.parameters()], train=True)

@@ -69,6 +69,7 @@ def test_nearest_links_match_definition(graph):
 @given(any_graph(max_nodes=14), st.randoms(use_true_random=False))
 @example(make_graph([], []), random.Random(0))
 @example(make_graph([0], [[]]), random.Random(0))
+@example(make_graph([0] * 31 + [1], [[]] + [[0]] * 30 + [list(range(1, 31))]), random.Random(1))   # wide: CSR path
 def test_typewise_sizes_and_rewards_match_definition(graph, rnd):
     anc = ancestors(graph)
     frontier, typewise = Frontier(graph), TypewiseFrontier(graph)
@@ -93,6 +94,16 @@ def test_typewise_sizes_and_rewards_match_definition(graph, rnd):
         executed |= set(batch.tolist())
         mask[batch] = True
     assert typewise.size.sum() == 0
+
+
+def test_wide_links_fall_back_to_csr_ranges():
+    # Node 0 links to 30 same-type nodes: a padded link table would be mostly padding.
+    graph = make_graph([0] * 31 + [1], [[]] + [[0]] * 30 + [list(range(1, 31))])
+    frontier, typewise = Frontier(graph), TypewiseFrontier(graph)
+    assert typewise.table is None and frontier.cons_table is None
+    assert typewise.size.tolist() == [1, 1]
+    typewise.run(frontier.run(0))
+    assert typewise.size.tolist() == [30, 1]
 
 
 def test_reward_is_zero_for_a_perfect_batch():
