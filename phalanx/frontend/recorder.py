@@ -190,9 +190,10 @@ class Recorder:
             t = type(a)
             if t is LazyValue:
                 if a.graph is not g:
-                    # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]).
+                    # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]),
+                    # whose aval is the lazy value's.
+                    key.append(("tensor", a.aval))
                     a = resolve_stale(a, cell._phalanx_name)
-                    key.append(("tensor", aval_of(a)))
                     arg_code.append(-1 - len(imms))
                     imms.append(a)
                     continue
@@ -376,7 +377,12 @@ class Recorder:
 
     # *** torch ops on lazy values ***
     def record_op(self, func, args: tuple, kwargs: dict):
-        name = "op " + _func_name(func)
+        try:
+            name = _OP_NAMES.get(func)
+        except TypeError:               # an unhashable callable: name it every time
+            name = "op " + _func_name(func)
+        if name is None:
+            name = _OP_NAMES[func] = "op " + _func_name(func)
         return self._record_general(func, name, func, args, kwargs, numbers_are_operands=False)
 
     # *** the general path: nested arguments, kwargs, tensors, statics ***
@@ -389,9 +395,11 @@ class Recorder:
         def encode(obj):
             t = type(obj)
             if t is LazyValue and obj.graph is not g:
-                # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]).
-                obj = resolve_stale(obj, name)
-                t = torch.Tensor
+                # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]),
+                # a per-instance tensor operand of the lazy value's aval.
+                key_parts.append(("tensor", obj.aval))
+                operands.append(resolve_stale(obj, name))
+                return _OPERAND
             if t is LazyValue:
                 operands.append(obj)
                 key_parts.append(obj.aval)
@@ -546,6 +554,9 @@ def _number_key(a: AVal):
 def _flat_template(template_args, n: int) -> bool:
     return len(template_args) == n and all(x is _OPERAND for x in template_args)
 
+
+# torch callable -> its readable op name (computed once: record_op runs for every op on a lazy value).
+_OP_NAMES: dict = {}
 
 _TORCH_NAMESPACES = {"torch": "torch", "torch._C._nn": "torch.nn.functional", "torch._C._linalg": "torch.linalg",
                      "torch._C._special": "torch.special", "torch._C._fft": "torch.fft"}

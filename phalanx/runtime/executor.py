@@ -297,13 +297,32 @@ def _output_grad(output, garenas) -> torch.Tensor:
     return garenas[arena].index_select(0, rows)
 
 
+def _adopt_whole(step: Step, outs: tuple, arenas: list[torch.Tensor]) -> tuple:
+    """Inference: an output that fills its whole arena and owns its memory becomes the arena (no
+    copy; arenas are single-assignment, so nothing writes it again). The rest is written."""
+    rest = []
+    for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
+        target = arenas[arena]
+        if (kind == SLICE and rows[0] == 0 and rows[1] == len(target) and out._base is None
+                and out.dtype == target.dtype and out.shape == target.shape and out.is_contiguous()):
+            arenas[arena] = out
+        else:
+            rest.append(((kind, arena, rows), out))
+    return rest
+
+
 def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -> None:
     """Run every step under no_grad. ``profile``: a Stats whose per-op times are filled in."""
     kernels: dict = {}
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            _write(step, _call(step, [_read(op, arenas) for op in step.operands], kernels), arenas)
+            outs = _call(step, [_read(op, arenas) for op in step.operands], kernels)
+            for (kind, arena, rows), out in _adopt_whole(step, outs, arenas):
+                if kind == SLICE:
+                    arenas[arena][rows[0]:rows[1]].copy_(out)
+                else:
+                    arenas[arena].index_copy_(0, rows, out)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
 

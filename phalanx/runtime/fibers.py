@@ -30,7 +30,10 @@ instance test) costs little. Very large calls of deeply nested modules should be
 """
 from __future__ import annotations
 
+import gc
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +43,7 @@ from ..errors import DataDependentError, PhalanxError
 from ..frontend import recorder as _recorder
 from ..frontend.recording import expose_submodules, hide_submodules, record_one
 from ..frontend.value import LazyValue as _LazyValue
+from .executor import allocate_arenas, run_inference
 
 
 @dataclass
@@ -61,29 +65,73 @@ class FiberStats:
 
 
 class RoundResult:
-    """The executed arenas of one flushed round; turns a stale lazy value into its concrete row."""
+    """The executed arenas of one flushed round; turns a stale lazy value into its concrete row.
 
-    __slots__ = ("graph", "value_row", "value_arena", "arenas", "_rows")
+    Looked up once per operand of every later round (NOTE: [Values across rounds]), so rows and
+    arenas are Python lists and each value's row view is made once and reused."""
+
+    __slots__ = ("graph", "value_row", "value_arena", "arenas", "_rows", "_plain", "_views")
 
     def __init__(self, graph, value_row, value_arena, arenas):
         self.graph = graph            # the DataflowGraph (kept alive so its id is not reused)
-        self.value_row = value_row
-        self.value_arena = value_arena
+        self.value_row = value_row.tolist()
+        self.value_arena = value_arena.tolist()
         self.arenas = arenas          # per arena: all rows (autograd-connected in training)
         self._rows: dict[int, tuple] = {}
+        self._plain: dict[int, tuple] = {}
+        self._views: dict[int, torch.Tensor] = {}
 
     def value(self, vid: int) -> torch.Tensor:
-        arena = int(self.value_arena[vid])
+        view = self._views.get(vid)
+        if view is not None:
+            return view               # e.g. an encoder memory every decoder round reads
+        arena = self.value_arena[vid]
         rows = self._rows.get(arena)
         if rows is None:
             # One unbind per arena: its backward stacks every row's gradient in one op.
             rows = self._rows[arena] = self.arenas[arena].unbind(0)
-        row = int(self.value_row[vid])
-        view = rows[row]
+        row = self.value_row[vid]
+        view = self._views[vid] = rows[row]
         # Where it lives, so a later round reads many such rows with ONE index_select from the
         # round's arena, not a stack of views (runtime/executor.py, EXTERNAL operands).
         view._phalanx_origin = (self.arenas[arena], row)
         return view
+
+    def data(self, vid: int) -> torch.Tensor:
+        """The value's data, detached: what a suspension point (``item``, ``bool``...) reads."""
+        arena = self.value_arena[vid]
+        rows = self._plain.get(arena)
+        if rows is None:
+            rows = self._plain[arena] = self.arenas[arena].detach().unbind(0)
+        return rows[self.value_row[vid]]
+
+
+# NOTE: [Collector paused] a call allocates many small objects that live until its end (lazy
+# values, operand lists, fibers, row views), so the cyclic collector's thresholds keep firing and each
+# older-generation pass walks every object of the call: measured 10-30% of an NMT decode call. While
+# any call of any thread records or runs rounds, automatic collection is paused (gc is process-wide,
+# hence the count); it resumes, as the user had it, when the last such call ends. Garbage without
+# cycles is freed by reference counting meanwhile, as always.
+_gc_lock = threading.Lock()
+_gc_calls = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def _collector_paused():
+    global _gc_calls, _gc_was_enabled
+    with _gc_lock:
+        if _gc_calls == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_calls += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_calls -= 1
+            if _gc_calls == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 @dataclass(slots=True)
@@ -127,12 +175,8 @@ class Hub:
         exposed = expose_submodules(table.root)
         slot.rec, slot.hub = first, self
         try:
-            self._drive_new_instances()
-            if not self.waiting:
-                self.fiber_stats.rounds = 1
-                return first, self.outputs
-            self._run_rounds()
-            return first, None
+            with _collector_paused():
+                return self._record_all(first)
         except BaseException:
             slot.rec, slot.hub = None, None
             self._kill_fibers()
@@ -140,6 +184,14 @@ class Hub:
         finally:
             slot.rec, slot.hub = None, None
             hide_submodules(exposed)
+
+    def _record_all(self, first):
+        self._drive_new_instances()
+        if not self.waiting:
+            self.fiber_stats.rounds = 1
+            return first, self.outputs
+        self._run_rounds()
+        return first, None
 
     def _drive_new_instances(self) -> None:
         while self.next < len(self.instances):
@@ -205,8 +257,14 @@ class Hub:
         try:
             schedule, layout, steps, counts = batcher._plan(graph, stats)
             start = time.perf_counter()
-            every_row = [(a, torch.arange(int(n), device=graph.device)) for a, n in enumerate(layout.arena_rows)]
-            arenas = batcher._run(graph, layout, steps, every_row, stats)
+            if torch.is_grad_enabled():
+                # Training: the round is one FlushFunction whose outputs are its whole arenas.
+                every_row = [(a, torch.arange(int(n), device=graph.device)) for a, n in enumerate(layout.arena_rows)]
+                arenas = batcher._run(graph, layout, steps, every_row, stats)
+            else:
+                # Inference: the arenas themselves (single-assignment, never reused), not a copy.
+                arenas = allocate_arenas(graph, layout)
+                run_inference(steps, arenas, stats if batcher.profile else None)
             stats.execute_s += time.perf_counter() - start
         finally:
             slot.rec = self.rec
@@ -224,21 +282,28 @@ class Hub:
             setattr(stats, name, getattr(stats, name) + value)
 
     def _collect_results(self) -> list:
-        """Per-instance results; each (round, arena) holding results is read with one index_select."""
+        """Per-instance results; each (round, arena) holding results is read with one index_select,
+        or, when the results are that whole arena in order (inference), as views of it."""
         wanted: dict[tuple[int, int], list[int]] = {}
+        where = []
         for leaves, _ in self.outputs:
             for leaf in leaves:
                 if type(leaf) is _LazyValue:
                     rr = self._round_of(leaf)
-                    wanted.setdefault((id(rr.graph), int(rr.value_arena[leaf.vid])), []).append(int(rr.value_row[leaf.vid]))
+                    key = (id(rr.graph), rr.value_arena[leaf.vid])
+                    wanted.setdefault(key, []).append(rr.value_row[leaf.vid])
+                    where.append(key)
         rows = {}
-        for (g, arena), idx in wanted.items():
-            picked = self.rounds[g].arenas[arena].index_select(0, torch.tensor(idx, device=self.device))
-            rows[(g, arena)] = iter(picked.unbind(0))
+        copy = torch.is_grad_enabled()
+        for key, idx in wanted.items():
+            arena = self.rounds[key[0]].arenas[key[1]]
+            if copy or idx != list(range(len(arena))):
+                arena = arena.index_select(0, torch.tensor(idx, device=self.device))
+            rows[key] = iter(arena.unbind(0))
+        places = iter(where)
         results = []
         for leaves, rebuild in self.outputs:
-            vals = [next(rows[(id(leaf.graph), int(self.rounds[id(leaf.graph)].value_arena[leaf.vid]))])
-                    if type(leaf) is _LazyValue else leaf for leaf in leaves]
+            vals = [next(rows[next(places)]) if type(leaf) is _LazyValue else leaf for leaf in leaves]
             results.append(rebuild(vals))
         return results
 
@@ -254,7 +319,7 @@ class Hub:
         yet, this suspends the instance until the hub has flushed (NOTE: [Lazy fibers])."""
         if value.graph is self.rec.graph:
             self.suspend()
-        return self._round_of(value).value(value.vid).detach()
+        return self._round_of(value).data(value.vid)
 
     def resolve_stale(self, value, name: str) -> torch.Tensor:
         """A lazy value of an already flushed round, as the concrete tensor a later round reads

@@ -2,6 +2,8 @@
 matches the eager loop (outputs and gradients), and flushes max-not-sum rounds."""
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -249,3 +251,69 @@ def test_five_thousand_instances():
     for g, e in zip(got[:50], expected, strict=True):
         torch.testing.assert_close(g, e)
     assert batcher.stats.fibers.decision_rounds == max(batcher.stats.fibers.decisions) <= 4
+
+
+def test_collector_is_paused_during_a_call_and_restored_after():
+    """NOTE: [Collector paused]: automatic gc is off while instances record, back as it was after,
+    also when the call fails, and left off when the user had it off."""
+    lin = torch.nn.Linear(3, 3)
+    seen = []
+
+    def fn(x):
+        seen.append(gc.isenabled())
+        if x.sum() > 100:
+            raise ValueError("boom")
+        return lin(x)
+
+    xs = [torch.randn(3) for _ in range(3)]
+    assert gc.isenabled()
+    with torch.no_grad():
+        phalanx.Batcher(fn)(xs)
+    assert seen == [False] * 3 and gc.isenabled()
+    with pytest.raises(InstanceError), torch.no_grad():
+        phalanx.Batcher(fn)([torch.full((3,), 50.0)])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with torch.no_grad():
+            phalanx.Batcher(fn)(xs)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_inference_results_are_rows_of_their_own_round():
+    """Inference keeps each round's arenas (no copy): results stay correct after later calls, and
+    an in-place change to one result leaves the other instances' results alone."""
+    torch.manual_seed(4)
+    model = Walker()
+    batcher = phalanx.Batcher(model)
+    xs, others = inputs(6, 6), inputs(7, 6)
+    with torch.no_grad():
+        got = batcher(xs)
+        expected = [model(x) for x in xs]
+        batcher(others)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
+    got[0].mul_(0)
+    for g, e in zip(got[1:], expected[1:], strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_value_read_every_round_matches_eager():
+    """A value of round 0 read by every later round (an encoder memory) and a list of per-round
+    values stacked at the end: outputs and gradients equal the eager loop's."""
+    torch.manual_seed(5)
+    lin = torch.nn.Linear(4, 4)
+
+    def fn(x):
+        memory = torch.tanh(lin(x))
+        h, steps = memory, []
+        while h.sum() > -1 and len(steps) < 4:
+            h = torch.tanh(lin(h) + memory)
+            steps.append(h)
+        return torch.stack(steps) if steps else memory
+
+    xs = inputs(8, 7)
+    assert_matches_eager(fn, xs)
+    assert_matches_eager(fn, xs, params=list(lin.parameters()), train=True)
