@@ -1,7 +1,7 @@
 """Stats of one phalanx call, filled in as the pipeline runs (backward time arrives later)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
 
 @dataclass
@@ -73,7 +73,18 @@ class Stats(ReadCounts):
         return 1e6 * self.record_s / self.nodes if self.nodes else 0.0
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        # Field by field: ``asdict(self)`` would deep-copy ``_graphs`` too (fibers: every round's
+        # graph and what it references, gigabytes on NMT) only for the copy to be dropped.
+        out = {}
+        for f in fields(self):
+            if f.name.startswith("_"):
+                continue
+            value = getattr(self, f.name)
+            if is_dataclass(value):
+                value = asdict(value)
+            elif f.name == "per_op":
+                value = {name: dict(row) for name, row in value.items()}
+            out[f.name] = value
         out["lower_bound"] = self.lower_bound
         out["record_us_per_node"] = self.record_us_per_node
         return out
