@@ -175,11 +175,16 @@ def fsm_lines(payloads: list[dict]) -> list[str]:
 
 def summary_table(payloads: list[dict]) -> Table:
     """``bench --all`` at a glance: per model and batch size, phalanx's fastest policy and its ratios;
-    the DyNet target where the issue sets one."""
+    against DyNet, the issue's target where it sets one ("ok" or "missed")."""
     peers = any(p.get("dynet_gap") for p in payloads)
-    t = _table("summary: phalanx's fastest policy per model and batch size",
-               ["model", "h", "b", "policy", "inst/s", "vs eager", "vs manual"]
-               + (["vs DyNet", "target"] if peers else []))
+    hidden: dict[int, list[str]] = {}
+    for p in payloads:
+        hidden.setdefault(p["hidden"], []).append(p["model"])
+    common = max(hidden, key=lambda h: len(hidden[h]), default=0)
+    sizes = "; ".join([f"hidden {common}"] + [f"{', '.join(dict.fromkeys(ms))} {h}" for h, ms in hidden.items()
+                                              if h != common])
+    t = _table(f"summary: phalanx's fastest policy per model and batch size ({sizes})",
+               ["model", "b", "best", "vs eager", "vs manual"] + (["vs DyNet", "target"] if peers else []))
     for p in payloads:
         ours = [r for r in p["rows"] if r["impl"].startswith("phalanx") and "seconds_per_batch" in r]
         if not ours:
@@ -189,8 +194,8 @@ def summary_table(payloads: list[dict]) -> Table:
         target = gap.get("target")
         extra = [f"{gap['ratio']:.2f}x" if gap else "-",
                  "-" if target is None else f"{target:.1f}x " + ("ok" if gap["met"] else "missed")] if peers else []
-        t.add_row(escape(p["model"]), str(p["hidden"]), str(p["batch_size"]),
-                  escape(best["impl"].removeprefix("phalanx[").removesuffix("]")), f"{best['instances_per_s']:.0f}",
+        t.add_row(escape(p["model"]), str(p["batch_size"]),
+                  escape(best["impl"].removeprefix("phalanx[").removesuffix("]")),
                   _ratio(best, "vs_eager"), _ratio(best, "vs_manual"), *extra)
     return t
 
