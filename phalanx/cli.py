@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from .bench import harness, report
 from .errors import PhalanxError
-from .bench.workloads import WORKLOADS
+from .bench.workloads import WORKLOADS, design_hidden
 
 def _settings(args):
     from .bench.suite import Settings
@@ -27,6 +27,9 @@ def _settings(args):
     chosen = dict(policies=tuple(args.policy), plans=tuple(False if p == "off" else p for p in args.plan),
                   plan_objective=args.plan_objective, train=args.train, seed=args.seed, threads=args.threads,
                   peers=tuple(args.peers), policy_file=args.policy_file)
+    for name in ("fsm_seconds", "fsm_episodes"):
+        if getattr(args, name) is not None:
+            chosen[name] = getattr(args, name)
     given = {k: v for k, v in (("hidden", args.hidden), ("batches", args.batches), ("repeats", args.repeats)) if v is not None}
     if args.batch_size is not None:
         given["batch_sizes"] = (args.batch_size,)
@@ -57,33 +60,48 @@ def _bench(args) -> int:
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task(mode, total=total)
-        payloads = suite.run_all(settings, lambda where, what: progress.update(
-            task, advance=1, description=f"{where} {mode}: {what}"))
+        done = {"units": 0}
+
+        def tick(where: str, what: str | None) -> None:
+            if what is not None:
+                progress.update(task, advance=1, description=f"{where} {mode}: {what}")
+                return
+            # One model at one batch size finished: count its units as done (it may have run fewer).
+            done["units"] += suite.progress_units(settings, where.split(" ")[0])
+            progress.update(task, completed=done["units"])
+
+        payloads = suite.run_all(settings, tick)
     command = "phalanx " + " ".join(map(shlex.quote, sys.argv[1:] if args.argv is None else args.argv))
     for payload in payloads:
         payload["command"] = command
         payload["environment"] = report.environment(settings.threads)
     if args.all:
+        console.print(report.settings_line(payloads, settings.threads), highlight=False, markup=False)
         for model in settings.models:
             for t in report.zoo_tables(model, [p for p in payloads if p["model"] == model]):
                 console.print(t)
     else:
         p = payloads[0]
         title = (f"{p['model']} {mode}, hidden {p['hidden']}, batch {p['batch_size']}, {settings.threads} thread(s), "
-                 f"median of {settings.repeats * settings.batches} mini-batches")
+                 f"median over {report.rounds(p)}")
         report.print_tables(p["rows"], title, settings.train, console)
         if p["schedules"]:
-            console.print(report.schedule_table(f"{p['model']}: batches over the same {settings.batches} mini-batches",
+            console.print(report.schedule_table(f"{p['model']}: batches over the same {p['batches']} mini-batches",
                                                 p["schedules"]))
-        facts = p["policy_training"]
-        if "fsm_training_s" in facts:
-            console.print(f"fsm trained on held-out mini-batches in {facts['fsm_training_s']:.2f} s "
-                          f"({facts['fsm_training'].get('episodes', '?')} episodes)")
     for note in dict.fromkeys(n for p in payloads for n in p["notes"]):
         console.print(note, highlight=False, markup=False)
     for p in payloads:
         for line in report.notes(p["rows"]):
             console.print(f"{p['model']} b={p['batch_size']}: {line}", highlight=False, markup=False)
+    for line in report.fsm_lines(payloads):
+        console.print(line, highlight=False, markup=False)
+    if args.all:
+        console.print(report.summary_table(payloads))
+    gaps = report.gap_lines(payloads)
+    if gaps:
+        console.print("against DyNet's fastest strategy, same thread count:", highlight=False)
+    for line in gaps:
+        console.print(line, highlight=False, markup=False)
     if args.json:
         data = payloads if args.all else payloads[0]
         report.write_json(args.json, {"command": command, "payloads": data} if args.all else data)
@@ -106,7 +124,7 @@ def _scaling(args) -> int:
     console = _console()
     with console.status("scaling") as status:
         payload = scaling.run_scaling(
-            args.model, args.scaling, args.hidden or 256, list(args.policy), args.train,
+            args.model, args.scaling, args.hidden or design_hidden(args.model), list(args.policy), args.train,
             instances=args.scaling_instances, repeats=args.repeats or 3, eager_max=args.eager_max, seed=args.seed,
             progress=lambda what: status.update(f"scaling {args.model}: {escape(what)}"))
     payload["command"] = "phalanx " + " ".join(map(shlex.quote, sys.argv[1:] if args.argv is None else args.argv))
@@ -191,7 +209,8 @@ def _model_options(parser: argparse.ArgumentParser, optional_model: bool = False
                             help=f"workload to run ({models}); or --all")
         parser.add_argument("--batch-size", type=int, help="instances per mini-batch (default: 64; --quick: 32; "
                             "--all: 8 and 64, --all --quick: 8 and 32)")
-        parser.add_argument("--hidden", type=int, help="hidden size (default: 256; --quick: 64)")
+        parser.add_argument("--hidden", type=int, help="hidden size (default: DESIGN's per model, 256 and "
+                            "MV-RNN 64; --quick: 64)")
     else:
         parser.add_argument("model", choices=sorted(WORKLOADS), metavar="MODEL", help=f"workload ({models})")
         parser.add_argument("--batch-size", type=int, default=64, help="instances per mini-batch")
@@ -233,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--policy", nargs="+", default=policies, choices=policies, metavar="POLICY",
                        help="phalanx policies to time: depth, agenda, fsm")
     bench.add_argument("--policy-file", metavar="FILE", help="use this saved fsm policy instead of training one")
+    bench.add_argument("--fsm-seconds", type=float, help="budget of each fsm training on held-out mini-batches, "
+                       "in seconds (default: 20; --quick: 2); the output says how many episodes ran")
+    bench.add_argument("--fsm-episodes", type=int, help="episode budget of each fsm training (default: 1000)")
     bench.add_argument("--plan", nargs="+", default=["off"], choices=["off", "auto", "instance", "producer", "pqtree"],
                        metavar="PLAN", help="memory planning strategies to compare: off (schedule-order layout), "
                        "auto, instance, producer, pqtree")

@@ -73,8 +73,18 @@ class Stats(ReadCounts):
         return 1e6 * self.record_s / self.nodes if self.nodes else 0.0
 
     def as_dict(self) -> dict:
-        # Field by field: asdict would deep-copy the private graphs (and every op type they reach).
-        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if not f.name.startswith("_")}
+        # Field by field: ``asdict(self)`` would deep-copy ``_graphs`` too (fibers: every round's
+        # graph and what it references, gigabytes on NMT) only for the copy to be dropped.
+        out = {}
+        for f in fields(self):
+            if f.name.startswith("_"):
+                continue
+            value = getattr(self, f.name)
+            if is_dataclass(value):
+                value = asdict(value)
+            elif f.name == "per_op":
+                value = {name: dict(row) for name, row in value.items()}
+            out[f.name] = value
         out["lower_bound"] = self.lower_bound
         out["record_us_per_node"] = self.record_us_per_node
         return out
@@ -86,11 +96,3 @@ class Stats(ReadCounts):
                 f"{self.record_s * 1e3:.1f} ms ({self.record_us_per_node:.1f} us/node), schedule "
                 f"{self.schedule_s * 1e3:.1f} ms, plan {self.plan_s * 1e3:.1f} ms, execute "
                 f"{self.execute_s * 1e3:.1f} ms, backward {self.backward_s * 1e3:.1f} ms")
-
-
-def _plain(value):
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value

@@ -34,9 +34,10 @@ class Impl:
 
 
 def resolve_policies(workload: Workload, names: list[str], train: bool, policy_file: str | None = None,
-                     seed: int = 0) -> tuple[list, dict]:
+                     seed: int = 0, fsm_episodes: int = 1000, fsm_seconds: float | None = None) -> tuple[list, dict]:
     """Policy objects for ``names``; ``fsm`` is loaded from ``policy_file`` or trained on the
-    workload's held-out mini-batches (never on the timed ones). Returns (policies, training facts)."""
+    workload's held-out mini-batches (never on the timed ones), within ``fsm_episodes`` episodes
+    and ``fsm_seconds`` seconds. Returns (policies, training facts)."""
     policies, facts = [], {}
     for name in names:
         if name != "fsm":
@@ -48,8 +49,10 @@ def resolve_policies(workload: Workload, names: list[str], train: bool, policy_f
         else:
             start = time.perf_counter()
             fn = workload.phalanx_fn(workload.model, train)
-            policy = FSMPolicy.train(fn, workload.held_out or workload.batches, seed=seed)
-            facts = {"fsm_training_s": time.perf_counter() - start, "fsm_training": policy.metadata}
+            policy = FSMPolicy.train(fn, workload.held_out or workload.batches, seed=seed, max_episodes=fsm_episodes,
+                                     max_seconds=fsm_seconds)
+            facts = {"fsm_training_s": time.perf_counter() - start, "fsm_training": policy.metadata,
+                     "fsm_budget": {"episodes": fsm_episodes, "seconds": fsm_seconds}}
         policies.append(policy)
     return policies, facts
 
@@ -134,8 +137,15 @@ def step(impl: Impl, batch: list, train: bool, reduce) -> float:
     return time.perf_counter() - start
 
 
-def measure(workload: Workload, impls: list[Impl], train: bool, repeats: int, progress=None) -> None:
-    """Warm every implementation up on the first batch, then time ``repeats`` rounds over all batches."""
+PER_INSTANCE_LOOPS = ("eager", "no-fibers")
+
+
+def measure(workload: Workload, impls: list[Impl], train: bool, repeats: int, progress=None,
+            loop_repeats: int | None = None) -> None:
+    """Warm every implementation up on the first batch, then time ``repeats`` rounds over all batches;
+    the per-instance loops (``PER_INSTANCE_LOOPS``) only in the first ``loop_repeats`` of them (None:
+    all): their cost per instance does not depend on the batch, and on the slow models they would
+    take most of the benchmark's time."""
     for impl in impls:
         if impl.peer is not None:
             impl.peer.time_batch(0)
@@ -143,9 +153,11 @@ def measure(workload: Workload, impls: list[Impl], train: bool, repeats: int, pr
             step(impl, workload.batches[0], train, workload.reduce)
         if progress:
             progress(f"warm-up {impl.name}")
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for b, batch in enumerate(workload.batches):
             for impl in impls:
+                if impl.name in PER_INSTANCE_LOOPS and loop_repeats is not None and round_ >= loop_repeats:
+                    continue
                 if impl.peer is not None:
                     seconds = impl.peer.time_batch(b)
                     if seconds is not None:

@@ -79,6 +79,152 @@ def zoo_tables(model: str, payloads: list[dict]) -> list[Table]:
     return [speed] + rest
 
 
+# Targets of issue 11 against DyNet's best autobatch strategy at the same thread count:
+# phalanx's best policy must be at least this many times faster.
+def dynet_target(model: str, hidden: int, batch_size: int) -> float | None:
+    """The speedup over DyNet the project aims for on this workload, or None where none is set."""
+    if model == "treelstm":
+        return 1.3 if hidden >= 256 and batch_size >= 64 else 2.0
+    if model in ("lattice_gru", "lattice_gru_synthetic"):
+        return 2.5
+    return None
+
+
+_SPLIT = (("record_s", "record"), ("schedule_s", "schedule"), ("plan_s", "plan"), ("execute_s", "execute"))
+
+
+def dynet_gap(payload: dict) -> dict | None:
+    """phalanx's fastest policy against DyNet's fastest strategy in one payload (None without a
+    timed DyNet row): the ratio, the issue's target, and where phalanx's time goes (stage medians;
+    ``other`` is the rest of the call: splitting results, Python around the stages). ``cause`` says,
+    from those numbers, why a missed target is missed."""
+    timed = [r for r in payload["rows"] if "seconds_per_batch" in r]
+    dynet = [r for r in timed if r["impl"].startswith("dynet")]
+    ours = [r for r in timed if r["impl"].startswith("phalanx") and "record_s" in r]
+    if not dynet or not ours:
+        return None
+    best_dynet = min(dynet, key=lambda r: r["seconds_per_batch"])
+    best = min(ours, key=lambda r: r["seconds_per_batch"])
+    total_ms, dynet_ms = 1e3 * best["seconds_per_batch"], 1e3 * best_dynet["seconds_per_batch"]
+    stages = {label: 1e3 * best[key] for key, label in _SPLIT}
+    stages["other"] = max(0.0, total_ms - sum(stages.values()))
+    ratio = dynet_ms / total_ms
+    target = dynet_target(payload["model"], payload["hidden"], payload["batch_size"])
+    gap = {"model": payload["model"], "hidden": payload["hidden"], "batch_size": payload["batch_size"],
+           "phalanx": best["impl"], "dynet": best_dynet["impl"], "phalanx_ms": total_ms, "dynet_ms": dynet_ms,
+           "ratio": ratio, "target": target, "met": None if target is None else ratio >= target,
+           "split_ms": stages}
+    if target is not None and ratio < target:
+        gap["allowed_ms"] = dynet_ms / target
+        gap["cause"] = _cause(stages, total_ms, dynet_ms, target)
+    return gap
+
+
+def _cause(stages: dict, total_ms: float, dynet_ms: float, target: float) -> str:
+    """Why phalanx takes more than DyNet's time / target, read off the time split: the kernels
+    alone (execute) are already too slow, or the stages around them (record, schedule, plan,
+    other) push it over; the largest such stage is named with its share."""
+    allowed = dynet_ms / target
+    execute = stages["execute"]
+    overhead = {k: v for k, v in stages.items() if k != "execute"}
+    worst = max(overhead, key=overhead.__getitem__)
+    largest = f"{worst} {overhead[worst]:.1f} ms = {100 * overhead[worst] / total_ms:.0f}% of phalanx's time"
+    if execute > allowed:
+        return (f"execute alone {execute:.1f} ms > {allowed:.1f} ms allowed ({dynet_ms / execute:.2f}x DyNet's "
+                f"whole run {dynet_ms:.1f} ms): the batched kernels; then {largest}")
+    return (f"{largest}; execute alone {execute:.1f} ms would be {dynet_ms / execute:.2f}x DyNet's whole run "
+            f"{dynet_ms:.1f} ms, but record + schedule + plan + other add "
+            f"{sum(overhead.values()):.1f} ms")
+
+
+def gap_lines(payloads: list[dict]) -> list[str]:
+    """One line per payload with a DyNet row: the ratio vs the target and, where missed, the gap and
+    its cause."""
+    lines = []
+    for p in payloads:
+        gap = p.get("dynet_gap")
+        if not gap:
+            continue
+        head = (f"{gap['model']} h={gap['hidden']} b={gap['batch_size']}: {gap['phalanx']} {gap['ratio']:.2f}x "
+                f"vs {gap['dynet']} ({gap['phalanx_ms']:.1f} vs {gap['dynet_ms']:.1f} ms)")
+        if gap["target"] is None:
+            lines.append(f"{head}; no target")
+        elif gap["met"]:
+            lines.append(f"{head}; target {gap['target']:.1f}x met")
+        else:
+            lines.append(f"{head}; target {gap['target']:.1f}x MISSED: needs <= {gap['allowed_ms']:.1f} ms, "
+                         f"{gap['phalanx_ms'] - gap['allowed_ms']:.1f} ms over. Cause: {gap['cause']}")
+    return lines
+
+
+def fsm_lines(payloads: list[dict]) -> list[str]:
+    """How each fsm policy was trained: episodes, seconds, why it stopped, batches vs bound."""
+    lines = []
+    for p in payloads:
+        facts = p.get("policy_training") or {}
+        meta = facts.get("fsm_training")
+        if meta is None:
+            continue
+        budget = facts.get("fsm_budget", {})
+        why = {"target": "reached the lower bound", "episodes": f"{budget.get('episodes')}-episode budget",
+               "seconds": f"{budget.get('seconds'):g} s budget"}.get(meta.get("stopped"), meta.get("stopped"))
+        lines.append(f"{p['model']} b={p['batch_size']}: fsm trained {meta['episodes']} episodes in "
+                     f"{facts['fsm_training_s']:.1f} s ({why}), batches / bound {meta['best_ratio']:.3f}")
+    return lines
+
+
+def summary_table(payloads: list[dict]) -> Table:
+    """``bench --all`` at a glance: per model and batch size, phalanx's fastest policy and its ratios;
+    against DyNet, the issue's target where it sets one ("ok" or "missed")."""
+    peers = any(p.get("dynet_gap") for p in payloads)
+    hidden: dict[int, list[str]] = {}
+    for p in payloads:
+        hidden.setdefault(p["hidden"], []).append(p["model"])
+    common = max(hidden, key=lambda h: len(hidden[h]), default=0)
+    sizes = "; ".join([f"hidden {common}"] + [f"{', '.join(dict.fromkeys(ms))} {h}" for h, ms in hidden.items()
+                                              if h != common])
+    t = _table(f"summary: phalanx's fastest policy per model and batch size ({sizes})",
+               ["model", "b", "best", "vs eager", "vs manual"] + (["vs DyNet", "target"] if peers else []))
+    for p in payloads:
+        ours = [r for r in p["rows"] if r["impl"].startswith("phalanx") and "seconds_per_batch" in r]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r["seconds_per_batch"])
+        gap = p.get("dynet_gap") or {}
+        target = gap.get("target")
+        extra = [f"{gap['ratio']:.2f}x" if gap else "-",
+                 "-" if target is None else f"{target:.1f}x " + ("ok" if gap["met"] else "missed")] if peers else []
+        t.add_row(escape(p["model"]), str(p["batch_size"]),
+                  escape(best["impl"].removeprefix("phalanx[").removesuffix("]")),
+                  _ratio(best, "vs_eager"), _ratio(best, "vs_manual"), *extra)
+    return t
+
+
+def rounds(payload: dict) -> str:
+    """How many mini-batches each median is over, e.g. '3 rounds of 4 mini-batches (eager: 1 round)'."""
+    text = f"{payload['repeats']} round(s) of {payload['batches']} mini-batches"
+    loops = payload.get("eager_repeats")
+    if loops is not None and loops < payload["repeats"]:
+        text += f" (eager, no-fibers: {loops} round(s))"
+    return text
+
+
+def settings_line(payloads: list[dict], threads: int) -> str:
+    """What every ``bench --all`` median is over, said once: the common rounds, then the exceptions."""
+    if not payloads:
+        return "no models"
+    kinds: dict[str, list[str]] = {}
+    for p in payloads:
+        kinds.setdefault(rounds(p), [])
+        if p["model"] not in kinds[rounds(p)]:
+            kinds[rounds(p)].append(p["model"])
+    common = max(kinds, key=lambda k: len(kinds[k]))
+    others = "; ".join(f"{', '.join(models)}: {k}" for k, models in kinds.items() if k != common)
+    mode = "training" if payloads[0]["train"] else "inference"
+    return (f"{mode}, {threads} thread(s); medians over {common}" + (f"; {others}" if others else "")
+            + "; times are whole calls, recording to results")
+
+
 def environment(threads: int) -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "threads": threads}

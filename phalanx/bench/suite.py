@@ -6,15 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import harness
-from .workloads import WORKLOADS
+from . import harness, report
+from .workloads import WORKLOADS, bench_batches, design_hidden
 
 
 @dataclass
 class Settings:
-    hidden: int = 256
+    """What one ``phalanx bench`` run times. ``hidden=None``: each model's size from DESIGN
+    (workloads.design_hidden); ``batches=None``: each model's count (workloads.bench_batches).
+    ``eager_repeats``: rounds the per-instance loops (eager, no-fibers) are timed in (None: all).
+    ``fsm_seconds`` / ``fsm_episodes``: the budget of each fsm policy's training on held-out
+    mini-batches (fsm_train.train_table); the payload says how it stopped."""
+
+    hidden: int | None = None
     batch_sizes: tuple[int, ...] = (8, 64)
-    batches: int = 4
+    batches: int | None = None
     repeats: int = 3
     policies: tuple[str, ...] = ("depth", "agenda", "fsm")
     plans: tuple = (False,)
@@ -24,18 +30,31 @@ class Settings:
     threads: int = 1
     peers: tuple[str, ...] = ()
     policy_file: str | None = None
+    eager_repeats: int | None = 1
+    fsm_seconds: float | None = 20.0
+    fsm_episodes: int = 1000
     models: tuple[str, ...] = field(default_factory=lambda: tuple(WORKLOADS))
 
     @classmethod
     def quick(cls, **overrides) -> "Settings":
         """About a minute for the whole zoo on one core: small hidden size, one timed mini-batch."""
-        return cls(**{"hidden": 64, "batch_sizes": (8, 32), "batches": 1, "repeats": 2, **overrides})
+        return cls(**{"hidden": 64, "batch_sizes": (8, 32), "batches": 1, "repeats": 2, "fsm_seconds": 2.0,
+                      **overrides})
+
+    def hidden_of(self, model: str) -> int:
+        return self.hidden if self.hidden is not None else design_hidden(model)
+
+    def batches_of(self, model: str) -> int:
+        return self.batches if self.batches is not None else bench_batches(model)
 
 
 def progress_units(settings: Settings, model: str) -> int:
-    """Steps ``run_workload`` reports for one batch size (warm-ups and timed steps, peers included)."""
-    impls = 2 + len(settings.policies) * len(settings.plans) + len(_peer_strategies(settings))
-    return impls * (1 + settings.repeats * settings.batches)
+    """Steps ``run_workload`` reports for one batch size (warm-ups and timed steps, peers included),
+    at most: a model without fsm (fibers) or with a per-instance baseline (no-fibers) takes fewer."""
+    impls = 1 + len(settings.policies) * len(settings.plans) + len(_peer_strategies(settings))
+    eager = min(settings.repeats, settings.repeats if settings.eager_repeats is None else settings.eager_repeats)
+    batches = settings.batches_of(model)
+    return impls * (1 + settings.repeats * batches) + 1 + eager * batches
 
 
 def _peer_strategies(settings: Settings) -> list[int]:
@@ -46,8 +65,11 @@ def run_workload(model: str, batch_size: int, settings: Settings,
                  progress: Callable[[str], None] | None = None) -> dict:
     """Payload of one model at one batch size: ``rows`` (one per implementation, peers included,
     all timed round-robin in one run), ``schedules`` (batches per policy vs the bound), ``notes``."""
-    workload = WORKLOADS[model](batch_size, settings.hidden, settings.batches, settings.seed)
-    payload = {"model": model, "hidden": settings.hidden, "batch_size": batch_size, "train": settings.train,
+    hidden = settings.hidden_of(model)
+    workload = WORKLOADS[model](batch_size, hidden, settings.batches_of(model), settings.seed)
+    payload = {"model": model, "hidden": hidden, "batch_size": batch_size, "train": settings.train,
+               "batches": settings.batches_of(model), "repeats": settings.repeats,
+               "eager_repeats": settings.eager_repeats,
                "rows": [], "schedules": [], "notes": [], "policy_training": {}}
     if not workload.batches:
         payload["notes"].append(f"not enough {model} instances for one mini-batch of {batch_size}")
@@ -58,11 +80,13 @@ def run_workload(model: str, batch_size: int, settings: Settings,
         # mini-batch: the fsm policy has nothing to train on (nor the schedules table to compare).
         names.remove("fsm")
         payload["notes"].append(f"{model} decides on its own values (fibers): fsm skipped, no schedules table")
-    policies, facts = harness.resolve_policies(workload, names, settings.train, settings.policy_file, settings.seed)
+    policies, facts = harness.resolve_policies(workload, names, settings.train, settings.policy_file, settings.seed,
+                                               settings.fsm_episodes, settings.fsm_seconds)
     impls = harness.build_impls(workload, policies, settings.train, list(settings.plans), settings.plan_objective)
     peers = start_peers(model, batch_size, settings, payload["notes"])
     try:
-        harness.measure(workload, impls + peers, settings.train, settings.repeats, progress=progress)
+        harness.measure(workload, impls + peers, settings.train, settings.repeats, progress=progress,
+                        loop_repeats=settings.eager_repeats)
     finally:
         for impl in peers:
             impl.peer.close()
@@ -73,6 +97,7 @@ def run_workload(model: str, batch_size: int, settings: Settings,
         payload["notes"].append(f"{model}: 'vs manual' is vs {workload.baseline_name}; flush rounds per call: "
                                 + ", ".join(f"{r['impl']} {r['rounds']:.0f}" for r in rows if "rounds" in r))
     payload.update(rows=rows, schedules=schedules, policy_training=facts)
+    payload["dynet_gap"] = report.dynet_gap(payload)
     return payload
 
 
@@ -89,7 +114,7 @@ def start_peers(model: str, batch_size: int, settings: Settings, notes: list[str
     if not dynet_worker.available():
         notes.append(dynet_worker.missing_note())
         return []
-    peers = [dynet_worker.DynetPeer(model, batch_size, settings.hidden, settings.batches, settings.seed,
+    peers = [dynet_worker.DynetPeer(model, batch_size, settings.hidden_of(model), settings.batches_of(model), settings.seed,
                                     settings.threads, strategy) for strategy in _peer_strategies(settings)]
     for peer in peers:
         peer.wait_ready()
@@ -112,4 +137,6 @@ def run_all(settings: Settings, progress: Callable[[str, str], None] | None = No
         for batch_size in settings.batch_sizes:
             tick = (lambda what, m=model, b=batch_size: progress(f"{m} b={b}", what)) if progress else None
             payloads.append(run_workload(model, batch_size, settings, tick))
+            if progress:
+                progress(f"{model} b={batch_size}", None)     # done: the caller may round its count up
     return payloads

@@ -26,7 +26,9 @@ on the samples.
 Every ``eval_every`` episodes (and before the first) the greedy table ``argmax_a Q(s, a)`` is
 scored: total batches over all samples, scheduled exactly as FSMPolicy would (greedy fallback in
 unseen states). The best table is kept; training stops once it is within ``target_ratio`` (1%) of
-the sum of the samples' lower bounds. Everything random draws from one ``numpy.random.Generator``
+the sum of the samples' lower bounds, after ``max_episodes``, or (optional) once ``max_seconds`` of
+training have passed: a budget for callers that must finish in bounded time (``phalanx bench``),
+at the price of determinism (how many episodes fit depends on the machine). ``stopped`` says which. Everything random draws from one ``numpy.random.Generator``
 seeded by ``seed``, so training is deterministic.
 """
 from __future__ import annotations
@@ -65,6 +67,7 @@ class TrainingResult:
     samples: int
     reward: str
     history: list[tuple[int, int]] = field(default_factory=list)   # (episode, greedy batches)
+    stopped: str = "episodes"      # "target" (within target_ratio), "episodes" or "seconds" (budget)
 
     @property
     def ratio(self) -> float:
@@ -74,7 +77,7 @@ class TrainingResult:
     def metadata(self) -> dict:
         return {"episodes": self.episodes, "best_batches": self.best_batches, "lower_bound": self.lower_bound,
                 "best_ratio": round(self.ratio, 6), "seed": self.seed, "samples": self.samples, "reward": self.reward,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "stopped": self.stopped}
 
 
 class TrainingSample:
@@ -109,7 +112,8 @@ def greedy_table(q_values: dict[StateKey, dict[int, float]]) -> dict[StateKey, i
 
 
 def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: int = 0,
-                max_episodes: int = 1000, eval_every: int = 50, target_ratio: float = 1.01,
+                max_episodes: int = 1000, max_seconds: float | None = None, eval_every: int = 50,
+                target_ratio: float = 1.01,
                 n_step: int = 10, learning_rate: float = 0.4, epsilon: float = 0.5, epsilon_decay: float = 0.9,
                 epsilon_floor: float = 0.05, reward: str = "typewise", progress: bool = False,
                 callback: ProgressCallback | None = None) -> TrainingResult:
@@ -118,8 +122,9 @@ def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: 
     **Arguments:** ``graphs``: the sample graphs, visited round robin, one per episode.
     ``reward``: ``"typewise"`` (ED-Batch) or ``"batch"`` (-1 per batch); NOTE: [Reward].
     ``progress=True`` shows a rich progress bar (episode, best batches / lower bound);
-    ``callback(episode, best, bound)`` is called after every evaluation. The other arguments are the
-    Q-learning hyper-parameters (module docstring).
+    ``callback(episode, best, bound)`` is called after every evaluation. ``max_seconds``: stop
+    after the first episode that ends past this many seconds of training (the table is scored then).
+    The other arguments are the Q-learning hyper-parameters (module docstring).
 
     Returns the best greedy table seen at an evaluation (the one before any episode included, i.e.
     the pure greedy fallback); ``episodes`` is the number of episodes run."""
@@ -153,12 +158,20 @@ def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: 
         if callback:
             callback(0, best_batches, bound_total)
         eps = epsilon
-        while episodes < max_episodes and best_batches > target_ratio * bound_total:
+        out_of_time = False
+        while True:
+            if best_batches <= target_ratio * bound_total:
+                stopped = "target"
+                break
+            if episodes >= max_episodes or out_of_time:
+                stopped = "seconds" if out_of_time else "episodes"
+                break
             q_learning_episode(samples[episodes % len(samples)], q_values, encoding, rng, eps, n_step, learning_rate,
                                reward)
             episodes += 1
             eps = max(epsilon_floor, eps * epsilon_decay)
-            if episodes % eval_every == 0 or episodes == max_episodes:
+            out_of_time = max_seconds is not None and time.perf_counter() - start_time >= max_seconds
+            if episodes % eval_every == 0 or episodes == max_episodes or out_of_time:
                 batches, table = evaluate()
                 history.append((episodes, batches))
                 if batches < best_batches:
@@ -171,7 +184,7 @@ def train_table(graphs: Sequence[GraphArrays], *, encoding: str = "sort", seed: 
         if bar:
             bar.close()
     return TrainingResult(best_table, type_names, encoding, episodes, best_batches, bound_total, seed,
-                          time.perf_counter() - start_time, len(samples), reward, history)
+                          time.perf_counter() - start_time, len(samples), reward, history, stopped)
 
 
 def q_learning_episode(sample: TrainingSample, q_values: dict[StateKey, dict[int, float]], encoding: str,

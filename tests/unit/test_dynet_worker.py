@@ -81,6 +81,9 @@ def test_peers_are_timed_round_robin_with_ratios_and_failures_as_notes(monkeypat
     assert depth["vs_eager"] == pytest.approx(rows["eager"]["seconds_per_batch"] / 5e-5)
     assert rows["phalanx[depth]"]["vs_dynet"] == pytest.approx(5e-5 / rows["phalanx[depth]"]["seconds_per_batch"])
     assert payload["notes"] == []
+    gap = payload["dynet_gap"]
+    assert (gap["phalanx"], gap["dynet"], gap["target"]) == ("phalanx[depth]", "dynet[depth]", 2.0)
+    assert gap["ratio"] == pytest.approx(rows["phalanx[depth]"]["vs_dynet"])
 
 
 def test_a_crashing_subprocess_becomes_a_note(monkeypatch):

@@ -1,0 +1,27 @@
+"""bench/suite.py: what ``phalanx bench`` times per model: DESIGN's sizes unless told otherwise, the
+per-instance loops in fewer rounds, the fsm training budget reported, and the DyNet gap slot."""
+from phalanx.bench import suite
+
+
+def test_defaults_follow_design_and_overrides_win():
+    settings = suite.Settings()
+    assert settings.hidden_of("treelstm") == 256 and settings.hidden_of("mvrnn") == 64
+    assert settings.batches_of("treelstm") == 4 and settings.batches_of("nmt") == 2
+    given = suite.Settings(hidden=32, batches=3)
+    assert given.hidden_of("mvrnn") == 32 and given.batches_of("nmt") == 3
+
+
+def test_eager_is_timed_in_fewer_rounds_and_fsm_training_is_budgeted():
+    settings = suite.Settings(hidden=8, batches=2, repeats=3, eager_repeats=1, policies=("depth", "fsm"),
+                              fsm_seconds=0.05, fsm_episodes=500)
+    payload = suite.run_workload("childsum", 3, settings)
+    samples = {r["impl"]: r["samples"] for r in payload["rows"]}
+    assert samples == {"eager": 2, "manual": 6, "phalanx[depth]": 6, "phalanx[fsm]": 6}
+    assert (payload["batches"], payload["repeats"], payload["eager_repeats"]) == (2, 3, 1)
+    facts = payload["policy_training"]
+    assert facts["fsm_budget"] == {"episodes": 500, "seconds": 0.05}
+    meta = facts["fsm_training"]
+    assert meta["stopped"] in ("seconds", "target") and meta["episodes"] < 500
+    assert payload["dynet_gap"] is None
+    line = f"childsum b=3: fsm trained {meta['episodes']} episodes in"
+    assert suite.report.fsm_lines([payload])[0].startswith(line)
