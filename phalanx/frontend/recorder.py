@@ -230,18 +230,27 @@ class Recorder:
 
     def _record_split(self, g, sig: Signature, mark: int, args: tuple, depth: int):
         """NOTE: [Input split] the part of an ahead-of-time cell that reads only *input-like*
-        operands (lazy values recorded at most ``INPUT_DEPTH`` levels into the instance's phase:
-        embeddings, their dropout or activation) while another operand is deeper (a recurrent
-        state) becomes its own node right after those inputs, so every instance's input part runs
-        in one large GEMM (``W_ih x_t`` for all tokens at once, as hand-written LSTMs hoist it); the
+        operands (per-instance data, or lazy values recorded at most ``INPUT_DEPTH`` levels into the
+        instance's phase: embeddings, their dropout or activation) while another operand is deeper
+        (a recurrent state; the first steps of a chain, where every operand is still input-like,
+        are not split) becomes its own node right after those inputs, so every instance's
+        input part runs in one large GEMM (``W_ih x_t`` for all tokens at once, as hand-written
+        LSTMs hoist it; a lattice node's embedding and input projection of its character); the
         rest stays at the cell's depth. Only where the input part holds a GEMM (cells/split.py,
         NOTE: [Split rule]); ``CellOptions(split=False)`` turns it off."""
-        limit = min(self.phase_base + INPUT_DEPTH, depth - 2)    # input-like, and below the deepest operand
-        if limit < self.phase_base:
+        limit = self.phase_base + INPUT_DEPTH
+        if depth <= limit + 1:
+            return self._append_node(g, sig, depth)    # no recurrent operand
+        keep = []
+        deep = False
+        for i, a in enumerate(args):
+            if type(a) is LazyValue and a.graph is g and a.depth > limit:
+                deep = True
+            else:
+                keep.append(i)       # an input-like lazy value, or per-instance data (a number, a tensor)
+        if not keep or not deep:
             return self._append_node(g, sig, depth)
-        keep = tuple([i for i, a in enumerate(args) if type(a) is LazyValue and a.depth <= limit and a.graph is g])
-        if not keep:
-            return self._append_node(g, sig, depth)
+        keep = tuple(keep)
         parts = self.splits.get((sig, keep), _NO_SPLIT)
         if parts is _NO_SPLIT:
             # Training flags are fixed during a call, so one lookup per (op type, operands) and call.
@@ -256,8 +265,9 @@ class Recorder:
         prefix_depth = 0
         for i in keep:
             arg_code.append(codes[i])
-            if args[i].depth >= prefix_depth:
-                prefix_depth = args[i].depth + 1
+            a = args[i]
+            if type(a) is LazyValue and a.depth >= prefix_depth:
+                prefix_depth = a.depth + 1
         first = g.num_values
         self._append_node(g, prefix, prefix_depth)
         arg_code.extend(range(first, first + prefix.num_outputs))
@@ -268,25 +278,30 @@ class Recorder:
     def _split_signatures(self, sig: Signature, flags: tuple, keep: tuple):
         """The (prefix, rest) signatures of ``sig`` split over operands ``keep``, or None."""
         table = self.table
-        key_prefix, key_rest = (_SPLIT, sig, flags, keep, 0), (_SPLIT, sig, flags, keep, 1)
-        prefix, rest = table.by_key.get(key_prefix), table.by_key.get(key_rest)
+        key_rest = (_SPLIT, sig, flags, keep)
+        rest = table.by_key.get(key_rest)
         others = tuple(i for i in range(len(sig.in_avals)) if i not in set(keep))
-        if prefix is not None and rest is not None:
-            return prefix, rest, others
         split = sig.meta["aot"].split(flags, keep)
         if split is None:
             return None
+        # Input parts of different op types (a lattice node of every in-degree) that compute the
+        # same program over the same operands of the same cell are one op type: one batch.
+        key_prefix = (_SPLIT, sig.callee, flags, tuple(sig.in_kinds[i] for i in keep),
+                      tuple(sig.in_avals[i] for i in keep), split.prefix.main.code)
+        prefix = table.by_key.get(key_prefix)
+        if prefix is not None and rest is not None:
+            return prefix, rest, others
+        if prefix is None:
+            prefix = self._prefix_signature(sig, split, keep, key_prefix)
+        if rest is None:
+            rest = self._rest_signature(sig, split, others, key_rest)
+        return prefix, rest, others
+
+    def _rest_signature(self, sig: Signature, split, others: tuple, key) -> Signature:
         from ..cells.kernel import CellKernel
+
+        table = self.table
         n_pre = len(split.prefix.out_avals)
-        pre_fn = _row_function(split.prefix, tuple)
-        prefix = Signature(
-            sid=len(table.sigs), name=f"{sig.name}[input part]", fn=pre_fn,
-            in_kinds=tuple(sig.in_kinds[i] for i in keep), in_avals=tuple(sig.in_avals[i] for i in keep),
-            out_avals=split.prefix.out_avals, unflatten=tuple, flatten=tuple, captured=sig.captured,
-            callee=sig.callee, modules=sig.modules, path=sig.path, plain_tuple=True)
-        prefix.meta["kernel"] = CellKernel(prefix, split.prefix)
-        prefix.meta["split_of"] = sig
-        table.add(prefix, key_prefix)
         rest = Signature(
             sid=len(table.sigs), name=f"{sig.name}[rest]", fn=_row_function(split.rest, sig.unflatten),
             in_kinds=(ArgKind.LAZY,) * n_pre + tuple(sig.in_kinds[i] for i in others),
@@ -296,8 +311,22 @@ class Recorder:
             plain_tuple=sig.plain_tuple)
         rest.meta["kernel"] = CellKernel(rest, split.rest)
         rest.meta["split_of"] = sig
-        table.add(rest, key_rest)
-        return prefix, rest, others
+        table.add(rest, key)
+        return rest
+
+    def _prefix_signature(self, sig: Signature, split, keep: tuple, key) -> Signature:
+        from ..cells.kernel import CellKernel
+
+        table = self.table
+        prefix = Signature(
+            sid=len(table.sigs), name=f"{sig.name}[input part]", fn=_row_function(split.prefix, tuple),
+            in_kinds=tuple(sig.in_kinds[i] for i in keep), in_avals=tuple(sig.in_avals[i] for i in keep),
+            out_avals=split.prefix.out_avals, unflatten=tuple, flatten=tuple, captured=sig.captured,
+            callee=sig.callee, modules=sig.modules, path=sig.path, plain_tuple=True)
+        prefix.meta["kernel"] = CellKernel(prefix, split.prefix)
+        prefix.meta["split_of"] = sig
+        table.add(prefix, key)
+        return prefix
 
     def _append_node(self, g, sig: Signature, depth: int):
         if depth < self.phase_base:
