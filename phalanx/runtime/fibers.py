@@ -14,7 +14,8 @@ recorded as a per-instance tensor operand (``ArgKind.TENSOR``), tagged with its 
 executor reads a list of such rows with one ``index_select`` from the arena (``EXTERNAL``), and the
 arena, not each row, is the input of the next flush. In training a round is one ``FlushFunction``
 whose outputs are its whole arenas, so those reads are autograd-connected: gradients flow from
-round k+1's flush into round k's, and decisions are ordinary Python.
+round k+1's flush into round k's, and decisions are ordinary Python. In inference the round keeps
+its arenas themselves (no copy); results that fill a whole arena in order are views of it.
 
 NOTE: [Lazy fibers] A call whose instances never force a value must pay nothing: instances are
 recorded by one *driver* greenlet, in order, on one stack. When an instance suspends, the driver
