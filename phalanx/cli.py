@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="phalanx policies to time: depth, agenda, fsm")
     bench.add_argument("--policy-file", metavar="FILE", help="use this saved fsm policy instead of training one")
     bench.add_argument("--fsm-seconds", type=float, help="budget of each fsm training on held-out mini-batches, "
-                       "in seconds (default: 20; --quick: 2); the output says how many episodes ran")
+                       "in seconds (default: 10; --quick: 1); the output says how many episodes ran")
     bench.add_argument("--fsm-episodes", type=int, help="episode budget of each fsm training (default: 1000)")
     bench.add_argument("--plan", nargs="+", default=["off"], choices=["off", "auto", "instance", "producer", "pqtree"],
                        metavar="PLAN", help="memory planning strategies to compare: off (schedule-order layout), "

@@ -31,14 +31,14 @@ class Settings:
     peers: tuple[str, ...] = ()
     policy_file: str | None = None
     eager_repeats: int | None = 1
-    fsm_seconds: float | None = 20.0
+    fsm_seconds: float | None = 10.0
     fsm_episodes: int = 1000
     models: tuple[str, ...] = field(default_factory=lambda: tuple(WORKLOADS))
 
     @classmethod
     def quick(cls, **overrides) -> "Settings":
         """About a minute for the whole zoo on one core: small hidden size, one timed mini-batch."""
-        return cls(**{"hidden": 64, "batch_sizes": (8, 32), "batches": 1, "repeats": 2, "fsm_seconds": 2.0,
+        return cls(**{"hidden": 64, "batch_sizes": (8, 32), "batches": 1, "repeats": 2, "fsm_seconds": 1.0,
                       **overrides})
 
     def hidden_of(self, model: str) -> int:
