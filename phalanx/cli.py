@@ -57,6 +57,8 @@ def _bench(args) -> int:
     console = _console()
     mode = "training" if settings.train else "inference"
     total = sum(suite.progress_units(settings, m) for m in settings.models) * len(settings.batch_sizes)
+    command = "phalanx " + " ".join(map(shlex.quote, sys.argv[1:] if args.argv is None else args.argv))
+    start = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task(mode, total=total)
@@ -70,11 +72,16 @@ def _bench(args) -> int:
             done["units"] += suite.progress_units(settings, where.split(" ")[0])
             progress.update(task, completed=done["units"])
 
-        payloads = suite.run_all(settings, tick)
-    command = "phalanx " + " ".join(map(shlex.quote, sys.argv[1:] if args.argv is None else args.argv))
-    for payload in payloads:
-        payload["command"] = command
-        payload["environment"] = report.environment(settings.threads)
+        def save(payloads: list[dict], complete: bool = False) -> None:
+            for payload in payloads:
+                payload["command"] = command
+                payload["environment"] = report.environment(settings.threads)
+            if args.json and args.all:      # after every model: a stopped run keeps what it measured
+                report.write_json(args.json, {"command": command, "complete": complete,
+                                              "wall_s": time.perf_counter() - start, "payloads": payloads})
+
+        payloads = suite.run_all(settings, tick, save)
+    save(payloads, complete=True)
     if args.all:
         console.print(report.settings_line(payloads, settings.threads), highlight=False, markup=False)
         for model in settings.models:
@@ -97,14 +104,20 @@ def _bench(args) -> int:
         console.print(line, highlight=False, markup=False)
     if args.all:
         console.print(report.summary_table(payloads))
+        per_model: dict[str, float] = {}
+        for p in payloads:
+            per_model[p["model"]] = per_model.get(p["model"], 0.0) + p["wall_s"]
+        console.print(f"wall time {time.perf_counter() - start:.0f} s; per model (both batch sizes, fsm training "
+                      "and peers included): " + ", ".join(f"{m} {s:.0f} s" for m, s in per_model.items()),
+                      highlight=False, markup=False)
     gaps = report.gap_lines(payloads)
     if gaps:
         console.print("against DyNet's fastest strategy, same thread count:", highlight=False)
     for line in gaps:
         console.print(line, highlight=False, markup=False)
     if args.json:
-        data = payloads if args.all else payloads[0]
-        report.write_json(args.json, {"command": command, "payloads": data} if args.all else data)
+        if not args.all:
+            report.write_json(args.json, payloads[0])
         console.print(f"wrote {args.json}", highlight=False)
     if args.plot:
         from .bench import plots
@@ -253,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="phalanx policies to time: depth, agenda, fsm")
     bench.add_argument("--policy-file", metavar="FILE", help="use this saved fsm policy instead of training one")
     bench.add_argument("--fsm-seconds", type=float, help="budget of each fsm training on held-out mini-batches, "
-                       "in seconds (default: 20; --quick: 2); the output says how many episodes ran")
+                       "in seconds (default: 10; --quick: 1); the output says how many episodes ran")
     bench.add_argument("--fsm-episodes", type=int, help="episode budget of each fsm training (default: 1000)")
     bench.add_argument("--plan", nargs="+", default=["off"], choices=["off", "auto", "instance", "producer", "pqtree"],
                        metavar="PLAN", help="memory planning strategies to compare: off (schedule-order layout), "

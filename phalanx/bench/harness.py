@@ -51,6 +51,9 @@ def resolve_policies(workload: Workload, names: list[str], train: bool, policy_f
             fn = workload.phalanx_fn(workload.model, train)
             policy = FSMPolicy.train(fn, workload.held_out or workload.batches, seed=seed, max_episodes=fsm_episodes,
                                      max_seconds=fsm_seconds)
+            # Timed mini-batches may hold op types the held-out ones lack (a child-sum node with
+            # more children than any held-out one): those states go greedy, counted as fallbacks.
+            policy.unknown_types = "fallback"
             facts = {"fsm_training_s": time.perf_counter() - start, "fsm_training": policy.metadata,
                      "fsm_budget": {"episodes": fsm_episodes, "seconds": fsm_seconds}}
         policies.append(policy)

@@ -3,6 +3,7 @@ schedules, optional peers) and the whole zoo (``run_all``: every registered work
 batch sizes), as JSON-ready payloads for tables (bench/report.py) and plots (bench/plots.py)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,14 +32,14 @@ class Settings:
     peers: tuple[str, ...] = ()
     policy_file: str | None = None
     eager_repeats: int | None = 1
-    fsm_seconds: float | None = 20.0
+    fsm_seconds: float | None = 10.0
     fsm_episodes: int = 1000
     models: tuple[str, ...] = field(default_factory=lambda: tuple(WORKLOADS))
 
     @classmethod
     def quick(cls, **overrides) -> "Settings":
         """About a minute for the whole zoo on one core: small hidden size, one timed mini-batch."""
-        return cls(**{"hidden": 64, "batch_sizes": (8, 32), "batches": 1, "repeats": 2, "fsm_seconds": 2.0,
+        return cls(**{"hidden": 64, "batch_sizes": (8, 32), "batches": 1, "repeats": 2, "fsm_seconds": 1.0,
                       **overrides})
 
     def hidden_of(self, model: str) -> int:
@@ -130,13 +131,20 @@ def add_dynet_ratios(rows: list[dict]) -> None:
                 r["vs_dynet"] = min(dynet) / r["seconds_per_batch"]
 
 
-def run_all(settings: Settings, progress: Callable[[str, str], None] | None = None) -> list[dict]:
-    """Payloads of every model in ``settings.models`` at every batch size."""
+def run_all(settings: Settings, progress: Callable[[str, str], None] | None = None,
+            done: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Payloads of every model in ``settings.models`` at every batch size; ``done(payloads so far)``
+    after each (so a long run that is stopped still leaves what it measured)."""
     payloads = []
     for model in settings.models:
         for batch_size in settings.batch_sizes:
             tick = (lambda what, m=model, b=batch_size: progress(f"{m} b={b}", what)) if progress else None
-            payloads.append(run_workload(model, batch_size, settings, tick))
+            start = time.perf_counter()
+            payload = run_workload(model, batch_size, settings, tick)
+            payload["wall_s"] = time.perf_counter() - start
+            payloads.append(payload)
             if progress:
                 progress(f"{model} b={batch_size}", None)     # done: the caller may round its count up
+            if done:
+                done(payloads)
     return payloads

@@ -25,3 +25,24 @@ def test_eager_is_timed_in_fewer_rounds_and_fsm_training_is_budgeted():
     assert payload["dynet_gap"] is None
     line = f"childsum b=3: fsm trained {meta['episodes']} episodes in"
     assert suite.report.fsm_lines([payload])[0].startswith(line)
+
+
+def test_fsm_schedules_op_types_the_held_out_batches_lack_greedily(monkeypatch):
+    """A timed mini-batch may hold an op type no held-out one has (child-sum: a node with more
+    children than any held-out node): the bench's fsm falls back there instead of failing."""
+    from phalanx.bench import workloads
+
+    real = workloads.WORKLOADS["childsum"]
+
+    def narrow_held_out(batch_size, hidden, num_batches, seed=0):
+        workload = real(batch_size, hidden, num_batches, seed)
+        workload.held_out = [[workload.batches[0][0]]]          # one small tree: few arities
+        return workload
+
+    monkeypatch.setitem(workloads.WORKLOADS, "childsum", narrow_held_out)
+    monkeypatch.setitem(suite.WORKLOADS, "childsum", narrow_held_out)
+    settings = suite.Settings(hidden=8, batches=2, repeats=1, policies=("fsm",), fsm_seconds=0.1)
+    payload = suite.run_workload("childsum", 8, settings)
+    fsm = next(r for r in payload["schedules"] if r["policy"] == "fsm")
+    assert fsm["fallbacks"] > 0 and fsm["batches"] >= payload["schedules"][0]["batches"]
+    assert [r["impl"] for r in payload["rows"]] == ["eager", "manual", "phalanx[fsm]"]
