@@ -54,11 +54,13 @@ class Batcher:
       must be there too (a clear error names both devices otherwise).
     - ``max_signatures``: bound on cached op types; past it the least recently used half is dropped
       (NOTE: [What an op type may cache] in ir/signature.py).
-    - ``cells``: the ahead-of-time cell analysis (phalanx/cells): ``True`` (default) traces every
-      cell once per op type into a batched aten program (hoisting, merged matmuls, the input split
-      of NOTE: [Input split], row-sparse embedding gradients); a ``CellOptions`` turns single
-      optimizations off; ``False`` batches cells by probing instead (runtime/kernels.py). A cell
-      that cannot be traced is batched by probing either way (``phalanx explain`` says why).
+    - ``cells``: the ahead-of-time cell analysis (phalanx/cells): ``True`` traces every cell once
+      per op type into a batched aten program (hoisting, merged matmuls, the input split of NOTE:
+      [Input split], row-sparse embedding gradients) and refuses a data-dependent cell while
+      recording; a ``CellOptions`` turns single optimizations off. ``False`` (default) runs the
+      cell's own code on stacked rows, checked once per op type by the taint-tracked probe
+      (runtime/kernels.py): on CPU that measured 13-32% faster than the traced programs
+      (``phalanx ablation``, README). A cell that cannot be traced is probed either way.
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
@@ -78,7 +80,7 @@ class Batcher:
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
                  lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False,
                  max_signatures: int = 4096, table: SignatureTable | None = None,
-                 device: "str | torch.device | None" = None, cells: "CellOptions | bool" = True):
+                 device: "str | torch.device | None" = None, cells: "CellOptions | bool" = False):
         self.fn = fn
         self.device = torch.device(device) if device is not None else None
         self.plan_objective = plan_objective

@@ -201,7 +201,7 @@ class FSMPolicy(Policy):
 
     @classmethod
     def train(cls, fn_or_batcher: Any, sample_instances_list: Iterable[Iterable[Any]], *, encoding: str = "sort",
-              seed: int = 0, max_episodes: int = 1000, progress: bool = False, cells: Any = True,
+              seed: int = 0, max_episodes: int = 1000, progress: bool = False, cells: Any = False,
               **options) -> "FSMPolicy":
         """A policy learned on sample mini-batches of a model.
 

@@ -38,7 +38,7 @@ def test_each_arity_is_its_own_op_type_for_now(examples_and_model):
     # meant to merge them, and this test should then assert one op type instead. The input part
     # (the word's embedding and input projections, NOTE: [Input split]) is already one op type.
     examples, model = examples_and_model
-    graph = phalanx.Batcher(model).record([t for t, _ in examples])
+    graph = phalanx.Batcher(model, cells=True).record([t for t, _ in examples])
     sigs = [graph.sigs[s] for s in graph.used_sids if "ChildSumNode" in graph.sigs[s].name]
     arities = {len(n.children) for t, _ in examples for n in t.nodes_postorder() if n.children}
     parts = {s.describe() for s in sigs if s.name.endswith("[input part]")}

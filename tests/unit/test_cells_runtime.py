@@ -1,4 +1,4 @@
-"""Ahead-of-time cells inside a Batcher (cells/aot.py, the recorder's NOTE: [Input split]): every
+"""Ahead-of-time cells inside a Batcher (``cells=True``) (cells/aot.py, the recorder's NOTE: [Input split]): every
 switch equals per-instance eager code, outputs and gradients, through one Batcher reused across
 calls; data-dependent cells are refused while recording; untraceable cells fall back."""
 import pytest
@@ -53,7 +53,7 @@ def test_tagger_every_switch_matches_eager(switch):
 def test_tagger_random_lengths_one_batcher(lengths, seed):
     torch.manual_seed(seed)
     model = BiLSTMTagger(20, 6, embed_dim=4, num_tags=5)
-    batcher = phalanx.Batcher(model.loss, verify=True)
+    batcher = phalanx.Batcher(model.loss, verify=True, cells=True)
     assert_matches_eager(model.loss, _sentences(lengths, seed), params=model.parameters(), train=True,
                          batcher=batcher)
 
@@ -62,7 +62,7 @@ def test_input_part_runs_as_one_batch_per_direction():
     """The split's point: every token's input projection of one direction in ONE batch."""
     torch.manual_seed(0)
     model = BiLSTMTagger(20, 6, embed_dim=4, num_tags=5)
-    batcher = phalanx.Batcher(model.forward, profile=True)
+    batcher = phalanx.Batcher(model.forward, profile=True, cells=True)
     with torch.no_grad():
         batcher([w for w, _ in _sentences([4, 6, 3, 5])])
     per_op = batcher.stats.per_op
@@ -74,7 +74,7 @@ def test_hoisted_values_follow_optimizer_steps():
     torch.manual_seed(0)
     model = TreeLSTM(30, 8, embed_dim=4)
     trees = [(t, i % 5) for i, t in enumerate(synthetic.random_trees(5, 0, 30))]
-    batcher = phalanx.Batcher(model.loss, verify=True)
+    batcher = phalanx.Batcher(model.loss, verify=True, cells=True)
     opt = torch.optim.Adam(model.parameters(), lr=0.1)      # Adam: needs dense gradients
     for _ in range(3):
         assert_matches_eager(model.loss, trees, params=model.parameters(), train=True, batcher=batcher)
@@ -105,7 +105,7 @@ def test_user_sparse_embedding_keeps_sparse_gradients():
     want = weight.grad.to_dense()
     for p in leaf.parameters():
         p.grad = None
-    torch.stack(phalanx.Batcher(leaf, verify=True)(words)).pow(2).sum().backward()
+    torch.stack(phalanx.Batcher(leaf, verify=True, cells=True)(words)).pow(2).sum().backward()
     assert weight.grad.is_sparse
     torch.testing.assert_close(weight.grad.to_dense(), want)
 
@@ -123,7 +123,7 @@ class Branchy(nn.Module):
 
 def test_data_dependent_cell_is_refused_while_recording():
     cell = Branchy()
-    batcher = phalanx.Batcher(lambda x: cell(x))
+    batcher = phalanx.Batcher(lambda x: cell(x), cells=True)
     with pytest.raises(DataDependentError, match="Branchy.*fibers"):
         batcher.record([torch.randn(4), torch.randn(4)])
 
@@ -136,7 +136,7 @@ def test_closure_tensor_cell_falls_back_to_probing():
         return torch.tanh(x * scale)
 
     xs = [torch.randn(4) for _ in range(3)]
-    batcher = assert_matches_eager(lambda x: scaled(x), xs)
+    batcher = assert_matches_eager(lambda x: scaled(x), xs, batcher=phalanx.Batcher(lambda x: scaled(x), cells=True))
     sig = next(s for s in batcher.table.sigs if s.name == "cell scaled")
     assert not isinstance(sig.kernel, CellKernel)
     assert "closure" in next(iter(sig.meta["aot"].errors.values()))
@@ -155,7 +155,7 @@ def test_dropout_cell_batches_per_training_flag():
 
     cell = Drop()
     xs = [torch.randn(4) for _ in range(4)]
-    batcher = phalanx.Batcher(lambda x: cell(x))
+    batcher = phalanx.Batcher(lambda x: cell(x), cells=True)
     cell.eval()
     assert_matches_eager(lambda x: cell(x), xs, batcher=batcher)
     cell.train()
@@ -170,8 +170,8 @@ def test_same_structure_shares_a_trace_but_not_weights():
     a, b = TreeLSTM(30, 8, embed_dim=4), TreeLSTM(30, 8, embed_dim=4)
     assert structure_key(a.internal) == structure_key(b.internal)
     trees = synthetic.random_trees(4, 1, 30)
-    batcher_a = assert_matches_eager(a, trees)
-    batcher_b = assert_matches_eager(b, trees)
+    batcher_a = assert_matches_eager(a, trees, batcher=phalanx.Batcher(a, cells=True))
+    batcher_b = assert_matches_eager(b, trees, batcher=phalanx.Batcher(b, cells=True))
     program = {s.name: s.kernel.program for s in batcher_a.table.sigs if isinstance(s.kernel, CellKernel)}
     other = {s.name: s.kernel.program for s in batcher_b.table.sigs if isinstance(s.kernel, CellKernel)}
     name = "cell TreeLSTMInternal"

@@ -137,6 +137,6 @@ def test_reports_a_cell_that_could_not_be_traced():
         return torch.tanh(x * scale)          # a closure tensor: not traceable ahead of time
 
     with torch.no_grad():
-        findings = phalanx.Batcher(lambda x: scaled(x)).explain([torch.randn(DIM) for _ in range(4)]).findings
+        findings = phalanx.Batcher(lambda x: scaled(x), cells=True).explain([torch.randn(DIM) for _ in range(4)]).findings
     untraced = [f for f in findings if f.kind == "untraced-cell"]
     assert len(untraced) == 1 and "cell scaled" in untraced[0].message and "closure" in untraced[0].message
