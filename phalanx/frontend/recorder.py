@@ -19,6 +19,7 @@ from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
 from ..rules import shifted_call
 from .capture import run_capturing
+from .input_split import INPUT_DEPTH, attach_program, split_signatures
 
 class _RecorderSlot(threading.local):
     rec: "Recorder | None" = None
@@ -255,7 +256,7 @@ class Recorder:
         if parts is _NO_SPLIT:
             # Training flags are fixed during a call, so one lookup per (op type, operands) and call.
             flags = tuple(m.training for m in sig.modules)
-            parts = self.splits[(sig, keep)] = self._split_signatures(sig, flags, keep)
+            parts = self.splits[(sig, keep)] = split_signatures(self.table, sig, flags, keep)
         if parts is None:
             return self._append_node(g, sig, depth)
         prefix, rest, others = parts
@@ -274,59 +275,6 @@ class Recorder:
         for i in others:
             arg_code.append(codes[i])
         return self._append_node(g, rest, depth)
-
-    def _split_signatures(self, sig: Signature, flags: tuple, keep: tuple):
-        """The (prefix, rest) signatures of ``sig`` split over operands ``keep``, or None."""
-        table = self.table
-        key_rest = (_SPLIT, sig, flags, keep)
-        rest = table.by_key.get(key_rest)
-        others = tuple(i for i in range(len(sig.in_avals)) if i not in set(keep))
-        split = sig.meta["aot"].split(flags, keep)
-        if split is None:
-            return None
-        # Input parts of different op types (a lattice node of every in-degree) that compute the
-        # same program over the same operands of the same cell are one op type: one batch.
-        key_prefix = (_SPLIT, sig.callee, flags, tuple(sig.in_kinds[i] for i in keep),
-                      tuple(sig.in_avals[i] for i in keep), split.prefix.main.code)
-        prefix = table.by_key.get(key_prefix)
-        if prefix is not None and rest is not None:
-            return prefix, rest, others
-        if prefix is None:
-            prefix = self._prefix_signature(sig, split, keep, key_prefix)
-        if rest is None:
-            rest = self._rest_signature(sig, split, others, key_rest)
-        return prefix, rest, others
-
-    def _rest_signature(self, sig: Signature, split, others: tuple, key) -> Signature:
-        from ..cells.kernel import CellKernel
-
-        table = self.table
-        n_pre = len(split.prefix.out_avals)
-        rest = Signature(
-            sid=len(table.sigs), name=f"{sig.name}[rest]", fn=_row_function(split.rest, sig.unflatten),
-            in_kinds=(ArgKind.LAZY,) * n_pre + tuple(sig.in_kinds[i] for i in others),
-            in_avals=(*split.prefix.out_avals, *(sig.in_avals[i] for i in others)),
-            out_avals=sig.out_avals, unflatten=sig.unflatten, flatten=sig.flatten, captured=sig.captured,
-            callee=sig.callee, modules=sig.modules, path=sig.path, single=sig.single,
-            plain_tuple=sig.plain_tuple)
-        rest.meta["kernel"] = CellKernel(rest, split.rest)
-        rest.meta["split_of"] = sig
-        table.add(rest, key)
-        return rest
-
-    def _prefix_signature(self, sig: Signature, split, keep: tuple, key) -> Signature:
-        from ..cells.kernel import CellKernel
-
-        table = self.table
-        prefix = Signature(
-            sid=len(table.sigs), name=f"{sig.name}[input part]", fn=_row_function(split.prefix, tuple),
-            in_kinds=tuple(sig.in_kinds[i] for i in keep), in_avals=tuple(sig.in_avals[i] for i in keep),
-            out_avals=split.prefix.out_avals, unflatten=tuple, flatten=tuple, captured=sig.captured,
-            callee=sig.callee, modules=sig.modules, path=sig.path, plain_tuple=True)
-        prefix.meta["kernel"] = CellKernel(prefix, split.prefix)
-        prefix.meta["split_of"] = sig
-        table.add(prefix, key)
-        return prefix
 
     def _append_node(self, g, sig: Signature, depth: int):
         if depth < self.phase_base:
@@ -517,7 +465,7 @@ class Recorder:
             single=isinstance(outputs, torch.Tensor), plain_tuple=type(outputs) is tuple and unflatten is tuple,
             meta=meta)
         if is_cell and self.table.cells is not None and meta["batching"] == "auto":
-            _attach_program(sig, callee, self.table.cells, g.device)
+            attach_program(sig, callee, self.table.cells, g.device)
         keys = [key]
         if isinstance(key[1], tuple) and is_cell and not template_kwargs and _flat_template(template_args, len(operands)):
             # Also register the flat key of the cell fast path, so the next call skips this path.
@@ -540,31 +488,8 @@ def rediscover_captured(sig: Signature, device=None) -> None:
 
 
 _INPUT = object()
-_SPLIT = object()
 _NO_SPLIT = object()
-# NOTE: [Input split]: how many levels into its phase an operand still counts as an input.
-INPUT_DEPTH = 2
 
-
-def _attach_program(sig: Signature, callee, options, device) -> None:
-    """Trace the cell ahead of time (phalanx/cells) for its modules' current training flags. A
-    data-dependent body raises DataDependentError here, while recording; an untraceable one keeps
-    the probe-checked kernels (the reason is in ``sig.meta["aot"].errors``)."""
-    from ..cells.aot import AotCell
-
-    module = callee if isinstance(callee, torch.nn.Module) else None
-    aot = AotCell(sig.name, sig.fn, module, sig.in_avals, sig.in_kinds, options, device)
-    sig.meta["aot"] = aot
-    program = aot.program(tuple(m.training for m in sig.modules))
-    sig.splittable = program is not None and aot.may_split
-
-
-def _row_function(program, rebuild) -> Callable:
-    """One instance's call of a batched program (the per-instance ``fn`` of a split signature)."""
-    def per_instance(*operands):
-        outs = program([o.unsqueeze(0) for o in operands], 1)
-        return rebuild([o[0] for o in outs])
-    return per_instance
 
 def _items(container) -> list:
     return list(container.values()) if type(container) is dict else list(container)
