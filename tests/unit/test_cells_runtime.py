@@ -180,3 +180,25 @@ def test_same_structure_shares_a_trace_but_not_weights():
     c = TreeLSTM(30, 8, embed_dim=4)
     c.internal.register_forward_hook(lambda m, i, o: o)
     assert structure_key(c.internal) is None                             # hooks: never shared
+
+
+def test_gradient_penalty_through_traced_cells():
+    """create_graph=True re-runs the flush with dense, differentiable embedding gradients."""
+    torch.manual_seed(0)
+    model = TreeLSTM(30, 8, embed_dim=4)
+    trees = synthetic.random_trees(4, 1, 30)
+    params = list(model.parameters())
+
+    def penalty_grads(outputs):
+        total = sum((o * torch.arange(1.0, o.numel() + 1).reshape(o.shape)).sum() for o in outputs)
+        grads = torch.autograd.grad(total, params, create_graph=True)
+        return torch.autograd.grad(sum((g ** 2).sum() for g in grads), params, allow_unused=True)
+
+    expected = penalty_grads([model(t) for t in trees])
+    got = penalty_grads(phalanx.Batcher(model, cells=True)(trees))
+    assert sum(e is not None for e in expected) >= 5
+    for g, e in zip(got, expected, strict=True):
+        assert (g is None) == (e is None)
+        if e is not None:
+            assert not g.is_sparse
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
