@@ -75,12 +75,6 @@ class AotCell:
             self.splits[key] = auto_split(program, keep) if program is not None else None
         return self.splits[key]
 
-    def describe(self, flags: tuple) -> str:
-        program = self.programs.get(flags)
-        if program is not None:
-            return program.describe()
-        return f"{self.name}: not traced ({self.errors.get(flags, 'not run yet')}); probe-checked kernel"
-
 
 # NOTE: [Shared traces] tracing costs ~0.1 s per make_fx pass (four per program), so programs are
 # shared between cells of the same *structure*: the same module class and forward, the same plain

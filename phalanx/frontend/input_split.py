@@ -43,10 +43,10 @@ def split_signatures(table, sig: Signature, flags: tuple, keep: tuple):
     [Input split]), or None when the split would move no GEMM. Both are ordinary table entries."""
     key_rest = (_SPLIT, sig, flags, keep)
     rest = table.by_key.get(key_rest)
-    others = tuple(i for i in range(len(sig.in_avals)) if i not in set(keep))
     split = sig.meta["aot"].split(flags, keep)
     if split is None:
         return None
+    others = tuple(i for i in range(len(sig.in_avals)) if i not in keep)
     # Input parts of different op types (a lattice node of every in-degree) that compute the
     # same program over the same operands of the same cell are one op type: one batch.
     key_prefix = (_SPLIT, sig.callee, flags, tuple(sig.in_kinds[i] for i in keep),
@@ -73,7 +73,6 @@ def _rest_signature(table, sig: Signature, split, others: tuple, key) -> Signatu
         callee=sig.callee, modules=sig.modules, path=sig.path, single=sig.single,
         plain_tuple=sig.plain_tuple)
     rest.meta["kernel"] = CellKernel(rest, split.rest)
-    rest.meta["split_of"] = sig
     table.add(rest, key)
     return rest
 
@@ -87,6 +86,5 @@ def _prefix_signature(table, sig: Signature, split, keep: tuple, key) -> Signatu
         out_avals=split.prefix.out_avals, unflatten=tuple, flatten=tuple, captured=sig.captured,
         callee=sig.callee, modules=sig.modules, path=sig.path, plain_tuple=True)
     prefix.meta["kernel"] = CellKernel(prefix, split.prefix)
-    prefix.meta["split_of"] = sig
     table.add(prefix, key)
     return prefix

@@ -53,13 +53,13 @@ from operator import itemgetter
 import numpy as np
 import torch
 
+from ..cells.sparse import dense_gradients
 from ..errors import BatchExecutionError, PhalanxError
 from ..ir.graph import GraphArrays
 from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout, output_values
 from ..schedule.base import Schedule, ranges
 from ..stats import ReadCounts
-from ..cells.sparse import dense_gradients
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
 from .params import FlushParams
 
@@ -282,12 +282,20 @@ def _localize(step: Step, operands: list, error: Exception) -> BatchExecutionErr
                                f"{sorted(set(step.insts.tolist()))[:8]}...) failed: {summary}")
 
 
-def _write(step: Step, outs: tuple, arenas: list[torch.Tensor]) -> None:
+def _write(step: Step, outs: tuple, arenas: list[torch.Tensor], adopt: bool = False) -> None:
+    """Write a batch's outputs into their arena rows. ``adopt`` (inference only): an output that
+    fills its whole arena and owns its memory becomes the arena instead (no copy; arenas are
+    single-assignment, so nothing writes it again)."""
     for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
+        target = arenas[arena]
         if kind == SLICE:
-            arenas[arena][rows[0]:rows[1]].copy_(out)
+            if (adopt and rows[0] == 0 and rows[1] == len(target) and out._base is None
+                    and out.dtype == target.dtype and out.shape == target.shape and out.is_contiguous()):
+                arenas[arena] = out
+            else:
+                target[rows[0]:rows[1]].copy_(out)
         else:
-            arenas[arena].index_copy_(0, rows, out)
+            target.index_copy_(0, rows, out)
 
 
 def _output_grad(output, garenas) -> torch.Tensor:
@@ -297,32 +305,13 @@ def _output_grad(output, garenas) -> torch.Tensor:
     return garenas[arena].index_select(0, rows)
 
 
-def _adopt_whole(step: Step, outs: tuple, arenas: list[torch.Tensor]) -> tuple:
-    """Inference: an output that fills its whole arena and owns its memory becomes the arena (no
-    copy; arenas are single-assignment, so nothing writes it again). The rest is written."""
-    rest = []
-    for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
-        target = arenas[arena]
-        if (kind == SLICE and rows[0] == 0 and rows[1] == len(target) and out._base is None
-                and out.dtype == target.dtype and out.shape == target.shape and out.is_contiguous()):
-            arenas[arena] = out
-        else:
-            rest.append(((kind, arena, rows), out))
-    return rest
-
-
 def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -> None:
     """Run every step under no_grad. ``profile``: a Stats whose per-op times are filled in."""
     kernels: dict = {}
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            outs = _call(step, [_read(op, arenas) for op in step.operands], kernels)
-            for (kind, arena, rows), out in _adopt_whole(step, outs, arenas):
-                if kind == SLICE:
-                    arenas[arena][rows[0]:rows[1]].copy_(out)
-                else:
-                    arenas[arena].index_copy_(0, rows, out)
+            _write(step, _call(step, [_read(op, arenas) for op in step.operands], kernels), arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
 
