@@ -12,6 +12,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..ir.columns import CellCall
 from . import recorder as _recorder
 from .recorder import _SLOT
 
@@ -49,7 +50,15 @@ class Cell:
         rec = _SLOT.rec
         if rec is None:
             return self.fn(*_convert_numbers(args), **kwargs)
+        if not kwargs:
+            out = rec.append_call(self, args)        # the fast path (ir/columns.py)
+            if out is not NotImplemented:
+                return out
         return rec.record_cell(self, args, kwargs)
+
+    if CellCall is not None:
+        # Natively, the same call without a Python frame on the fast path (NOTE: [Native columns]).
+        __call__ = CellCall(_SLOT, __call__)
 
     def __repr__(self) -> str:
         return f"<phalanx {self._phalanx_name}>"
@@ -59,6 +68,10 @@ def _cell_call(self, *args, **kwargs):
     rec = _SLOT.rec
     if rec is None:
         return nn.Module.__call__(self, *_convert_numbers(args, self), **kwargs)
+    if not kwargs:
+        out = rec.append_call(self, args)            # the fast path (ir/columns.py)
+        if out is not NotImplemented:
+            return out
     return rec.record_cell(self, args, kwargs)
 
 
@@ -66,8 +79,13 @@ def _module_fn(self) -> Callable:
     return functools.partial(nn.Module.__call__, self)
 
 
+# Natively, a cell class's __call__ records without a Python frame on the fast path and defers to
+# _cell_call for everything else (NOTE: [Native columns] in ir/_columns.c).
+_CELL_CALL = CellCall(_SLOT, _cell_call) if CellCall is not None else _cell_call
+
+
 def _cellify_class(cls: type, name: str | None, batching: str) -> type:
-    cls.__call__ = _cell_call
+    cls.__call__ = _CELL_CALL
     cls._phalanx_fn = _module_fn
     cls._phalanx_batching = _check_batching(batching)
     # A subclass of a cell class inherits this name unless it is decorated itself.
@@ -87,7 +105,7 @@ class CellModule(nn.Module):
     def forward(self, *args, **kwargs):
         return self.inner(*args, **kwargs)
 
-    __call__ = _cell_call
+    __call__ = _CELL_CALL
     _phalanx_fn = _module_fn
 
 

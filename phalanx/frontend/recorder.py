@@ -15,6 +15,7 @@ import torch
 
 from ..errors import CellCallError, DataDependentError, PhalanxError, ResultStructureError, UnsupportedOpError
 from ..ir.aval import AVal, aval, aval_of
+from ..ir.columns import FLOAT_KEY, INT_KEY
 from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
 from ..rules import shifted_call
@@ -42,8 +43,9 @@ SUBSTITUTION = _Substitution()
 # higher rank run after lower ones. DataflowGraph.freeze() renumbers depths densely.
 PHASE_SHIFT = 32
 
-# Key markers for Python-number operands of cells (their aval alone would collide with LAZY ones).
-_INT_KEY, _FLOAT_KEY, _BOOL_KEY = object(), object(), object()
+# Key markers for Python-number operands of cells (their aval alone would collide with LAZY ones);
+# the int and float ones are shared with the native fast path (ir/columns.py).
+_INT_KEY, _FLOAT_KEY, _BOOL_KEY = INT_KEY, FLOAT_KEY, object()
 
 
 def active() -> "Recorder | None":
@@ -142,7 +144,9 @@ class Recorder:
     def __init__(self, table: SignatureTable, device: "torch.device | None" = None):
         self.table = table
         self.graph = DataflowGraph(table, device)
-        self.last_sig: dict = {}          # cell -> the signature of its last all-lazy call
+        # The fast path of a cell call (frontend/cell.py): native when built (NOTE: [Native columns]).
+        self.append_call = self.graph.append_call
+        self.last_sig: dict = {}          # cell -> the signature of its last all-lazy call (split cells)
         self.splits: dict = {}            # (signature, kept operands) -> (prefix, rest, others) | None
         self.inst = 0
         self.phase = 0
@@ -155,18 +159,20 @@ class Recorder:
     def set_phase(self, phase: int) -> None:
         """Nodes recorded from now on belong to ``phase`` (frontend/phase.py, NOTE: [Phase depth])."""
         self.phase = phase
-        self.phase_base = phase << PHASE_SHIFT
+        self.phase_base = self.graph.phase_base = phase << PHASE_SHIFT
         self.graph.set_instance(self.inst, phase)
 
-    # *** cells: the fast path ***
+    # *** cells ***
     def record_cell(self, cell, args: tuple, kwargs: dict):
+        """A cell call that ``append_call`` (the fast path, ir/columns.py) declined: the first call of
+        the cell in this graph, other avals, kwargs, tensors, split cells. Resolves the op type and
+        registers the cell's fast entry, so the next call like it takes the fast path."""
         if kwargs:
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
         g = self.graph
         arg_code = g.arg_code
-        # The cell's last signature, when every argument is a lazy value of the same avals: no key
-        # to build or hash (the common case: a recursion or loop calling one cell over and over).
+        # A split cell's last signature, when every argument is a lazy value of the same avals.
         sig = self.last_sig.get(cell)
         if sig is not None and len(args) == len(sig.in_avals):
             mark = len(arg_code)
@@ -180,9 +186,7 @@ class Recorder:
                 if d >= depth:
                     depth = d + 1
             else:
-                if sig.splittable:
-                    return self._record_split(g, sig, mark, args, depth)
-                return self._append_node(g, sig, depth)
+                return self._record_split(g, sig, mark, args, depth)
         imms = g.imms
         mark = len(arg_code)
         key = [cell]
@@ -218,15 +222,21 @@ class Recorder:
                 break
         sig = self.table.by_key.get(tuple(key)) if key is not None else None
         if sig is None:
-            # Not the fast path (new signature, or arguments it does not handle): undo and go general.
+            # A new signature, or arguments only the general path handles: undo and go general.
             del imms[len(imms) - sum(1 for c in arg_code[mark:] if c < 0):]
             del arg_code[mark:]
-            return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
-                                        numbers_are_operands=True)
-        if sig.all_lazy:
-            self.last_sig[cell] = sig
+            out = self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
+                                       numbers_are_operands=True)
+            sig = self.table.sigs[g.node_sig[-1]] if g.node_sig else None
+            if sig is not None and sig.callee is cell and sig.fast_entry is not None:
+                g.fast_calls[cell] = sig.fast_entry
+            return out
         if sig.splittable:
+            if sig.all_lazy:
+                self.last_sig[cell] = sig
             return self._record_split(g, sig, mark, args, depth)
+        if sig.fast_entry is not None:
+            g.fast_calls[cell] = sig.fast_entry
         return self._append_node(g, sig, depth)
 
     def _record_split(self, g, sig: Signature, mark: int, args: tuple, depth: int):
@@ -317,6 +327,13 @@ class Recorder:
             return self.record_input(instance)
         t = type(instance)
         if t is not tuple and t is not list and t is not dict:
+            return instance
+        # The common instance, a flat container of non-tensors ((tree, label)), needs no walk.
+        for x in (instance.values() if t is dict else instance):
+            tx = type(x)
+            if tx is tuple or tx is list or tx is dict or isinstance(x, torch.Tensor):
+                break
+        else:
             return instance
         # Frames: [container, its items, converted items]; children are converted in order.
         stack = [[instance, _items(instance), []]]
@@ -473,6 +490,9 @@ class Recorder:
             for k, a in zip(kinds, avals, strict=True):
                 flat_key.append(a if k is ArgKind.LAZY else _number_key(a) if k is ArgKind.NUMBER else ("tensor", a))
             keys.append(tuple(flat_key))
+            if not sig.splittable and (sig.single or sig.plain_tuple) and ArgKind.TENSOR not in kinds \
+                    and all(a.dtype is not torch.bool for k, a in zip(kinds, avals) if k is ArgKind.NUMBER):
+                sig.fast_entry = (sig.sid, tuple(flat_key[1:]), sig.out_avals, sig.single)
         self.table.add(sig, *keys)
         return sig
 

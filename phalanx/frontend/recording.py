@@ -116,8 +116,11 @@ def hide_submodules(exposed: list) -> None:
 
 
 def flatten_result(out, index: int):
-    if type(out) is LazyValue or isinstance(out, torch.Tensor):
+    t = type(out)
+    if t is LazyValue or isinstance(out, torch.Tensor):
         return [out], _first
+    if (t is tuple or t is list) and all(type(x) is LazyValue for x in out):
+        return list(out), t           # a flat tuple / list of lazy values: no pytree walk
     leaves, spec = torch.utils._pytree.tree_flatten(out)
     bad = [leaf for leaf in leaves if not isinstance(leaf, _LEAF_TYPES)]
     if bad:

@@ -11,17 +11,15 @@ from __future__ import annotations
 import torch
 
 from ..errors import UnsupportedOpError
+from ..ir.columns import ValueBase, set_value_type
 from . import recorder as _recorder
 
 
-class LazyValue:
-    __slots__ = ("vid", "aval", "depth", "graph")
+class LazyValue(ValueBase):
+    """``vid``, ``aval``, ``depth``, ``graph`` are stored by ``ValueBase`` (ir/columns.py: native when
+    built, so the recording fast path creates values without running Python)."""
 
-    def __init__(self, vid, aval, depth, graph):
-        self.vid = vid
-        self.aval = aval
-        self.depth = depth
-        self.graph = graph
+    __slots__ = ()
 
     # torch's override protocol: torch.tanh(v), F.linear(v, W), torch.cat([v, w]) land here.
     @classmethod
@@ -156,3 +154,4 @@ for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__
               "__getitem__"):
     setattr(LazyValue, _name, _binary(_name))
 
+set_value_type(LazyValue)

@@ -23,28 +23,23 @@ import numpy as np
 import torch
 
 from .aval import AVal
+from .columns import Columns
 from .signature import Signature, SignatureTable
 
 
-class DataflowGraph:
-    """Append-only store written by the recorder. See the module docstring for the layout."""
+class DataflowGraph(Columns):
+    """Append-only store written by the recorder. See the module docstring for the layout; the
+    node columns and the recording fast path live in ``Columns`` (ir/columns.py, native when built)."""
 
-    __slots__ = ("table", "node_sig", "node_depth", "inst_runs", "phase_runs", "arg_start", "arg_code", "imms",
-                 "num_values", "device")
+    __slots__ = ("table", "inst_runs", "phase_runs", "device")
 
     def __init__(self, table: SignatureTable, device: "torch.device | None" = None):
+        super().__init__()
         self.table = table
         self.device = device if device is not None else torch.device("cpu")
-        self.node_sig: list[int] = []
-        self.node_depth: list[int] = []
         # Instance and phase change rarely, so they are stored as runs: (first node, value).
         self.inst_runs: list[tuple[int, int]] = []
         self.phase_runs: list[tuple[int, int]] = []
-        self.arg_start: list[int] = [0]
-        self.arg_code: list[int] = []
-        self.imms: list = []
-        # Per-value columns (producing node, aval) follow from node_sig and are built by freeze().
-        self.num_values = 0
 
     def __len__(self) -> int:
         return len(self.node_sig)

@@ -68,6 +68,8 @@ class Signature:
     keys: list = field(default_factory=list)   # its keys in SignatureTable.by_key
     last_call: int = 0          # the table's call counter when it was last used (for eviction)
     splittable: bool = False    # an ahead-of-time cell the recorder may split (NOTE: [Input split])
+    # (sid, argument pattern, out_avals, single) for the native cell-call fast path (ir/columns.py), or None.
+    fast_entry: Any = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -176,6 +178,8 @@ class SignatureTable:
             self.clear()
             for sid, sig in enumerate(kept):
                 sig.sid = sid
+                if sig.fast_entry is not None:
+                    sig.fast_entry = (sid, *sig.fast_entry[1:])
                 self.sigs.append(sig)
                 for key in sig.keys:
                     self.by_key[key] = sig
