@@ -30,7 +30,7 @@ static PyObject *float_key = NULL;
 
 typedef struct {
     PyObject_HEAD
-    PyObject *vid;
+    Py_ssize_t vid;
     PyObject *aval;
     Py_ssize_t depth;
     PyObject *graph;
@@ -40,14 +40,13 @@ static PyObject *
 value_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *names[] = {"vid", "aval", "depth", "graph", NULL};
-    PyObject *vid, *aval, *graph;
-    Py_ssize_t depth;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOnO:ValueBase", names, &vid, &aval, &depth, &graph))
+    PyObject *aval, *graph;
+    Py_ssize_t vid, depth;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nOnO:ValueBase", names, &vid, &aval, &depth, &graph))
         return NULL;
     ValueBase *self = (ValueBase *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    Py_INCREF(vid);
     self->vid = vid;
     Py_INCREF(aval);
     self->aval = aval;
@@ -60,7 +59,6 @@ value_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 value_traverse(ValueBase *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->vid);
     Py_VISIT(self->aval);
     Py_VISIT(self->graph);
     return 0;
@@ -69,7 +67,6 @@ value_traverse(ValueBase *self, visitproc visit, void *arg)
 static int
 value_clear(ValueBase *self)
 {
-    Py_CLEAR(self->vid);
     Py_CLEAR(self->aval);
     Py_CLEAR(self->graph);
     return 0;
@@ -84,7 +81,7 @@ value_dealloc(ValueBase *self)
 }
 
 static PyMemberDef value_members[] = {
-    {"vid", T_OBJECT_EX, offsetof(ValueBase, vid), READONLY, "id of the value in its graph"},
+    {"vid", T_PYSSIZET, offsetof(ValueBase, vid), READONLY, "id of the value in its graph"},
     {"aval", T_OBJECT_EX, offsetof(ValueBase, aval), READONLY, "per-instance shape and dtype"},
     {"depth", T_PYSSIZET, offsetof(ValueBase, depth), READONLY, "depth of the producing node"},
     {"graph", T_OBJECT_EX, offsetof(ValueBase, graph), READONLY, "the DataflowGraph it belongs to"},
@@ -110,11 +107,7 @@ make_value(Py_ssize_t vid, PyObject *aval, Py_ssize_t depth, PyObject *graph)
     ValueBase *v = (ValueBase *)value_type->tp_alloc(value_type, 0);
     if (v == NULL)
         return NULL;
-    v->vid = PyLong_FromSsize_t(vid);
-    if (v->vid == NULL) {
-        Py_DECREF(v);
-        return NULL;
-    }
+    v->vid = vid;
     Py_INCREF(aval);
     v->aval = aval;
     v->depth = depth;
@@ -123,14 +116,314 @@ make_value(Py_ssize_t vid, PyObject *aval, Py_ssize_t depth, PyObject *graph)
     return (PyObject *)v;
 }
 
+
+/* *** IntColumn: a growable int64 column (list-like, plus the buffer protocol) ***
+ *
+ * The graph's columns are appended to once per node and turned into numpy arrays once per flush.
+ * As Python lists of ints the conversion cost ~0.3 us per node; as int64 buffers numpy copies
+ * them with one memcpy. The Python twin is array.array('q'), which behaves the same.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    long long *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+    Py_ssize_t exports;     /* buffers handed out: no resizing while any is alive */
+} IntColumn;
+
+static PyTypeObject IntColumnType;
+
+static int
+column_reserve(IntColumn *self, Py_ssize_t need)
+{
+    if (need <= self->cap)
+        return 0;
+    if (self->exports > 0) {
+        PyErr_SetString(PyExc_BufferError, "an IntColumn cannot grow while its buffer is exported");
+        return -1;
+    }
+    Py_ssize_t cap = self->cap < 16 ? 16 : self->cap;
+    while (cap < need)
+        cap += cap >> 1;
+    long long *data = PyMem_Realloc(self->data, (size_t)cap * sizeof(long long));
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->data = data;
+    self->cap = cap;
+    return 0;
+}
+
+static inline int
+column_push(IntColumn *self, long long x)
+{
+    if (self->len == self->cap && column_reserve(self, self->len + 1) < 0)
+        return -1;
+    self->data[self->len++] = x;
+    return 0;
+}
+
+static IntColumn *
+column_create(void)
+{
+    return (IntColumn *)IntColumnType.tp_alloc(&IntColumnType, 0);
+}
+
+static PyObject *
+column_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *items = NULL;
+    if (!PyArg_ParseTuple(args, "|O:IntColumn", &items))
+        return NULL;
+    IntColumn *self = (IntColumn *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (items != NULL) {
+        PyObject *r = PyObject_CallMethod((PyObject *)self, "extend", "O", items);
+        if (r == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    return (PyObject *)self;
+}
+
+static void
+column_dealloc(IntColumn *self)
+{
+    PyMem_Free(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+column_append(IntColumn *self, PyObject *x)
+{
+    long long v = PyLong_AsLongLong(x);
+    if (v == -1 && PyErr_Occurred())
+        return NULL;
+    if (column_push(self, v) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+column_extend(IntColumn *self, PyObject *items)
+{
+    PyObject *it = PyObject_GetIter(items);
+    if (it == NULL)
+        return NULL;
+    Py_ssize_t mark = self->len;
+    PyObject *x;
+    while ((x = PyIter_Next(it)) != NULL) {
+        long long v = PyLong_AsLongLong(x);
+        Py_DECREF(x);
+        if ((v == -1 && PyErr_Occurred()) || column_push(self, v) < 0) {
+            self->len = mark;
+            Py_DECREF(it);
+            return NULL;
+        }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) {
+        self->len = mark;
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+column_tolist(IntColumn *self, PyObject *unused)
+{
+    PyObject *list = PyList_New(self->len);
+    for (Py_ssize_t i = 0; list != NULL && i < self->len; i++) {
+        PyObject *v = PyLong_FromLongLong(self->data[i]);
+        if (v == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+static Py_ssize_t
+column_length(IntColumn *self)
+{
+    return self->len;
+}
+
+static PyObject *
+column_item(IntColumn *self, Py_ssize_t i)
+{
+    if (i < 0 || i >= self->len) {
+        PyErr_SetString(PyExc_IndexError, "IntColumn index out of range");
+        return NULL;
+    }
+    return PyLong_FromLongLong(self->data[i]);
+}
+
+static PyObject *
+column_subscript(IntColumn *self, PyObject *key)
+{
+    if (PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred())
+            return NULL;
+        if (i < 0)
+            i += self->len;
+        return column_item(self, i);
+    }
+    if (PySlice_Check(key)) {
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(key, &start, &stop, &step) < 0)
+            return NULL;
+        Py_ssize_t n = PySlice_AdjustIndices(self->len, &start, &stop, step);
+        PyObject *list = PyList_New(n);
+        for (Py_ssize_t k = 0; list != NULL && k < n; k++) {
+            PyObject *v = PyLong_FromLongLong(self->data[start + k * step]);
+            if (v == NULL)
+                Py_CLEAR(list);
+            else
+                PyList_SET_ITEM(list, k, v);
+        }
+        return list;
+    }
+    PyErr_Format(PyExc_TypeError, "IntColumn indices must be integers or slices, not %.200s", Py_TYPE(key)->tp_name);
+    return NULL;
+}
+
+static int
+column_ass_subscript(IntColumn *self, PyObject *key, PyObject *value)
+{
+    if (value == NULL && PySlice_Check(key)) {
+        /* del column[a:b] (step 1): what the recorder does to undo a half-recorded call */
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(key, &start, &stop, &step) < 0)
+            return -1;
+        Py_ssize_t n = PySlice_AdjustIndices(self->len, &start, &stop, step);
+        if (n == 0)
+            return 0;
+        if (step != 1) {
+            PyErr_SetString(PyExc_ValueError, "IntColumn: only contiguous slices can be deleted");
+            return -1;
+        }
+        if (self->exports > 0) {
+            PyErr_SetString(PyExc_BufferError, "an IntColumn cannot shrink while its buffer is exported");
+            return -1;
+        }
+        memmove(self->data + start, self->data + stop, (size_t)(self->len - stop) * sizeof(long long));
+        self->len -= n;
+        return 0;
+    }
+    if (value != NULL && PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred())
+            return -1;
+        if (i < 0)
+            i += self->len;
+        if (i < 0 || i >= self->len) {
+            PyErr_SetString(PyExc_IndexError, "IntColumn assignment index out of range");
+            return -1;
+        }
+        long long v = PyLong_AsLongLong(value);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        self->data[i] = v;
+        return 0;
+    }
+    PyErr_SetString(PyExc_TypeError, "IntColumn supports item assignment and deleting a slice");
+    return -1;
+}
+
+static int
+column_getbuffer(IntColumn *self, Py_buffer *view, int flags)
+{
+    static char format[] = "q";
+    if (flags & PyBUF_WRITABLE) {
+        PyErr_SetString(PyExc_BufferError, "an IntColumn's buffer is read-only");
+        view->obj = NULL;
+        return -1;
+    }
+    view->buf = self->data;
+    view->obj = Py_NewRef(self);
+    view->len = self->len * (Py_ssize_t)sizeof(long long);
+    view->readonly = 1;
+    view->itemsize = sizeof(long long);
+    view->format = (flags & PyBUF_FORMAT) ? format : NULL;
+    view->ndim = 1;
+    view->shape = (flags & PyBUF_ND) ? &self->len : NULL;
+    view->strides = (flags & PyBUF_STRIDES) ? &view->itemsize : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    self->exports++;
+    return 0;
+}
+
+static void
+column_releasebuffer(IntColumn *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyObject *
+column_repr(IntColumn *self)
+{
+    PyObject *list = column_tolist(self, NULL);
+    if (list == NULL)
+        return NULL;
+    PyObject *r = PyUnicode_FromFormat("IntColumn(%R)", list);
+    Py_DECREF(list);
+    return r;
+}
+
+static PyMethodDef column_methods[] = {
+    {"append", (PyCFunction)column_append, METH_O, NULL},
+    {"extend", (PyCFunction)column_extend, METH_O, NULL},
+    {"tolist", (PyCFunction)column_tolist, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PySequenceMethods column_as_sequence = {
+    .sq_length = (lenfunc)column_length,
+    .sq_item = (ssizeargfunc)column_item,
+};
+
+static PyMappingMethods column_as_mapping = {
+    .mp_length = (lenfunc)column_length,
+    .mp_subscript = (binaryfunc)column_subscript,
+    .mp_ass_subscript = (objobjargproc)column_ass_subscript,
+};
+
+static PyBufferProcs column_as_buffer = {
+    .bf_getbuffer = (getbufferproc)column_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)column_releasebuffer,
+};
+
+static PyTypeObject IntColumnType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "phalanx.ir._columns.IntColumn",
+    .tp_doc = "A growable int64 column: append, extend, len, indexing, del of a slice, buffer protocol.",
+    .tp_basicsize = sizeof(IntColumn),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = column_new,
+    .tp_dealloc = (destructor)column_dealloc,
+    .tp_methods = column_methods,
+    .tp_as_sequence = &column_as_sequence,
+    .tp_as_mapping = &column_as_mapping,
+    .tp_as_buffer = &column_as_buffer,
+    .tp_repr = (reprfunc)column_repr,
+};
+
 /* *** Columns *** */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *node_sig;     /* list[int]: op type id per node */
-    PyObject *node_depth;   /* list[int] */
-    PyObject *arg_start;    /* list[int]: CSR starts into arg_code, one more than nodes */
-    PyObject *arg_code;     /* list[int]: value id (>= 0) or -1 - immediate index */
+    IntColumn *node_sig;    /* op type id per node */
+    IntColumn *node_depth;
+    IntColumn *arg_start;   /* CSR starts into arg_code, one more than nodes */
+    IntColumn *arg_code;    /* value id (>= 0) or -1 - immediate index */
     PyObject *imms;         /* list: immediates (numbers, tensors) */
     PyObject *fast_calls;   /* dict: cell -> (sid, pattern, out_avals, single) */
     Py_ssize_t num_values;
@@ -144,10 +437,10 @@ columns_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Columns *self = (Columns *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->node_sig = PyList_New(0);
-    self->node_depth = PyList_New(0);
-    self->arg_start = PyList_New(0);
-    self->arg_code = PyList_New(0);
+    self->node_sig = column_create();
+    self->node_depth = column_create();
+    self->arg_start = column_create();
+    self->arg_code = column_create();
     self->imms = PyList_New(0);
     self->fast_calls = PyDict_New();
     if (!self->node_sig || !self->node_depth || !self->arg_start || !self->arg_code || !self->imms
@@ -155,13 +448,10 @@ columns_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
-    PyObject *zero = PyLong_FromLong(0);
-    if (zero == NULL || PyList_Append(self->arg_start, zero) < 0) {
-        Py_XDECREF(zero);
+    if (column_push(self->arg_start, 0) < 0) {
         Py_DECREF(self);
         return NULL;
     }
-    Py_DECREF(zero);
     return (PyObject *)self;
 }
 
@@ -197,20 +487,9 @@ columns_dealloc(Columns *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int
-append_new_int(PyObject *list, Py_ssize_t x)
-{
-    PyObject *o = PyLong_FromSsize_t(x);
-    if (o == NULL)
-        return -1;
-    int r = PyList_Append(list, o);
-    Py_DECREF(o);
-    return r;
-}
-
 /* Remove what a failed append_call added (only after a memory error). */
 static void
-truncate_list(PyObject *list, Py_ssize_t n)
+truncate_imms(PyObject *list, Py_ssize_t n)
 {
     PyObject *err_type, *err_value, *err_tb;
     PyErr_Fetch(&err_type, &err_value, &err_tb);
@@ -259,24 +538,26 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
         }
     }
     /* Second pass: append. */
-    Py_ssize_t code_mark = PyList_GET_SIZE(self->arg_code), imm_mark = PyList_GET_SIZE(self->imms);
-    Py_ssize_t node_mark = PyList_GET_SIZE(self->node_sig);
+    Py_ssize_t code_mark = self->arg_code->len, imm_mark = PyList_GET_SIZE(self->imms);
+    Py_ssize_t node_mark = self->node_sig->len;
+    Py_ssize_t sid = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 0));
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *a = args[i];
         if (Py_TYPE(a) == value_type) {
-            if (PyList_Append(self->arg_code, ((ValueBase *)a)->vid) < 0)
+            if (column_push(self->arg_code, ((ValueBase *)a)->vid) < 0)
                 goto fail;
         } else {
-            if (append_new_int(self->arg_code, -1 - PyList_GET_SIZE(self->imms)) < 0
+            if (column_push(self->arg_code, -1 - PyList_GET_SIZE(self->imms)) < 0
                     || PyList_Append(self->imms, a) < 0)
                 goto fail;
         }
     }
     if (depth < self->phase_base)
         depth = self->phase_base;
-    if (PyList_Append(self->node_sig, PyTuple_GET_ITEM(entry, 0)) < 0
-            || append_new_int(self->node_depth, depth) < 0
-            || append_new_int(self->arg_start, PyList_GET_SIZE(self->arg_code)) < 0)
+    if (column_push(self->node_sig, sid) < 0 || column_push(self->node_depth, depth) < 0
+            || column_push(self->arg_start, self->arg_code->len) < 0)
         goto fail;
     PyObject *out_avals = PyTuple_GET_ITEM(entry, 2);
     Py_ssize_t nout = PyTuple_GET_SIZE(out_avals), first = self->num_values;
@@ -298,11 +579,11 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
     self->num_values = first + nout;
     return result;
 fail:
-    truncate_list(self->arg_code, code_mark);
-    truncate_list(self->imms, imm_mark);
-    truncate_list(self->node_sig, node_mark);
-    truncate_list(self->node_depth, node_mark);
-    truncate_list(self->arg_start, node_mark + 1);
+    self->arg_code->len = code_mark;
+    truncate_imms(self->imms, imm_mark);
+    self->node_sig->len = node_mark;
+    self->node_depth->len = node_mark;
+    self->arg_start->len = node_mark + 1;
     return NULL;
 }
 
@@ -494,7 +775,8 @@ static struct PyModuleDef columns_module = {
 PyMODINIT_FUNC
 PyInit__columns(void)
 {
-    if (PyType_Ready(&ValueBaseType) < 0 || PyType_Ready(&ColumnsType) < 0 || PyType_Ready(&CellCallType) < 0)
+    if (PyType_Ready(&ValueBaseType) < 0 || PyType_Ready(&ColumnsType) < 0 || PyType_Ready(&CellCallType) < 0
+            || PyType_Ready(&IntColumnType) < 0)
         return NULL;
     str_rec = PyUnicode_InternFromString("rec");
     str_graph = PyUnicode_InternFromString("graph");
@@ -512,6 +794,7 @@ PyInit__columns(void)
             || PyModule_AddObject(m, "ValueBase", (PyObject *)&ValueBaseType) < 0
             || PyModule_AddObject(m, "Columns", (PyObject *)&ColumnsType) < 0
             || PyModule_AddObjectRef(m, "CellCall", (PyObject *)&CellCallType) < 0
+            || PyModule_AddObjectRef(m, "IntColumn", (PyObject *)&IntColumnType) < 0
             || PyModule_AddObjectRef(m, "INT_KEY", int_key) < 0
             || PyModule_AddObjectRef(m, "FLOAT_KEY", float_key) < 0) {
         Py_DECREF(m);

@@ -5,6 +5,10 @@ the extension was built, else the pure-Python twin below, which behaves the same
 Natively, ``CellCall`` is also available: a cell class's ``__call__`` that reaches ``append_call``
 without running Python (frontend/cell.py).
 
+The columns ``node_sig``, ``node_depth``, ``arg_start``, ``arg_code`` are int64 columns (native
+``IntColumn``, or ``array.array('q')`` in the twin): list-like appends, and numpy reads them with one
+copy through the buffer protocol (``as_array``).
+
 ``PHALANX_NATIVE=0`` in the environment selects the Python twin (tests compare the two).
 
 ``append_call(cell, args)`` records a call of a cell whose op type the recorder already resolved
@@ -16,6 +20,9 @@ else a tuple), or ``NotImplemented`` having recorded nothing when any argument d
 from __future__ import annotations
 
 import os
+from array import array
+
+import numpy as np
 
 NATIVE = False
 if os.environ.get("PHALANX_NATIVE", "1") != "0":
@@ -54,10 +61,11 @@ if not NATIVE:
                      "phase_base")
 
         def __init__(self):
-            self.node_sig: list[int] = []
-            self.node_depth: list[int] = []
-            self.arg_start: list[int] = [0]
-            self.arg_code: list[int] = []
+            # int64 arrays, like the native IntColumn: appended per node, copied to numpy per flush.
+            self.node_sig = array("q")
+            self.node_depth = array("q")
+            self.arg_start = array("q", [0])
+            self.arg_code = array("q")
             self.imms: list = []
             self.fast_calls: dict = {}
             self.num_values = 0
@@ -100,4 +108,9 @@ if not NATIVE:
             return tuple(value_type(first + k, a, depth, self) for k, a in enumerate(out_avals))
 
 
-__all__ = ["NATIVE", "CellCall", "Columns", "ValueBase", "INT_KEY", "FLOAT_KEY", "set_value_type"]
+def as_array(column):
+    """A column as a fresh int64 numpy array (one copy through the buffer protocol)."""
+    return np.frombuffer(column, dtype=np.int64).copy() if len(column) else np.zeros(0, dtype=np.int64)
+
+
+__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "ValueBase", "INT_KEY", "FLOAT_KEY", "set_value_type"]

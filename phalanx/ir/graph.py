@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .aval import AVal
-from .columns import Columns
+from .columns import Columns, as_array
 from .signature import Signature, SignatureTable
 
 
@@ -64,7 +64,7 @@ class DataflowGraph(Columns):
 
     def freeze(self) -> "GraphArrays":
         sigs = list(self.table.sigs)
-        node_sig = np.asarray(self.node_sig, dtype=np.int64)
+        node_sig = as_array(self.node_sig)
         # Per-value columns, vectorized: value k of node n has the k-th output aval of its sig. Only
         # the op types this graph uses are visited, so the cost does not grow with the table.
         used = np.unique(node_sig)
@@ -86,12 +86,12 @@ class DataflowGraph(Columns):
         return GraphArrays(
             sigs=sigs,
             node_sig=node_sig,
-            node_depth=_dense_depth(self.node_depth, self.phase_runs),
+            node_depth=_dense_depth(as_array(self.node_depth), self.phase_runs),
             node_inst=_expand_runs(self.inst_runs, len(node_sig)),
             node_phase=_expand_runs(self.phase_runs, len(node_sig)),
             node_first_value=node_first_value,
-            arg_start=np.asarray(self.arg_start, dtype=np.int64),
-            arg_code=np.asarray(self.arg_code, dtype=np.int64),
+            arg_start=as_array(self.arg_start),
+            arg_code=as_array(self.arg_code),
             imms=self.imms,
             value_node=value_node,
             value_aval_id=value_aval_id,
@@ -101,10 +101,9 @@ class DataflowGraph(Columns):
         )
 
 
-def _dense_depth(depth: list[int], phase_runs: list[tuple[int, int]]) -> np.ndarray:
+def _dense_depth(out: np.ndarray, phase_runs: list[tuple[int, int]]) -> np.ndarray:
     """Depths as recorded; with program phases (NOTE: [Phase depth] in frontend/recorder.py) they
     are renumbered 0, 1, 2... keeping their order, so policies can loop over depth levels."""
-    out = np.asarray(depth, dtype=np.int64)
     if any(phase for _, phase in phase_runs) and len(out):
         out = np.unique(out, return_inverse=True)[1].astype(np.int64).reshape(-1)
     return out

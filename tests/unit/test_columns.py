@@ -110,9 +110,9 @@ def test_append_call_declines_anything_else_and_changes_nothing():
         # And what it takes: one node, depth one past the deepest lazy argument, a fresh value.
         out = g.append_call(MIX, (h, x))
         assert type(out) is LazyValue and out.vid == before[5] and out.depth == h.depth + 1 and out.graph is g
-        assert g.arg_code[-2:] == [h.vid, x.vid] and g.arg_start[-1] == len(g.arg_code)
+        assert list(g.arg_code[-2:]) == [h.vid, x.vid] and g.arg_start[-1] == len(g.arg_code)
         y = g.append_call(scaled, (7, 0.25))
-        assert g.imms[-2:] == [7, 0.25] and g.arg_code[-2:] == [-1 - (len(g.imms) - 2), -len(g.imms)]
+        assert g.imms[-2:] == [7, 0.25] and list(g.arg_code[-2:]) == [-1 - (len(g.imms) - 2), -len(g.imms)]
         assert y.depth == 0
     finally:
         recorder._SLOT.rec = None
