@@ -137,12 +137,12 @@ static PyTypeObject IntColumnType;
 static int
 column_reserve(IntColumn *self, Py_ssize_t need)
 {
-    if (need <= self->cap)
-        return 0;
     if (self->exports > 0) {
-        PyErr_SetString(PyExc_BufferError, "an IntColumn cannot grow while its buffer is exported");
+        PyErr_SetString(PyExc_BufferError, "an IntColumn cannot change size while its buffer is exported");
         return -1;
     }
+    if (need <= self->cap)
+        return 0;
     Py_ssize_t cap = self->cap < 16 ? 16 : self->cap;
     while (cap < need)
         cap += cap >> 1;
@@ -159,11 +159,13 @@ column_reserve(IntColumn *self, Py_ssize_t need)
 static inline int
 column_push(IntColumn *self, long long x)
 {
-    if (self->len == self->cap && column_reserve(self, self->len + 1) < 0)
+    if ((self->len == self->cap || self->exports > 0) && column_reserve(self, self->len + 1) < 0)
         return -1;
     self->data[self->len++] = x;
     return 0;
 }
+
+static PyObject *column_extend(IntColumn *self, PyObject *items);
 
 static IntColumn *
 column_create(void)
@@ -181,7 +183,7 @@ column_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     if (items != NULL) {
-        PyObject *r = PyObject_CallMethod((PyObject *)self, "extend", "O", items);
+        PyObject *r = column_extend(self, items);
         if (r == NULL) {
             Py_DECREF(self);
             return NULL;
@@ -353,7 +355,7 @@ column_getbuffer(IntColumn *self, Py_buffer *view, int flags)
     view->itemsize = sizeof(long long);
     view->format = (flags & PyBUF_FORMAT) ? format : NULL;
     view->ndim = 1;
-    view->shape = (flags & PyBUF_ND) ? &self->len : NULL;
+    view->shape = (flags & PyBUF_ND) ? &self->len : NULL;    /* stable: no resizing while exported */
     view->strides = (flags & PyBUF_STRIDES) ? &view->itemsize : NULL;
     view->suboffsets = NULL;
     view->internal = NULL;

@@ -196,3 +196,39 @@ def test_python_twin_records_the_same_graphs_and_matches_eager():
     b = phalanx.Batcher(chain)
     b.record([0, 1, 4, 3])
     assert twin == _columns_of(b.record([0, 1, 4, 3]))
+
+
+def _int_columns():
+    from array import array
+
+    kinds = [lambda items=(): array("q", items)]
+    if columns.NATIVE:
+        from phalanx.ir._columns import IntColumn
+        kinds.append(lambda items=(): IntColumn(items))
+    return kinds
+
+
+@pytest.mark.parametrize("make", _int_columns())
+def test_int_columns_behave_like_int64_lists(make):
+    import numpy as np
+
+    col = make([3, -1])
+    col.append(7)
+    col.extend(range(4))
+    col.extend([2 ** 40, -(2 ** 40)])
+    expected = [3, -1, 7, 0, 1, 2, 3, 2 ** 40, -(2 ** 40)]
+    assert len(col) == len(expected) and list(col) == expected and bool(col)
+    assert col[-1] == expected[-1] and col[2] == 7 and list(col[2:5]) == expected[2:5]
+    del col[5:]
+    assert list(col) == expected[:5]
+    np.testing.assert_array_equal(columns.as_array(col), np.array(expected[:5]))
+    view = memoryview(col)
+    with pytest.raises(BufferError):        # no resizing under an exported buffer
+        col.append(1)
+    view.release()
+    col.append(1)
+    with pytest.raises(TypeError):
+        col.append("x")
+    with pytest.raises(IndexError):
+        col[len(col)]
+    assert columns.as_array(make()).shape == (0,) and not make()
