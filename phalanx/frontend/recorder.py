@@ -128,6 +128,13 @@ def number_to_tensor(x, device=None) -> torch.Tensor:
 
 
 def _static_key(obj, op_name: str):
+    t = type(obj)
+    # Numbers keyed with their type, floats exactly: 1, 1.0 and True are equal as dict keys but give
+    # ops of other dtypes; -0.0 == 0.0 and nan != nan as keys, but not as arguments.
+    if t is float:
+        return (float, obj.hex())
+    if t is int or t is bool:
+        return (t, obj)
     if isinstance(obj, slice):
         return ("slice", obj.start, obj.stop, obj.step)
     try:
@@ -371,13 +378,91 @@ class Recorder:
 
     # *** torch ops on lazy values ***
     def record_op(self, func, args: tuple, kwargs: dict):
+        g = self.graph
+        # NOTE: [Op fast key] the common op call (positional lazy values of this graph, flat lists
+        # of them, and static numbers / None / strings / slices) is keyed by a flat tuple built in
+        # one loop; the general path's encoder (a recursive walk, ~3x the cost) runs only on the
+        # first call of each such key, which then maps to the op type the general path found.
+        # Keyword arguments may be statics (``dim=-1``); their names are part of the key, in order.
+        fast_key = None
+        parts = [_OP_FAST, func]
+        for k, v in kwargs.items():
+            t = type(v)
+            if t is float:
+                parts.append((k, float, v.hex()))
+            elif t is int or t is bool or t is str or v is None:
+                parts.append((k, t, v))
+            else:
+                parts = None
+                break
+        if parts is not None:
+            for a in args:
+                t = type(a)
+                if t is LazyValue:
+                    if a.graph is not g:
+                        break
+                    parts.append(a.aval)
+                elif t is float:
+                    parts.append((float, a.hex()))
+                elif t is int or t is bool or t is str or a is None:
+                    parts.append((t, a))
+                elif t is slice:
+                    parts.append((slice, a.start, a.stop, a.step))
+                elif t is list or t is tuple:
+                    for x in a:
+                        if type(x) is not LazyValue or x.graph is not g:
+                            break
+                    else:
+                        parts.append((t, *[x.aval for x in a]))
+                        continue
+                    break
+                else:
+                    break
+            else:
+                fast_key = tuple(parts)
+                sig = self.table.by_key.get(fast_key)
+                if sig is not None:
+                    return self._append_op(g, sig, args)
         try:
             name = _OP_NAMES.get(func)
         except TypeError:               # an unhashable callable: name it every time
             name = "op " + _func_name(func)
         if name is None:
             name = _OP_NAMES[func] = "op " + _func_name(func)
-        return self._record_general(func, name, func, args, kwargs, numbers_are_operands=False)
+        nodes = len(g.node_sig)
+        out = self._record_general(func, name, func, args, kwargs, numbers_are_operands=False)
+        if fast_key is not None and len(g.node_sig) == nodes + 1:
+            sig = self.table.sigs[g.node_sig[-1]]
+            if sig.callee is func and fast_key not in self.table.by_key:
+                self.table.by_key[fast_key] = sig
+                sig.keys.append(fast_key)
+        return out
+
+    def _append_op(self, g, sig: Signature, args: tuple):
+        """An op call whose op type its fast key found (NOTE: [Op fast key])."""
+        arg_code = g.arg_code
+        depth = 0
+        for a in args:
+            t = type(a)
+            if t is LazyValue:
+                arg_code.append(a.vid)
+                if a.depth >= depth:
+                    depth = a.depth + 1
+            elif t is list or t is tuple:
+                for x in a:
+                    arg_code.append(x.vid)
+                    if x.depth >= depth:
+                        depth = x.depth + 1
+        if depth < self.phase_base:
+            depth = self.phase_base
+        first = g.num_values
+        g.num_values = first + sig.num_outputs
+        g.node_sig.append(sig.sid)
+        g.node_depth.append(depth)
+        g.arg_start.append(len(arg_code))
+        if sig.single:
+            return LazyValue(first, sig.out_avals[0], depth, g)
+        return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
 
     # *** the general path: nested arguments, kwargs, tensors, statics ***
     def _record_general(self, callee, name: str, fn: Callable, args: tuple, kwargs: dict,
@@ -509,6 +594,7 @@ def rediscover_captured(sig: Signature, device=None) -> None:
 
 _INPUT = object()
 _NO_SPLIT = object()
+_OP_FAST = object()       # first item of an op's fast key (NOTE: [Op fast key])
 
 
 def _items(container) -> list:

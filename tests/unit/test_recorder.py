@@ -166,3 +166,41 @@ def test_the_model_of_a_lambda_is_found_in_its_closure_or_globals():
     assert model_of(model.forward) is model
     assert model_of(lambda x: model(x)) is model
     assert model_of(lambda x: x * 2) is None
+
+
+def test_static_numbers_of_other_types_are_other_op_types():
+    # 1, 1.0 and True are equal as dict keys, but x + 1.0 on an integer tensor is a float.
+    def fn(x):
+        return x + 1, x + 1.0, x + True, x * 0.0, x * -0.0, torch.add(x, 2, alpha=3), x.sum(dim=0, keepdim=True)
+
+    batcher = phalanx.Batcher(fn)
+    for x in ([torch.arange(3)], [torch.arange(3.0) + 1]):
+        got = batcher(x)[0]
+        expected = fn(x[0])
+        for g, e in zip(got, expected, strict=True):
+            assert g.dtype == e.dtype
+            torch.testing.assert_close(g, e)
+            assert torch.equal(torch.signbit(g), torch.signbit(e))
+
+
+def test_op_fast_key_skips_the_general_path_after_the_first_call(monkeypatch):
+    from phalanx.frontend import recorder
+
+    def fn(x):
+        h = torch.tanh(x) + x * 0.5
+        h = torch.cat([h, x], dim=-1)[:4]
+        h = torch.stack([h, x]).sum(0)
+        return torch.softmax(h, dim=-1), h[0], h.sum(-1, keepdim=True)
+
+    xs = [torch.randn(4) for _ in range(3)]
+    batcher = phalanx.Batcher(fn)
+    batcher(xs)
+
+    def general_path(*args, **kwargs):
+        raise AssertionError("an op with a fast key went through the general path")
+
+    monkeypatch.setattr(recorder.Recorder, "_record_general", general_path)
+    got = batcher(xs)
+    for g, e in zip(got, [fn(x) for x in xs], strict=True):
+        for a, b in zip(g, e, strict=True):
+            torch.testing.assert_close(a, b)
