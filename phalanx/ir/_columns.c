@@ -728,8 +728,28 @@ cellcall_dealloc(CellCall *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyObject *
+cellcall_get_name(CellCall *self, void *closure)
+{
+    return PyUnicode_FromString("__call__");
+}
+
+static PyObject *
+cellcall_repr(CellCall *self)
+{
+    return PyUnicode_FromFormat("<phalanx CellCall wrapping %R>", self->fallback);
+}
+
+static PyGetSetDef cellcall_getset[] = {
+    {"__name__", (getter)cellcall_get_name, NULL, NULL, NULL},
+    {"__qualname__", (getter)cellcall_get_name, NULL, NULL, NULL},
+    {NULL},
+};
+
 static PyMemberDef cellcall_members[] = {
     {"fallback", T_OBJECT_EX, offsetof(CellCall, fallback), READONLY, "the Python __call__ it defers to"},
+    /* inspect.signature(cell) follows __wrapped__ to the Python __call__'s signature */
+    {"__wrapped__", T_OBJECT_EX, offsetof(CellCall, fallback), READONLY, NULL},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(CellCall, vectorcall), READONLY},
     {NULL},
 };
@@ -745,6 +765,8 @@ static PyTypeObject CellCallType = {
     .tp_traverse = (traverseproc)cellcall_traverse,
     .tp_clear = (inquiry)cellcall_clear,
     .tp_members = cellcall_members,
+    .tp_getset = cellcall_getset,
+    .tp_repr = (reprfunc)cellcall_repr,
     .tp_call = PyVectorcall_Call,
     .tp_descr_get = cellcall_descr_get,
     .tp_vectorcall_offset = offsetof(CellCall, vectorcall),

@@ -151,8 +151,11 @@ def test_renumbered_op_types_keep_their_fast_entries():
 
 
 def test_cell_call_descriptor_behaves_like_a_method():
+    import inspect
+
     cls_call = type(MIX).__call__
     assert cls_call.__get__(None, type(MIX)) is cls_call
+    assert list(inspect.signature(MIX).parameters) == ["args", "kwargs"]
     x, y = torch.ones(3), torch.zeros(3)
     torch.testing.assert_close(MIX.__call__(x, y), MIX(x, y))
     torch.testing.assert_close(scaled(word=2, scale=0.5), torch.ones(3))      # eager, keywords
