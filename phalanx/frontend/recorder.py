@@ -155,6 +155,7 @@ class Recorder:
         self.append_call = self.graph.append_call
         self.last_sig: dict = {}          # cell -> the signature of its last all-lazy call (split cells)
         self.splits: dict = {}            # (signature, kept operands) -> (prefix, rest, others) | None
+        self.split_masks: dict = {}       # signature -> {kept-operands bit mask: native split parts | None}
         self.inst = 0
         self.phase = 0
         self.phase_base = 0
@@ -232,19 +233,30 @@ class Recorder:
             # A new signature, or arguments only the general path handles: undo and go general.
             del imms[len(imms) - sum(1 for c in arg_code[mark:] if c < 0):]
             del arg_code[mark:]
+            nodes = len(g.node_sig)
             out = self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                        numbers_are_operands=True)
-            sig = self.table.sigs[g.node_sig[-1]] if g.node_sig else None
-            if sig is not None and sig.callee is cell and sig.fast_entry is not None:
-                g.fast_calls[cell] = sig.fast_entry
+            if len(g.node_sig) == nodes + 1:
+                sig = self.table.sigs[g.node_sig[-1]]
+                if sig.callee is cell and not sig.splittable:
+                    self._register_fast(g, cell, sig)
             return out
+        self._register_fast(g, cell, sig)
         if sig.splittable:
             if sig.all_lazy:
                 self.last_sig[cell] = sig
             return self._record_split(g, sig, mark, args, depth)
-        if sig.fast_entry is not None:
-            g.fast_calls[cell] = sig.fast_entry
         return self._append_node(g, sig, depth)
+
+    def _register_fast(self, g, cell, sig: Signature) -> None:
+        """Let ``append_call`` record the cell's next calls like this one (ir/columns.py)."""
+        entry = sig.fast_entry
+        if entry is None:
+            return
+        if sig.splittable:
+            # The split of each kept-operands mask is decided once, by _record_split (split_masks).
+            entry = (*entry, (INPUT_DEPTH, self.split_masks.setdefault(sig, {})))
+        g.fast_calls[cell] = entry
 
     def _record_split(self, g, sig: Signature, mark: int, args: tuple, depth: int):
         """NOTE: [Input split] the part of an ahead-of-time cell that reads only *input-like*
@@ -274,6 +286,11 @@ class Recorder:
             # Training flags are fixed during a call, so one lookup per (op type, operands) and call.
             flags = tuple(m.training for m in sig.modules)
             parts = self.splits[(sig, keep)] = split_signatures(self.table, sig, flags, keep)
+            masks = self.split_masks.get(sig)
+            if masks is not None:       # what the native fast path records for this mask from now on
+                prefix, rest, others = parts if parts is not None else (None, None, None)
+                masks[sum(1 << i for i in keep)] = None if parts is None else (
+                    prefix.sid, prefix.out_avals, keep, rest.sid, rest.out_avals, rest.single, others)
         if parts is None:
             return self._append_node(g, sig, depth)
         prefix, rest, others = parts
@@ -575,7 +592,7 @@ class Recorder:
             for k, a in zip(kinds, avals, strict=True):
                 flat_key.append(a if k is ArgKind.LAZY else _number_key(a) if k is ArgKind.NUMBER else ("tensor", a))
             keys.append(tuple(flat_key))
-            if not sig.splittable and (sig.single or sig.plain_tuple) and ArgKind.TENSOR not in kinds \
+            if (sig.single or sig.plain_tuple) and ArgKind.TENSOR not in kinds \
                     and all(a.dtype is not torch.bool for k, a in zip(kinds, avals) if k is ArgKind.NUMBER):
                 sig.fast_entry = (sig.sid, tuple(flat_key[1:]), sig.out_avals, sig.single)
         self.table.add(sig, *keys)

@@ -500,8 +500,89 @@ truncate_imms(PyObject *list, Py_ssize_t n)
     PyErr_Restore(err_type, err_value, err_tb);
 }
 
+/* Push one argument's operand code: a lazy value's id, or a new immediate. */
+static inline int
+push_operand(Columns *self, PyObject *a)
+{
+    if (Py_TYPE(a) == value_type)
+        return column_push(self->arg_code, ((ValueBase *)a)->vid);
+    if (column_push(self->arg_code, -1 - PyList_GET_SIZE(self->imms)) < 0)
+        return -1;
+    return PyList_Append(self->imms, a);
+}
+
+/* Close a node whose operand codes are pushed: its columns, and its output ids (returned). */
+static Py_ssize_t
+push_node(Columns *self, PyObject *sid_obj, Py_ssize_t depth, Py_ssize_t num_outputs)
+{
+    Py_ssize_t sid = PyLong_AsSsize_t(sid_obj);
+    if (sid == -1 && PyErr_Occurred())
+        return -1;
+    if (depth < self->phase_base)
+        depth = self->phase_base;
+    if (column_push(self->node_sig, sid) < 0 || column_push(self->node_depth, depth) < 0
+            || column_push(self->arg_start, self->arg_code->len) < 0)
+        return -1;
+    Py_ssize_t first = self->num_values;
+    self->num_values = first + num_outputs;
+    return first;
+}
+
+/* The lazy outputs of a node: one value if single, else a tuple. */
+static PyObject *
+make_outputs(Columns *self, Py_ssize_t first, PyObject *out_avals, int single, Py_ssize_t depth)
+{
+    if (depth < self->phase_base)
+        depth = self->phase_base;
+    if (single)
+        return make_value(first, PyTuple_GET_ITEM(out_avals, 0), depth, (PyObject *)self);
+    Py_ssize_t nout = PyTuple_GET_SIZE(out_avals);
+    PyObject *result = PyTuple_New(nout);
+    for (Py_ssize_t k = 0; result != NULL && k < nout; k++) {
+        PyObject *v = make_value(first + k, PyTuple_GET_ITEM(out_avals, k), depth, (PyObject *)self);
+        if (v == NULL)
+            Py_CLEAR(result);
+        else
+            PyTuple_SET_ITEM(result, k, v);
+    }
+    return result;
+}
+
+/* NOTE: [Input split] natively: the cell's input part (operands `keep`) becomes its own node at its
+ * own depth, the rest reads the input part's outputs and the other operands at the call's depth.
+ * parts = (prefix sid, prefix out_avals, keep, rest sid, rest out_avals, rest single, others). */
+static PyObject *
+append_split(Columns *self, PyObject *const *args, PyObject *parts, Py_ssize_t depth)
+{
+    PyObject *keep = PyTuple_GET_ITEM(parts, 2), *others = PyTuple_GET_ITEM(parts, 6);
+    PyObject *prefix_out = PyTuple_GET_ITEM(parts, 1), *rest_out = PyTuple_GET_ITEM(parts, 4);
+    Py_ssize_t prefix_depth = 0;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(keep); j++) {
+        PyObject *a = args[PyLong_AsSsize_t(PyTuple_GET_ITEM(keep, j))];
+        if (push_operand(self, a) < 0)
+            return NULL;
+        if (Py_TYPE(a) == value_type && ((ValueBase *)a)->depth >= prefix_depth)
+            prefix_depth = ((ValueBase *)a)->depth + 1;
+    }
+    Py_ssize_t nprefix = PyTuple_GET_SIZE(prefix_out);
+    Py_ssize_t first = push_node(self, PyTuple_GET_ITEM(parts, 0), prefix_depth, nprefix);
+    if (first < 0)
+        return NULL;
+    for (Py_ssize_t k = 0; k < nprefix; k++)
+        if (column_push(self->arg_code, first + k) < 0)
+            return NULL;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(others); j++)
+        if (push_operand(self, args[PyLong_AsSsize_t(PyTuple_GET_ITEM(others, j))]) < 0)
+            return NULL;
+    Py_ssize_t rest_first = push_node(self, PyTuple_GET_ITEM(parts, 3), depth, PyTuple_GET_SIZE(rest_out));
+    if (rest_first < 0)
+        return NULL;
+    return make_outputs(self, rest_first, rest_out, PyTuple_GET_ITEM(parts, 5) == Py_True, depth);
+}
+
 /* Record cell(*args) (n arguments) if fast_calls knows the cell and the arguments match its pattern;
- * else NotImplemented with nothing changed. */
+ * else NotImplemented with nothing changed. An entry is (sid, pattern, out_avals, single) or, for a
+ * cell the recorder may split, (..., (input depth, {kept-operands bit mask: parts or None})). */
 static PyObject *
 append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_t n)
 {
@@ -539,53 +620,60 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
             Py_RETURN_NOTIMPLEMENTED;
         }
     }
+    PyObject *parts = Py_None;
+    if (PyTuple_GET_SIZE(entry) > 4 && PyTuple_GET_ITEM(entry, 4) != Py_None) {
+        PyObject *split = PyTuple_GET_ITEM(entry, 4);
+        Py_ssize_t limit = self->phase_base + PyLong_AsSsize_t(PyTuple_GET_ITEM(split, 0));
+        if (depth > limit + 1) {            /* a recurrent operand exists */
+            if (n > 62)
+                Py_RETURN_NOTIMPLEMENTED;
+            unsigned long long keep = 0;
+            int deep = 0;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if (Py_TYPE(args[i]) == value_type && ((ValueBase *)args[i])->depth > limit)
+                    deep = 1;
+                else
+                    keep |= 1ULL << i;
+            }
+            if (keep && deep) {
+                PyObject *mask = PyLong_FromUnsignedLongLong(keep);
+                if (mask == NULL)
+                    return NULL;
+                parts = PyDict_GetItemWithError(PyTuple_GET_ITEM(split, 1), mask);   /* borrowed */
+                Py_DECREF(mask);
+                if (parts == NULL) {
+                    if (PyErr_Occurred())
+                        return NULL;
+                    Py_RETURN_NOTIMPLEMENTED;       /* the recorder decides this split, once */
+                }
+            }
+        }
+    }
     /* Second pass: append. */
     Py_ssize_t code_mark = self->arg_code->len, imm_mark = PyList_GET_SIZE(self->imms);
-    Py_ssize_t node_mark = self->node_sig->len;
-    Py_ssize_t sid = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 0));
-    if (sid == -1 && PyErr_Occurred())
-        return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *a = args[i];
-        if (Py_TYPE(a) == value_type) {
-            if (column_push(self->arg_code, ((ValueBase *)a)->vid) < 0)
-                goto fail;
-        } else {
-            if (column_push(self->arg_code, -1 - PyList_GET_SIZE(self->imms)) < 0
-                    || PyList_Append(self->imms, a) < 0)
-                goto fail;
-        }
-    }
-    if (depth < self->phase_base)
-        depth = self->phase_base;
-    if (column_push(self->node_sig, sid) < 0 || column_push(self->node_depth, depth) < 0
-            || column_push(self->arg_start, self->arg_code->len) < 0)
-        goto fail;
-    PyObject *out_avals = PyTuple_GET_ITEM(entry, 2);
-    Py_ssize_t nout = PyTuple_GET_SIZE(out_avals), first = self->num_values;
+    Py_ssize_t node_mark = self->node_sig->len, values_mark = self->num_values;
     PyObject *result;
-    if (PyTuple_GET_ITEM(entry, 3) == Py_True) {
-        result = make_value(first, PyTuple_GET_ITEM(out_avals, 0), depth, (PyObject *)self);
+    if (parts != Py_None) {
+        result = append_split(self, args, parts, depth);
     } else {
-        result = PyTuple_New(nout);
-        for (Py_ssize_t k = 0; result != NULL && k < nout; k++) {
-            PyObject *v = make_value(first + k, PyTuple_GET_ITEM(out_avals, k), depth, (PyObject *)self);
-            if (v == NULL)
-                Py_CLEAR(result);
-            else
-                PyTuple_SET_ITEM(result, k, v);
-        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (push_operand(self, args[i]) < 0)
+                goto fail;
+        PyObject *out_avals = PyTuple_GET_ITEM(entry, 2);
+        Py_ssize_t first = push_node(self, PyTuple_GET_ITEM(entry, 0), depth, PyTuple_GET_SIZE(out_avals));
+        if (first < 0)
+            goto fail;
+        result = make_outputs(self, first, out_avals, PyTuple_GET_ITEM(entry, 3) == Py_True, depth);
     }
-    if (result == NULL)
-        goto fail;
-    self->num_values = first + nout;
-    return result;
+    if (result != NULL)
+        return result;
 fail:
     self->arg_code->len = code_mark;
     truncate_imms(self->imms, imm_mark);
     self->node_sig->len = node_mark;
     self->node_depth->len = node_mark;
     self->arg_start->len = node_mark + 1;
+    self->num_values = values_mark;
     return NULL;
 }
 

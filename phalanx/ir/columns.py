@@ -15,7 +15,9 @@ copy through the buffer protocol (``as_array``).
 for this graph: ``fast_calls[cell] = (sid, pattern, out_avals, single)``, ``pattern`` holding per
 argument the interned AVal a lazy argument must have, or ``INT_KEY`` / ``FLOAT_KEY`` for a Python
 int / float (an immediate operand). It returns the call's lazy outputs (one value if ``single``,
-else a tuple), or ``NotImplemented`` having recorded nothing when any argument differs.
+else a tuple), or ``NotImplemented`` having recorded nothing when any argument differs. A cell the
+recorder may split (NOTE: [Input split]) has a fifth item, ``(input depth, {kept-operands bit mask:
+parts or None})``: natively the split is recorded too; the twin leaves such calls to the recorder.
 """
 from __future__ import annotations
 
@@ -75,6 +77,8 @@ if not NATIVE:
             entry = self.fast_calls.get(cell)
             if entry is None:
                 return NotImplemented
+            if len(entry) > 4:
+                return NotImplemented      # a split cell: the recorder's _record_split takes it
             sid, pattern, out_avals, single = entry
             if len(args) != len(pattern):
                 return NotImplemented

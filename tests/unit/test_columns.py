@@ -41,7 +41,27 @@ def scaled(word, scale):
     return torch.ones(3) * word * scale
 
 
-MIX, PAIR = Mix(), Pair()
+@phalanx.cell
+class Step(nn.Module):
+    """An RNN step whose input projection the ahead-of-time cells split off (NOTE: [Input split])."""
+
+    def __init__(self):
+        super().__init__()
+        self.wx = nn.Linear(3, 3)
+        self.wh = nn.Linear(3, 3)
+
+    def forward(self, x, h, scale):
+        return torch.tanh(self.wx(x) * scale + self.wh(h))
+
+
+MIX, PAIR, STEP = Mix(), Pair(), Step()
+
+
+def rnn(n):
+    h = scaled(1, 1.0)
+    for k in range(n):
+        h = STEP(scaled(k, 0.5), h, 2)
+    return h
 
 
 def chain(n):
@@ -61,11 +81,14 @@ def _columns_of(graph) -> dict:
             "values": int(graph.num_values)}
 
 
-def test_fast_path_records_what_the_recorders_own_path_records(monkeypatch):
-    instances = [0, 1, 4, 3]
-    fast = phalanx.Batcher(chain)
+@pytest.mark.parametrize("fn, cells", [(chain, False), (chain, True), (rnn, True)])
+def test_fast_path_records_what_the_recorders_own_path_records(monkeypatch, fn, cells):
+    instances = [0, 1, 6, 3]
+    fast = phalanx.Batcher(fn, cells=cells)
     fast.record(instances)                       # first call: op types found by the recorder
     with_fast = _columns_of(fast.record(instances))
+    if fn is rnn:
+        assert any("[input part]" in name for name in with_fast["names"])     # it did split
 
     def no_fast_entry(self, *args, **kwargs):
         sig = original(self, *args, **kwargs)
@@ -74,11 +97,13 @@ def test_fast_path_records_what_the_recorders_own_path_records(monkeypatch):
 
     original = recorder.Recorder._new_signature
     monkeypatch.setattr(recorder.Recorder, "_new_signature", no_fast_entry)
-    slow = phalanx.Batcher(chain)
+    slow = phalanx.Batcher(fn, cells=cells)
     slow.record(instances)
     assert all(s.fast_entry is None for s in slow.table.sigs)
     assert _columns_of(slow.record(instances)) == with_fast
-    assert_matches_eager(chain, instances, params=MIX.parameters(), train=True, batcher=fast)
+    params = [*MIX.parameters(), *STEP.parameters()]
+    assert_matches_eager(fn, instances, params=params, train=True, batcher=fast)
+    assert_matches_eager(fn, instances + [5], batcher=fast)
 
 
 def _recording():
