@@ -260,3 +260,21 @@ def test_int_columns_behave_like_int64_lists(make):
     with pytest.raises(IndexError):
         col[len(col)]
     assert columns.as_array(make()).shape == (0,) and not make()
+
+
+@pytest.mark.skipif(not columns.NATIVE, reason="the Python twin calls the recorder's Python path by design")
+@pytest.mark.parametrize("fn, cells", [(chain, False), (rnn, True)])
+def test_native_calls_never_reach_the_python_recorder_after_the_first(monkeypatch, fn, cells):
+    batcher = phalanx.Batcher(fn, cells=cells)
+    batcher.record([3, 4])
+    calls = []
+    original = recorder.Recorder.record_cell
+
+    def counted(self, cell, args, kwargs):
+        calls.append(cell)
+        return original(self, cell, args, kwargs)
+
+    monkeypatch.setattr(recorder.Recorder, "record_cell", counted)
+    graph = batcher.record([5, 2, 6])
+    # one Python call per cell (and per split mask) and graph: its first; every other call is native
+    assert len(calls) <= 6 and graph.num_nodes > 3 * len(calls)
