@@ -204,7 +204,10 @@ def _instance_tensors(graph) -> list[torch.Tensor]:
     """Per-instance tensor operands that require grad (their gradients leave through the flush); a
     row of an earlier fiber round stands for its round's arena (read with one index_select)."""
     found: dict[int, torch.Tensor] = {}
-    for x in graph.imms:
+    imms = graph.imms
+    if not any(issubclass(t, torch.Tensor) for t in set(map(type, imms))):
+        return []       # numbers only (word ids...): one C-level pass instead of a Python loop
+    for x in imms:
         if isinstance(x, torch.Tensor):
             origin = getattr(x, "_phalanx_origin", None)
             t = x if origin is None else origin[0]
