@@ -17,6 +17,13 @@ into ONE index tensor per flush (one host-to-device transfer on a GPU), cut by o
 every number operand of the flush is picked from the immediates with one ``itemgetter`` into one
 tensor per dtype. The per-batch Python loop only assembles tuples from precomputed scalars.
 
+NOTE: [Fused gathers] a batch's gathered operand lists that sit next to each other in its
+operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden] arena) are read
+with ONE ``index_select`` over their concatenated rows, cut into per-operand views by one
+``split``: the rows are already adjacent in the flush's index tensor (list-major order), so the
+fused index is a slice of it. Same bytes, a third of the kernel launches. Only the forward reads
+fuse; the backward still adds each operand's gradient with its own index.
+
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
 training we read through ``.data`` views: they share memory but have their own version counter, so
@@ -72,7 +79,9 @@ SCATTER = GATHER
 class Step:
     """One batch: ``operands[p] = (kind, arena_or_dtype, payload)``; ``outputs[k] = (kind, arena, rows)``
     with kind SLICE (rows = (lo, hi)) or SCATTER (rows = index tensor); ``insts[i]``: the instance of
-    row i (for error messages)."""
+    row i (for error messages). ``fused``: (arena, index, positions) per run of adjacent gathered
+    operands reading one arena (NOTE: [Fused gathers]); their ``operands`` entries stay as they are
+    (the backward and ``explain`` read them per operand)."""
 
     sig: Signature
     nodes: np.ndarray
@@ -80,6 +89,7 @@ class Step:
     operands: list
     outputs: list
     insts: np.ndarray
+    fused: tuple = ()
 
 
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
@@ -106,7 +116,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     list_start, broken = _segments(rows, list_lengths)
     # One index tensor (one transfer to the device) for every gathered list of the flush, cut into
     # one view per list by a single split (a Python slice per list costs several microseconds).
-    row_lists = _to_device(torch.from_numpy(rows), device).split(list_lengths.tolist()) if broken.any() else ()
+    row_index = _to_device(torch.from_numpy(rows), device) if broken.any() else None
+    row_lists = row_index.split(list_lengths.tolist()) if row_index is not None else ()
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
@@ -146,6 +157,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     for b, (nodes, sig) in enumerate(zip(batches, sigs, strict=True)):
         size = len(nodes)
         operands = []
+        runs: list = []     # NOTE: [Fused gathers]: [first list, arena, positions] per run
         for p, kind in enumerate(sig.in_kinds):
             lo, hi = starts[li], starts[li + 1]
             if kind is ArgKind.LAZY:
@@ -153,6 +165,10 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
                     operands.append((SLICE, arena_list[li], (lo_list[li], lo_list[li] + size)))
                 else:
                     operands.append((GATHER, arena_list[li], row_lists[li]))
+                    if runs and runs[-1][1] == arena_list[li] and runs[-1][2][-1] == p - 1:
+                        runs[-1][2].append(p)
+                    else:
+                        runs.append([li, arena_list[li], [p]])
             elif kind is ArgKind.NUMBER:
                 # Filled in below: every number of the flush goes to the device in one tensor per dtype.
                 dtype = sig.in_avals[p].dtype
@@ -181,7 +197,9 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             else:
                 outputs.append((SCATTER, out_arena[oi], out_row_lists[oi]))
             oi += 1
-        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]]))
+        fused = tuple((arena, row_index[starts[first]:starts[first + len(ps)]], tuple(ps))
+                      for first, arena, ps in runs if len(ps) > 1)
+        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]], fused))
     # Every number of the flush: one C-level pick from imms, one tensor per dtype, one split.
     for dtype, segments in numbers.items():
         entries = [e for e in pending if e[2] == dtype]
@@ -282,6 +300,17 @@ def _read(op, arenas) -> torch.Tensor:
     return torch.stack([t.detach() for t in payload])
 
 
+def _read_all(step: Step, arenas) -> list:
+    """Every operand of a step; each run of fused gathers is ONE ``index_select`` cut into views."""
+    if not step.fused:
+        return [_read(op, arenas) for op in step.operands]
+    operands: list = [None] * len(step.operands)
+    for arena, index, positions in step.fused:
+        for p, part in zip(positions, arenas[arena].index_select(0, index).split(step.size), strict=True):
+            operands[p] = part
+    return [_read(op, arenas) if t is None else t for op, t in zip(step.operands, operands, strict=True)]
+
+
 def _flags(sig: Signature) -> tuple:
     return tuple(m.training for m in sig.modules)
 
@@ -351,7 +380,7 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            _write(step, _call(step, [_read(op, arenas) for op in step.operands], kernels), arenas, adopt=True)
+            _write(step, _call(step, _read_all(step, arenas), kernels), arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
 
@@ -388,9 +417,13 @@ class TrainingRun:
 
     def _operands(self, step: Step) -> list:
         arenas, operands = self.arenas, []
-        for op in step.operands:
+        fused = _read_all(step, arenas) if step.fused else None
+        for p, op in enumerate(step.operands):
             kind = op[0]
-            t = arenas[op[1]][op[2][0]:op[2][1]].data if kind == SLICE else _read(op, arenas)
+            if fused is not None:
+                t = fused[p].data if kind == SLICE else fused[p]
+            else:
+                t = arenas[op[1]][op[2][0]:op[2][1]].data if kind == SLICE else _read(op, arenas)
             # Arena reads always join the backward; per-instance tensors only if one requires grad;
             # numbers never.
             if t.is_floating_point() and (kind <= GATHER or (kind == TENSORS and any(x.requires_grad for x in op[2]))
