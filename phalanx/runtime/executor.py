@@ -53,6 +53,7 @@ is used only then.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from operator import itemgetter
@@ -389,6 +390,18 @@ def _keep(t):
     return t
 
 
+_TOP_HOOKS = getattr(getattr(torch._C, "_autograd", None), "_top_saved_tensors_default_hooks", None)
+
+
+def _identity_saved_tensor_hooks():
+    """Identity saved-tensor hooks over the flush's forward only where some are active (an enclosing
+    ``torch.utils.checkpoint``; NOTE: [Batched backward]): each saved tensor goes through two Python
+    calls under them, dozens per batch, which a plain training step does not need to pay."""
+    if _TOP_HOOKS is not None and _TOP_HOOKS(False) is None:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(_keep, _keep)
+
+
 _ENGINE = getattr(torch.autograd.Variable, "_execution_engine", None)
 
 
@@ -435,7 +448,7 @@ class TrainingRun:
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         arenas, saved = self.arenas, self.saved
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), self.params:
+        with torch.enable_grad(), _identity_saved_tensor_hooks(), self.params:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 operands = self._operands(step)
