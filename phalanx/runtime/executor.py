@@ -32,11 +32,12 @@ autograd's in-place check does not fire when later batches write other rows of t
 NOTE: [Batched backward] training runs each batch's kernel with grad enabled on detached operand
 tensors and parameter aliases (NOTE: [Parameters in the batched backward], runtime/params.py) and
 keeps (operands, outputs). Backward allocates one gradient arena per float arena, seeds it with the
-result gradients, and for each batch in reverse order calls ``torch.autograd.grad`` once (outputs
--> operands and the aliases), then adds operand gradients into the gradient arenas with the same
-slice / index that read them (``index_add_`` accumulates duplicates). Parameter gradients are summed
-and returned once by the Function. The forward runs under identity saved-tensor hooks, so an
-enclosing ``torch.utils.checkpoint`` never tries to recompute the flush's private graphs.
+result gradients, and for each batch in reverse order asks the autograd engine once for the
+gradients of outputs -> operands and the aliases (``_batch_grad``), then adds operand gradients into
+the gradient arenas with the same slice / index that read them (``index_add_`` accumulates
+duplicates). Parameter gradients are summed in place and returned once by the Function. Where
+saved-tensor hooks are active (an enclosing ``torch.utils.checkpoint``), the forward runs under
+identity hooks, so the checkpoint never tries to recompute the flush's private graphs.
 
 NOTE: [Rows the loss does not use] in a batched backward a row whose output cotangent is exactly
 zero still meets the row's forward values in every parameter gradient (``X^T G``): an unused
