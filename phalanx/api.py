@@ -204,7 +204,10 @@ def _instance_tensors(graph) -> list[torch.Tensor]:
     """Per-instance tensor operands that require grad (their gradients leave through the flush); a
     row of an earlier fiber round stands for its round's arena (read with one index_select)."""
     found: dict[int, torch.Tensor] = {}
-    for x in graph.imms:
+    imms = graph.imms
+    if not any(issubclass(t, torch.Tensor) for t in set(map(type, imms))):
+        return []       # numbers only (word ids...): one C-level pass instead of a Python loop
+    for x in imms:
         if isinstance(x, torch.Tensor):
             origin = getattr(x, "_phalanx_origin", None)
             t = x if origin is None else origin[0]
@@ -215,15 +218,18 @@ def _instance_tensors(graph) -> list[torch.Tensor]:
 
 def _result_rows(graph, layout, outputs) -> tuple[list, dict]:
     """The rows every instance's results live in: one index tensor per arena, and each leaf's arena."""
-    rows_by_arena: dict[int, list[int]] = {}
-    value_aval_id, value_row = graph.value_aval_id, layout.value_row
-    arena_of = {}
-    for leaves, _ in outputs:
-        for leaf in leaves:
-            if type(leaf) is LazyValue:
-                a = arena_of[leaf.vid] = int(value_aval_id[leaf.vid])
-                rows_by_arena.setdefault(a, []).append(int(value_row[leaf.vid]))
-    return [(a, torch.tensor(r, dtype=torch.int64, device=graph.device)) for a, r in rows_by_arena.items()], arena_of
+    # One Python pass collects the lazy leaves; arenas, rows and the split by arena are numpy.
+    vids = np.array([leaf.vid for leaves, _ in outputs for leaf in leaves if type(leaf) is LazyValue], dtype=np.int64)
+    if not len(vids):
+        return [], {}
+    arena = graph.value_aval_id[vids]
+    rows = torch.from_numpy(layout.value_row[vids]).to(graph.device)
+    arena_of = dict(zip(vids.tolist(), arena.tolist()))
+    if (arena == arena[0]).all():
+        return [(int(arena[0]), rows)], arena_of
+    # Arenas in order of first use (``_assemble`` walks each arena's rows in leaf order).
+    firsts = np.unique(arena, return_index=True)[1]
+    return [(int(arena[i]), rows[torch.from_numpy(np.flatnonzero(arena == arena[i]))]) for i in np.sort(firsts)], arena_of
 
 
 def _assemble(outputs, arena_of: dict, tensors: list, result_index: list, per_row_views: bool) -> list:

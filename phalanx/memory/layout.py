@@ -23,11 +23,15 @@ from ..schedule.base import Schedule, ranges
 @dataclass(frozen=True, eq=False)
 class Layout:
     """``value_row[v]``: row of value v in arena ``graph.value_aval_id[v]``; ``arena_rows[a]``: rows of
-    arena a; ``batches``: the schedule's batches in the node order the layout chose."""
+    arena a; ``batches``: the schedule's batches in the node order the layout chose. ``output_vids``:
+    ``output_values`` of these batches when the layout computed them, with every (batch, output)
+    block in consecutive rows (``plan_layout``; the plan stage then skips recomputing and checking
+    them); None otherwise."""
 
     value_row: np.ndarray
     arena_rows: np.ndarray
     batches: tuple[np.ndarray, ...]
+    output_vids: np.ndarray | None = None
 
 
 def plan_layout(graph: GraphArrays, schedule: Schedule) -> Layout:
@@ -43,7 +47,7 @@ def plan_layout(graph: GraphArrays, schedule: Schedule) -> Layout:
         by_arena = np.argsort(arena, kind="stable")
         arena_start = np.cumsum(arena_rows) - arena_rows
         value_row[vids[by_arena]] = np.arange(len(vids)) - arena_start[arena[by_arena]]
-    return Layout(value_row, arena_rows, schedule.batches)
+    return Layout(value_row, arena_rows, schedule.batches, output_vids=vids)
 
 
 def output_values(graph: GraphArrays, batches, sids) -> np.ndarray:

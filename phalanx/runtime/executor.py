@@ -17,6 +17,13 @@ into ONE index tensor per flush (one host-to-device transfer on a GPU), cut by o
 every number operand of the flush is picked from the immediates with one ``itemgetter`` into one
 tensor per dtype. The per-batch Python loop only assembles tuples from precomputed scalars.
 
+NOTE: [Fused gathers] a batch's gathered operand lists that sit next to each other in its
+operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden] arena) are read
+with ONE ``index_select`` over their concatenated rows, cut into per-operand views by one
+``split``: the rows are already adjacent in the flush's index tensor (list-major order), so the
+fused index is a slice of it. Same bytes, a third of the kernel launches. Only the forward reads
+fuse; the backward still adds each operand's gradient with its own index.
+
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
 training we read through ``.data`` views: they share memory but have their own version counter, so
@@ -25,11 +32,12 @@ autograd's in-place check does not fire when later batches write other rows of t
 NOTE: [Batched backward] training runs each batch's kernel with grad enabled on detached operand
 tensors and parameter aliases (NOTE: [Parameters in the batched backward], runtime/params.py) and
 keeps (operands, outputs). Backward allocates one gradient arena per float arena, seeds it with the
-result gradients, and for each batch in reverse order calls ``torch.autograd.grad`` once (outputs
--> operands and the aliases), then adds operand gradients into the gradient arenas with the same
-slice / index that read them (``index_add_`` accumulates duplicates). Parameter gradients are summed
-and returned once by the Function. The forward runs under identity saved-tensor hooks, so an
-enclosing ``torch.utils.checkpoint`` never tries to recompute the flush's private graphs.
+result gradients, and for each batch in reverse order asks the autograd engine once for the
+gradients of outputs -> operands and the aliases (``_batch_grad``), then adds operand gradients into
+the gradient arenas with the same slice / index that read them (``index_add_`` accumulates
+duplicates). Parameter gradients are summed in place and returned once by the Function. Where
+saved-tensor hooks are active (an enclosing ``torch.utils.checkpoint``), the forward runs under
+identity hooks, so the checkpoint never tries to recompute the flush's private graphs.
 
 NOTE: [Rows the loss does not use] in a batched backward a row whose output cotangent is exactly
 zero still meets the row's forward values in every parameter gradient (``X^T G``): an unused
@@ -46,6 +54,7 @@ is used only then.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from operator import itemgetter
@@ -72,7 +81,9 @@ SCATTER = GATHER
 class Step:
     """One batch: ``operands[p] = (kind, arena_or_dtype, payload)``; ``outputs[k] = (kind, arena, rows)``
     with kind SLICE (rows = (lo, hi)) or SCATTER (rows = index tensor); ``insts[i]``: the instance of
-    row i (for error messages)."""
+    row i (for error messages). ``fused``: (arena, index, positions) per run of adjacent gathered
+    operands reading one arena (NOTE: [Fused gathers]); their ``operands`` entries stay as they are
+    (the backward and ``explain`` read them per operand)."""
 
     sig: Signature
     nodes: np.ndarray
@@ -80,6 +91,7 @@ class Step:
     operands: list
     outputs: list
     insts: np.ndarray
+    fused: tuple = ()
 
 
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
@@ -106,14 +118,29 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     list_start, broken = _segments(rows, list_lengths)
     # One index tensor (one transfer to the device) for every gathered list of the flush, cut into
     # one view per list by a single split (a Python slice per list costs several microseconds).
-    row_lists = _to_device(torch.from_numpy(rows), device).split(list_lengths.tolist()) if broken.any() else ()
+    row_index = _to_device(torch.from_numpy(rows), device) if broken.any() else None
+    row_lists = row_index.split(list_lengths.tolist()) if row_index is not None else ()
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
-    vids = output_values(graph, batches, schedule.sids)
-    out_rows = layout.value_row[vids]
-    out_start, out_broken = _segments(out_rows, out_size)
+    vids = layout.output_vids
+    if vids is None:
+        vids = output_values(graph, batches, schedule.sids)
+        out_rows = layout.value_row[vids]
+        out_start, out_broken = _segments(out_rows, out_size)
+    else:       # plan_layout: every output block is consecutive rows by construction
+        out_rows = layout.value_row[vids]
+        out_start = np.zeros(len(out_size) + 1, dtype=np.int64)
+        np.cumsum(out_size, out=out_start[1:])
+        out_broken = np.zeros(len(out_size), dtype=np.int64)
     out_row_lists = _to_device(torch.from_numpy(out_rows), device).split(out_size.tolist()) if out_broken.any() else ()
+    # *** counts, vectorized ***
+    lazy, nbytes = _operand_facts(graph.sigs, schedule.sids, arity)
+    gathered = lazy & (broken != 0)
+    counts.operand_lists, counts.gathers = int(lazy.sum()), int(gathered.sum())
+    counts.in_place = counts.operand_lists - counts.gathers
+    counts.gather_bytes = int((list_lengths * nbytes)[gathered].sum())
+    counts.output_blocks, counts.scattered_outputs = len(out_size), int((out_broken != 0).sum())
     # *** per-batch assembly: Python touches only precomputed scalars ***
     heads = np.minimum(list_start[:-1], max(len(rows) - 1, 0))     # each list's first entry
     lo_list = rows[heads].tolist() if len(rows) else []
@@ -132,17 +159,18 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     for b, (nodes, sig) in enumerate(zip(batches, sigs, strict=True)):
         size = len(nodes)
         operands = []
+        runs: list = []     # NOTE: [Fused gathers]: [first list, arena, positions] per run
         for p, kind in enumerate(sig.in_kinds):
             lo, hi = starts[li], starts[li + 1]
             if kind is ArgKind.LAZY:
-                counts.operand_lists += 1
                 if broken_l[li] == 0:
                     operands.append((SLICE, arena_list[li], (lo_list[li], lo_list[li] + size)))
-                    counts.in_place += 1
                 else:
                     operands.append((GATHER, arena_list[li], row_lists[li]))
-                    counts.gathers += 1
-                    counts.gather_bytes += size * sig.in_avals[p].nbytes
+                    if runs and runs[-1][1] == arena_list[li] and runs[-1][2][-1] == p - 1:
+                        runs[-1][2].append(p)
+                    else:
+                        runs.append([li, arena_list[li], [p]])
             elif kind is ArgKind.NUMBER:
                 # Filled in below: every number of the flush goes to the device in one tensor per dtype.
                 dtype = sig.in_avals[p].dtype
@@ -166,14 +194,14 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             li += 1
         outputs = []
         for _ in range(sig.num_outputs):
-            counts.output_blocks += 1
             if out_broken_l[oi] == 0:
                 outputs.append((SLICE, out_arena[oi], (out_lo[oi], out_lo[oi] + size)))
             else:
                 outputs.append((SCATTER, out_arena[oi], out_row_lists[oi]))
-                counts.scattered_outputs += 1
             oi += 1
-        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]]))
+        fused = tuple((arena, row_index[starts[first]:starts[first + len(ps)]], tuple(ps))
+                      for first, arena, ps in runs if len(ps) > 1)
+        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]], fused))
     # Every number of the flush: one C-level pick from imms, one tensor per dtype, one split.
     for dtype, segments in numbers.items():
         entries = [e for e in pending if e[2] == dtype]
@@ -181,10 +209,42 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         seg_start = np.array(segments, dtype=np.int64)
         within = np.cumsum(lengths) - lengths
         picked = codes[np.repeat(seg_start - within, lengths) + np.arange(int(lengths.sum()))]
-        values = _to_device(torch.tensor(_pick(imms, (-1 - picked).tolist()), dtype=dtype), device)
+        values = _to_device(_number_tensor(_pick(imms, (-1 - picked).tolist()), dtype), device)
         for (operands, k, _, _, _), part in zip(entries, values.split(lengths.tolist()), strict=True):
             operands[k] = (NUMBERS, dtype, part)
     return steps, counts
+
+
+def _operand_facts(all_sigs: list, sids: tuple, arity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per (batch, operand position) list: is it lazy, and its bytes per row; from one small table
+    over the op types used (not a Python pass over every list)."""
+    used = sorted(set(sids))
+    slot = np.zeros(max(used) + 1, dtype=np.int64)
+    slot[used] = np.arange(len(used))
+    kinds = [[k is ArgKind.LAZY for k in all_sigs[sid].in_kinds] for sid in used]
+    sizes = [[a.nbytes for a in all_sigs[sid].in_avals] for sid in used]
+    start = np.zeros(len(used) + 1, dtype=np.int64)
+    np.cumsum([len(k) for k in kinds], out=start[1:])
+    flat = ranges(start, slot[np.asarray(sids, dtype=np.int64)])
+    lazy = np.array([x for k in kinds for x in k], dtype=bool)[flat]
+    nbytes = np.array([x for k in sizes for x in k], dtype=np.int64)[flat]
+    return lazy, nbytes
+
+
+_NUMPY_DTYPE = {torch.int64: np.int64, torch.int32: np.int32, torch.float32: np.float32, torch.float64: np.float64,
+                torch.bool: np.bool_}
+
+
+def _number_tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.tensor(values, dtype=dtype)`` for Python numbers, through numpy where it can (it
+    converts a list ~10x faster: a flush's word ids are thousands of numbers)."""
+    np_dtype = _NUMPY_DTYPE.get(dtype)
+    if np_dtype is not None:
+        try:
+            return torch.from_numpy(np.fromiter(values, dtype=np_dtype, count=len(values)))
+        except (TypeError, ValueError, OverflowError):
+            pass        # anything unusual: torch's own conversion and its error
+    return torch.tensor(values, dtype=dtype)
 
 
 def _pick(items: list, index: list) -> list:
@@ -240,6 +300,17 @@ def _read(op, arenas) -> torch.Tensor:
     if kind == EXTERNAL:
         return where.detach().index_select(0, payload)
     return torch.stack([t.detach() for t in payload])
+
+
+def _read_all(step: Step, arenas) -> list:
+    """Every operand of a step; each run of fused gathers is ONE ``index_select`` cut into views."""
+    if not step.fused:
+        return [_read(op, arenas) for op in step.operands]
+    operands: list = [None] * len(step.operands)
+    for arena, index, positions in step.fused:
+        for p, part in zip(positions, arenas[arena].index_select(0, index).split(step.size), strict=True):
+            operands[p] = part
+    return [_read(op, arenas) if t is None else t for op, t in zip(step.operands, operands, strict=True)]
 
 
 def _flags(sig: Signature) -> tuple:
@@ -311,13 +382,37 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            _write(step, _call(step, [_read(op, arenas) for op in step.operands], kernels), arenas, adopt=True)
+            _write(step, _call(step, _read_all(step, arenas), kernels), arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
 
 
 def _keep(t):
     return t
+
+
+_TOP_HOOKS = getattr(getattr(torch._C, "_autograd", None), "_top_saved_tensors_default_hooks", None)
+
+
+def _identity_saved_tensor_hooks():
+    """Identity saved-tensor hooks over the flush's forward only where some are active (an enclosing
+    ``torch.utils.checkpoint``; NOTE: [Batched backward]): each saved tensor goes through two Python
+    calls under them, dozens per batch, which a plain training step does not need to pay."""
+    if _TOP_HOOKS is not None and _TOP_HOOKS(False) is None:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(_keep, _keep)
+
+
+_ENGINE = getattr(torch.autograd.Variable, "_execution_engine", None)
+
+
+def _batch_grad(outputs: list, inputs: list, grad_outputs: list) -> tuple:
+    """``torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True, retain_graph=True)``
+    straight through the autograd engine: the Python wrapper's argument normalization and checks
+    (which our own, well-formed tensors never need) cost ~35 us per call, i.e. per batch."""
+    if _ENGINE is None:
+        return torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True, retain_graph=True)
+    return _ENGINE.run_backward(tuple(outputs), tuple(grad_outputs), True, False, tuple(inputs), True, False)
 
 
 class TrainingRun:
@@ -336,9 +431,13 @@ class TrainingRun:
 
     def _operands(self, step: Step) -> list:
         arenas, operands = self.arenas, []
-        for op in step.operands:
+        fused = _read_all(step, arenas) if step.fused else None
+        for p, op in enumerate(step.operands):
             kind = op[0]
-            t = arenas[op[1]][op[2][0]:op[2][1]].data if kind == SLICE else _read(op, arenas)
+            if fused is not None:
+                t = fused[p].data if kind == SLICE else fused[p]
+            else:
+                t = arenas[op[1]][op[2][0]:op[2][1]].data if kind == SLICE else _read(op, arenas)
             # Arena reads always join the backward; per-instance tensors only if one requires grad;
             # numbers never.
             if t.is_floating_point() and (kind <= GATHER or (kind == TENSORS and any(x.requires_grad for x in op[2]))
@@ -350,7 +449,7 @@ class TrainingRun:
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         arenas, saved = self.arenas, self.saved
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), self.params:
+        with torch.enable_grad(), _identity_saved_tensor_hooks(), self.params:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 operands = self._operands(step)
@@ -365,8 +464,10 @@ class TrainingRun:
     def backward(self, grads) -> tuple:
         start = time.perf_counter()
         input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=False))
-        checks = [torch.isfinite(g).all() for g in input_grads if g is not None and not g.is_sparse]
-        if checks and not bool(torch.stack(checks).all()):      # one device-to-host read per backward
+        # A sum is finite if every entry is (an overflowing sum of finite entries only takes the
+        # slow path, which is as correct): one pass per gradient instead of isfinite's several.
+        sums = [g.sum() for g in input_grads if g is not None and not g.is_sparse]
+        if sums and not bool(torch.isfinite(torch.stack(sums)).all()):   # one device-to-host read
             # NOTE: [Rows the loss does not use]
             input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=True))
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
@@ -380,11 +481,19 @@ class TrainingRun:
         for (arena, idx), g in zip(self.result_index, grads, strict=True):
             if g is not None and garenas[arena] is not None:
                 garenas[arena].index_add_(0, idx, g)
-        position = self.params.position
         input_grads: list = [None] * len(inputs)
+        owned = [False] * len(inputs)
 
         def accumulate(i, g):
-            input_grads[i] = g if input_grads[i] is None else input_grads[i] + g
+            # In place from the second gradient on (a fresh sum per batch allocated and wrote a
+            # parameter-sized tensor every batch); the first may alias autograd's own buffers.
+            acc = input_grads[i]
+            if acc is None:
+                input_grads[i] = g
+            elif owned[i] and (g.is_sparse or not acc.is_sparse):
+                acc.add_(g)
+            else:
+                input_grads[i], owned[i] = acc + g, True
 
         for step, (operands, outs) in zip(reversed(self.steps), reversed(self.saved), strict=True):
             step_start = time.perf_counter() if self.profile is not None else 0.0
@@ -410,8 +519,7 @@ class TrainingRun:
                     rows = live.nonzero().squeeze(1)
                     operands, out_list, gout_list = self._rerun_rows(step, operands, rows, gout_list)
             # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
-            grads_all = torch.autograd.grad(out_list, [operands[p] for p in wrt_ops] + [t for _, t in wrt], gout_list,
-                                            allow_unused=True, retain_graph=True)
+            grads_all = _batch_grad(out_list, [operands[p] for p in wrt_ops] + [t for _, t in wrt], gout_list)
             for p, g in zip(wrt_ops, grads_all[:len(wrt_ops)], strict=True):
                 if g is not None:
                     self._add_operand_grad(step.operands[p], g, garenas, rows, accumulate)

@@ -1,7 +1,18 @@
-"""The depth policy (TensorFlow Fold): one batch per (depth, phase, op type), in depth order.
+"""The depth policy (TensorFlow Fold): one batch per (depth, phase, op type), in depth order, with
+sinks postponed (NOTE: [Postponed sinks]).
 
 Depth is recorded inline (NOTE: [Inline depth] in ir/graph.py), so nodes at one depth never depend
-on each other and grouping is a single vectorized sort: no frontier, no traversal."""
+on each other and grouping is a single vectorized sort: no frontier, no traversal.
+
+NOTE: [Postponed sinks] a node whose values no other node reads (a sink: the classifier on a tree's
+root, a tagger's per-token scorer) may run at any depth from its own to the end of its phase. Pure
+depth grouping runs one batch of a sink type per depth it was recorded at (TreeLSTM, batch 64: 26
+root classifier batches at 26 root depths). So per (phase, op type), the sinks at depths where no
+non-sink of that type runs (they would otherwise need a batch of their own) move together to the
+deepest of those depths, when they span more than one: that type then runs one batch more than its
+non-sinks need, never more than before. Sinks that share a depth with non-sinks of their type stay
+there (they ride in that batch for free). Vectorized up to a Python pass over the batches.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -24,6 +35,28 @@ class DepthPolicy(Policy):
         cuts = np.flatnonzero((sig[1:] != sig[:-1]) | (depth[1:] != depth[:-1]) | (phase[1:] != phase[:-1])) + 1
         bounds = [0, *cuts.tolist(), len(order)]
         # Plain slices: np.split costs several microseconds per piece.
-        batches = tuple(order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]))
-        sids = tuple(sig[bounds[:-1]].tolist())
-        return Schedule(batches, sids, self.name)
+        batches = [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        sids = sig[bounds[:-1]].tolist()
+        batches, sids = _postpone_sinks(graph, order, bounds, batches, sids, phase[bounds[:-1]].tolist())
+        return Schedule(tuple(batches), tuple(sids), self.name)
+
+
+def _postpone_sinks(graph: GraphArrays, order, bounds, batches: list, sids: list, phases: list):
+    """Merge the batches made only of sinks, per (op type, phase), into the last of them (NOTE:
+    [Postponed sinks]): it is the deepest, so every merged node's operands are ready there."""
+    codes = graph.arg_code
+    sink = np.bincount(graph.value_node[codes[codes >= 0]], minlength=graph.num_nodes) == 0
+    only_sinks = np.logical_and.reduceat(sink[order], bounds[:-1]).tolist()
+    lone: dict[tuple[int, int], list[int]] = {}
+    for b, flag in enumerate(only_sinks):
+        if flag:
+            lone.setdefault((sids[b], phases[b]), []).append(b)
+    merged = [bs for bs in lone.values() if len(bs) > 1]
+    if not merged:
+        return batches, sids
+    dropped = set()
+    for bs in merged:
+        batches[bs[-1]] = np.concatenate([batches[b] for b in bs])
+        dropped.update(bs[:-1])
+    keep = [b for b in range(len(batches)) if b not in dropped]
+    return [batches[b] for b in keep], [sids[b] for b in keep]

@@ -171,3 +171,85 @@ def test_numbers_of_two_dtypes_across_batches_of_every_size():
 
     xs = [([w % 10 for w in range(k, 2 * k + 1)], torch.randn(3)) for k in range(5)]
     assert_matches_eager(fn, xs, params=[*emb.parameters(), *lin.parameters()], train=True)
+
+
+def _tree_model(dim=4):
+    from phalanx.models import TreeLSTM
+
+    return TreeLSTM(30, dim, embed_dim=3)
+
+
+def test_adjacent_gathers_from_one_arena_are_fused_and_match_eager():
+    # NOTE: [Fused gathers]: a TreeLSTM node reads hl, cl, hr, cr from one [hidden] arena; with
+    # the depth layout they are gathered, and the four reads become one run. One Batcher, reused
+    # across SGD steps, inference and training, matches the eager loop.
+    from phalanx.data import synthetic
+    from phalanx.memory.layout import plan_layout
+    from phalanx.runtime.executor import GATHER, build_steps
+    from phalanx.schedule import schedule_graph
+
+    torch.manual_seed(6)
+    model = _tree_model()
+    batcher = phalanx.Batcher(model, verify=True)
+    trees = synthetic.random_trees(6, 1, 30)
+    graph = batcher.record(trees)
+    schedule = schedule_graph(graph, "depth")
+    steps, _ = build_steps(graph, schedule, plan_layout(graph, schedule))
+    fused = [(step, run) for step in steps for run in step.fused]
+    assert fused, "no fused run on a TreeLSTM mini-batch"
+    for step, (arena, index, positions) in fused:
+        assert len(positions) > 1 and len(index) == len(positions) * step.size
+        assert all(step.operands[p][0] == GATHER and step.operands[p][1] == arena for p in positions)
+        # The fused index is the operands' own indices, back to back.
+        assert torch.equal(index, torch.cat([step.operands[p][2] for p in positions]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for seed in range(3):
+        batch = synthetic.random_trees(5, seed + 2, 30)
+        assert_matches_eager(model, batch, batcher=batcher)
+        assert_matches_eager(model, batch, params=list(model.parameters()), train=True, batcher=batcher)
+        optimizer.step()
+
+
+def test_a_cell_returning_a_fused_operand_view_matches_eager():
+    # Fused gathers hand a cell views of one tensor; a cell that returns an operand as it is hands
+    # that view back as its output, which is copied into its arena rows (never adopted as a whole
+    # arena: it is not the view's own memory).
+    @phalanx.cell
+    def first_of(a, b):
+        return a, a + b
+
+    @phalanx.cell
+    def leaf(x):
+        return x * 1.0
+
+    def fn(xs):
+        p, q, r = (leaf(x) for x in xs)
+        kept, total = first_of(*first_of(p, q))
+        return kept, first_of(total, r)
+
+    torch.manual_seed(7)
+    instances = [[torch.randn(3, requires_grad=True) for _ in range(3)] for _ in range(4)]
+    batcher = assert_matches_eager(fn, instances)
+    assert batcher.stats.gathers >= 2
+    assert_matches_eager(fn, instances, params=[t for inst in instances for t in inst], train=True)
+
+
+def test_parameter_gradients_summed_over_batches_match_eager_even_when_their_sum_overflows():
+    # Parameter gradients accumulate in place over the flush's batches; the finite check reads one
+    # sum per gradient: here every entry is finite but float32 sums overflow, so the backward takes
+    # the slow path (NOTE: [Rows the loss does not use]) and must still give eager's gradients.
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin.bias.zero_()
+
+    def fn(inst):
+        depth, x = inst
+        for _ in range(depth):
+            x = lin(x)
+        return x
+
+    instances = [(d, torch.full((2,), 1e37)) for d in (1, 2, 3)]
+    batcher = assert_matches_eager(fn, instances, params=list(lin.parameters()), train=True, rtol=1e-3, atol=0.0)
+    assert batcher.stats.batches >= 3
+    assert not torch.isfinite(lin.weight.grad.sum())      # the overflow really happened

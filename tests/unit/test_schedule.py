@@ -48,13 +48,41 @@ def test_lower_bound_counts_longest_same_type_chain():
 
 
 def test_agenda_beats_depth_when_depths_are_misaligned():
-    # Short and long chains of "a" followed by one "b": depth runs b twice, agenda waits.
+    # Short and long chains of "a" followed by "bb": depth runs the first b twice (it is read, so
+    # it is not a postponed sink), agenda waits.
     def fn(instance):
         n, x = instance
-        return chain("a" * n + "b")(x)
+        return chain("a" * n + "bb")(x)
     graph = phalanx.Batcher(fn).record([(1, torch.ones(2)), (3, torch.ones(2))])
     depth, agenda = schedule_graph(graph, "depth"), schedule_graph(graph, "agenda")
     assert len(depth) > len(agenda)
+
+
+def test_depth_postpones_sinks_of_one_type_into_one_batch():
+    # NOTE: [Postponed sinks]: "a"-chains of lengths 1..4, each ending in one "b" (a sink): pure
+    # depth grouping would run b at 4 depths; postponed, b runs once, after the longest chain.
+    def fn(instance):
+        n, x = instance
+        return chain("a" * n + "b")(x)
+    graph = phalanx.Batcher(fn).record([(n, torch.ones(2)) for n in (1, 2, 3, 4)])
+    schedule = schedule_graph(graph, "depth")
+    verify_schedule(graph, schedule)
+    names = [graph.sigs[sid].name for sid in schedule.sids]
+    assert sum("b_op" in name for name in names) == 1
+    assert len(schedule) == lower_bound(graph) == 1 + 4 + 1     # input, a x4, b
+
+
+def test_depth_keeps_sinks_that_ride_in_a_non_sink_batch():
+    # Instance 0: a b a (its middle b is read); instance 1: a b (its b is a sink at the same depth):
+    # the sink rides in the depth-2 b batch, no extra batch appears.
+    def fn(instance):
+        pattern, x = instance
+        return chain(pattern)(x)
+    graph = phalanx.Batcher(fn).record([("aba", torch.ones(2)), ("ab", torch.ones(2))])
+    schedule = schedule_graph(graph, "depth")
+    verify_schedule(graph, schedule)
+    assert len(schedule) == 4                                   # input, a, b (both), a
+    assert [len(b) for b in schedule.batches] == [2, 2, 2, 1]
 
 
 def test_empty_graph():
