@@ -448,7 +448,7 @@ class Recorder:
         meta = {"batching": getattr(callee, "_phalanx_batching", "auto")}
         shifted = shifted_call(fn, template_args, template_kwargs) if callee is fn else None
         if shifted is not None:
-            meta["shifted"] = _bind_template(fn, *shifted, force=True)   # rules/dims.py: a batched form
+            meta["shifted"] = _bind_template(*shifted, force=True)   # rules/dims.py: a batched form
         outputs, captured = run_unrecorded(per_instance, examples, name, avals, capture=True)
         flat, unflatten, flatten = _output_structure(outputs, name)
         paths = self.table.paths

@@ -177,7 +177,10 @@ class Hub:
         slot.rec, slot.hub = first, self
         try:
             with _collector_paused():
-                return self._record_all(first)
+                try:
+                    return self._record_all(first)
+                finally:
+                    self._release_rounds()
         except BaseException:
             slot.rec, slot.hub = None, None
             self._kill_fibers()
@@ -193,6 +196,16 @@ class Hub:
             return first, self.outputs
         self._run_rounds()
         return first, None
+
+    def _release_rounds(self) -> None:
+        # NOTE: [Collector paused] the paused collector still counts allocations, so the first one
+        # after it resumes collects the youngest generation: every object of the call still alive.
+        # Dropping the rounds' graphs, lazy values and row views first (the results hold tensors
+        # only) leaves that pass little to walk: measured ~20 ms of a 600 ms NMT decode call.
+        if self.results is not None:
+            self.rounds.clear()
+            self.outputs = self.instances = None
+            self.rec, self.waiting, self.resuming = None, [], []
 
     def _drive_new_instances(self) -> None:
         while self.next < len(self.instances):
