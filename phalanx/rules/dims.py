@@ -97,3 +97,15 @@ def _all_dims_call(func, args: tuple, kwargs: dict) -> "tuple[Callable, tuple, d
 
     each_row.__name__ = f"{getattr(func, '__name__', 'reduce')}_each_row"
     return each_row, args, kwargs
+
+
+def stacked_dim(func, args: tuple, kwargs: dict, out_ndim: int) -> "int | None":
+    """For a batched call that is ``torch.stack(operands, dim=d)``, the batch-level ``d`` (>= 1), so
+    the executor can write each operand list straight into its slot of the output (NOTE: [Stacked
+    reads] in runtime/executor.py); None for anything else. ``out_ndim``: the per-instance output's."""
+    if func is not torch.stack or not args or not isinstance(args[0], (list, tuple)):
+        return None
+    d = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    if type(d) is not int:
+        return None
+    return d if d >= 1 else d + out_ndim + 1 if d < 0 else None
