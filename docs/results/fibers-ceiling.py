@@ -70,6 +70,31 @@ def measure(name: str, batch_size: int, repeats: int) -> dict:
     return {k: (v / n if k != "rounds" else v) for k, v in row.items()}
 
 
+def berxit_layer_by_batch(hidden: int = 256) -> None:
+    """One Berxit layer's cost per sentence, alone and in batches: what batching can gain at most."""
+    from phalanx.models.berxit import Berxit
+
+    torch.manual_seed(0)
+    layer = Berxit(100, hidden).layers[0]
+    print(f"\nberxit layer (hidden {hidden}): ms per sentence, alone and in batches of B padded sentences")
+    print(f"{'tokens':>6} " + " ".join(f"{'B=' + str(b):>7}" for b in (1, 8, 16, 64)))
+    with torch.no_grad():
+        for length in (16, 32, 64):
+            cells = []
+            for b in (1, 8, 16, 64):
+                lead = () if b == 1 else (b,)
+                x, mask = torch.randn(*lead, length, hidden), torch.ones(*lead, length, dtype=torch.bool)
+                layer(x, mask)
+                best = float("inf")
+                for _ in range(5):
+                    start = time.perf_counter()
+                    for _ in range(10):
+                        layer(x, mask)
+                    best = min(best, (time.perf_counter() - start) / 10)
+                cells.append(f"{1e3 * best / b:7.3f}")
+            print(f"{length:6d} " + " ".join(cells), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+")
@@ -85,6 +110,8 @@ def main():
             print(f"{name:8} {bs:5d} {1e3 * r['eager']:9.1f} {1e3 * r['eager_cells']:9.1f} {1e3 * r['phalanx']:8.1f} "
                   f"{1e3 * r['kernels']:8.1f} {r['rounds']:6d} {r['eager'] / r['phalanx']:7.2f}x "
                   f"{r['eager'] / r['kernels']:7.2f}x", flush=True)
+    if "berxit" in args.models:
+        berxit_layer_by_batch()
 
 
 if __name__ == "__main__":
