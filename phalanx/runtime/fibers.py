@@ -84,18 +84,17 @@ class RoundResult:
 
     def value(self, vid: int) -> torch.Tensor:
         view = self._views.get(vid)
-        if view is not None:
-            return view               # e.g. an encoder memory every decoder round reads
-        arena = self.value_arena[vid]
-        rows = self._rows.get(arena)
-        if rows is None:
-            # One unbind per arena: its backward stacks every row's gradient in one op.
-            rows = self._rows[arena] = self.arenas[arena].unbind(0)
-        row = self.value_row[vid]
-        view = self._views[vid] = rows[row]
-        # Where it lives, so a later round reads many such rows with ONE index_select from the
-        # round's arena, not a stack of views (runtime/executor.py, EXTERNAL operands).
-        view._phalanx_origin = (self.arenas[arena], row)
+        if view is None:              # else e.g. an encoder memory that every decoder round reads
+            arena = self.value_arena[vid]
+            rows = self._rows.get(arena)
+            if rows is None:
+                # One unbind per arena: its backward stacks every row's gradient in one op.
+                rows = self._rows[arena] = self.arenas[arena].unbind(0)
+            row = self.value_row[vid]
+            view = self._views[vid] = rows[row]
+            # Where it lives, so a later round reads many such rows with ONE index_select from the
+            # round's arena, not a stack of views (runtime/executor.py, EXTERNAL operands).
+            view._phalanx_origin = (self.arenas[arena], row)
         return view
 
     def data(self, vid: int) -> torch.Tensor:
@@ -338,8 +337,9 @@ class Hub:
     def resolve_stale(self, value, name: str) -> torch.Tensor:
         """A lazy value of an already flushed round, as the concrete tensor a later round reads
         (NOTE: [Values across rounds]). Raises if the value is from a finished run."""
-        rr = self.rounds.get(id(value.graph))
-        if rr is None or rr.graph is not value.graph:
+        graph = value.graph
+        rr = self.rounds.get(id(graph))
+        if rr is None or rr.graph is not graph:
             raise PhalanxError(f"{name}: got a lazy value from a finished phalanx run")
         return rr.value(value.vid)
 
