@@ -75,3 +75,14 @@ def test_calls_that_are_not_all_dims_reductions_get_no_flattening_rule():
     func, args, kwargs = shifted_call(torch.Tensor.max, (op,), {})
     assert args == (op,) and kwargs == {}
     torch.testing.assert_close(func(torch.tensor([[1.0, 5.0], [7.0, 2.0]])), torch.tensor([5.0, 7.0]))
+
+
+def test_reductions_over_one_dim_that_return_values_and_indices_match_eager():
+    def fn(x):
+        values, indices = x.max(0)
+        low = torch.min(x, dim=-1)
+        return values, indices, low.values, low.indices, x.argmax(1), torch.std(x, 0)
+
+    torch.manual_seed(4)
+    batcher = assert_matches_eager(fn, [torch.randn(3, 4) for _ in range(5)])
+    assert kernel_modes(batcher)["op Tensor.max"] == "shifted"      # dim 0 moved past the batch dim
