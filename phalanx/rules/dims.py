@@ -106,6 +106,6 @@ def stacked_dim(func, args: tuple, kwargs: dict, out_ndim: int) -> "int | None":
     if func is not torch.stack or not args or not isinstance(args[0], (list, tuple)):
         return None
     d = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-    if type(d) is not int:
+    if type(d) is not int or d == 0:
         return None
-    return d if d >= 1 else d + out_ndim + 1 if d < 0 else None
+    return d if d > 0 else d + out_ndim + 1         # a negative dim counts from the batch's end

@@ -328,13 +328,14 @@ def _stacked_reads(step: Step, arenas: list) -> "tuple | None":
     operands are exactly the stacked slots."""
     sig = step.sig
     kernel, d = sig.kernels.get(()), sig.meta["stack_dim"]
-    out_shape = sig.out_avals[0].shape
-    if (kernel is None or kernel.mode not in ("shifted", "native") or d is None or out_shape[d - 1] != len(step.operands)
-            or any(a.shape != out_shape[:d - 1] + out_shape[d:] or a.dtype != sig.out_avals[0].dtype
-                   for a in sig.in_avals)):
+    stacked = sig.out_avals[0]
+    if kernel is None or kernel.mode not in ("shifted", "native") or d is None:
         return None
-    out = torch.empty((step.size, *out_shape), dtype=sig.out_avals[0].dtype, device=arenas[0].device
-                      if arenas else None)
+    slot_shape = stacked.shape[:d - 1] + stacked.shape[d:]
+    if stacked.shape[d - 1] != len(step.operands) or any(a.shape != slot_shape or a.dtype != stacked.dtype
+                                                         for a in sig.in_avals):
+        return None
+    out = torch.empty((step.size, *stacked.shape), dtype=stacked.dtype, device=arenas[0].device)
     for p, op in enumerate(step.operands):
         kind, where, payload = op
         slot = out.select(d, p)

@@ -200,7 +200,8 @@ class Hub:
         # NOTE: [Collector paused] the paused collector still counts allocations, so the first one
         # after it resumes collects the youngest generation: every object of the call still alive.
         # Dropping the rounds' graphs, lazy values and row views first (the results hold tensors
-        # only) leaves that pass little to walk: measured ~20 ms of a 600 ms NMT decode call.
+        # only) leaves that pass little to walk: on an NMT decode call of 64 sentences, 10-37 ms
+        # before, under 1 ms after.
         if self.results is not None:
             for rr in self.rounds.values():
                 # The batcher's stats keep every round's frozen graph (for the lower bound) and with
