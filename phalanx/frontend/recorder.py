@@ -18,7 +18,7 @@ from ..ir.aval import AVal, aval, aval_of
 from ..ir.columns import FLOAT_KEY, INT_KEY
 from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
-from ..rules import shifted_call
+from ..rules import shifted_call, stacked_dim
 from .capture import run_capturing
 from .input_split import INPUT_DEPTH, attach_program, split_signatures
 
@@ -523,6 +523,7 @@ class Recorder:
 
         template_args = encode(tuple(args))
         template_kwargs = encode(dict(kwargs))
+        del encode    # it refers to itself: a cycle per op that only the collector would free
         key = (callee, tuple(key_parts))
         sig = self.table.by_key.get(key)
         if sig is None:
@@ -567,9 +568,11 @@ class Recorder:
         meta = {"batching": getattr(callee, "_phalanx_batching", "auto")}
         shifted = shifted_call(fn, template_args, template_kwargs) if callee is fn else None
         if shifted is not None:
-            meta["shifted"] = _bind_template(fn, *shifted, force=True)   # rules/dims.py: a batched form
+            meta["shifted"] = _bind_template(*shifted, force=True)   # rules/dims.py: a batched form
         outputs, captured = run_unrecorded(per_instance, examples, name, avals, capture=True)
         flat, unflatten, flatten = _output_structure(outputs, name)
+        if shifted is not None and isinstance(outputs, torch.Tensor):
+            meta["stack_dim"] = stacked_dim(*shifted, outputs.dim())
         paths = self.table.paths
         shared = [p.tensor for p in key[1] if type(p) is _Shared] if type(key[1]) is tuple else []
         path = paths.get(id(callee)) or ",".join(paths.get(id(t), "?") for t in shared)

@@ -5,3 +5,4 @@ where that argument sits, so the batched call can shift it past the leading batc
 The executor tries rules as candidates and keeps one only when it equals the per-instance function
 on the probe rows (NOTE: [Sound batching] in runtime/kernels.py)."""
 from .dims import shifted_call as shifted_call
+from .dims import stacked_dim as stacked_dim

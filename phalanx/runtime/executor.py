@@ -382,9 +382,41 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            _write(step, _call(step, _read_all(step, arenas), kernels), arenas, adopt=True)
+            outs = _stacked_reads(step, arenas) if "stack_dim" in step.sig.meta else None
+            if outs is None:
+                outs = _call(step, _read_all(step, arenas), kernels)
+            _write(step, outs, arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
+
+
+def _stacked_reads(step: Step, arenas: list) -> "tuple | None":
+    """NOTE: [Stacked reads] a batched ``torch.stack`` of gathered operand lists (a decoder's
+    per-step logits, each read from its own fiber round) would copy every list once into a gather
+    and once more into the stack; instead each list is read straight into its slot of the output
+    (``index_select(out=...)``). Only once the probe has chosen the stack itself for this op type
+    (shifted, or native for a negative dim: checked against the per-instance oracle), and when the
+    operands are exactly the stacked slots."""
+    sig = step.sig
+    kernel, d = sig.kernels.get(()), sig.meta["stack_dim"]
+    stacked = sig.out_avals[0]
+    if kernel is None or kernel.mode not in ("shifted", "native") or d is None:
+        return None
+    slot_shape = stacked.shape[:d - 1] + stacked.shape[d:]
+    if stacked.shape[d - 1] != len(step.operands) or any(a.shape != slot_shape or a.dtype != stacked.dtype
+                                                         for a in sig.in_avals):
+        return None
+    out = torch.empty((step.size, *stacked.shape), dtype=stacked.dtype, device=arenas[0].device)
+    for p, op in enumerate(step.operands):
+        kind, where, payload = op
+        slot = out.select(d, p)
+        if kind == EXTERNAL:
+            torch.index_select(where.detach(), 0, payload, out=slot)
+        elif kind == GATHER:
+            torch.index_select(arenas[where], 0, payload, out=slot)
+        else:
+            slot.copy_(_read(op, arenas))
+    return (out,)
 
 
 def _keep(t):

@@ -317,3 +317,43 @@ def test_value_read_every_round_matches_eager():
     xs = inputs(8, 7)
     assert_matches_eager(fn, xs)
     assert_matches_eager(fn, xs, params=list(lin.parameters()), train=True)
+
+
+def test_a_call_releases_its_rounds_arenas_when_it_returns(monkeypatch):
+    """Only the arenas the results live in outlast the call (the batcher's stats keep each round's
+    graph for the lower bound, but not the row views that would pin every arena of the call)."""
+    import weakref
+
+    from phalanx.runtime import fibers
+
+    arenas = []
+    original = fibers.RoundResult.__init__
+
+    def keeping(self, graph, value_row, value_arena, round_arenas):
+        original(self, graph, value_row, value_arena, round_arenas)
+        arenas.extend(weakref.ref(a) for a in round_arenas)
+
+    monkeypatch.setattr(fibers.RoundResult, "__init__", keeping)
+    torch.manual_seed(6)
+    lin = torch.nn.Linear(4, 4)
+
+    def fn(x):
+        steps = []
+        while len(steps) < 4:
+            x = torch.tanh(lin(x))
+            steps.append(x)
+            if x.sum() > 1:
+                break
+        return torch.stack(steps)
+
+    batcher = phalanx.Batcher(fn)
+    xs = inputs(9, 6)
+    with torch.no_grad():
+        got = batcher(xs)
+        expected = [fn(x) for x in xs]
+    gc.collect()
+    alive = [r() for r in arenas if r() is not None]
+    assert batcher.stats.fibers.rounds >= 3 and len(arenas) >= 6
+    assert all(any(g.untyped_storage().data_ptr() == a.untyped_storage().data_ptr() for g in got) for a in alive)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
