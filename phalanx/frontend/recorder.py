@@ -19,6 +19,7 @@ from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
 from ..rules import shifted_call
 from .capture import run_capturing
+from . import ragged
 from .input_split import INPUT_DEPTH, attach_program, split_signatures
 
 class _RecorderSlot(threading.local):
@@ -360,17 +361,29 @@ class Recorder:
             name = "op " + _func_name(func)
         if name is None:
             name = _OP_NAMES[func] = "op " + _func_name(func)
+        if func is torch.stack:
+            # NOTE: [Ragged operands] (frontend/ragged.py): recorded when used, as one op type for any k.
+            stacked = ragged.try_stack(self, args, kwargs)
+            if stacked is not None:
+                return stacked
         return self._record_general(func, name, func, args, kwargs, numbers_are_operands=False)
 
     # *** the general path: nested arguments, kwargs, tensors, statics ***
     def _record_general(self, callee, name: str, fn: Callable, args: tuple, kwargs: dict,
                         numbers_are_operands: bool):
         g = self.graph
+        if numbers_are_operands and not kwargs and any(type(a) is ragged.RaggedStack for a in args):
+            out = ragged.record_ragged_cell(self, callee, name, fn, args)     # NOTE: [Ragged operands]
+            if out is not None:
+                return out
         operands: list = []          # per-instance operands: LazyValue | number | Tensor
         key_parts: list = []
 
         def encode(obj):
             t = type(obj)
+            if t is ragged.RaggedStack:
+                obj = obj.materialize()
+                t = LazyValue
             if t is LazyValue and obj.graph is not g:
                 # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]),
                 # a per-instance tensor operand of the lazy value's aval.
