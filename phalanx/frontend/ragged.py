@@ -201,16 +201,21 @@ def try_stack(rec, args: tuple, kwargs: dict) -> "RaggedStack | None":
         return None
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
     g = rec.graph
-    first = xs[0]
-    if type(first) is not LazyValue:
+    first = next((x for x in xs if type(x) is LazyValue), None)
+    if first is None:
         return None
     element = first.aval
     if type(dim) is not int or dim not in (0, -(len(element.shape) + 1)):
         return None
     for x in xs:
-        if type(x) is not LazyValue or x.graph is not g or x.aval is not element:
-            return None
-    return RaggedStack(tuple(xs), element, g)
+        if type(x) is LazyValue:
+            if x.graph is not g or x.aval is not element:
+                return None
+        elif type(x) is not torch.Tensor or aval_of(x) is not element:
+            return None               # parameters (shared), other shapes, numbers: an ordinary stack
+    # A per-instance tensor member (a lattice's initial state) becomes a lazy value, as in any cell call.
+    members = tuple(x if type(x) is LazyValue else rec.record_input(x) for x in xs)
+    return RaggedStack(members, element, g)
 
 
 def record_segment(rec, rs: RaggedStack, reduce: str):
