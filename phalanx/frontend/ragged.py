@@ -44,6 +44,7 @@ class RaggedSpec:
     elements: tuple[AVal, ...]
     num_args: int
     reduce: str | None = None        # a segment-reduce op type: "sum" or "mean"
+    lists: tuple[bool, ...] = ()     # per ragged argument: passed as a Python list (else stacked)
 
 
 class RaggedStack:
@@ -271,15 +272,24 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
     from .value import LazyValue
 
     g = rec.graph
-    positions, fixed_key, fixed = [], [], []
+    positions, fixed_key, fixed, ragged, lists = [], [], [], [], []
     k = -1
     for i, a in enumerate(args):
         t = type(a)
+        if t is list:
+            a = _list_members(rec, cell, i, a)
+            if a is None:
+                return None
+            t = RaggedStack
+            lists.append(True)
+        elif t is RaggedStack:
+            lists.append(False)
         if t is RaggedStack:
             if a.graph is not g or (k >= 0 and len(a.members) != k):
                 return None
             k = len(a.members)
             positions.append(i)
+            ragged.append(a)
         elif t is LazyValue:
             if a.graph is not g:
                 fixed_key.append(("tensor", a.aval))
@@ -296,13 +306,14 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
             fixed.append(a)
         else:
             return None              # parameters, statics, nested structures: the general path
-    ragged = [args[i] for i in positions]
     elements = tuple(r.element for r in ragged)
-    key = (_RAGGED_CELL, cell, tuple(fixed_key), tuple(positions), elements)
+    key = (_RAGGED_CELL, cell, tuple(fixed_key), tuple(positions), elements, tuple(lists))
     sig = rec.table.by_key.get(key)
     if sig is None:
-        sig = _new_ragged_signature(rec, key, cell, name, fn, fixed, ragged, RaggedSpec(tuple(positions), elements,
-                                                                                       len(args)))
+        sig = _new_ragged_signature(rec, key, cell, name, fn, fixed, ragged, RaggedSpec(
+            tuple(positions), elements, len(args), lists=tuple(lists)))
+        for i, element in zip(positions, elements, strict=True):
+            _list_elements(rec.table).setdefault((cell, i), element)
     codes = []
     depth = 0
     imms = g.imms
@@ -327,18 +338,39 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
     return sig.unflatten([LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)])
 
 
-def per_instance_of(fn, spec: RaggedSpec):
-    """The cell's function over (fixed operands..., one stacked [k, *E] tensor per ragged argument)."""
+def _list_elements(table) -> dict:
+    """(cell, position) -> the element aval its list argument had, per SignatureTable."""
+    found = getattr(table, "_ragged_list_elements", None)
+    if found is None:
+        found = table._ragged_list_elements = {}
+    return found
+
+
+def _list_members(rec, cell, position: int, xs: list) -> "RaggedStack | None":
+    """A cell's list argument as a RaggedStack: lazy values (or per-instance tensors) of one aval.
+    An empty list takes the element aval this cell's argument had before (none yet: None, and the
+    call is recorded as before, its own op type)."""
+    if xs:
+        return try_stack(rec, (xs,), {})
+    element = _list_elements(rec.table).get((cell, position))
+    return RaggedStack((), element, rec.graph) if element is not None else None
+
+
+def per_instance_of(fn, spec: RaggedSpec, unbind_dim: int = 0):
+    """The cell's function over (fixed operands..., one stacked [k, *E] tensor per ragged argument);
+    a list argument gets the stacked tensor's rows (``unbind_dim`` 1: the batched form, rows of
+    [B, k, *E])."""
     ragged_at = set(spec.positions)
     fixed_at = [i for i in range(spec.num_args) if i not in ragged_at]
     n_fixed = len(fixed_at)
+    lists = spec.lists or (False,) * len(spec.positions)
 
     def per_instance(*ops):
         args = [None] * spec.num_args
         for i, op in zip(fixed_at, ops[:n_fixed], strict=True):
             args[i] = op
-        for i, op in zip(spec.positions, ops[n_fixed:], strict=True):
-            args[i] = op
+        for i, op, as_list in zip(spec.positions, ops[n_fixed:], lists, strict=True):
+            args[i] = (list(op.unbind(unbind_dim)) if isinstance(op, torch.Tensor) else op) if as_list else op
         return fn(*args)
 
     return per_instance
@@ -378,6 +410,8 @@ def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: li
         captured=captured, callee=cell, modules=modules, path=rec.table.paths.get(id(cell), ""),
         single=isinstance(outputs, torch.Tensor), plain_tuple=type(outputs) is tuple and unflatten is tuple,
         meta={"ragged": spec, "batching": getattr(cell, "_phalanx_batching", "auto")})
+    if any(spec.lists):
+        sig.meta["batched_lists"] = per_instance_of(fn, spec, unbind_dim=1)
     sig.meta["kernel"] = RaggedKernel(sig)
     rec.table.add(sig, key)
     return sig

@@ -372,7 +372,7 @@ class Recorder:
     def _record_general(self, callee, name: str, fn: Callable, args: tuple, kwargs: dict,
                         numbers_are_operands: bool):
         g = self.graph
-        if numbers_are_operands and not kwargs and any(type(a) is ragged.RaggedStack for a in args):
+        if numbers_are_operands and not kwargs and any(type(a) is ragged.RaggedStack or type(a) is list for a in args):
             out = ragged.record_ragged_cell(self, callee, name, fn, args)     # NOTE: [Ragged operands]
             if out is not None:
                 return out

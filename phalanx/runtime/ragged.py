@@ -133,7 +133,14 @@ class RaggedRows:
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        x = next(a for a in args if type(a) is RaggedRows)
+        if func is torch.stack and args and type(args[0]) is RaggedList and set(kwargs) <= {"dim"}:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if dim == 0:
+                return list.__getitem__(args[0], 0)     # a list argument's rows, stacked: [B, k_i, *E]
+            raise RaggedUnsupported(f"stack of a ragged list over dim {dim!r}")
+        x = next((a for a in args if type(a) is RaggedRows), None)
+        if x is None:
+            raise RaggedUnsupported(f"{getattr(func, '__name__', func)} on a ragged list")
         if func in _REDUCE:
             return _reduce(_REDUCE[func], args, kwargs)
         if func in _UNARY and len(args) == 1 and not kwargs:
@@ -186,6 +193,19 @@ for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__
         getattr(torch.Tensor, _name)))
 
 
+class RaggedList(list):
+    """A list argument of a cell in the ``segment`` kernel: ``torch.stack(it)`` is its RaggedRows;
+    its length and items differ per row, so any other use raises RaggedUnsupported."""
+
+    def __init__(self, rows: RaggedRows):
+        super().__init__([rows])
+
+    def _refuse(self, *args):
+        raise RaggedUnsupported("the length or items of a ragged list")
+
+    __len__ = __iter__ = __getitem__ = __bool__ = __contains__ = __reversed__ = _refuse
+
+
 class RaggedKernel:
     """The batched kernel of a ragged cell op type (NOTE: [Ragged kernels])."""
 
@@ -214,7 +234,10 @@ class RaggedKernel:
 
     def _segmented(self, fixed, values, seg, counts, size) -> tuple:
         sig = self.sig
-        outs = sig.flatten(sig.fn(*fixed, *(RaggedRows(v, seg, counts, size) for v in values)))
+        lists = sig.meta["ragged"].lists or (False,) * len(values)
+        ducks = [RaggedList(RaggedRows(v, seg, counts, size)) if as_list else RaggedRows(v, seg, counts, size)
+                 for v, as_list in zip(values, lists, strict=True)]
+        outs = sig.flatten(sig.fn(*fixed, *ducks))
         for out, aval in zip(outs, sig.out_avals, strict=True):
             if type(out) is not torch.Tensor and not isinstance(out, torch.Tensor):
                 raise RaggedUnsupported("a ragged result")
@@ -236,6 +259,8 @@ class RaggedKernel:
                 out_avals=sig.out_avals, unflatten=sig.unflatten, flatten=sig.flatten, captured=sig.captured,
                 callee=sig.callee, modules=sig.modules, path=sig.path, single=sig.single,
                 plain_tuple=sig.plain_tuple, meta={"batching": sig.meta.get("batching", "auto")})
+            if "batched_lists" in sig.meta:
+                sub.meta["shifted"] = sig.meta["batched_lists"]     # list arguments: rows of dim 1
         return sub
 
     def _grouped(self, fixed, values, offsets, counts, size, flags) -> tuple:
