@@ -176,3 +176,14 @@ def test_random_arities_match_eager(form, cells, batch, train):
         assert_matches_eager(model, batch, params=model.parameters(), train=True, batcher=batcher)
     else:
         assert_matches_eager(model, batch, batcher=batcher)
+
+
+@pytest.mark.parametrize("form", ["childsum", "sum"])
+def test_memory_planner_reads_only_fixed_operands(form):
+    # A ragged node's operand count varies within its op type; the planner plans its fixed
+    # operands (the last node of a graph may be a ragged node with fewer members than another).
+    torch.manual_seed(0)
+    model = Net(form)
+    instances = [[8, 2], [3, 1]] if form == "childsum" else [[2, 8], [1, 1, 5, 2]]
+    batcher = phalanx.Batcher(model, plan="auto", verify=True)
+    assert_matches_eager(model, instances, params=model.parameters(), train=True, batcher=batcher)
