@@ -106,8 +106,6 @@ class RaggedStack:
     def materialize(self):
         """The ordinary stacked lazy value (recorded once)."""
         if self._stacked is None:
-            from .recorder import active_or_error
-
             self._stacked = active_or_error()._record_general(
                 torch.stack, "op torch.stack", torch.stack, (list(self.members),), {}, numbers_are_operands=False)
         return self._stacked
@@ -115,8 +113,6 @@ class RaggedStack:
     # *** torch functions and methods ***
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        from .recorder import active_or_error
-
         kwargs = kwargs or {}
         if func in _REDUCE_FUNCS and args and type(args[0]) is RaggedStack:
             reduce = _reduction(args[0], _REDUCE_FUNCS[func], args[1:], kwargs)
@@ -193,8 +189,6 @@ def _has_ragged(obj) -> bool:
 def try_stack(rec, args: tuple, kwargs: dict) -> "RaggedStack | None":
     """``torch.stack(xs[, dim])`` as a RaggedStack when xs are lazy values of this run with one
     aval and the dim is the new leading one; otherwise None (recorded as an ordinary op)."""
-    from .value import LazyValue
-
     if not args or len(args) > 2 or set(kwargs) - {"dim"}:
         return None
     xs = args[0]
@@ -222,8 +216,6 @@ def try_stack(rec, args: tuple, kwargs: dict) -> "RaggedStack | None":
 def record_segment(rec, rs: RaggedStack, reduce: str):
     """One segment-reduce node (op type keyed by reduction and element aval), or None when a member
     is from an earlier fiber round."""
-    from .value import LazyValue
-
     g = rec.graph
     if rs.graph is not g:
         return None
@@ -268,9 +260,6 @@ def _one(out):
 def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
     """Record a cell call with RaggedStack arguments as one node of a ragged op type
     (NOTE: [Ragged operands]); None when the call does not qualify (the caller materializes)."""
-    from .recorder import _INT_KEY, number_aval, resolve_stale, _FLOAT_KEY, _BOOL_KEY, _is_shared_tensor
-    from .value import LazyValue
-
     g = rec.graph
     positions, fixed_key, fixed, ragged, lists = [], [], [], [], []
     k = -1
@@ -378,9 +367,6 @@ def per_instance_of(fn, spec: RaggedSpec, unbind_dim: int = 0):
 
 def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: list, spec: RaggedSpec) -> Signature:
     from ..runtime.ragged import RaggedKernel
-    from .recorder import _output_structure, number_aval, number_to_tensor, run_unrecorded
-    from .value import LazyValue
-
     device = rec.graph.device
     kinds, avals, examples = [], [], []
     for op in fixed:
@@ -415,3 +401,9 @@ def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: li
     sig.meta["kernel"] = RaggedKernel(sig)
     rec.table.add(sig, key)
     return sig
+
+
+# recorder.py imports this module at its end, so its names exist here (value.py imports recorder).
+from .recorder import (_BOOL_KEY, _FLOAT_KEY, _INT_KEY, _is_shared_tensor, _output_structure,  # noqa: E402
+                       active_or_error, number_aval, number_to_tensor, resolve_stale, run_unrecorded)
+from .value import LazyValue  # noqa: E402

@@ -19,7 +19,6 @@ from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
 from ..rules import shifted_call
 from .capture import run_capturing
-from . import ragged
 from .input_split import INPUT_DEPTH, attach_program, split_signatures
 
 class _RecorderSlot(threading.local):
@@ -628,3 +627,4 @@ def _describe(out) -> str:
 
 
 from .value import LazyValue  # noqa: E402  (value.py imports this module)
+from . import ragged  # noqa: E402  (ragged.py imports this module's names)
