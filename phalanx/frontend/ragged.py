@@ -188,29 +188,38 @@ def _has_ragged(obj) -> bool:
 
 def try_stack(rec, args: tuple, kwargs: dict) -> "RaggedStack | None":
     """``torch.stack(xs[, dim])`` as a RaggedStack when xs are lazy values of this run with one
-    aval and the dim is the new leading one; otherwise None (recorded as an ordinary op)."""
-    if not args or len(args) > 2 or set(kwargs) - {"dim"}:
+    aval and the dim is the new leading one; otherwise None (recorded as an ordinary op). Runs for
+    every stack of lazy values, so it is written for speed."""
+    n = len(args)
+    if n == 0 or n > 2 or (kwargs and (len(kwargs) > 1 or "dim" not in kwargs)):
         return None
     xs = args[0]
-    if type(xs) not in (list, tuple) or not xs:
+    tx = type(xs)
+    if (tx is not list and tx is not tuple) or not xs:
         return None
-    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-    g = rec.graph
-    first = next((x for x in xs if type(x) is LazyValue), None)
-    if first is None:
-        return None
+    first = xs[0]
+    if type(first) is not LazyValue:
+        first = next((x for x in xs if type(x) is LazyValue), None)
+        if first is None:
+            return None
     element = first.aval
-    if type(dim) is not int or dim not in (0, -(len(element.shape) + 1)):
+    dim = args[1] if n > 1 else kwargs.get("dim", 0) if kwargs else 0
+    if dim != 0 and (type(dim) is not int or dim != -(len(element.shape) + 1)):
         return None
+    g = rec.graph
+    tensors = False
     for x in xs:
         if type(x) is LazyValue:
             if x.graph is not g or x.aval is not element:
                 return None
-        elif type(x) is not torch.Tensor or aval_of(x) is not element:
+        elif type(x) is torch.Tensor and aval_of(x) is element:
+            tensors = True
+        else:
             return None               # parameters (shared), other shapes, numbers: an ordinary stack
+    if not tensors:
+        return RaggedStack(tuple(xs), element, g)
     # A per-instance tensor member (a lattice's initial state) becomes a lazy value, as in any cell call.
-    members = tuple(x if type(x) is LazyValue else rec.record_input(x) for x in xs)
-    return RaggedStack(members, element, g)
+    return RaggedStack(tuple(x if type(x) is LazyValue else rec.record_input(x) for x in xs), element, g)
 
 
 def record_segment(rec, rs: RaggedStack, reduce: str):
@@ -260,6 +269,14 @@ def _one(out):
 def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
     """Record a cell call with RaggedStack arguments as one node of a ragged op type
     (NOTE: [Ragged operands]); None when the call does not qualify (the caller materializes)."""
+    last = rec.__dict__.get("_ragged_last")
+    if last is None:
+        last = rec._ragged_last = {}
+    hit = last.get(cell)
+    if hit is not None and len(hit[1]) == len(args):
+        out = _record_like_last(rec, hit[0], hit[1], args)
+        if out is not None:
+            return out
     g = rec.graph
     positions, fixed_key, fixed, ragged, lists = [], [], [], [], []
     k = -1
@@ -303,6 +320,10 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
             tuple(positions), elements, len(args), lists=tuple(lists)))
         for i, element in zip(positions, elements, strict=True):
             _list_elements(rec.table).setdefault((cell, i), element)
+    if not any(lists) and all(type(a) is not LazyValue or a.graph is g for a in args):
+        # The cell's next call with the same kinds and avals takes _record_like_last.
+        last[cell] = (sig, tuple((a.element,) if type(a) is RaggedStack else a.aval if type(a) is LazyValue
+                                 else type(a) for a in args))
     codes = []
     depth = 0
     imms = g.imms
@@ -324,7 +345,56 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
     first = g.add_node(sig, codes, depth)
     if sig.single:
         return LazyValue(first, sig.out_avals[0], depth, g)
-    return sig.unflatten([LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)])
+    outs = [LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)]
+    return tuple(outs) if sig.plain_tuple else sig.unflatten(outs)
+
+
+def _record_like_last(rec, sig: Signature, pattern: tuple, args: tuple):
+    """The cell's last ragged signature, when every argument matches its ``pattern`` (a lazy
+    value's aval, ``(element aval,)`` for a RaggedStack, ``int`` / ``float`` / ``bool`` for a
+    number, all of this run): no key to build or hash. None on any mismatch."""
+    g = rec.graph
+    k = -1
+    depth = 0
+    for a, p in zip(args, pattern):
+        t = type(a)
+        if t is RaggedStack:
+            if type(p) is not tuple or a.element is not p[0] or a.graph is not g:
+                return None
+            if k < 0:
+                k = len(a.members)
+            elif len(a.members) != k:
+                return None
+        elif t is LazyValue:
+            if a.aval is not p or a.graph is not g:
+                return None
+            if a.depth >= depth:
+                depth = a.depth + 1
+        elif t is not p:
+            return None
+    codes = []
+    members = []
+    imms = g.imms
+    for a in args:
+        t = type(a)
+        if t is RaggedStack:
+            for m in a.members:
+                members.append(m.vid)
+                if m.depth >= depth:
+                    depth = m.depth + 1
+        elif t is LazyValue:
+            codes.append(a.vid)
+        else:
+            codes.append(-1 - len(imms))
+            imms.append(a)
+    codes.extend(members)
+    if depth < rec.phase_base:
+        depth = rec.phase_base
+    first = g.add_node(sig, codes, depth)
+    if sig.single:
+        return LazyValue(first, sig.out_avals[0], depth, g)
+    outs = [LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)]
+    return tuple(outs) if sig.plain_tuple else sig.unflatten(outs)
 
 
 def _list_elements(table) -> dict:
