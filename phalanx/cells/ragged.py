@@ -1,17 +1,10 @@
 """Ragged operands: a variable-length list of values per row, stored CSR (flat values + offsets),
 reduced per segment in one kernel instead of one op type per arity.
 
-NOTE: [Ragged cells] how ``*children`` maps here (the recorder part is the lead's): a cell argument
-that is a list of lazy values (``forward(self, x, *children)`` or ``children: list``) records ONE
-op type whatever the list's length; the signature marks that position RAGGED with the element aval.
-A batch then reads, for that position, the concatenated element rows (one gather over all rows of
-all nodes, ``values[N, *aval]``) and ``offsets[B + 1]`` (``offsets[i]:offsets[i+1]`` are node i's
-elements). The cell body is traced with the list replaced by its reduction: the child-sum
-TreeLSTM's ``sum(children)`` and a lattice node's mean of predecessors are ``segment_reduce(values,
-offsets, "sum"|"mean")`` followed by the ordinary per-row program. Bodies that use the elements
-individually (a forget gate per child) apply the per-element part to ``values`` as its own batched
-program first (rows = elements), then reduce. Backward is ``index_select`` of the row gradients,
-which autograd derives from ``index_add``.
+NOTE: [Ragged cells] CSR helpers. The recording of ragged operands is frontend/ragged.py
+(NOTE: [Ragged operands]) and their batched kernels runtime/ragged.py (NOTE: [Ragged kernels]):
+a ragged argument of a batch arrives as the concatenated member rows plus ``offsets``, and a sum
+or mean over it is a segment sum (``index_add``, whose backward is a gather).
 """
 from __future__ import annotations
 

@@ -396,6 +396,11 @@ class Recorder:
     # *** torch ops on lazy values ***
     def record_op(self, func, args: tuple, kwargs: dict):
         g = self.graph
+        if func is torch.stack:
+            # NOTE: [Ragged operands] (frontend/ragged.py): recorded when used, as one op type for any k.
+            stacked = ragged.try_stack(self, args, kwargs)
+            if stacked is not None:
+                return stacked
         # NOTE: [Op fast key] the common op call (positional lazy values of this graph, flat lists
         # of them, and static numbers / None / strings / slices) is keyed by a flat tuple built in
         # one loop; the general path's encoder (a recursive walk, ~3x the cost) runs only on the
@@ -436,7 +441,8 @@ class Recorder:
                 else:
                     break
             else:
-                fast_key = tuple(parts)
+                # (a stack the ragged path declined stays on the general path: no fast key)
+                fast_key = tuple(parts) if func is not torch.stack else None
                 sig = self.table.by_key.get(fast_key)
                 if sig is not None:
                     return self._append_op(g, sig, args)
@@ -485,11 +491,18 @@ class Recorder:
     def _record_general(self, callee, name: str, fn: Callable, args: tuple, kwargs: dict,
                         numbers_are_operands: bool):
         g = self.graph
+        if numbers_are_operands and not kwargs and any(type(a) is ragged.RaggedStack or type(a) is list for a in args):
+            out = ragged.record_ragged_cell(self, callee, name, fn, args)     # NOTE: [Ragged operands]
+            if out is not None:
+                return out
         operands: list = []          # per-instance operands: LazyValue | number | Tensor
         key_parts: list = []
 
         def encode(obj):
             t = type(obj)
+            if t is ragged.RaggedStack:
+                obj = obj.materialize()
+                t = LazyValue
             if t is LazyValue and obj.graph is not g:
                 # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]),
                 # a per-instance tensor operand of the lazy value's aval.
@@ -741,3 +754,4 @@ def _describe(out) -> str:
 
 
 from .value import LazyValue  # noqa: E402  (value.py imports this module)
+from . import ragged  # noqa: E402  (ragged.py imports this module's names)

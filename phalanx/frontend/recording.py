@@ -11,6 +11,7 @@ import torch
 from ..errors import InstanceError, PhalanxError, ResultStructureError
 from ..ir.signature import SignatureTable
 from . import recorder as _recorder
+from .ragged import RaggedStack, materialize_all
 from .value import LazyValue
 
 _LEAF_TYPES = (torch.Tensor, LazyValue, type(None))
@@ -123,6 +124,8 @@ def flatten_result(out, index: int):
         return list(out), t           # a flat tuple / list of lazy values: no pytree walk
     leaves, spec = torch.utils._pytree.tree_flatten(out)
     bad = [leaf for leaf in leaves if not isinstance(leaf, _LEAF_TYPES)]
+    if bad and any(type(leaf) is RaggedStack for leaf in bad):
+        return flatten_result(materialize_all(out), index)     # a returned stack is the stacked value
     if bad:
         err = ResultStructureError(
             f"instance {index}: the function returned {type(out).__name__} containing "

@@ -120,7 +120,7 @@ def _producer_orders(graph: GraphArrays, schedule: Schedule) -> list[np.ndarray]
     for nodes, sid in zip(_instance_orders(graph, schedule), schedule.sids, strict=True):
         kinds = graph.sigs[sid].in_kinds
         if ArgKind.LAZY in kinds:
-            producers = graph.value_node[graph.operand_codes(nodes)[:, kinds.index(ArgKind.LAZY)]]
+            producers = graph.value_node[_fixed_codes(graph, nodes, len(kinds))[:, kinds.index(ArgKind.LAZY)]]
             nodes = nodes[np.lexsort((rank[producers], batch_of[producers]))]
         orders.append(nodes)
         rank[nodes] = np.arange(len(nodes))
@@ -148,7 +148,7 @@ def _pqtree_orders(graph: GraphArrays, schedule: Schedule, lists) -> list[np.nda
     for i, nodes in enumerate(schedule.batches):
         if i in accepted:
             p = accepted[i][1]
-            codes = graph.operand_codes(nodes)[:, p]
+            codes = _fixed_codes(graph, nodes, p + 1)[:, p]
             nodes = nodes[np.argsort(position[codes], kind="stable")]
         orders.append(nodes)
     return orders
@@ -161,7 +161,7 @@ def _operand_lists(graph: GraphArrays, schedule: Schedule, orders: list[np.ndarr
         sig = graph.sigs[sid]
         lazy = [p for p, k in enumerate(sig.in_kinds) if k is ArgKind.LAZY]
         if lazy:
-            codes = graph.operand_codes(nodes)
+            codes = _fixed_codes(graph, nodes, len(sig.in_kinds))
             for p in lazy:
                 seq = codes[:, p].tolist()
                 if len(set(seq)) == len(seq):          # a view cannot repeat a row
@@ -247,10 +247,18 @@ def verify_plan(graph: GraphArrays, schedule: Schedule, layout: Layout, report: 
     for i, (nodes, planned) in enumerate(zip(schedule.batches, layout.batches, strict=True)):
         assert np.array_equal(np.sort(nodes), np.sort(planned)), f"batch {i} was changed by the planner"
     for i, p in report.accepted:
-        rows = layout.value_row[graph.operand_codes(layout.batches[i])[:, p]]
+        rows = layout.value_row[_fixed_codes(graph, layout.batches[i], p + 1)[:, p]]
         assert (np.diff(rows) == 1).all(), f"operand list {p} of batch {i} was accepted but is not in place"
 
 
 def _num_operand_lists(graph: GraphArrays, schedule: Schedule) -> int:
     per_sig = {sid: sum(k is ArgKind.LAZY for k in graph.sigs[sid].in_kinds) for sid in set(schedule.sids)}
     return sum(per_sig[sid] for sid in schedule.sids)
+
+
+def _fixed_codes(graph: GraphArrays, nodes: np.ndarray, arity: int) -> np.ndarray:
+    """[len(nodes), arity] operand codes of the first ``arity`` operands: a ragged node's operand
+    count varies within its op type (frontend/ragged.py), its fixed operands come first."""
+    if len(nodes) == 0:
+        return np.zeros((0, arity), dtype=np.int64)
+    return graph.arg_code[graph.arg_start[nodes][:, None] + np.arange(arity)]

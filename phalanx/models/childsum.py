@@ -2,8 +2,8 @@
 ONE tree, plus ``manual_childsum``: the level-by-level index batching an expert writes by hand.
 
 Every token is a node with its own word; a node's children are its dependents, however many.
-The natural per-instance code stacks the children's states and calls one cell, so each arity is
-its own op type for now (ragged operands will merge them). Task: classify the UPOS tag of the
+The natural per-instance code stacks the children's states and calls one cell: one op type for
+every arity (NOTE: [Ragged operands] in frontend/ragged.py). Task: classify the UPOS tag of the
 sentence's root from the root state (``(tree, label)`` from ``ewt_examples``).
 """
 from __future__ import annotations

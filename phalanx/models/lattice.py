@@ -3,7 +3,8 @@ ONE lattice, plus ``manual_lattice``: position-by-position batching by hand.
 
 Node ``i`` reads character ``i - 1`` and the mean of its predecessors' states (the character arc
 from node ``i - 1`` plus every lexicon word ending there), as lattice RNNs do. The natural code
-stacks the predecessors' states and calls one cell, so each in-degree is its own op type for now.
+stacks the predecessors' states and calls one cell: one op type for every in-degree (NOTE: [Ragged
+operands] in frontend/ragged.py).
 Task: per character, does a gold word begin here (Chinese UD word segmentation, 2 classes).
 Data: ``chinese_examples`` (UD Chinese GSDSimp / PUD with jieba word arcs) or
 ``phalanx.data.synthetic.random_lattices``.

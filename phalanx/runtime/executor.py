@@ -71,6 +71,7 @@ from ..schedule.base import Schedule, ranges
 from ..stats import ReadCounts
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
 from .params import FlushParams
+from .ragged import add_ragged_operands
 
 # Operand read kinds (and output write kinds: SLICE or SCATTER).
 SLICE, GATHER, NUMBERS, TENSORS, BROADCAST, EXTERNAL = 0, 1, 2, 3, 4, 5
@@ -212,6 +213,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         values = _to_device(_number_tensor(_pick(imms, (-1 - picked).tolist()), dtype), device)
         for (operands, k, _, _, _), part in zip(entries, values.split(lengths.tolist()), strict=True):
             operands[k] = (NUMBERS, dtype, part)
+    if any("ragged" in graph.sigs[sid].meta for sid in graph.used_sids.tolist()):
+        add_ragged_operands(graph, steps, layout, device, counts)     # NOTE: [Ragged kernels]
     return steps, counts
 
 

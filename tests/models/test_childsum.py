@@ -33,23 +33,16 @@ def test_phalanx_matches_eager_on_ewt(examples_and_model, policy):
     assert_matches_eager(model.loss, examples, params=model.parameters(), policy=policy, train=True)
 
 
-def test_each_arity_is_its_own_op_type_for_now(examples_and_model):
-    # Pins today's fragmentation (one node op type per number of children); ragged operands are
-    # meant to merge them, and this test should then assert one op type instead. The input part
-    # (the word's embedding and input projections, NOTE: [Input split]) is already one op type.
+def test_every_arity_is_one_op_type(examples_and_model):
+    # Ragged operands (NOTE: [Ragged operands]): the stacked children of every arity are one op type,
+    # with the cells' own code (segments) and with traced cells alike.
     examples, model = examples_and_model
-    graph = phalanx.Batcher(model, cells=True).record([t for t, _ in examples])
-    sigs = [graph.sigs[s] for s in graph.used_sids if "ChildSumNode" in graph.sigs[s].name]
     arities = {len(n.children) for t, _ in examples for n in t.nodes_postorder() if n.children}
-    parts = {s.describe() for s in sigs if s.name.endswith("[input part]")}
-    rests = {s.describe() for s in sigs if s.name.endswith("[rest]")}
-    whole = {s.describe() for s in sigs if s.name == "cell ChildSumNode"}
-    assert len(parts) == 1 and rests
-    assert len(rests) <= len(arities) and len(whole) <= len(arities)
-    assert len(rests | whole) >= len(arities)
-    unsplit = phalanx.Batcher(model, cells=phalanx.CellOptions(split=False)).record([t for t, _ in examples])
-    node_types = {unsplit.sigs[s].describe() for s in unsplit.used_sids if "ChildSumNode" in unsplit.sigs[s].name}
-    assert len(node_types) == len(arities)
+    assert len(arities) >= 3
+    for cells in (False, True):
+        graph = phalanx.Batcher(model, cells=cells).record([t for t, _ in examples])
+        node_types = {graph.sigs[s].describe() for s in graph.used_sids if "ChildSumNode" in graph.sigs[s].name}
+        assert len(node_types) == 1
 
 
 def test_manual_baseline_matches_eager(examples_and_model):

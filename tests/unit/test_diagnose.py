@@ -40,7 +40,9 @@ class Pooler(nn.Module):
         self.embed, self.attend = Embed(), Attend(softmax_dim)
 
     def forward(self, words):
-        return self.attend(torch.stack([self.embed(w) for w in words]))
+        # cat of [1, DIM] rows, not torch.stack: a stack passed to a cell is one ragged op type for
+        # every length (NOTE: [Ragged operands]), and this model must fragment.
+        return self.attend(torch.cat([self.embed(w).unsqueeze(0) for w in words]))
 
 
 def _sentences(lengths):
@@ -61,7 +63,7 @@ def test_finds_op_types_split_by_sequence_length():
     assert "6 op types that differ only in operand shapes (operand 0 dim 0: 1..6)" in attend[0].message
     assert "6 batches instead of ~1" in attend[0].message
     assert attend[0].cost_s > 0
-    stack = [f for f in frag if "op torch.stack" in f.message]
+    stack = [f for f in frag if "op torch.cat" in f.message]
     assert len(stack) == 1 and "operand count: 1..6" in stack[0].message
     assert [f.cost_s for f in findings] == sorted((f.cost_s for f in findings), reverse=True)
 
@@ -76,9 +78,9 @@ def test_reports_a_cell_that_fell_back_to_vmap(softmax_dim, expect_vmap):
     findings = _findings(Pooler(softmax_dim), _sentences([3] * 4), cells=False)   # the probe's choice
     vmap = [f for f in findings if f.kind == "vmap-fallback" and "cell Attend" in f.message]
     assert bool(vmap) == expect_vmap
-    # torch.stack(..., dim=0) over one sentence's embeddings runs natively with its dim shifted past
+    # torch.cat(..., dim=0) over one sentence's embeddings runs natively with its dim shifted past
     # the batch dimension (rules/dims.py), so it is never reported as a vmap fallback.
-    assert not any(f.kind == "vmap-fallback" and f.message.startswith("op torch.stack") for f in findings)
+    assert not any(f.kind == "vmap-fallback" and f.message.startswith("op torch.cat") for f in findings)
     if expect_vmap:
         assert vmap[0].message.startswith("cell Attend fell back to vmap:") and vmap[0].cost_s > 0
 

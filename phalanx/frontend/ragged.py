@@ -1,0 +1,479 @@
+"""Ragged operands while recording: ``torch.stack`` of a variable number of lazy values, passed to a
+cell or reduced over the stacked dim, is ONE op type whatever the number of values.
+
+NOTE: [Ragged operands] ``torch.stack(xs)`` of k lazy values of one aval E records nothing: it
+returns a ``RaggedStack`` (the k members). Three things can happen to it:
+- it is an argument of a cell: the cell records one node whose op type is keyed by E, not by
+  [k, *E] (``record_ragged_cell``). The node's operand codes are the fixed operands, then the
+  members of each ragged argument (the graph's operand lists are CSR, so a node may have any
+  number; edges and depth see every member). The signature's ``in_kinds`` list the fixed operands
+  only; ``meta["ragged"]`` says where the ragged arguments go. ``runtime/ragged.py`` reads each
+  as one gather of every member row of the batch plus the segment offsets, and runs the cell.
+- ``.sum(0)`` / ``.mean(0)`` (or the dim ``-(len(E) + 1)``): one segment-reduce node keyed by
+  (reduction, E) (``record_segment``).
+- anything else (``rs * 2``, ``rs.shape``-dependent code, ``torch.cat([rs, x])``, a kwarg of a
+  cell, a member from an earlier fiber round): it is *materialized*, i.e. the ordinary
+  ``torch.stack`` node of aval [k, *E] is recorded (once) and used, exactly as without this module.
+So nothing changes for code that does not benefit, and the per-instance semantics are the stacked
+tensor's in every case (the batched kernel is checked against it, runtime/ragged.py). Why not a
+``torch.nested`` jagged tensor as the recorded value: the recorder needs members as graph edges
+(the scheduler and depth must see them) and a value per instance, not per batch; the jagged form
+only matters inside the batched kernel (runtime/ragged.py says why we do not use it there either).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ir.aval import AVal, aval_of
+from ..ir.signature import ArgKind, Signature
+
+_RAGGED_CELL, _SEGMENT = object(), object()
+REDUCTIONS = ("sum", "mean")
+
+
+@dataclass(frozen=True)
+class RaggedSpec:
+    """Where a ragged op type's ragged arguments go: the per-instance call has ``num_args``
+    positional arguments; ``positions[r]`` is the r-th ragged one, its members of aval
+    ``elements[r]``. Batched operands arrive as the fixed ones in order, then per ragged argument
+    (values [N, *E], offsets [B + 1])."""
+
+    positions: tuple[int, ...]
+    elements: tuple[AVal, ...]
+    num_args: int
+    reduce: str | None = None        # a segment-reduce op type: "sum" or "mean"
+    lists: tuple[bool, ...] = ()     # per ragged argument: passed as a Python list (else stacked)
+
+
+class RaggedStack:
+    """``torch.stack`` of k lazy values of one aval, not recorded yet (NOTE: [Ragged operands]).
+    Behaves as the stacked [k, *E] lazy value: any use it does not handle materializes that."""
+
+    __slots__ = ("members", "element", "graph", "_stacked")
+
+    def __init__(self, members: tuple, element: AVal, graph):
+        self.members = members
+        self.element = element
+        self.graph = graph
+        self._stacked = None
+
+    # *** static metadata, as the stacked value's ***
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.members), *self.element.shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.element.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.element.shape) + 1
+
+    @property
+    def device(self):
+        return self.graph.device
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.element.is_float
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return len(self.members) * self.element.numel
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __iter__(self):
+        return iter(self.members)
+
+    def __getitem__(self, index):
+        if type(index) is int and -len(self.members) <= index < len(self.members):
+            return self.members[index]              # exactly the stacked value's row
+        return self.materialize()[index]
+
+    def __repr__(self) -> str:
+        return f"RaggedStack({len(self.members)} x {self.element})"
+
+    def materialize(self):
+        """The ordinary stacked lazy value (recorded once)."""
+        if self._stacked is None:
+            self._stacked = active_or_error()._record_general(
+                torch.stack, "op torch.stack", torch.stack, (list(self.members),), {}, numbers_are_operands=False)
+        return self._stacked
+
+    # *** torch functions and methods ***
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _REDUCE_FUNCS and args and type(args[0]) is RaggedStack:
+            reduce = _reduction(args[0], _REDUCE_FUNCS[func], args[1:], kwargs)
+            if reduce is not None:
+                out = record_segment(active_or_error(), args[0], reduce)
+                if out is not None:
+                    return out
+        return active_or_error().record_op(func, materialize_all(args), materialize_all(kwargs))
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in REDUCTIONS:
+            func = getattr(torch.Tensor, name)
+            return lambda *args, **kwargs: RaggedStack.__torch_function__(func, (), (self, *args), kwargs)
+        return getattr(self.materialize(), name)
+
+
+def _delegate(name: str):
+    def method(self, *args):
+        return getattr(self.materialize(), name)(*args)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+              "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__pow__", "__rpow__",
+              "__matmul__", "__rmatmul__", "__neg__", "__pos__", "__abs__", "__invert__", "__and__",
+              "__or__", "__xor__", "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__",
+              "__bool__", "__float__", "__int__", "__index__"):
+    setattr(RaggedStack, _name, _delegate(_name))
+RaggedStack.__hash__ = object.__hash__
+
+_REDUCE_FUNCS = {torch.sum: "sum", torch.Tensor.sum: "sum", torch.mean: "mean", torch.Tensor.mean: "mean"}
+
+
+def _reduction(rs: RaggedStack, reduce: str, rest: tuple, kwargs: dict) -> str | None:
+    """``reduce`` when the call reduces exactly the stacked dim (no keepdim, dtype, out), else None."""
+    if len(rest) > 2 or set(kwargs) - {"dim", "keepdim"}:
+        return None
+    dim = rest[0] if rest else kwargs.get("dim")
+    keepdim = rest[1] if len(rest) > 1 else kwargs.get("keepdim", False)
+    if type(dim) in (tuple, list) and len(dim) == 1:
+        dim = dim[0]
+    if type(dim) is not int or keepdim is not False:
+        return None
+    return reduce if dim in (0, -rs.ndim) else None
+
+
+def materialize_all(obj):
+    """``obj`` with every RaggedStack inside (tuples, lists, dicts) replaced by its stacked value."""
+    t = type(obj)
+    if t is RaggedStack:
+        return obj.materialize()
+    if t is tuple or t is list:
+        return t(materialize_all(x) for x in obj) if any(_has_ragged(x) for x in obj) else obj
+    if t is dict:
+        return {k: materialize_all(v) for k, v in obj.items()} if any(_has_ragged(v) for v in obj.values()) else obj
+    return obj
+
+
+def _has_ragged(obj) -> bool:
+    t = type(obj)
+    if t is RaggedStack:
+        return True
+    if t is tuple or t is list:
+        return any(_has_ragged(x) for x in obj)
+    if t is dict:
+        return any(_has_ragged(v) for v in obj.values())
+    return False
+
+
+def try_stack(rec, args: tuple, kwargs: dict) -> "RaggedStack | None":
+    """``torch.stack(xs[, dim])`` as a RaggedStack when xs are lazy values of this run with one
+    aval and the dim is the new leading one; otherwise None (recorded as an ordinary op). Runs for
+    every stack of lazy values, so it is written for speed."""
+    n = len(args)
+    if n == 0 or n > 2 or (kwargs and (len(kwargs) > 1 or "dim" not in kwargs)):
+        return None
+    xs = args[0]
+    tx = type(xs)
+    if (tx is not list and tx is not tuple) or not xs:
+        return None
+    first = xs[0]
+    if type(first) is not LazyValue:
+        first = next((x for x in xs if type(x) is LazyValue), None)
+        if first is None:
+            return None
+    element = first.aval
+    dim = args[1] if n > 1 else kwargs.get("dim", 0) if kwargs else 0
+    if dim != 0 and (type(dim) is not int or dim != -(len(element.shape) + 1)):
+        return None
+    g = rec.graph
+    tensors = False
+    for x in xs:
+        if type(x) is LazyValue:
+            if x.graph is not g or x.aval is not element:
+                return None
+        elif type(x) is torch.Tensor and aval_of(x) is element:
+            tensors = True
+        else:
+            return None               # parameters (shared), other shapes, numbers: an ordinary stack
+    if not tensors:
+        return RaggedStack(tuple(xs), element, g)
+    # A per-instance tensor member (a lattice's initial state) becomes a lazy value, as in any cell call.
+    return RaggedStack(tuple(x if type(x) is LazyValue else rec.record_input(x) for x in xs), element, g)
+
+
+def record_segment(rec, rs: RaggedStack, reduce: str):
+    """One segment-reduce node (op type keyed by reduction and element aval), or None when a member
+    is from an earlier fiber round."""
+    g = rec.graph
+    if rs.graph is not g:
+        return None
+    key = (_SEGMENT, reduce, rs.element)
+    sig = rec.table.by_key.get(key)
+    if sig is None:
+        from ..runtime.ragged import SegmentKernel
+
+        element = rs.element
+        sig = Signature(sid=len(rec.table.sigs), name=f"op ragged {reduce}", fn=_stacked_reduce(reduce),
+                        in_kinds=(), in_avals=(), out_avals=(element,), unflatten=_first, flatten=_one,
+                        single=True, meta={"ragged": RaggedSpec((0,), (element,), 1, reduce),
+                                           "kernel": SegmentKernel(reduce)})
+        rec.table.add(sig, key)
+    codes = []
+    depth = 0
+    for m in rs.members:
+        codes.append(m.vid)
+        if m.depth >= depth:
+            depth = m.depth + 1
+    if depth < rec.phase_base:
+        depth = rec.phase_base
+    first = g.add_node(sig, codes, depth)
+    return LazyValue(first, sig.out_avals[0], depth, g)
+
+
+def _stacked_reduce(reduce: str):
+    def per_instance(stacked):
+        return stacked.sum(0) if reduce == "sum" else stacked.mean(0)
+
+    return per_instance
+
+
+def _first(values):
+    return values[0]
+
+
+def _one(out):
+    return (out,)
+
+
+def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
+    """Record a cell call with RaggedStack arguments as one node of a ragged op type
+    (NOTE: [Ragged operands]); None when the call does not qualify (the caller materializes)."""
+    last = rec.__dict__.get("_ragged_last")
+    if last is None:
+        last = rec._ragged_last = {}
+    hit = last.get(cell)
+    if hit is not None and len(hit[1]) == len(args):
+        out = _record_like_last(rec, hit[0], hit[1], args)
+        if out is not None:
+            return out
+    g = rec.graph
+    positions, fixed_key, fixed, ragged, lists = [], [], [], [], []
+    k = -1
+    for i, a in enumerate(args):
+        t = type(a)
+        if t is list:
+            a = _list_members(rec, cell, i, a)
+            if a is None:
+                return None
+            t = RaggedStack
+            lists.append(True)
+        elif t is RaggedStack:
+            lists.append(False)
+        if t is RaggedStack:
+            if a.graph is not g or (k >= 0 and len(a.members) != k):
+                return None
+            k = len(a.members)
+            positions.append(i)
+            ragged.append(a)
+        elif t is LazyValue:
+            if a.graph is not g:
+                fixed_key.append(("tensor", a.aval))
+                fixed.append(resolve_stale(a, name))
+            else:
+                fixed_key.append(a.aval)
+                fixed.append(a)
+        elif t is int or t is float or t is bool:
+            fixed_key.append(_BOOL_KEY if t is bool else _INT_KEY if t is int else _FLOAT_KEY)
+            fixed.append(a)
+        elif t is torch.Tensor and not _is_shared_tensor(a):
+            rec.check_device(a, f"{name}: a tensor argument")
+            fixed_key.append(("tensor", aval_of(a)))
+            fixed.append(a)
+        else:
+            return None              # parameters, statics, nested structures: the general path
+    elements = tuple(r.element for r in ragged)
+    key = (_RAGGED_CELL, cell, tuple(fixed_key), tuple(positions), elements, tuple(lists))
+    sig = rec.table.by_key.get(key)
+    if sig is None:
+        sig = _new_ragged_signature(rec, key, cell, name, fn, fixed, ragged, RaggedSpec(
+            tuple(positions), elements, len(args), lists=tuple(lists)))
+        for i, element in zip(positions, elements, strict=True):
+            _list_elements(rec.table).setdefault((cell, i), element)
+    if not any(lists) and all(type(a) is not LazyValue or a.graph is g for a in args):
+        # The cell's next call with the same kinds and avals takes _record_like_last.
+        last[cell] = (sig, tuple((a.element,) if type(a) is RaggedStack else a.aval if type(a) is LazyValue
+                                 else type(a) for a in args))
+    codes = []
+    depth = 0
+    imms = g.imms
+    for op in fixed:
+        if type(op) is LazyValue:
+            codes.append(op.vid)
+            if op.depth >= depth:
+                depth = op.depth + 1
+        else:
+            codes.append(-1 - len(imms))
+            imms.append(op)
+    for r in ragged:
+        for m in r.members:
+            codes.append(m.vid)
+            if m.depth >= depth:
+                depth = m.depth + 1
+    if depth < rec.phase_base:
+        depth = rec.phase_base
+    first = g.add_node(sig, codes, depth)
+    if sig.single:
+        return LazyValue(first, sig.out_avals[0], depth, g)
+    outs = [LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)]
+    return tuple(outs) if sig.plain_tuple else sig.unflatten(outs)
+
+
+def _record_like_last(rec, sig: Signature, pattern: tuple, args: tuple):
+    """The cell's last ragged signature, when every argument matches its ``pattern`` (a lazy
+    value's aval, ``(element aval,)`` for a RaggedStack, ``int`` / ``float`` / ``bool`` for a
+    number, all of this run): no key to build or hash. None on any mismatch."""
+    g = rec.graph
+    k = -1
+    depth = 0
+    for a, p in zip(args, pattern):
+        t = type(a)
+        if t is RaggedStack:
+            if type(p) is not tuple or a.element is not p[0] or a.graph is not g:
+                return None
+            if k < 0:
+                k = len(a.members)
+            elif len(a.members) != k:
+                return None
+        elif t is LazyValue:
+            if a.aval is not p or a.graph is not g:
+                return None
+            if a.depth >= depth:
+                depth = a.depth + 1
+        elif t is not p:
+            return None
+    codes = []
+    members = []
+    imms = g.imms
+    for a in args:
+        t = type(a)
+        if t is RaggedStack:
+            for m in a.members:
+                members.append(m.vid)
+                if m.depth >= depth:
+                    depth = m.depth + 1
+        elif t is LazyValue:
+            codes.append(a.vid)
+        else:
+            codes.append(-1 - len(imms))
+            imms.append(a)
+    codes.extend(members)
+    if depth < rec.phase_base:
+        depth = rec.phase_base
+    first = g.add_node(sig, codes, depth)
+    if sig.single:
+        return LazyValue(first, sig.out_avals[0], depth, g)
+    outs = [LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)]
+    return tuple(outs) if sig.plain_tuple else sig.unflatten(outs)
+
+
+def _list_elements(table) -> dict:
+    """(cell, position) -> the element aval its list argument had, per SignatureTable."""
+    found = getattr(table, "_ragged_list_elements", None)
+    if found is None:
+        found = table._ragged_list_elements = {}
+    return found
+
+
+def _list_members(rec, cell, position: int, xs: list) -> "RaggedStack | None":
+    """A cell's list argument as a RaggedStack: lazy values (or per-instance tensors) of one aval.
+    An empty list takes the element aval this cell's argument had before (none yet: None, and the
+    call is recorded as before, its own op type)."""
+    if xs:
+        return try_stack(rec, (xs,), {})
+    element = _list_elements(rec.table).get((cell, position))
+    return RaggedStack((), element, rec.graph) if element is not None else None
+
+
+def per_instance_of(fn, spec: RaggedSpec, unbind_dim: int = 0):
+    """The cell's function over (fixed operands..., one stacked [k, *E] tensor per ragged argument);
+    a list argument gets the stacked tensor's rows (``unbind_dim`` 1: the batched form, rows of
+    [B, k, *E])."""
+    ragged_at = set(spec.positions)
+    fixed_at = [i for i in range(spec.num_args) if i not in ragged_at]
+    n_fixed = len(fixed_at)
+    lists = spec.lists or (False,) * len(spec.positions)
+
+    def per_instance(*ops):
+        args = [None] * spec.num_args
+        for i, op in zip(fixed_at, ops[:n_fixed], strict=True):
+            args[i] = op
+        for i, op, as_list in zip(spec.positions, ops[n_fixed:], lists, strict=True):
+            args[i] = (list(op.unbind(unbind_dim)) if isinstance(op, torch.Tensor) else op) if as_list else op
+        return fn(*args)
+
+    return per_instance
+
+
+def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: list, spec: RaggedSpec) -> Signature:
+    from ..runtime.ragged import RaggedKernel
+    device = rec.graph.device
+    kinds, avals, examples = [], [], []
+    for op in fixed:
+        if type(op) is LazyValue:
+            kinds.append(ArgKind.LAZY)
+            avals.append(op.aval)
+            examples.append(op.aval.zeros(device))
+        elif isinstance(op, torch.Tensor):
+            kinds.append(ArgKind.TENSOR)
+            avals.append(aval_of(op))
+            examples.append(op.detach())
+        else:
+            kinds.append(ArgKind.NUMBER)
+            avals.append(number_aval(op))
+            examples.append(number_to_tensor(op, device))
+    for r in ragged:
+        examples.append(r.element.zeros(device).unsqueeze(0).expand(len(r.members), *r.element.shape).clone())
+    per_instance = per_instance_of(fn, spec)
+    shapes = [*avals, *(f"[k, {r.element}]" for r in ragged)]
+    outputs, captured = run_unrecorded(per_instance, examples, name, shapes, capture=True)
+    flat, unflatten, flatten = _output_structure(outputs, name)
+    modules = tuple(cell.modules()) if isinstance(cell, torch.nn.Module) else ()
+    described = ",".join(f"{spec.positions[j]}:[*,{r.element}]" for j, r in enumerate(ragged))
+    sig = Signature(
+        sid=len(rec.table.sigs), name=f"{name} ragged[{described}]", fn=per_instance, in_kinds=tuple(kinds),
+        in_avals=tuple(avals), out_avals=tuple(aval_of(t) for t in flat), unflatten=unflatten, flatten=flatten,
+        captured=captured, callee=cell, modules=modules, path=rec.table.paths.get(id(cell), ""),
+        single=isinstance(outputs, torch.Tensor), plain_tuple=type(outputs) is tuple and unflatten is tuple,
+        meta={"ragged": spec, "batching": getattr(cell, "_phalanx_batching", "auto")})
+    if any(spec.lists):
+        sig.meta["batched_lists"] = per_instance_of(fn, spec, unbind_dim=1)
+    sig.meta["kernel"] = RaggedKernel(sig)
+    rec.table.add(sig, key)
+    return sig
+
+
+# recorder.py imports this module at its end, so its names exist here (value.py imports recorder).
+from .recorder import (_BOOL_KEY, _FLOAT_KEY, _INT_KEY, _is_shared_tensor, _output_structure,  # noqa: E402
+                       active_or_error, number_aval, number_to_tensor, resolve_stale, run_unrecorded)
+from .value import LazyValue  # noqa: E402

@@ -1,0 +1,366 @@
+"""Batched kernels of ragged op types (frontend/ragged.py): a batch whose rows each have their own
+number of members in a ragged argument.
+
+NOTE: [Ragged kernels] a ragged argument of a batch arrives as ``values`` [N, *E] (every member
+row of every node, in node order: ONE gather, whose backward is the executor's ordinary
+``index_add_`` into the gradient arena) and ``offsets`` [B + 1] (``add_ragged_operands``, called by
+``build_steps``). Then, chosen once per op type and training flags by comparing with the
+per-instance function on probe rows of several arities (as runtime/kernels.py does, taint-checked):
+- ``segment``: the cell's own code runs ONCE on the whole batch, the ragged argument being a
+  ``RaggedRows`` (values + segment ids standing for [B, k_i, *E]): a sum or mean over the ragged
+  dim is one ``index_add`` (a segment sum, divided by the counts for a mean), elementwise ops and
+  ``F.linear`` apply to ``values``, a dense [B, 1, *E] operand is broadcast with one gather by
+  segment id. This covers a lattice node's ``hs.mean(-2)`` and the child-sum TreeLSTM's per-child
+  forget gates ``sigmoid(W_f x + U_f hs) * cs`` summed. Anything else raises inside the cell and
+  the op type takes the other kernel; gradients follow from autograd (index_add's backward is a
+  gather).
+- ``grouped``: rows are split by arity, each group stacked to [n, k, *E] and run by the ordinary
+  probe-checked kernel of that arity (native or vmap), the outputs put back in row order. As many
+  kernel calls as distinct arities in the batch, but still one batch in the schedule.
+Why not ``torch.nested`` jagged tensors (NJT): in torch 2.13 the backward of a sum over the
+ragged dim is missing (``aten._nested_sum_backward``), each op on an NJT costs Python-level
+dispatch, and the segment form above is the few ops a hand-batched lattice uses anyway
+(``manual_lattice``). ``torch.segment_reduce`` has no ``index_add`` advantage on CPU for these
+sizes and an extra lengths tensor, so sums are ``index_add``.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import BatchExecutionError
+from ..ir.signature import ArgKind, Signature
+from .kernels import _matches, data_dependent_error, kernel_for
+
+_PROBE_ROWS = 6
+_PROBE_SEED = 0x5EED
+
+
+class RaggedUnsupported(Exception):
+    """A cell did something to a RaggedRows that the segment kernel does not implement."""
+
+
+def segment_sum(values: torch.Tensor, seg: torch.Tensor, size: int) -> torch.Tensor:
+    return values.new_zeros((size, *values.shape[1:])).index_add(0, seg, values)
+
+
+def offsets_info(offsets: torch.Tensor, num_values: int):
+    """(segment id per value, count per row) of CSR ``offsets``; checks they cover the values."""
+    counts = offsets[1:] - offsets[:-1]
+    if int(offsets[-1]) != num_values:
+        raise BatchExecutionError(f"ragged operand: offsets end at {int(offsets[-1])} but {num_values} values arrived")
+    seg = torch.repeat_interleave(torch.arange(len(counts), device=offsets.device), counts)
+    return seg, counts
+
+
+class SegmentKernel:
+    """``torch.stack(xs).sum(0)`` / ``.mean(0)`` for a batch: one segment sum (NOTE: [Ragged kernels])."""
+
+    __slots__ = ("reduce",)
+
+    def __init__(self, reduce: str):
+        self.reduce = reduce
+
+    @property
+    def mode(self) -> str:
+        return f"segment-{self.reduce}"
+
+    def __call__(self, operands: list, size: int) -> tuple:
+        values, offsets = operands
+        seg, counts = offsets_info(offsets, len(values))
+        out = segment_sum(values, seg, size)
+        if self.reduce == "mean":
+            # 0/0 = nan for an empty row, as torch.mean of an empty stack.
+            out = out / counts.to(out.dtype).reshape(size, *([1] * (out.dim() - 1)))
+        return (out,)
+
+
+class RaggedRows:
+    """[B, k_i, *E] as ``values`` [N, *E] and per-value segment ids, passed to a cell's own code
+    by the ``segment`` kernel. Supports what lattice and child-sum cells do with their stacked
+    children; everything else raises RaggedUnsupported (NOTE: [Ragged kernels])."""
+
+    __slots__ = ("values", "seg", "counts", "size")
+
+    def __init__(self, values, seg, counts, size):
+        self.values, self.seg, self.counts, self.size = values, seg, counts, size
+
+    @property
+    def ndim(self) -> int:
+        return self.values.dim() + 1
+
+    def dim(self) -> int:
+        return self.ndim
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    @property
+    def device(self):
+        return self.values.device
+
+    @property
+    def shape(self):
+        raise RaggedUnsupported("the shape of a ragged operand")
+
+    def _like(self, values) -> "RaggedRows":
+        if values.shape[0] != self.values.shape[0]:
+            raise RaggedUnsupported("an op that changes the number of ragged rows")
+        return RaggedRows(values, self.seg, self.counts, self.size)
+
+    def _dense(self, t):
+        """A non-ragged operand of an elementwise op, as rows aligned with ``values``."""
+        if type(t) is RaggedRows:
+            if t.seg is not self.seg and not torch.equal(t.seg, self.seg):
+                raise RaggedUnsupported("two ragged operands with different segments")
+            return t.values
+        if not isinstance(t, torch.Tensor):
+            if type(t) in (int, float, bool):
+                return t
+            raise RaggedUnsupported(f"an operand of type {type(t).__name__}")
+        per_row = self.values.dim() - 1
+        if t.dim() <= per_row:
+            return t                                         # broadcasts over every row as over [B, k]
+        if t.dim() == self.ndim and t.shape[1] == 1 and t.shape[0] in (1, self.size):
+            t = t.squeeze(1)
+            return t if t.shape[0] == 1 else t.index_select(0, self.seg)   # [B, 1, *E] -> one row per value
+        raise RaggedUnsupported(f"a dense operand of shape {tuple(t.shape)}")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.stack and args and type(args[0]) is RaggedList and set(kwargs) <= {"dim"}:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if dim == 0:
+                return list.__getitem__(args[0], 0)     # a list argument's rows, stacked: [B, k_i, *E]
+            raise RaggedUnsupported(f"stack of a ragged list over dim {dim!r}")
+        x = next((a for a in args if type(a) is RaggedRows), None)
+        if x is None:
+            raise RaggedUnsupported(f"{getattr(func, '__name__', func)} on a ragged list")
+        if func in _REDUCE:
+            return _reduce(_REDUCE[func], args, kwargs)
+        if func in _UNARY and len(args) == 1 and not kwargs:
+            return x._like(func(x.values))
+        if func in _BINARY and len(args) == 2 and not kwargs:
+            return x._like(func(x._dense(args[0]), x._dense(args[1])))
+        if func is F.linear and type(args[0]) is RaggedRows:
+            rest = [*args[1:], *kwargs.values()]
+            if all(type(r) is not RaggedRows for r in rest) and set(kwargs) <= {"weight", "bias"}:
+                return x._like(func(args[0].values, *args[1:], **kwargs))
+        raise RaggedUnsupported(f"{getattr(func, '__name__', func)} on a ragged operand")
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or not hasattr(torch.Tensor, name):
+            raise AttributeError(name)
+        func = getattr(torch.Tensor, name)
+        return lambda *args, **kwargs: RaggedRows.__torch_function__(func, (), (self, *args), kwargs)
+
+
+def _reduce(reduce: str, args: tuple, kwargs: dict) -> torch.Tensor:
+    x = args[0]
+    if type(x) is not RaggedRows or len(args) > 3 or set(kwargs) - {"dim", "keepdim"}:
+        raise RaggedUnsupported(f"{reduce} with these arguments")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    if type(dim) in (tuple, list) and len(dim) == 1:
+        dim = dim[0]
+    # The ragged dim of the batched [B, k, *E] view: 1, or written batch-polymorphically -(len(E) + 1).
+    if type(dim) is not int or keepdim is not False or dim % x.ndim != 1:
+        raise RaggedUnsupported(f"{reduce} over dim {dim!r}")
+    out = segment_sum(x.values, x.seg, x.size)
+    if reduce == "mean":
+        out = out / x.counts.to(out.dtype).reshape(x.size, *([1] * (out.dim() - 1)))
+    return out
+
+
+def _both(name: str) -> list:
+    return [f for f in (getattr(torch, name, None), getattr(torch.Tensor, name, None)) if f is not None]
+
+
+_REDUCE = {f: r for r in ("sum", "mean") for f in _both(r)}
+_UNARY = {f for n in ("sigmoid", "tanh", "relu", "exp", "neg", "abs", "sin", "cos", "log", "sqrt", "square",
+                      "__neg__") for f in _both(n)} | {F.relu, F.gelu, F.silu, torch.sigmoid, torch.tanh}
+_BINARY = {f for n in ("add", "sub", "mul", "div", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__",
+                       "__rmul__", "__truediv__", "__rtruediv__") for f in _both(n)}
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+              "__neg__"):
+    setattr(RaggedRows, _name, (lambda f: lambda self, *a: RaggedRows.__torch_function__(f, (), (self, *a), {}))(
+        getattr(torch.Tensor, _name)))
+
+
+class RaggedList(list):
+    """A list argument of a cell in the ``segment`` kernel: ``torch.stack(it)`` is its RaggedRows;
+    its length and items differ per row, so any other use raises RaggedUnsupported."""
+
+    def __init__(self, rows: RaggedRows):
+        super().__init__([rows])
+
+    def _refuse(self, *args):
+        raise RaggedUnsupported("the length or items of a ragged list")
+
+    __len__ = __iter__ = __getitem__ = __bool__ = __contains__ = __reversed__ = _refuse
+
+
+class RaggedKernel:
+    """The batched kernel of a ragged cell op type (NOTE: [Ragged kernels])."""
+
+    def __init__(self, sig: Signature):
+        self.sig = sig
+        self.segment: dict = {}          # training flags -> the segment kernel matched the oracle
+        self.by_arity: dict = {}         # k -> the ordinary signature of arity k (its own kernels)
+
+    @property
+    def mode(self) -> str:
+        return "ragged-" + ("segment" if all(self.segment.values()) and self.segment else "grouped")
+
+    def __call__(self, operands: list, size: int) -> tuple:
+        sig = self.sig
+        n_fixed = len(sig.in_kinds)
+        fixed, ragged = operands[:n_fixed], operands[n_fixed:]
+        values, offsets = ragged[0::2], ragged[1::2]
+        seg, counts = offsets_info(offsets[0], len(values[0]))
+        flags = tuple(m.training for m in sig.modules)
+        use_segment = self.segment.get(flags)
+        if use_segment is None:
+            use_segment = self.segment[flags] = self._probe(fixed, values, offsets[0], counts, size, flags)
+        if use_segment:
+            return self._segmented(fixed, values, seg, counts, size)
+        return self._grouped(fixed, values, offsets[0], counts, size, flags)
+
+    def _segmented(self, fixed, values, seg, counts, size) -> tuple:
+        sig = self.sig
+        lists = sig.meta["ragged"].lists or (False,) * len(values)
+        ducks = [RaggedList(RaggedRows(v, seg, counts, size)) if as_list else RaggedRows(v, seg, counts, size)
+                 for v, as_list in zip(values, lists, strict=True)]
+        outs = sig.flatten(sig.fn(*fixed, *ducks))
+        for out, aval in zip(outs, sig.out_avals, strict=True):
+            if type(out) is not torch.Tensor and not isinstance(out, torch.Tensor):
+                raise RaggedUnsupported("a ragged result")
+            if out.shape[0] != size or out.shape[1:] != aval.shape:
+                raise RaggedUnsupported(f"result shape {tuple(out.shape)}")
+        return outs
+
+    def _arity_sig(self, k: int) -> Signature:
+        sub = self.by_arity.get(k)
+        if sub is None:
+            sig = self.sig
+            spec = sig.meta["ragged"]
+            from ..ir.aval import aval
+
+            stacked = tuple(aval((k, *e.shape), e.dtype) for e in spec.elements)
+            sub = self.by_arity[k] = Signature(
+                sid=sig.sid, name=f"{sig.name} (arity {k})", fn=sig.fn,
+                in_kinds=(*sig.in_kinds, *(ArgKind.LAZY,) * len(stacked)), in_avals=(*sig.in_avals, *stacked),
+                out_avals=sig.out_avals, unflatten=sig.unflatten, flatten=sig.flatten, captured=sig.captured,
+                callee=sig.callee, modules=sig.modules, path=sig.path, single=sig.single,
+                plain_tuple=sig.plain_tuple, meta={"batching": sig.meta.get("batching", "auto")})
+            if "batched_lists" in sig.meta:
+                sub.meta["shifted"] = sig.meta["batched_lists"]     # list arguments: rows of dim 1
+        return sub
+
+    def _grouped(self, fixed, values, offsets, counts, size, flags) -> tuple:
+        counts_np = counts.cpu().numpy()
+        arities = np.unique(counts_np)
+        if len(arities) == 1:
+            k = int(arities[0])
+            stacked = [v.reshape(size, k, *v.shape[1:]) for v in values]
+            return self._run_arity(k, [*fixed, *stacked], size, flags)
+        parts, order = [], []
+        starts = offsets[:-1]
+        for k in arities.tolist():
+            rows_np = np.flatnonzero(counts_np == k)
+            rows = torch.from_numpy(rows_np).to(offsets.device)
+            members = (starts.index_select(0, rows).unsqueeze(1) + torch.arange(k, device=rows.device)).reshape(-1)
+            stacked = [v.index_select(0, members).reshape(len(rows_np), k, *v.shape[1:]) for v in values]
+            parts.append(self._run_arity(k, [f.index_select(0, rows) for f in fixed] + stacked, len(rows_np), flags))
+            order.append(rows_np)
+        inverse = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable")).to(offsets.device)
+        return tuple(torch.cat(col).index_select(0, inverse) for col in zip(*parts, strict=True))
+
+    def _run_arity(self, k: int, operands: list, size: int, flags) -> tuple:
+        return kernel_for(self._arity_sig(k), operands, size, flags)(operands, size)
+
+    def _probe(self, fixed, values, offsets, counts, size, flags) -> bool:
+        """Does the segment kernel equal the per-instance function on perturbed rows of several
+        arities? Refuses a cell that hands operand data to Python (runtime/kernels.py)."""
+        from ..frontend.capture import run_observed
+        from ..frontend.recorder import run_unrecorded
+
+        sig = self.sig
+        gen = torch.Generator().manual_seed(_PROBE_SEED)
+        counts_np = counts.cpu().numpy()
+        # One row of each arity first (up to _PROBE_ROWS), then random rows.
+        _, firsts = np.unique(counts_np, return_index=True)
+        rows_np = firsts[:_PROBE_ROWS]
+        extra = torch.randint(size, (max(_PROBE_ROWS - len(rows_np), 0),), generator=gen).numpy()
+        rows_np = np.concatenate([rows_np, extra]).astype(np.int64)
+        rows = torch.from_numpy(rows_np).to(offsets.device)
+
+        def noisy(t):
+            if t.dtype.is_floating_point:
+                return t + torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.device, t.dtype)
+            return t
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p_fixed = [noisy(f.index_select(0, rows)) for f in fixed]
+            p_counts = counts.index_select(0, rows)
+            p_offsets = torch.zeros(len(rows_np) + 1, dtype=offsets.dtype, device=offsets.device)
+            torch.cumsum(p_counts, 0, out=p_offsets[1:])
+            starts = offsets[:-1].index_select(0, rows)
+            members = torch.cat([torch.arange(int(s), int(s) + int(c)) for s, c in zip(starts, p_counts, strict=True)]
+                                ).to(offsets.device) if int(p_counts.sum()) else torch.zeros(0, dtype=torch.long)
+            p_values = [noisy(v.index_select(0, members)) for v in values]
+            expected_rows = []
+            for i in range(len(rows_np)):
+                lo, hi = int(p_offsets[i]), int(p_offsets[i + 1])
+                row = [f[i] for f in p_fixed] + [v[lo:hi] for v in p_values]
+                out, decision = run_unrecorded(run_observed, [sig.fn, row], sig.name, sig.in_avals)
+                if decision is not None:
+                    raise data_dependent_error(sig, f"{decision} on data computed from its operands")
+                expected_rows.append(sig.flatten(out))
+            expected = [torch.stack(col) for col in zip(*expected_rows, strict=True)]
+            seg, _ = offsets_info(p_offsets, len(p_values[0]))
+            try:
+                got = self._segmented(p_fixed, p_values, seg, p_counts, len(rows_np))
+            except Exception:  # noqa: BLE001  (RaggedUnsupported or a failing op: the grouped kernel serves)
+                return False
+            return _matches(got, expected)
+
+
+def add_ragged_operands(graph, steps: list, layout, device, counts) -> None:
+    """``build_steps``' hook: append each ragged argument of a ragged batch as (GATHER of every
+    member row in node order, NUMBERS offsets). A node's operand codes are its fixed operands, then
+    the members of each ragged argument, all of one length (frontend/ragged.py)."""
+    from .executor import BROADCAST, GATHER, NUMBERS, _to_device
+
+    layout_rows = layout.value_row
+    for step in steps:
+        spec = step.sig.meta.get("ragged")
+        if spec is None:
+            continue
+        nodes = step.nodes
+        start = graph.arg_start[nodes] + len(step.sig.in_kinds)
+        per_node = (graph.arg_start[nodes + 1] - start) // len(spec.positions)
+        offsets = np.zeros(len(nodes) + 1, dtype=np.int64)
+        np.cumsum(per_node, out=offsets[1:])
+        total = int(offsets[-1])
+        owner = np.repeat(np.arange(len(nodes)), per_node)
+        within = np.arange(total) - offsets[owner]
+        offsets_t = _to_device(torch.from_numpy(offsets), device)
+        for r, element in enumerate(spec.elements):
+            vids = graph.arg_code[start[owner] + r * per_node[owner] + within]
+            if total:
+                rows = layout_rows[vids]
+                step.operands.append((GATHER, int(graph.value_aval_id[vids[0]]), _to_device(torch.from_numpy(rows), device)))
+                counts.operand_lists += 1
+                counts.gathers += 1
+                counts.gather_bytes += total * element.nbytes
+            else:
+                step.operands.append((BROADCAST, 0, element.zeros(device)))    # [0, *E]: no member at all
+            step.operands.append((NUMBERS, torch.int64, offsets_t))

@@ -1,0 +1,189 @@
+"""Ragged operands (frontend/ragged.py, runtime/ragged.py): a stack of a variable number of lazy
+values, passed to a cell (stacked or as a list) or reduced over the stacked dim, is ONE op type for
+every arity, and matches the per-instance eager loop, outputs and gradients."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import phalanx
+from tests.oracle import assert_matches_eager
+
+H = 6
+
+
+@phalanx.cell
+class MeanNode(nn.Module):
+    """A lattice node: (word, predecessors stacked [k, H]) -> h, reading their mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, H)
+        self.gru = nn.GRUCell(H, H)
+
+    def forward(self, word, hs):
+        return self.gru(self.embed(word), hs.mean(-2))
+
+
+@phalanx.cell
+class ChildSumNode(nn.Module):
+    """A child-sum node: a forget gate per child, summed; two ragged arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, H)
+        self.w_f, self.u_f, self.u = nn.Linear(H, H), nn.Linear(H, H, bias=False), nn.Linear(H, H)
+
+    def forward(self, word, hs, cs):
+        x = self.embed(word)
+        f = torch.sigmoid(self.w_f(x).unsqueeze(-2) + self.u_f(hs))
+        c = torch.tanh(x + self.u(hs.sum(-2))) + (f * cs).sum(-2)
+        return torch.tanh(c), c
+
+
+@phalanx.cell
+class ListNode(nn.Module):
+    """A cell whose argument is a Python list of any length (0 included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, H)
+        self.mix = nn.Linear(H, H)
+
+    def forward(self, word, children):
+        x = self.embed(word)
+        total = torch.stack(children).sum(0) if children else torch.zeros_like(x)
+        return torch.tanh(self.mix(total) + x)
+
+
+class Net(nn.Module):
+    """One instance: a list of arities; node i reads the states of ``arity`` earlier nodes."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.leaf = phalanx.cell(nn.Embedding(20, H))   # lazy inside a run
+        self.mean, self.childsum, self.listed = MeanNode(), ChildSumNode(), ListNode()
+
+    def forward(self, arities):
+        hs = [torch.tanh(self.leaf(3))]
+        cs = [hs[0]]
+        for i, k in enumerate(arities):
+            preds = [(i * 7 + 3 * j) % len(hs) for j in range(k)]
+            word = (i * 5 + k) % 20
+            if self.form == "mean":
+                h = self.mean(word, torch.stack([hs[p] for p in preds]))
+            elif self.form == "childsum":
+                h, c = self.childsum(word, torch.stack([hs[p] for p in preds]), torch.stack([cs[p] for p in preds]))
+                cs.append(c)
+            elif self.form == "list":
+                h = self.listed(word, [hs[p] for p in preds])
+            elif self.form == "sum":
+                h = torch.tanh(torch.stack([hs[p] for p in preds]).sum(0) + self.leaf(word))
+            else:
+                h = torch.tanh(torch.stack([hs[p] for p in preds]).mean(dim=0) * 0.5)
+            hs.append(h)
+        return torch.stack(hs[1:]) if len(hs) > 1 else hs[0]
+
+
+def _node_types(batcher, instances, word: str) -> set:
+    graph = batcher.record(instances)
+    return {graph.sigs[s].describe() for s in graph.used_sids if word in graph.sigs[s].name}
+
+
+def _modes(batcher) -> set:
+    return {getattr(k, "mode", None) for s in batcher.table.sigs if "ragged" in s.meta for k in s.kernels.values()}
+
+
+# Stacked forms need k >= 1 (torch.stack of nothing fails eagerly); a list argument may be empty.
+ONE_BATCH = {"mean": [[1, 2, 3, 4, 5, 6, 7, 8], [8, 1], [3, 3, 2]],
+             "childsum": [[2, 1, 3, 4, 5, 6, 7, 8], [8, 1], [3, 3, 2]],
+             "list": [[2, 0, 1, 3, 4, 5, 6, 7, 8], [0, 1], [3, 0, 2]],
+             "sum": [[1, 2, 3, 4, 5, 6, 7, 8], [2, 8]],
+             "segment_mean": [[1, 2, 3, 4, 5, 6, 7, 8], [2, 8]]}
+
+
+@pytest.mark.parametrize("cells", [False, True])
+@pytest.mark.parametrize("form", list(ONE_BATCH))
+def test_every_arity_is_one_op_type_and_matches_eager(form, cells):
+    torch.manual_seed(0)
+    model = Net(form)
+    instances = ONE_BATCH[form]
+    word = {"mean": "MeanNode", "childsum": "ChildSumNode", "list": "ListNode"}.get(form, "ragged")
+    batcher = phalanx.Batcher(model, cells=cells, policy="depth", verify=True, profile=True)
+    # The first instance's first list is not empty (an empty list alone has no element shape).
+    assert len(_node_types(batcher, instances, word)) == 1
+    assert_matches_eager(model, instances, batcher=batcher)
+    # Nodes of every arity at one depth run as one batch: at most one batch per node position.
+    ragged_batches = sum(row["batches"] for name, row in batcher.stats.per_op.items() if "ragged" in name)
+    assert 0 < ragged_batches <= max(map(len, instances))
+    assert_matches_eager(model, instances, params=model.parameters(), train=True, batcher=batcher)
+
+
+@pytest.mark.parametrize("form, mode", [("mean", "ragged-segment"), ("childsum", "ragged-segment"),
+                                        ("list", "ragged-grouped"), ("sum", "segment-sum"),
+                                        ("segment_mean", "segment-mean")])
+def test_kernel_mode(form, mode):
+    # The lattice and child-sum cells run their own code once per batch on segments; a list body
+    # that branches on its length runs once per arity present (still one batch in the schedule).
+    torch.manual_seed(0)
+    model = Net(form)
+    batcher = phalanx.Batcher(model)
+    with torch.no_grad():
+        batcher(ONE_BATCH[form])
+    assert _modes(batcher) == {mode}
+
+
+def test_other_uses_of_a_stack_record_the_ordinary_stack():
+    # rs * 2, indexing, shape: the stacked value exactly as without ragged operands.
+    def fn(xs):
+        vs = [torch.tanh(x) for x in xs]
+        rs = torch.stack(vs)
+        assert rs.shape == (len(xs), 3) and len(rs) == len(xs)
+        return (rs * 2).sum(-1) + rs[0].sum() + torch.stack(vs).max(0).values.sum()
+
+    instances = [[torch.randn(3) for _ in range(k)] for k in (1, 2, 5)]
+    batcher = assert_matches_eager(fn, instances)
+    graph = batcher.record(instances)
+    assert {graph.sigs[s].name for s in graph.used_sids} >= {"op torch.stack", "op Tensor.__mul__"}
+
+
+def test_arity_zero_in_a_later_call_joins_the_op_type():
+    torch.manual_seed(0)
+    model = Net("list")
+    batcher = phalanx.Batcher(model)
+    with torch.no_grad():
+        batcher([[2, 1]])
+        assert len(_node_types(batcher, [[0], [0, 0, 3]], "ListNode")) == 1
+    assert_matches_eager(model, [[0], [0, 0, 3]], params=model.parameters(), train=True, batcher=batcher)
+
+
+@settings(max_examples=12, deadline=None)
+@given(form=st.sampled_from(["mean", "childsum", "list", "sum"]), cells=st.booleans(),
+       batch=st.lists(st.lists(st.integers(0, 8), min_size=1, max_size=5), min_size=0, max_size=4),
+       train=st.booleans())
+def test_random_arities_match_eager(form, cells, batch, train):
+    low = 0 if form == "list" else 1
+    batch = [[max(k, low) for k in inst] for inst in batch]
+    torch.manual_seed(0)
+    model = Net(form)
+    batcher = phalanx.Batcher(model, cells=cells, verify=True)
+    if form == "list":
+        with torch.no_grad():
+            batcher([[2]])        # the element shape of this cell's list argument is known from here on
+    if train:
+        assert_matches_eager(model, batch, params=model.parameters(), train=True, batcher=batcher)
+    else:
+        assert_matches_eager(model, batch, batcher=batcher)
+
+
+@pytest.mark.parametrize("form", ["childsum", "sum"])
+def test_memory_planner_reads_only_fixed_operands(form):
+    # A ragged node's operand count varies within its op type; the planner plans its fixed
+    # operands (the last node of a graph may be a ragged node with fewer members than another).
+    torch.manual_seed(0)
+    model = Net(form)
+    instances = [[8, 2], [3, 1]] if form == "childsum" else [[2, 8], [1, 1, 5, 2]]
+    batcher = phalanx.Batcher(model, plan="auto", verify=True)
+    assert_matches_eager(model, instances, params=model.parameters(), train=True, batcher=batcher)
