@@ -74,10 +74,11 @@ def test_optimal_equals_brute_force_on_small_graphs(graph):
 
 
 def test_optimal_beats_heuristics_where_they_fail():
-    # a0 a1 a2 ready with b3 -> a4: running B first lets all four A's share one batch.
-    graph = make_graph([0, 0, 0, 1, 0], [[], [], [], [], [3]])
-    assert len(OptimalPolicy().schedule(graph)) == 2 == lower_bound(graph)
-    assert len(make_policy("depth").schedule(graph)) == 3
+    # a0 a1 a2 ready with b3 -> a4, and c5 reads a0..a2 (so they are not sinks the depth policy
+    # postpones): running B first lets all four A's share one batch.
+    graph = make_graph([0, 0, 0, 1, 0, 2], [[], [], [], [], [3], [0, 1, 2]])
+    assert len(OptimalPolicy().schedule(graph)) == 3 == lower_bound(graph)
+    assert len(make_policy("depth").schedule(graph)) == 4
 
 
 def test_optimal_on_medium_trees_and_lattices():
