@@ -62,7 +62,7 @@ from ..schedule.base import Schedule, ranges
 from ..stats import ReadCounts
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
 from .params import FlushParams
-from .ragged import add_ragged_operands, ragged_subset
+from .ragged import add_ragged_operands, ragged_row, ragged_subset
 
 # Operand read kinds (and output write kinds: SLICE or SCATTER).
 SLICE, GATHER, NUMBERS, TENSORS, BROADCAST, EXTERNAL = 0, 1, 2, 3, 4, 5
@@ -273,7 +273,8 @@ def _localize(step: Step, operands: list, error: Exception) -> BatchExecutionErr
     with torch.no_grad():
         for row in range(step.size):
             try:
-                run_unrecorded(sig.fn, [op[row] for op in operands], sig.name, sig.in_avals)
+                row_ops = ragged_row(sig, operands, row) if "ragged" in sig.meta else [op[row] for op in operands]
+                run_unrecorded(sig.fn, row_ops, sig.name, sig.in_avals)
             except Exception as e:  # noqa: BLE001  (this row's own error is what we report)
                 cause = e.__cause__ if isinstance(e, PhalanxError) and e.__cause__ is not None else e
                 err = BatchExecutionError(

@@ -387,3 +387,14 @@ def ragged_subset(sig: Signature, operands: list, rows: torch.Tensor) -> tuple[l
         sub.append(new_offsets)
         op_rows.extend((members, None))
     return sub, op_rows
+
+
+def ragged_row(sig: Signature, operands: list, row: int) -> list:
+    """One row's per-instance operands of a ragged batch (the executor names a failing instance
+    by re-running rows): fixed operands' row, then each ragged argument's members stacked."""
+    n_fixed = len(sig.in_kinds)
+    ragged = operands[n_fixed:]
+    out = [op[row] for op in operands[:n_fixed]]
+    for values, offsets in zip(ragged[0::2], ragged[1::2], strict=True):
+        out.append(values[int(offsets[row]):int(offsets[row + 1])])
+    return out

@@ -213,3 +213,18 @@ def test_an_instance_the_loss_does_not_use_may_hold_inf():
     sum(got[i].sum() for i in used).backward()
     for p, w in zip(node.parameters(), want, strict=True):
         torch.testing.assert_close(p.grad, w)
+
+
+def test_a_failing_batch_names_the_instance():
+    torch.manual_seed(0)
+    node, leaf = MeanNode(), phalanx.cell(nn.Embedding(20, H))
+
+    def fn(inst):
+        word, k = inst
+        return node(word, torch.stack([leaf(j) for j in range(k)]))
+
+    batcher = phalanx.Batcher(fn)
+    with torch.no_grad():
+        batcher([(3, 2), (5, 3)])                              # the kernel is chosen on good rows
+        with pytest.raises(phalanx.errors.BatchExecutionError, match="instance 1: cell MeanNode"):
+            batcher([(3, 2), (25, 3), (4, 1)])                 # word 25 is past the embedding table
