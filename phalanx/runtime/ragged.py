@@ -356,8 +356,8 @@ def add_ragged_operands(graph, steps: list, layout, device, counts) -> None:
         for r, element in enumerate(spec.elements):
             vids = graph.arg_code[start[owner] + r * per_node[owner] + within]
             if total:
-                rows = layout_rows[vids]
-                step.operands.append((GATHER, int(graph.value_aval_id[vids[0]]), _to_device(torch.from_numpy(rows), device)))
+                rows = _to_device(torch.from_numpy(layout_rows[vids]), device)
+                step.operands.append((GATHER, int(graph.value_aval_id[vids[0]]), rows))
                 counts.operand_lists += 1
                 counts.gathers += 1
                 counts.gather_bytes += total * element.nbytes
