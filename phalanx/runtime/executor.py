@@ -71,7 +71,7 @@ from ..schedule.base import Schedule, ranges
 from ..stats import ReadCounts
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
 from .params import FlushParams
-from .ragged import add_ragged_operands
+from .ragged import add_ragged_operands, ragged_row, ragged_subset
 
 # Operand read kinds (and output write kinds: SLICE or SCATTER).
 SLICE, GATHER, NUMBERS, TENSORS, BROADCAST, EXTERNAL = 0, 1, 2, 3, 4, 5
@@ -344,7 +344,8 @@ def _localize(step: Step, operands: list, error: Exception) -> BatchExecutionErr
     with torch.no_grad():
         for row in range(step.size):
             try:
-                run_unrecorded(sig.fn, [op[row] for op in operands], sig.name, sig.in_avals)
+                row_ops = ragged_row(sig, operands, row) if "ragged" in sig.meta else [op[row] for op in operands]
+                run_unrecorded(sig.fn, row_ops, sig.name, sig.in_avals)
             except Exception as e:  # noqa: BLE001  (this row's own error is what we report)
                 cause = e.__cause__ if isinstance(e, PhalanxError) and e.__cause__ is not None else e
                 err = BatchExecutionError(
@@ -543,7 +544,7 @@ class TrainingRun:
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]
             if not wrt_ops and not wrt:
                 continue
-            rows = None
+            rows = op_rows = None
             if skip_zero_rows:
                 live = torch.zeros(step.size, dtype=torch.bool, device=out_list[0].device)
                 for g in gout_list:
@@ -552,12 +553,13 @@ class TrainingRun:
                     continue
                 if not bool(live.all()):
                     rows = live.nonzero().squeeze(1)
-                    operands, out_list, gout_list = self._rerun_rows(step, operands, rows, gout_list)
+                    operands, out_list, gout_list, op_rows = self._rerun_rows(step, operands, rows, gout_list)
             # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
             grads_all = _batch_grad(out_list, [operands[p] for p in wrt_ops] + [t for _, t in wrt], gout_list)
             for p, g in zip(wrt_ops, grads_all[:len(wrt_ops)], strict=True):
                 if g is not None:
-                    self._add_operand_grad(step.operands[p], g, garenas, rows, accumulate)
+                    self._add_operand_grad(step.operands[p], g, garenas, rows if op_rows is None else op_rows[p],
+                                           accumulate)
             for (k, _), g in zip(wrt, grads_all[len(wrt_ops):], strict=True):
                 if g is not None:
                     accumulate(k, g)
@@ -567,12 +569,17 @@ class TrainingRun:
 
     def _rerun_rows(self, step: Step, operands: list, rows: torch.Tensor, gout_list: list):
         """The batch again, on ``rows`` only (fresh graph), with their output gradients."""
-        sub = [op.detach().index_select(0, rows).requires_grad_(op.requires_grad) for op in operands]
+        op_rows = None
+        if "ragged" in step.sig.meta:
+            # A ragged argument's values are member rows, not node rows (NOTE: [Ragged kernels]).
+            sub, op_rows = ragged_subset(step.sig, operands, rows)
+        else:
+            sub = [op.detach().index_select(0, rows).requires_grad_(op.requires_grad) for op in operands]
         sub_step = Step(step.sig, step.nodes, len(rows), step.operands, step.outputs, step.insts[rows.cpu().numpy()])
         with torch.enable_grad(), self.params:
             outs = _call(sub_step, sub, self.kernels)
         out_list = [o for o in outs if o.requires_grad]
-        return sub, out_list, [g.index_select(0, rows) for g in gout_list]
+        return sub, out_list, [g.index_select(0, rows) for g in gout_list], op_rows
 
     def _add_operand_grad(self, op, g, garenas, rows, accumulate) -> None:
         kind, where, payload = op

@@ -356,11 +356,45 @@ def add_ragged_operands(graph, steps: list, layout, device, counts) -> None:
         for r, element in enumerate(spec.elements):
             vids = graph.arg_code[start[owner] + r * per_node[owner] + within]
             if total:
-                rows = layout_rows[vids]
-                step.operands.append((GATHER, int(graph.value_aval_id[vids[0]]), _to_device(torch.from_numpy(rows), device)))
+                rows = _to_device(torch.from_numpy(layout_rows[vids]), device)
+                step.operands.append((GATHER, int(graph.value_aval_id[vids[0]]), rows))
                 counts.operand_lists += 1
                 counts.gathers += 1
                 counts.gather_bytes += total * element.nbytes
             else:
                 step.operands.append((BROADCAST, 0, element.zeros(device)))    # [0, *E]: no member at all
             step.operands.append((NUMBERS, torch.int64, offsets_t))
+
+
+def ragged_subset(sig: Signature, operands: list, rows: torch.Tensor) -> tuple[list, list]:
+    """A ragged batch's operands restricted to node ``rows`` (the executor's re-run of the rows the
+    loss uses, NOTE: [Rows the loss does not use]), and per operand the rows of its source it now
+    reads: ``rows`` for a fixed operand, the selected member rows for a ragged one's values."""
+    n_fixed = len(sig.in_kinds)
+    sub, op_rows = [], []
+    for op in operands[:n_fixed]:
+        sub.append(op.detach().index_select(0, rows).requires_grad_(op.requires_grad))
+        op_rows.append(rows)
+    ragged = operands[n_fixed:]
+    for values, offsets in zip(ragged[0::2], ragged[1::2], strict=True):
+        counts = (offsets[1:] - offsets[:-1]).index_select(0, rows)
+        new_offsets = torch.zeros(len(rows) + 1, dtype=offsets.dtype, device=offsets.device)
+        torch.cumsum(counts, 0, out=new_offsets[1:])
+        within = torch.arange(int(new_offsets[-1]), device=offsets.device) - torch.repeat_interleave(
+            new_offsets[:-1], counts)
+        members = torch.repeat_interleave(offsets[:-1].index_select(0, rows), counts) + within
+        sub.append(values.detach().index_select(0, members).requires_grad_(values.requires_grad))
+        sub.append(new_offsets)
+        op_rows.extend((members, None))
+    return sub, op_rows
+
+
+def ragged_row(sig: Signature, operands: list, row: int) -> list:
+    """One row's per-instance operands of a ragged batch (the executor names a failing instance
+    by re-running rows): fixed operands' row, then each ragged argument's members stacked."""
+    n_fixed = len(sig.in_kinds)
+    ragged = operands[n_fixed:]
+    out = [op[row] for op in operands[:n_fixed]]
+    for values, offsets in zip(ragged[0::2], ragged[1::2], strict=True):
+        out.append(values[int(offsets[row]):int(offsets[row + 1])])
+    return out

@@ -187,3 +187,44 @@ def test_memory_planner_reads_only_fixed_operands(form):
     instances = [[8, 2], [3, 1]] if form == "childsum" else [[2, 8], [1, 1, 5, 2]]
     batcher = phalanx.Batcher(model, plan="auto", verify=True)
     assert_matches_eager(model, instances, params=model.parameters(), train=True, batcher=batcher)
+
+
+def test_an_instance_the_loss_does_not_use_may_hold_inf():
+    # NOTE: [Rows the loss does not use]: the batch is re-run on the used rows; a ragged argument's
+    # values are member rows, so the re-run selects the members of those rows.
+    torch.manual_seed(0)
+    node = MeanNode()
+
+    def fn(inst):
+        start, arities = inst
+        hs = [start * 1.0]
+        for i, k in enumerate(arities):
+            hs.append(node(i % 20, torch.stack([hs[(i * 3 + j) % len(hs)] for j in range(k)])))
+        return hs[-1]
+
+    instances = [(torch.randn(H), [1, 3, 2]), (torch.full((H,), float("inf")), [2, 1, 3]), (torch.randn(H), [3, 1])]
+    used = [0, 2]
+    expected = [fn(x) for x in instances]
+    assert not torch.isfinite(expected[1]).all()
+    sum(expected[i].sum() for i in used).backward()
+    want = [p.grad.clone() for p in node.parameters()]
+    node.zero_grad()
+    got = phalanx.Batcher(fn, verify=True)(instances)
+    sum(got[i].sum() for i in used).backward()
+    for p, w in zip(node.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, w)
+
+
+def test_a_failing_batch_names_the_instance():
+    torch.manual_seed(0)
+    node, leaf = MeanNode(), phalanx.cell(nn.Embedding(20, H))
+
+    def fn(inst):
+        word, k = inst
+        return node(word, torch.stack([leaf(j) for j in range(k)]))
+
+    batcher = phalanx.Batcher(fn)
+    with torch.no_grad():
+        batcher([(3, 2), (5, 3)])                              # the kernel is chosen on good rows
+        with pytest.raises(phalanx.errors.BatchExecutionError, match="instance 1: cell MeanNode"):
+            batcher([(3, 2), (25, 3), (4, 1)])                 # word 25 is past the embedding table
