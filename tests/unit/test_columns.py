@@ -192,8 +192,12 @@ def test_cell_call_descriptor_behaves_like_a_method():
 def test_the_native_extension_is_built_where_a_compiler_is():
     if os.environ.get("PHALANX_NATIVE") == "0":
         pytest.skip("PHALANX_NATIVE=0 asks for the Python twin")
+    import sysconfig
+
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the Python twin is expected")
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        pytest.skip("no Python headers: the Python twin is expected")
     assert columns.NATIVE, "phalanx/ir/_columns.c was not built (pip install -e . builds it)"
     assert columns.CellCall is not None and type(type(MIX).__call__) is columns.CellCall
 
