@@ -483,6 +483,7 @@ class TrainingRun:
                 garenas[arena].index_add_(0, idx, g)
         input_grads: list = [None] * len(inputs)
         owned = [False] * len(inputs)
+        self.params.clear_pending()
 
         def accumulate(i, g):
             # In place from the second gradient on (a fresh sum per batch allocated and wrote a
@@ -528,6 +529,8 @@ class TrainingRun:
                     accumulate(k, g)
             if self.profile is not None:
                 self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - step_start, "backward_s")
+        for k, g in self.params.weight_gradients():     # NOTE: [Deferred weight gradients]
+            accumulate(k, g)
         return input_grads
 
     def _rerun_rows(self, step: Step, operands: list, rows: torch.Tensor, gout_list: list):
