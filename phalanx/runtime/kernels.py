@@ -155,7 +155,12 @@ def _choose(sig: Signature, operands: list, size: int) -> BatchedKernel:
             if decision is not None:
                 raise data_dependent_error(sig, f"{decision} on data computed from its operands")
             rows.append(out)
-        expected = [torch.stack(col) for col in zip(*map(sig.flatten, rows), strict=True)]
+        try:
+            expected = [torch.stack(col) for col in zip(*map(sig.flatten, rows), strict=True)]
+        except RuntimeError as e:      # e.g. torch.nonzero: each row's output has its own shape
+            raise UnsupportedOpError(
+                f"{sig.name} on operands ({', '.join(map(repr, sig.in_avals))}) cannot be batched: its "
+                f"per-instance outputs differ in shape from row to row ({str(e).splitlines()[0]})") from e
         failures = []
         for mode in ("native", "shifted", "vmap") if "shifted" in sig.meta else ("native", "vmap"):
             kernel = BatchedKernel(sig, mode)
