@@ -135,7 +135,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         out_broken = np.zeros(len(out_size), dtype=np.int64)
     out_row_lists = _to_device(torch.from_numpy(out_rows), device).split(out_size.tolist()) if out_broken.any() else ()
     # *** counts, vectorized ***
-    lazy, nbytes = _operand_facts(graph.sigs, schedule.sids, arity)
+    lazy, nbytes = _operand_facts(graph.sigs, schedule.sids)
     gathered = lazy & (broken != 0)
     counts.operand_lists, counts.gathers = int(lazy.sum()), int(gathered.sum())
     counts.in_place = counts.operand_lists - counts.gathers
@@ -215,7 +215,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     return steps, counts
 
 
-def _operand_facts(all_sigs: list, sids: tuple, arity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _operand_facts(all_sigs: list, sids: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per (batch, operand position) list: is it lazy, and its bytes per row; from one small table
     over the op types used (not a Python pass over every list)."""
     used = sorted(set(sids))

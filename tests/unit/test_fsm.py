@@ -155,7 +155,12 @@ def test_fsm_reaches_the_lower_bound_where_heuristics_do_not(family):
     fsm, bound, agenda, depth = family_batches(make, seed=0)
     for f, lb, a, d in zip(fsm, bound, agenda, depth, strict=True):
         assert f <= 1.01 * lb
-        assert f < a and f < d
+        assert f < a
+        if family == "root-cell trees":
+            # The roots are sinks: depth postpones them into one batch (NOTE: [Postponed sinks]).
+            assert d == lb
+        else:
+            assert f < d
     # Learning mattered: the untrained (greedy) policy is worse too.
     rng = np.random.default_rng(99)
     graph = make(rng)

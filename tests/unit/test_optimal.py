@@ -74,10 +74,13 @@ def test_optimal_equals_brute_force_on_small_graphs(graph):
 
 
 def test_optimal_beats_heuristics_where_they_fail():
-    # a0 a1 a2 ready with b3 -> a4: running B first lets all four A's share one batch.
-    graph = make_graph([0, 0, 0, 1, 0], [[], [], [], [], [3]])
-    assert len(OptimalPolicy().schedule(graph)) == 2 == lower_bound(graph)
-    assert len(make_policy("depth").schedule(graph)) == 3
+    # a0 a1 a2 ready with b3 -> a4, all read by c5: running B first lets all four A's share one
+    # batch. (Without c5 every A is a sink and depth postpones them together: NOTE: [Postponed sinks].)
+    graph = make_graph([0, 0, 0, 1, 0, 2], [[], [], [], [], [3], [0, 1, 2, 4]])
+    assert len(OptimalPolicy().schedule(graph)) == 3 == lower_bound(graph)
+    assert len(make_policy("depth").schedule(graph)) == 4
+    sinks_only = make_graph([0, 0, 0, 1, 0], [[], [], [], [], [3]])
+    assert len(make_policy("depth").schedule(sinks_only)) == 2 == lower_bound(sinks_only)
 
 
 def test_optimal_on_medium_trees_and_lattices():
