@@ -229,7 +229,8 @@ def _result_rows(graph, layout, outputs) -> tuple[list, dict]:
         return [(int(arena[0]), rows)], arena_of
     # Arenas in order of first use (``_assemble`` walks each arena's rows in leaf order).
     firsts = np.unique(arena, return_index=True)[1]
-    return [(int(arena[i]), rows[torch.from_numpy(np.flatnonzero(arena == arena[i]))]) for i in np.sort(firsts)], arena_of
+    return [(int(arena[i]), rows[torch.from_numpy(np.flatnonzero(arena == arena[i]))])
+            for i in np.sort(firsts)], arena_of
 
 
 def _assemble(outputs, arena_of: dict, tensors: list, result_index: list, per_row_views: bool) -> list:

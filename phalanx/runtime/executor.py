@@ -136,7 +136,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         out_broken = np.zeros(len(out_size), dtype=np.int64)
     out_row_lists = _to_device(torch.from_numpy(out_rows), device).split(out_size.tolist()) if out_broken.any() else ()
     # *** counts, vectorized ***
-    lazy, nbytes = _operand_facts(graph.sigs, schedule.sids, arity)
+    lazy, nbytes = _operand_facts(graph.sigs, schedule.sids)
     gathered = lazy & (broken != 0)
     counts.operand_lists, counts.gathers = int(lazy.sum()), int(gathered.sum())
     counts.in_place = counts.operand_lists - counts.gathers
@@ -218,7 +218,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     return steps, counts
 
 
-def _operand_facts(all_sigs: list, sids: tuple, arity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _operand_facts(all_sigs: list, sids: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per (batch, operand position) list: is it lazy, and its bytes per row; from one small table
     over the op types used (not a Python pass over every list)."""
     used = sorted(set(sids))
@@ -519,6 +519,7 @@ class TrainingRun:
                 garenas[arena].index_add_(0, idx, g)
         input_grads: list = [None] * len(inputs)
         owned = [False] * len(inputs)
+        self.params.clear_pending()
 
         def accumulate(i, g):
             # In place from the second gradient on (a fresh sum per batch allocated and wrote a
@@ -565,6 +566,8 @@ class TrainingRun:
                     accumulate(k, g)
             if self.profile is not None:
                 self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - step_start, "backward_s")
+        for k, g in self.params.weight_gradients():     # NOTE: [Deferred weight gradients]
+            accumulate(k, g)
         return input_grads
 
     def _rerun_rows(self, step: Step, operands: list, rows: torch.Tensor, gout_list: list):
