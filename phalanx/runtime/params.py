@@ -60,7 +60,9 @@ class DeferredLinear(torch.autograd.Function):
 
 def _deferred_forward(module: torch.nn.Linear, pending: list):
     def forward(x):
-        if torch.is_grad_enabled() and torch._C._functorch.peek_interpreter_stack() is None:
+        # Only on plain tensors: a ragged kernel's member rows (runtime/ragged.py) and other
+        # tensor-likes handle F.linear themselves.
+        if type(x) is torch.Tensor and torch.is_grad_enabled() and torch._C._functorch.peek_interpreter_stack() is None:
             return DeferredLinear.apply(x, module.weight, module.bias, pending)
         return F.linear(x, module.weight, module.bias)
     return forward
