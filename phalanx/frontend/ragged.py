@@ -324,17 +324,7 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
         # The cell's next call with the same kinds and avals takes _record_like_last.
         last[cell] = (sig, tuple((a.element,) if type(a) is RaggedStack else a.aval if type(a) is LazyValue
                                  else type(a) for a in args))
-    codes = []
-    depth = 0
-    imms = g.imms
-    for op in fixed:
-        if type(op) is LazyValue:
-            codes.append(op.vid)
-            if op.depth >= depth:
-                depth = op.depth + 1
-        else:
-            codes.append(-1 - len(imms))
-            imms.append(op)
+    codes, depth = operand_codes(g, fixed)
     for r in ragged:
         for m in r.members:
             codes.append(m.vid)
@@ -475,5 +465,6 @@ def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: li
 
 # recorder.py imports this module at its end, so its names exist here (value.py imports recorder).
 from .recorder import (_BOOL_KEY, _FLOAT_KEY, _INT_KEY, _is_shared_tensor, _output_structure,  # noqa: E402
-                       active_or_error, number_aval, number_to_tensor, resolve_stale, run_unrecorded)
+                       active_or_error, number_aval, number_to_tensor, operand_codes, resolve_stale,
+                       run_unrecorded)
 from .value import LazyValue  # noqa: E402

@@ -476,16 +476,7 @@ class Recorder:
                     arg_code.append(x.vid)
                     if x.depth >= depth:
                         depth = x.depth + 1
-        if depth < self.phase_base:
-            depth = self.phase_base
-        first = g.num_values
-        g.num_values = first + sig.num_outputs
-        g.node_sig.append(sig.sid)
-        g.node_depth.append(depth)
-        g.arg_start.append(len(arg_code))
-        if sig.single:
-            return LazyValue(first, sig.out_avals[0], depth, g)
-        return sig.unflatten([LazyValue(first + k, a, depth, g) for k, a in enumerate(sig.out_avals)])
+        return self._append_node(g, sig, depth)
 
     # *** the general path: nested arguments, kwargs, tensors, statics ***
     def _record_general(self, callee, name: str, fn: Callable, args: tuple, kwargs: dict,
@@ -541,17 +532,7 @@ class Recorder:
         sig = self.table.by_key.get(key)
         if sig is None:
             sig = self._new_signature(key, callee, name, fn, template_args, template_kwargs, operands)
-        codes = []
-        depth = 0
-        imms = g.imms
-        for op in operands:
-            if type(op) is LazyValue:
-                codes.append(op.vid)
-                if op.depth >= depth:
-                    depth = op.depth + 1
-            else:
-                codes.append(-1 - len(imms))
-                imms.append(op)
+        codes, depth = operand_codes(g, operands)
         if depth < self.phase_base:
             depth = self.phase_base
         if sig.splittable and not template_kwargs and _flat_template(template_args, len(operands)):
@@ -613,6 +594,23 @@ class Recorder:
                 sig.fast_entry = (sig.sid, tuple(flat_key[1:]), sig.out_avals, sig.single)
         self.table.add(sig, *keys)
         return sig
+
+
+def operand_codes(g, operands) -> tuple[list[int], int]:
+    """Operand codes of a node (value ids; immediates appended to ``g.imms``) and its depth before
+    the phase floor: 1 + the deepest lazy operand, 0 without one (NOTE: [Inline depth])."""
+    codes = []
+    depth = 0
+    imms = g.imms
+    for op in operands:
+        if type(op) is LazyValue:
+            codes.append(op.vid)
+            if op.depth >= depth:
+                depth = op.depth + 1
+        else:
+            codes.append(-1 - len(imms))
+            imms.append(op)
+    return codes, depth
 
 
 def example_operands(sig: Signature, device=None) -> list:
