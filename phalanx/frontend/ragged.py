@@ -239,12 +239,7 @@ def record_segment(rec, rs: RaggedStack, reduce: str):
                         single=True, meta={"ragged": RaggedSpec((0,), (element,), 1, reduce),
                                            "kernel": SegmentKernel(reduce)})
         rec.table.add(sig, key)
-    codes = []
-    depth = 0
-    for m in rs.members:
-        codes.append(m.vid)
-        if m.depth >= depth:
-            depth = m.depth + 1
+    codes, depth = operand_codes(g, rs.members)
     if depth < rec.phase_base:
         depth = rec.phase_base
     first = g.add_node(sig, codes, depth)
@@ -428,20 +423,7 @@ def per_instance_of(fn, spec: RaggedSpec, unbind_dim: int = 0):
 def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: list, spec: RaggedSpec) -> Signature:
     from ..runtime.ragged import RaggedKernel
     device = rec.graph.device
-    kinds, avals, examples = [], [], []
-    for op in fixed:
-        if type(op) is LazyValue:
-            kinds.append(ArgKind.LAZY)
-            avals.append(op.aval)
-            examples.append(op.aval.zeros(device))
-        elif isinstance(op, torch.Tensor):
-            kinds.append(ArgKind.TENSOR)
-            avals.append(aval_of(op))
-            examples.append(op.detach())
-        else:
-            kinds.append(ArgKind.NUMBER)
-            avals.append(number_aval(op))
-            examples.append(number_to_tensor(op, device))
+    kinds, avals, examples = operand_facts(fixed, device)
     for r in ragged:
         examples.append(r.element.zeros(device).unsqueeze(0).expand(len(r.members), *r.element.shape).clone())
     per_instance = per_instance_of(fn, spec)
@@ -465,6 +447,6 @@ def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: li
 
 # recorder.py imports this module at its end, so its names exist here (value.py imports recorder).
 from .recorder import (_BOOL_KEY, _FLOAT_KEY, _INT_KEY, _is_shared_tensor, _output_structure,  # noqa: E402
-                       active_or_error, number_aval, number_to_tensor, operand_codes, resolve_stale,
+                       active_or_error, number_aval, number_to_tensor, operand_codes, operand_facts, resolve_stale,
                        run_unrecorded)
 from .value import LazyValue  # noqa: E402

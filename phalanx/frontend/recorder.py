@@ -544,20 +544,7 @@ class Recorder:
 
     def _new_signature(self, key, callee, name, fn, template_args, template_kwargs, operands) -> Signature:
         g = self.graph
-        kinds, avals, examples = [], [], []
-        for op in operands:
-            if type(op) is LazyValue:
-                kinds.append(ArgKind.LAZY)
-                avals.append(op.aval)
-                examples.append(op.aval.zeros(g.device))
-            elif isinstance(op, torch.Tensor):
-                kinds.append(ArgKind.TENSOR)
-                avals.append(aval_of(op))
-                examples.append(op.detach())
-            else:
-                kinds.append(ArgKind.NUMBER)
-                avals.append(number_aval(op))
-                examples.append(number_to_tensor(op, g.device))
+        kinds, avals, examples = operand_facts(operands, g.device)
         per_instance = _bind_template(fn, template_args, template_kwargs)
         meta = {"batching": getattr(callee, "_phalanx_batching", "auto")}
         shifted = shifted_call(fn, template_args, template_kwargs) if callee is fn else None
@@ -594,6 +581,25 @@ class Recorder:
                 sig.fast_entry = (sig.sid, tuple(flat_key[1:]), sig.out_avals, sig.single)
         self.table.add(sig, *keys)
         return sig
+
+
+def operand_facts(operands, device) -> tuple[list, list, list]:
+    """Kind, aval and an example tensor (zeros for lazy values) of each operand of a new op type."""
+    kinds, avals, examples = [], [], []
+    for op in operands:
+        if type(op) is LazyValue:
+            kinds.append(ArgKind.LAZY)
+            avals.append(op.aval)
+            examples.append(op.aval.zeros(device))
+        elif isinstance(op, torch.Tensor):
+            kinds.append(ArgKind.TENSOR)
+            avals.append(aval_of(op))
+            examples.append(op.detach())
+        else:
+            kinds.append(ArgKind.NUMBER)
+            avals.append(number_aval(op))
+            examples.append(number_to_tensor(op, device))
+    return kinds, avals, examples
 
 
 def operand_codes(g, operands) -> tuple[list[int], int]:
