@@ -1,7 +1,8 @@
 """Where recording time goes, per recorded node, on TreeLSTM written naturally (hidden 64, batch 64,
 4 mini-batches of EWT dev trees, 1 thread). Run: ``python docs/results/record-breakdown.py``.
 
-Rows (best of 7 rounds each, so background load inflates them least):
+Rows (best of 7 rounds each, so background load inflates them least; the collector paused, as in a
+Batcher call):
 - record: ``record_instances`` over the mini-batches (what ``Batcher`` does before freezing);
 - user code alone: the same per-instance code with the three cells replaced by plain Python
   functions returning a constant (the user's recursion, attribute reads, tuple unpacking);
@@ -10,6 +11,7 @@ Rows (best of 7 rounds each, so background load inflates them least):
 - per instance: begin_instance + lazify + flatten_result around a function that does nothing;
 - the pure-Python twin's record (``PHALANX_NATIVE=0``, a subprocess), for comparison.
 """
+import gc
 import os
 import subprocess
 import sys
@@ -27,11 +29,18 @@ torch.set_num_threads(1)
 
 
 def best(f, rounds=7) -> float:
+    """Best of ``rounds``, with the cyclic collector paused as a Batcher call pauses it
+    (runtime/fibers.py, NOTE: [Collector paused]), so its passes over unrelated objects do not count."""
     times = []
     for _ in range(rounds):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
+        gc.collect()
+        gc.disable()
+        try:
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        finally:
+            gc.enable()
     return min(times)
 
 
