@@ -139,12 +139,6 @@ def _delegate(name: str):
     return method
 
 
-for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
-              "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__pow__", "__rpow__",
-              "__matmul__", "__rmatmul__", "__neg__", "__pos__", "__abs__", "__invert__", "__and__",
-              "__or__", "__xor__", "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__",
-              "__bool__", "__float__", "__int__", "__index__"):
-    setattr(RaggedStack, _name, _delegate(_name))
 RaggedStack.__hash__ = object.__hash__
 
 _REDUCE_FUNCS = {torch.sum: "sum", torch.Tensor.sum: "sum", torch.mean: "mean", torch.Tensor.mean: "mean"}
@@ -325,13 +319,7 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
             codes.append(m.vid)
             if m.depth >= depth:
                 depth = m.depth + 1
-    if depth < rec.phase_base:
-        depth = rec.phase_base
-    first = g.add_node(sig, codes, depth)
-    if sig.single:
-        return LazyValue(first, sig.out_avals[0], depth, g)
-    outs = [LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)]
-    return tuple(outs) if sig.plain_tuple else sig.unflatten(outs)
+    return _close_node(rec, g, sig, codes, depth)
 
 
 def _record_like_last(rec, sig: Signature, pattern: tuple, args: tuple):
@@ -373,6 +361,11 @@ def _record_like_last(rec, sig: Signature, pattern: tuple, args: tuple):
             codes.append(-1 - len(imms))
             imms.append(a)
     codes.extend(members)
+    return _close_node(rec, g, sig, codes, depth)
+
+
+def _close_node(rec, g, sig: Signature, codes: list, depth: int):
+    """Append a ragged node with its operand codes; its lazy outputs in the cell's structure."""
     if depth < rec.phase_base:
         depth = rec.phase_base
     first = g.add_node(sig, codes, depth)
@@ -449,4 +442,7 @@ def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: li
 from .recorder import (_BOOL_KEY, _FLOAT_KEY, _INT_KEY, _is_shared_tensor, _output_structure,  # noqa: E402
                        active_or_error, number_aval, number_to_tensor, operand_codes, operand_facts, resolve_stale,
                        run_unrecorded)
-from .value import LazyValue  # noqa: E402
+from .value import OPERATORS, LazyValue  # noqa: E402
+
+for _name in (*OPERATORS, "__bool__", "__float__", "__int__", "__index__"):
+    setattr(RaggedStack, _name, _delegate(_name))
