@@ -34,6 +34,42 @@ def _check_batching(batching: str) -> str:
     return batching
 
 
+def _with_fast_path(slow: Callable) -> Callable:
+    """A cell's ``__call__``: the recording fast path (``Columns.append_call``, ir/columns.py) first,
+    then ``slow(cell, *args, **kwargs)`` (an eager call, or the recorder's Python path) for whatever
+    it declines. Natively a ``CellCall``, with no Python frame on the fast path (NOTE: [Native
+    columns]); else the same in Python."""
+    if CellCall is not None:
+        return CellCall(_SLOT, slow)
+
+    def call(self, *args, **kwargs):
+        rec = _SLOT.rec
+        if rec is not None and not kwargs:
+            out = rec.append_call(self, args)
+            if out is not NotImplemented:
+                return out
+        return slow(self, *args, **kwargs)
+
+    return call
+
+
+def _function_cell_call(self, *args, **kwargs):
+    rec = _SLOT.rec
+    if rec is None:
+        return self.fn(*_convert_numbers(args), **kwargs)
+    return rec.record_cell(self, args, kwargs)
+
+
+def _module_cell_call(self, *args, **kwargs):
+    rec = _SLOT.rec
+    if rec is None:
+        return nn.Module.__call__(self, *_convert_numbers(args, self), **kwargs)
+    return rec.record_cell(self, args, kwargs)
+
+
+_CELL_CALL = _with_fast_path(_module_cell_call)
+
+
 class Cell:
     """A function cell. Use ``phalanx.cell(fn)`` or ``@phalanx.cell``."""
 
@@ -46,42 +82,14 @@ class Cell:
     def _phalanx_fn(self) -> Callable:
         return self.fn
 
-    def __call__(self, *args, **kwargs):
-        rec = _SLOT.rec
-        if rec is None:
-            return self.fn(*_convert_numbers(args), **kwargs)
-        if not kwargs:
-            out = rec.append_call(self, args)        # the fast path (ir/columns.py)
-            if out is not NotImplemented:
-                return out
-        return rec.record_cell(self, args, kwargs)
-
-    if CellCall is not None:
-        # Natively, the same call without a Python frame on the fast path (NOTE: [Native columns]).
-        __call__ = CellCall(_SLOT, __call__)
+    __call__ = _with_fast_path(_function_cell_call)
 
     def __repr__(self) -> str:
         return f"<phalanx {self._phalanx_name}>"
 
 
-def _cell_call(self, *args, **kwargs):
-    rec = _SLOT.rec
-    if rec is None:
-        return nn.Module.__call__(self, *_convert_numbers(args, self), **kwargs)
-    if not kwargs:
-        out = rec.append_call(self, args)            # the fast path (ir/columns.py)
-        if out is not NotImplemented:
-            return out
-    return rec.record_cell(self, args, kwargs)
-
-
 def _module_fn(self) -> Callable:
     return functools.partial(nn.Module.__call__, self)
-
-
-# Natively, a cell class's __call__ records without a Python frame on the fast path and defers to
-# _cell_call for everything else (NOTE: [Native columns] in ir/_columns.c).
-_CELL_CALL = CellCall(_SLOT, _cell_call) if CellCall is not None else _cell_call
 
 
 def _cellify_class(cls: type, name: str | None, batching: str) -> type:

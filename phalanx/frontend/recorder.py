@@ -173,8 +173,9 @@ class Recorder:
     # *** cells ***
     def record_cell(self, cell, args: tuple, kwargs: dict):
         """A cell call that ``append_call`` (the fast path, ir/columns.py) declined: the first call of
-        the cell in this graph, other avals, kwargs, tensors, split cells. Resolves the op type and
-        registers the cell's fast entry, so the next call like it takes the fast path."""
+        the cell in this graph, other avals, kwargs, tensors, a new split mask (and every split in the
+        Python twin). Resolves the op type and registers the cell's fast entry, so the next call like
+        it takes the fast path."""
         if kwargs:
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
@@ -407,8 +408,9 @@ class Recorder:
         # first call of each such key, which then maps to the op type the general path found.
         # Keyword arguments may be statics (``dim=-1``); their names are part of the key, in order.
         fast_key = None
-        parts = [_OP_FAST, func]
-        for k, v in kwargs.items():
+        # (a stack the ragged path declined keeps to the general path: no fast key)
+        parts = [_OP_FAST, func] if func is not torch.stack else None
+        for k, v in kwargs.items() if parts is not None else ():
             t = type(v)
             if t is float:
                 parts.append((k, float, v.hex()))
@@ -441,8 +443,7 @@ class Recorder:
                 else:
                     break
             else:
-                # (a stack the ragged path declined stays on the general path: no fast key)
-                fast_key = tuple(parts) if func is not torch.stack else None
+                fast_key = tuple(parts)
                 sig = self.table.by_key.get(fast_key)
                 if sig is not None:
                     return self._append_op(g, sig, args)
@@ -576,9 +577,8 @@ class Recorder:
             for k, a in zip(kinds, avals, strict=True):
                 flat_key.append(a if k is ArgKind.LAZY else _number_key(a) if k is ArgKind.NUMBER else ("tensor", a))
             keys.append(tuple(flat_key))
-            if (sig.single or sig.plain_tuple) and ArgKind.TENSOR not in kinds \
-                    and all(a.dtype is not torch.bool for k, a in zip(kinds, avals) if k is ArgKind.NUMBER):
-                sig.fast_entry = (sig.sid, tuple(flat_key[1:]), sig.out_avals, sig.single)
+            if (sig.single or sig.plain_tuple) and ArgKind.TENSOR not in kinds and _BOOL_KEY not in flat_key:
+                sig.fast_pattern = tuple(flat_key[1:])
         self.table.add(sig, *keys)
         return sig
 

@@ -68,13 +68,19 @@ class Signature:
     keys: list = field(default_factory=list)   # its keys in SignatureTable.by_key
     last_call: int = 0          # the table's call counter when it was last used (for eviction)
     splittable: bool = False    # an ahead-of-time cell the recorder may split (NOTE: [Input split])
-    # (sid, argument pattern, out_avals, single) for the native cell-call fast path (ir/columns.py), or None.
-    fast_entry: Any = None
+    # Per argument, the interned aval of a lazy one or INT_KEY / FLOAT_KEY (ir/columns.py): a cell op
+    # type the native fast path may record (``fast_entry``), or None.
+    fast_pattern: Any = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.num_outputs = len(self.out_avals)
         self.all_lazy = all(k is ArgKind.LAZY for k in self.in_kinds)   # eligible for the last-signature cache
+
+    @property
+    def fast_entry(self) -> "tuple | None":
+        """``(sid, pattern, out_avals, single)``: what ``Columns.fast_calls`` holds for the cell."""
+        return None if self.fast_pattern is None else (self.sid, self.fast_pattern, self.out_avals, self.single)
 
     def describe(self) -> str:
         """Stable text of this type, the same in every process (used to fingerprint saved policies)."""
@@ -178,8 +184,6 @@ class SignatureTable:
             self.clear()
             for sid, sig in enumerate(kept):
                 sig.sid = sid
-                if sig.fast_entry is not None:
-                    sig.fast_entry = (sid, *sig.fast_entry[1:])
                 self.sigs.append(sig)
                 for key in sig.keys:
                     self.by_key[key] = sig

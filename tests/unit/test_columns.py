@@ -92,7 +92,7 @@ def test_fast_path_records_what_the_recorders_own_path_records(monkeypatch, fn, 
 
     def no_fast_entry(self, *args, **kwargs):
         sig = original(self, *args, **kwargs)
-        sig.fast_entry = None
+        sig.fast_pattern = None
         return sig
 
     original = recorder.Recorder._new_signature
