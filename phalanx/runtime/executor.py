@@ -76,6 +76,7 @@ from .ragged import add_ragged_operands, ragged_row, ragged_subset
 # Operand read kinds (and output write kinds: SLICE or SCATTER).
 SLICE, GATHER, NUMBERS, TENSORS, BROADCAST, EXTERNAL = 0, 1, 2, 3, 4, 5
 SCATTER = GATHER
+_LAZY = ArgKind.LAZY
 
 
 @dataclass(slots=True, eq=False)
@@ -84,7 +85,8 @@ class Step:
     with kind SLICE (rows = (lo, hi)) or SCATTER (rows = index tensor); ``insts[i]``: the instance of
     row i (for error messages). ``fused``: (arena, index, positions) per run of adjacent gathered
     operands reading one arena (NOTE: [Fused gathers]); their ``operands`` entries stay as they are
-    (the backward and ``explain`` read them per operand)."""
+    (the backward and ``explain`` read them per operand). ``whole``: (arena, index, sizes) when one
+    such run is every operand of the step (NOTE: [Whole reads])."""
 
     sig: Signature
     nodes: np.ndarray
@@ -93,6 +95,7 @@ class Step:
     outputs: list
     insts: np.ndarray
     fused: tuple = ()
+    whole: "tuple | None" = None
 
 
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
@@ -153,56 +156,53 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     imms = graph.imms
     inst_of = graph.node_inst[order]
     node_starts = node_start.tolist()
+    sizes_l = sizes.tolist()
     numbers: dict = {}
     pending: list = []
     steps = []
     li = oi = 0
     for b, (nodes, sig) in enumerate(zip(batches, sigs, strict=True)):
-        size = len(nodes)
+        size = sizes_l[b]
         operands = []
         runs: list = []     # NOTE: [Fused gathers]: [first list, arena, positions] per run
-        for p, kind in enumerate(sig.in_kinds):
-            lo, hi = starts[li], starts[li + 1]
-            if kind is ArgKind.LAZY:
+        for kind in sig.in_kinds:
+            if kind is _LAZY:
                 if broken_l[li] == 0:
-                    operands.append((SLICE, arena_list[li], (lo_list[li], lo_list[li] + size)))
+                    lo = lo_list[li]
+                    operands.append((SLICE, arena_list[li], (lo, lo + size)))
                 else:
-                    operands.append((GATHER, arena_list[li], row_lists[li]))
-                    if runs and runs[-1][1] == arena_list[li] and runs[-1][2][-1] == p - 1:
+                    arena = arena_list[li]
+                    operands.append((GATHER, arena, row_lists[li]))
+                    p = len(operands) - 1
+                    if runs and runs[-1][1] == arena and runs[-1][2][-1] == p - 1:
                         runs[-1][2].append(p)
                     else:
-                        runs.append([li, arena_list[li], [p]])
+                        runs.append([li, arena, [p]])
             elif kind is ArgKind.NUMBER:
                 # Filled in below: every number of the flush goes to the device in one tensor per dtype.
-                dtype = sig.in_avals[p].dtype
+                dtype = sig.in_avals[len(operands)].dtype
                 segments = numbers.setdefault(dtype, [])
                 pending.append((operands, len(operands), dtype, len(segments), size))
-                segments.append(lo)
+                segments.append(starts[li])
                 operands.append(None)
             else:
-                tensors = _pick(imms, (-1 - codes[lo:hi]).tolist())
-                head = tensors[0]
-                origin = getattr(head, "_phalanx_origin", None)
-                if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0]
-                                              for t in tensors):
-                    # Rows of an earlier fiber round's arena: one index_select, no stack of copies.
-                    rows_of = torch.tensor([t._phalanx_origin[1] for t in tensors], device=device)
-                    operands.append((EXTERNAL, origin[0], rows_of))
-                elif all(t is head for t in tensors):
-                    operands.append((BROADCAST, size, head))     # one tensor for every row
-                else:
-                    operands.append((TENSORS, None, tensors))
+                operands.append(_tensor_operand(imms, codes[starts[li]:starts[li + 1]], size, device))
             li += 1
         outputs = []
         for _ in range(sig.num_outputs):
             if out_broken_l[oi] == 0:
-                outputs.append((SLICE, out_arena[oi], (out_lo[oi], out_lo[oi] + size)))
+                lo = out_lo[oi]
+                outputs.append((SLICE, out_arena[oi], (lo, lo + size)))
             else:
                 outputs.append((SCATTER, out_arena[oi], out_row_lists[oi]))
             oi += 1
         fused = tuple((arena, row_index[starts[first]:starts[first + len(ps)]], tuple(ps))
                       for first, arena, ps in runs if len(ps) > 1)
-        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]], fused))
+        whole = None
+        if len(fused) == 1 and len(fused[0][2]) == len(operands) and "stack_dim" not in sig.meta:
+            whole = (fused[0][0], fused[0][1], [size] * len(operands))     # NOTE: [Whole reads]
+        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]],
+                          fused, whole))
     # Every number of the flush: one C-level pick from imms, one tensor per dtype, one split.
     for dtype, segments in numbers.items():
         entries = [e for e in pending if e[2] == dtype]
@@ -215,7 +215,25 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             operands[k] = (NUMBERS, dtype, part)
     if any("ragged" in graph.sigs[sid].meta for sid in graph.used_sids.tolist()):
         add_ragged_operands(graph, steps, layout, device, counts)     # NOTE: [Ragged kernels]
+        for step in steps:
+            if step.whole is not None and len(step.whole[2]) != len(step.operands):
+                step.whole = None
     return steps, counts
+
+
+def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
+    """A list of per-instance tensors: rows of one earlier fiber round (one ``index_select``), one
+    tensor shared by every row (broadcast), or a plain list (stacked when read)."""
+    tensors = _pick(imms, (-1 - codes).tolist())
+    head = tensors[0]
+    origin = getattr(head, "_phalanx_origin", None)
+    if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0] for t in tensors):
+        # Rows of an earlier fiber round's arena: one index_select, no stack of copies.
+        rows_of = torch.tensor([t._phalanx_origin[1] for t in tensors], device=device)
+        return (EXTERNAL, origin[0], rows_of)
+    if all(t is head for t in tensors):
+        return (BROADCAST, size, head)     # one tensor for every row
+    return (TENSORS, None, tensors)
 
 
 def _operand_facts(all_sigs: list, sids: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -362,15 +380,18 @@ def _write(step: Step, outs: tuple, arenas: list[torch.Tensor], adopt: bool = Fa
     fills its whole arena and owns its memory becomes the arena instead (no copy; arenas are
     single-assignment, so nothing writes it again)."""
     for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
-        target = arenas[arena]
         if kind == SLICE:
-            if (adopt and rows[0] == 0 and rows[1] == len(target) and out._base is None
-                    and out.dtype == target.dtype and out.shape == target.shape and out.is_contiguous()):
+            lo, hi = rows
+            if adopt and lo == 0 and hi == len(arenas[arena]) and _adoptable(out, arenas[arena]):
                 arenas[arena] = out
             else:
-                target[rows[0]:rows[1]].copy_(out)
+                arenas[arena][lo:hi] = out      # one C call (slicing, then copy_, is two)
         else:
-            target.index_copy_(0, rows, out)
+            arenas[arena].index_copy_(0, rows, out)
+
+
+def _adoptable(out: torch.Tensor, target: torch.Tensor) -> bool:
+    return out._base is None and out.dtype == target.dtype and out.shape == target.shape and out.is_contiguous()
 
 
 def _output_grad(output, garenas) -> torch.Tensor:
@@ -386,9 +407,13 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            outs = _stacked_reads(step, arenas) if "stack_dim" in step.sig.meta else None
-            if outs is None:
-                outs = _call(step, _read_all(step, arenas), kernels)
+            whole = step.whole
+            if whole is not None:       # NOTE: [Whole reads]
+                outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels)
+            else:
+                outs = _stacked_reads(step, arenas) if "stack_dim" in step.sig.meta else None
+                if outs is None:
+                    outs = _call(step, _read_all(step, arenas), kernels)
             _write(step, outs, arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
