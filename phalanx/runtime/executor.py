@@ -492,6 +492,13 @@ class TrainingRun:
 
     def _operands(self, step: Step) -> list:
         arenas, operands = self.arenas, []
+        whole = step.whole
+        if whole is not None:       # NOTE: [Whole reads]: arena rows, so every float one joins the backward
+            operands = list(arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]))
+            if operands[0].is_floating_point():
+                for t in operands:
+                    t.requires_grad_()
+            return operands
         fused = _read_all(step, arenas) if step.fused else None
         for p, op in enumerate(step.operands):
             kind = op[0]
@@ -516,8 +523,7 @@ class TrainingRun:
                 operands = self._operands(step)
                 outs = _call(step, operands, self.kernels)
                 saved.append((operands, outs))
-                with torch.no_grad():
-                    _write(step, outs, arenas)
+                _write(step, [o.detach() for o in outs], arenas)     # no autograd record, no no_grad block
                 if self.profile is not None:
                     self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
         return tuple(arenas[a].index_select(0, idx) for a, idx in self.result_index)
@@ -582,11 +588,18 @@ class TrainingRun:
                     operands, out_list, gout_list, op_rows = self._rerun_rows(step, operands, rows, gout_list)
             # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
             grads_all = _batch_grad(out_list, [operands[p] for p in wrt_ops] + [t for _, t in wrt], gout_list)
-            for p, g in zip(wrt_ops, grads_all[:len(wrt_ops)], strict=True):
+            n_ops, op_grads = len(wrt_ops), grads_all[:len(wrt_ops)]
+            whole = step.whole
+            if whole is not None and rows is None and n_ops == len(operands) and all(g is not None for g in op_grads):
+                # NOTE: [Whole reads]: the operands' gradients go back with the index that read them,
+                # in one index_add_ (a cat of them is one launch where one index_add_ each is four).
+                garenas[whole[0]].index_add_(0, whole[1], torch.cat(op_grads))
+                op_grads = wrt_ops = ()
+            for p, g in zip(wrt_ops, op_grads, strict=True):
                 if g is not None:
                     self._add_operand_grad(step.operands[p], g, garenas, rows if op_rows is None else op_rows[p],
                                            accumulate)
-            for (k, _), g in zip(wrt, grads_all[len(wrt_ops):], strict=True):
+            for (k, _), g in zip(wrt, grads_all[n_ops:], strict=True):
                 if g is not None:
                     accumulate(k, g)
             if self.profile is not None:
