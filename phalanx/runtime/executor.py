@@ -123,7 +123,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     # One index tensor (one transfer to the device) for every gathered list of the flush, cut into
     # one view per list by a single split (a Python slice per list costs several microseconds).
     row_index = _to_device(torch.from_numpy(rows), device) if broken.any() else None
-    row_lists = row_index.split(list_lengths.tolist()) if row_index is not None else ()
+    row_lists = row_index.split_with_sizes(list_lengths.tolist()) if row_index is not None else ()
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
@@ -137,7 +137,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         out_start = np.zeros(len(out_size) + 1, dtype=np.int64)
         np.cumsum(out_size, out=out_start[1:])
         out_broken = np.zeros(len(out_size), dtype=np.int64)
-    out_row_lists = _to_device(torch.from_numpy(out_rows), device).split(out_size.tolist()) if out_broken.any() else ()
+    out_row_lists = _to_device(torch.from_numpy(out_rows), device).split_with_sizes(out_size.tolist()) if out_broken.any() else ()
     # *** counts, vectorized ***
     lazy, nbytes = _operand_facts(graph.sigs, schedule.sids)
     gathered = lazy & (broken != 0)
@@ -211,7 +211,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         within = np.cumsum(lengths) - lengths
         picked = codes[np.repeat(seg_start - within, lengths) + np.arange(int(lengths.sum()))]
         values = _to_device(_number_tensor(_pick(imms, (-1 - picked).tolist()), dtype), device)
-        for (operands, k, _, _, _), part in zip(entries, values.split(lengths.tolist()), strict=True):
+        for (operands, k, _, _, _), part in zip(entries, values.split_with_sizes(lengths.tolist()), strict=True):
             operands[k] = (NUMBERS, dtype, part)
     if any("ragged" in graph.sigs[sid].meta for sid in graph.used_sids.tolist()):
         add_ragged_operands(graph, steps, layout, device, counts)     # NOTE: [Ragged kernels]
@@ -238,18 +238,29 @@ def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
 
 def _operand_facts(all_sigs: list, sids: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per (batch, operand position) list: is it lazy, and its bytes per row; from one small table
-    over the op types used (not a Python pass over every list)."""
+    over the op types used (not a Python pass over every list), cached per set of op types."""
     used = sorted(set(sids))
-    slot = np.zeros(max(used) + 1, dtype=np.int64)
-    slot[used] = np.arange(len(used))
-    kinds = [[k is ArgKind.LAZY for k in all_sigs[sid].in_kinds] for sid in used]
-    sizes = [[a.nbytes for a in all_sigs[sid].in_avals] for sid in used]
-    start = np.zeros(len(used) + 1, dtype=np.int64)
-    np.cumsum([len(k) for k in kinds], out=start[1:])
+    sigs = tuple(all_sigs[sid] for sid in used)
+    key = (tuple(used), tuple(map(id, sigs)))
+    table = _FACTS.get(key)
+    if table is None:
+        slot = np.zeros(max(used) + 1, dtype=np.int64)
+        slot[used] = np.arange(len(used))
+        kinds = [[k is ArgKind.LAZY for k in sig.in_kinds] for sig in sigs]
+        start = np.zeros(len(used) + 1, dtype=np.int64)
+        np.cumsum([len(k) for k in kinds], out=start[1:])
+        lazy = np.array([x for k in kinds for x in k], dtype=bool)
+        nbytes = np.array([a.nbytes for sig in sigs for a in sig.in_avals], dtype=np.int64)
+        if len(_FACTS) >= 256:
+            _FACTS.clear()
+        # The signatures themselves are kept: their ids in the key cannot be reused meanwhile.
+        table = _FACTS[key] = (slot, start, lazy, nbytes, sigs)
+    slot, start, lazy, nbytes, _ = table
     flat = ranges(start, slot[np.asarray(sids, dtype=np.int64)])
-    lazy = np.array([x for k in kinds for x in k], dtype=bool)[flat]
-    nbytes = np.array([x for k in sizes for x in k], dtype=np.int64)[flat]
-    return lazy, nbytes
+    return lazy[flat], nbytes[flat]
+
+
+_FACTS: dict = {}
 
 
 _NUMPY_DTYPE = {torch.int64: np.int64, torch.int32: np.int32, torch.float32: np.float32, torch.float64: np.float64,
