@@ -22,7 +22,13 @@ operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden]
 with ONE ``index_select`` over their concatenated rows, cut into per-operand views by one
 ``split``: the rows are already adjacent in the flush's index tensor (list-major order), so the
 fused index is a slice of it. Same bytes, a third of the kernel launches. Only the forward reads
-fuse; the backward still adds each operand's gradient with its own index.
+fuse; the backward adds each operand's gradient with its own index, except for whole reads.
+
+NOTE: [Whole reads] when one fused run is EVERY operand of a step (a TreeLSTM node's four), the
+step carries ``whole = (arena, index, sizes)``, and executing it makes no per-operand decision:
+``index_select`` then ``split_with_sizes`` (one C call; ``Tensor.split`` is a Python wrapper)
+hands the kernel its operands. In training their gradients go back the same way: one ``cat`` and
+ONE ``index_add_`` with the same index instead of one ``index_add_`` per operand.
 
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
@@ -137,7 +143,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         out_start = np.zeros(len(out_size) + 1, dtype=np.int64)
         np.cumsum(out_size, out=out_start[1:])
         out_broken = np.zeros(len(out_size), dtype=np.int64)
-    out_row_lists = _to_device(torch.from_numpy(out_rows), device).split_with_sizes(out_size.tolist()) if out_broken.any() else ()
+    out_row_lists = (_to_device(torch.from_numpy(out_rows), device).split_with_sizes(out_size.tolist())
+                     if out_broken.any() else ())
     # *** counts, vectorized ***
     lazy, nbytes = _operand_facts(graph.sigs, schedule.sids)
     gathered = lazy & (broken != 0)
