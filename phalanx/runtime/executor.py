@@ -30,6 +30,11 @@ step carries ``whole = (arena, index, sizes)``, and executing it makes no per-op
 hands the kernel its operands. In training their gradients go back the same way: one ``cat`` and
 ONE ``index_add_`` with the same index instead of one ``index_add_`` per operand.
 
+NOTE: [Joint writes] a batch's outputs of one shape (a TreeLSTM node's h and c) are laid out in
+consecutive rows of one arena, in output order (schedule-order layout: one block per output, in
+order). Such a step carries ``joint = (arena, lo, hi)`` and writes them with ONE
+``torch.cat(outs, out=arena[lo:hi])``: one kernel launch instead of one copy per output.
+
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
 training we read through ``.data`` views: they share memory but have their own version counter, so
@@ -92,7 +97,8 @@ class Step:
     row i (for error messages). ``fused``: (arena, index, positions) per run of adjacent gathered
     operands reading one arena (NOTE: [Fused gathers]); their ``operands`` entries stay as they are
     (the backward and ``explain`` read them per operand). ``whole``: (arena, index, sizes) when one
-    such run is every operand of the step (NOTE: [Whole reads])."""
+    such run is every operand of the step (NOTE: [Whole reads]). ``joint``: (arena, lo, hi) when the
+    outputs fill consecutive rows of one arena, in order (NOTE: [Joint writes])."""
 
     sig: Signature
     nodes: np.ndarray
@@ -102,6 +108,7 @@ class Step:
     insts: np.ndarray
     fused: tuple = ()
     whole: "tuple | None" = None
+    joint: "tuple | None" = None
 
 
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
@@ -209,7 +216,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         if len(fused) == 1 and len(fused[0][2]) == len(operands) and "stack_dim" not in sig.meta:
             whole = (fused[0][0], fused[0][1], [size] * len(operands))     # NOTE: [Whole reads]
         steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]],
-                          fused, whole))
+                          fused, whole, _joint(outputs)))
     # Every number of the flush: one C-level pick from imms, one tensor per dtype, one split.
     for dtype, segments in numbers.items():
         entries = [e for e in pending if e[2] == dtype]
@@ -226,6 +233,20 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             if step.whole is not None and len(step.whole[2]) != len(step.operands):
                 step.whole = None
     return steps, counts
+
+
+def _joint(outputs: list) -> "tuple | None":
+    """(arena, lo, hi) if two or more outputs are row slices of one arena, each right after the last."""
+    if len(outputs) < 2:
+        return None
+    kind, arena, (lo, hi) = outputs[0] if outputs[0][0] == SLICE else (None, None, (0, 0))
+    if kind is None:
+        return None
+    for kind, other, rows in outputs[1:]:
+        if kind != SLICE or other != arena or rows[0] != hi:
+            return None
+        hi = rows[1]
+    return (arena, lo, hi)
 
 
 def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
@@ -397,6 +418,10 @@ def _write(step: Step, outs: tuple, arenas: list[torch.Tensor], adopt: bool = Fa
     """Write a batch's outputs into their arena rows. ``adopt`` (inference only): an output that
     fills its whole arena and owns its memory becomes the arena instead (no copy; arenas are
     single-assignment, so nothing writes it again)."""
+    joint = step.joint
+    if joint is not None:       # NOTE: [Joint writes]
+        torch.cat(outs, out=arenas[joint[0]][joint[1]:joint[2]])
+        return
     for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
         if kind == SLICE:
             lo, hi = rows

@@ -202,6 +202,19 @@ def test_adjacent_gathers_from_one_arena_are_fused_and_match_eager():
         assert all(step.operands[p][0] == GATHER and step.operands[p][1] == arena for p in positions)
         # The fused index is the operands' own indices, back to back.
         assert torch.equal(index, torch.cat([step.operands[p][2] for p in positions]))
+    # NOTE: [Whole reads]: an internal node's four operands are one run, read with one index.
+    whole = [step for step in steps if step.whole is not None]
+    assert whole, "no whole read on a TreeLSTM mini-batch"
+    for step in whole:
+        (arena, index, positions), = step.fused
+        assert step.whole[:2] == (arena, index) and step.whole[2] == [step.size] * len(step.operands)
+    # NOTE: [Joint writes]: h and c of a batch go to consecutive rows of one arena.
+    joint = [step for step in steps if step.joint is not None]
+    assert joint, "no joint write on a TreeLSTM mini-batch"
+    for step in joint:
+        arena, lo, hi = step.joint
+        middle = lo + step.size
+        assert [(a, rows) for _, a, rows in step.outputs] == [(arena, (lo, middle)), (arena, (middle, hi))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for seed in range(3):
         batch = synthetic.random_trees(5, seed + 2, 30)
