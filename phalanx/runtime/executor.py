@@ -279,7 +279,7 @@ def _operand_facts(all_sigs: list, sids: tuple) -> tuple[np.ndarray, np.ndarray]
         np.cumsum([len(k) for k in kinds], out=start[1:])
         lazy = np.array([x for k in kinds for x in k], dtype=bool)
         nbytes = np.array([a.nbytes for sig in sigs for a in sig.in_avals], dtype=np.int64)
-        if len(_FACTS) >= 256:
+        if len(_FACTS) >= 16:       # small: it keeps its signatures (and their avals) alive
             _FACTS.clear()
         # The signatures themselves are kept: their ids in the key cannot be reused meanwhile.
         table = _FACTS[key] = (slot, start, lazy, nbytes, sigs)
