@@ -13,9 +13,10 @@ autograd tensors and ``loss.backward()`` works.
 NOTE: [Vectorized plan] ``build_steps`` does its work in whole-flush numpy passes: the operand
 codes of all batches are gathered at once in list-major order (one segment per batch and operand
 position), contiguity of every list is one ``diff`` + ``cumsum``, every gathered list is a view
-into ONE index tensor per flush (one host-to-device transfer on a GPU), cut by one ``split``, and
-every number operand of the flush is picked from the immediates with one ``itemgetter`` into one
-tensor per dtype. The per-batch Python loop only assembles tuples from precomputed scalars.
+into ONE index tensor per flush (one host-to-device transfer on a GPU), cut by one
+``split_with_sizes``, and every number operand of the flush is picked from the immediates with one
+``itemgetter`` into one tensor per dtype. The per-batch Python loop only assembles tuples from
+precomputed scalars.
 
 NOTE: [Fused gathers] a batch's gathered operand lists that sit next to each other in its
 operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden] arena) are read
@@ -30,9 +31,9 @@ step carries ``whole = (arena, index, sizes)``, and executing it makes no per-op
 hands the kernel its operands. In training their gradients go back the same way: one ``cat`` and
 ONE ``index_add_`` with the same index instead of one ``index_add_`` per operand.
 
-NOTE: [Joint writes] a batch's outputs of one shape (a TreeLSTM node's h and c) are laid out in
-consecutive rows of one arena, in output order (schedule-order layout: one block per output, in
-order). Such a step carries ``joint = (arena, lo, hi)`` and writes them with ONE
+NOTE: [Joint writes] a batch's outputs of one shape (a TreeLSTM node's h and c) share an arena,
+and the schedule-order layout puts their blocks in consecutive rows, in output order. A step whose
+outputs are laid out so carries ``joint = (arena, lo, hi)`` and writes them with ONE
 ``torch.cat(outs, out=arena[lo:hi])``: one kernel launch instead of one copy per output.
 
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
