@@ -238,11 +238,9 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
 
 def _joint(outputs: list) -> "tuple | None":
     """(arena, lo, hi) if two or more outputs are row slices of one arena, each right after the last."""
-    if len(outputs) < 2:
+    if len(outputs) < 2 or outputs[0][0] != SLICE:
         return None
-    kind, arena, (lo, hi) = outputs[0] if outputs[0][0] == SLICE else (None, None, (0, 0))
-    if kind is None:
-        return None
+    _, arena, (lo, hi) = outputs[0]
     for kind, other, rows in outputs[1:]:
         if kind != SLICE or other != arena or rows[0] != hi:
             return None
