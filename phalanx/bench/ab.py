@@ -98,6 +98,13 @@ def main(argv=None) -> None:
             split = " ".join(f"{k[:-2]} {statistics.median(s[k] for s in stats[name]) * 1e3:.2f}" for k in STAGES)
             line += f"  | wall: {split}, {stats[name][0]['batches']} batches"
         print(line)
+    # Paired ratios: each mini-batch's runs are adjacent in time, so load that drifts over the run
+    # cancels out of their ratio; the median over pairs is steadier than a ratio of medians.
+    for other in ("manual", "base"):
+        pairs = [o / t for o, t in zip(seconds[other], seconds["this"], strict=True)]
+        low, mid, high = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
+        print(f"  paired: {other} / this  median x{mid:.3f}, quartiles x{low:.3f} .. x{high:.3f} "
+              f"over {len(pairs)} mini-batches")
 
 
 if __name__ == "__main__":

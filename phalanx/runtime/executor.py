@@ -13,16 +13,28 @@ autograd tensors and ``loss.backward()`` works.
 NOTE: [Vectorized plan] ``build_steps`` does its work in whole-flush numpy passes: the operand
 codes of all batches are gathered at once in list-major order (one segment per batch and operand
 position), contiguity of every list is one ``diff`` + ``cumsum``, every gathered list is a view
-into ONE index tensor per flush (one host-to-device transfer on a GPU), cut by one ``split``, and
-every number operand of the flush is picked from the immediates with one ``itemgetter`` into one
-tensor per dtype. The per-batch Python loop only assembles tuples from precomputed scalars.
+into ONE index tensor per flush (one host-to-device transfer on a GPU), cut by one
+``split_with_sizes``, and every number operand of the flush is picked from the immediates with one
+``itemgetter`` into one tensor per dtype. The per-batch Python loop only assembles tuples from
+precomputed scalars.
 
 NOTE: [Fused gathers] a batch's gathered operand lists that sit next to each other in its
 operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden] arena) are read
 with ONE ``index_select`` over their concatenated rows, cut into per-operand views by one
 ``split``: the rows are already adjacent in the flush's index tensor (list-major order), so the
 fused index is a slice of it. Same bytes, a third of the kernel launches. Only the forward reads
-fuse; the backward still adds each operand's gradient with its own index.
+fuse; the backward adds each operand's gradient with its own index, except for whole reads.
+
+NOTE: [Whole reads] when one fused run is EVERY operand of a step (a TreeLSTM node's four), the
+step carries ``whole = (arena, index, sizes)``, and executing it makes no per-operand decision:
+``index_select`` then ``split_with_sizes`` (one C call; ``Tensor.split`` is a Python wrapper)
+hands the kernel its operands. In training their gradients go back the same way: one ``cat`` and
+ONE ``index_add_`` with the same index instead of one ``index_add_`` per operand.
+
+NOTE: [Joint writes] a batch's outputs of one shape (a TreeLSTM node's h and c) share an arena,
+and the schedule-order layout puts their blocks in consecutive rows, in output order. A step whose
+outputs are laid out so carries ``joint = (arena, lo, hi)`` and writes them with ONE
+``torch.cat(outs, out=arena[lo:hi])``: one kernel launch instead of one copy per output.
 
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
@@ -76,6 +88,7 @@ from .ragged import add_ragged_operands, ragged_row, ragged_subset
 # Operand read kinds (and output write kinds: SLICE or SCATTER).
 SLICE, GATHER, NUMBERS, TENSORS, BROADCAST, EXTERNAL = 0, 1, 2, 3, 4, 5
 SCATTER = GATHER
+_LAZY = ArgKind.LAZY
 
 
 @dataclass(slots=True, eq=False)
@@ -84,7 +97,9 @@ class Step:
     with kind SLICE (rows = (lo, hi)) or SCATTER (rows = index tensor); ``insts[i]``: the instance of
     row i (for error messages). ``fused``: (arena, index, positions) per run of adjacent gathered
     operands reading one arena (NOTE: [Fused gathers]); their ``operands`` entries stay as they are
-    (the backward and ``explain`` read them per operand)."""
+    (the backward and ``explain`` read them per operand). ``whole``: (arena, index, sizes) when one
+    such run is every operand of the step (NOTE: [Whole reads]). ``joint``: (arena, lo, hi) when the
+    outputs fill consecutive rows of one arena, in order (NOTE: [Joint writes])."""
 
     sig: Signature
     nodes: np.ndarray
@@ -93,6 +108,8 @@ class Step:
     outputs: list
     insts: np.ndarray
     fused: tuple = ()
+    whole: "tuple | None" = None
+    joint: "tuple | None" = None
 
 
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
@@ -120,7 +137,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     # One index tensor (one transfer to the device) for every gathered list of the flush, cut into
     # one view per list by a single split (a Python slice per list costs several microseconds).
     row_index = _to_device(torch.from_numpy(rows), device) if broken.any() else None
-    row_lists = row_index.split(list_lengths.tolist()) if row_index is not None else ()
+    row_lists = row_index.split_with_sizes(list_lengths.tolist()) if row_index is not None else ()
     # *** outputs: one segment per (batch, output) ***
     num_out = np.array([sig.num_outputs for sig in sigs], dtype=np.int64)
     out_size = np.repeat(sizes, num_out)
@@ -134,7 +151,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         out_start = np.zeros(len(out_size) + 1, dtype=np.int64)
         np.cumsum(out_size, out=out_start[1:])
         out_broken = np.zeros(len(out_size), dtype=np.int64)
-    out_row_lists = _to_device(torch.from_numpy(out_rows), device).split(out_size.tolist()) if out_broken.any() else ()
+    out_row_lists = (_to_device(torch.from_numpy(out_rows), device).split_with_sizes(out_size.tolist())
+                     if out_broken.any() else ())
     # *** counts, vectorized ***
     lazy, nbytes = _operand_facts(graph.sigs, schedule.sids)
     gathered = lazy & (broken != 0)
@@ -153,56 +171,53 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     imms = graph.imms
     inst_of = graph.node_inst[order]
     node_starts = node_start.tolist()
+    sizes_l = sizes.tolist()
     numbers: dict = {}
     pending: list = []
     steps = []
     li = oi = 0
     for b, (nodes, sig) in enumerate(zip(batches, sigs, strict=True)):
-        size = len(nodes)
+        size = sizes_l[b]
         operands = []
         runs: list = []     # NOTE: [Fused gathers]: [first list, arena, positions] per run
-        for p, kind in enumerate(sig.in_kinds):
-            lo, hi = starts[li], starts[li + 1]
-            if kind is ArgKind.LAZY:
+        for kind in sig.in_kinds:
+            if kind is _LAZY:
                 if broken_l[li] == 0:
-                    operands.append((SLICE, arena_list[li], (lo_list[li], lo_list[li] + size)))
+                    lo = lo_list[li]
+                    operands.append((SLICE, arena_list[li], (lo, lo + size)))
                 else:
-                    operands.append((GATHER, arena_list[li], row_lists[li]))
-                    if runs and runs[-1][1] == arena_list[li] and runs[-1][2][-1] == p - 1:
+                    arena = arena_list[li]
+                    operands.append((GATHER, arena, row_lists[li]))
+                    p = len(operands) - 1
+                    if runs and runs[-1][1] == arena and runs[-1][2][-1] == p - 1:
                         runs[-1][2].append(p)
                     else:
-                        runs.append([li, arena_list[li], [p]])
+                        runs.append([li, arena, [p]])
             elif kind is ArgKind.NUMBER:
                 # Filled in below: every number of the flush goes to the device in one tensor per dtype.
-                dtype = sig.in_avals[p].dtype
+                dtype = sig.in_avals[len(operands)].dtype
                 segments = numbers.setdefault(dtype, [])
                 pending.append((operands, len(operands), dtype, len(segments), size))
-                segments.append(lo)
+                segments.append(starts[li])
                 operands.append(None)
             else:
-                tensors = _pick(imms, (-1 - codes[lo:hi]).tolist())
-                head = tensors[0]
-                origin = getattr(head, "_phalanx_origin", None)
-                if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0]
-                                              for t in tensors):
-                    # Rows of an earlier fiber round's arena: one index_select, no stack of copies.
-                    rows_of = torch.tensor([t._phalanx_origin[1] for t in tensors], device=device)
-                    operands.append((EXTERNAL, origin[0], rows_of))
-                elif all(t is head for t in tensors):
-                    operands.append((BROADCAST, size, head))     # one tensor for every row
-                else:
-                    operands.append((TENSORS, None, tensors))
+                operands.append(_tensor_operand(imms, codes[starts[li]:starts[li + 1]], size, device))
             li += 1
         outputs = []
         for _ in range(sig.num_outputs):
             if out_broken_l[oi] == 0:
-                outputs.append((SLICE, out_arena[oi], (out_lo[oi], out_lo[oi] + size)))
+                lo = out_lo[oi]
+                outputs.append((SLICE, out_arena[oi], (lo, lo + size)))
             else:
                 outputs.append((SCATTER, out_arena[oi], out_row_lists[oi]))
             oi += 1
         fused = tuple((arena, row_index[starts[first]:starts[first + len(ps)]], tuple(ps))
                       for first, arena, ps in runs if len(ps) > 1)
-        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]], fused))
+        whole = None
+        if len(fused) == 1 and len(fused[0][2]) == len(operands) and "stack_dim" not in sig.meta:
+            whole = (fused[0][0], fused[0][1], [size] * len(operands))     # NOTE: [Whole reads]
+        steps.append(Step(sig, nodes, size, operands, outputs, inst_of[node_starts[b]:node_starts[b + 1]],
+                          fused, whole, _joint(outputs)))
     # Every number of the flush: one C-level pick from imms, one tensor per dtype, one split.
     for dtype, segments in numbers.items():
         entries = [e for e in pending if e[2] == dtype]
@@ -211,27 +226,68 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         within = np.cumsum(lengths) - lengths
         picked = codes[np.repeat(seg_start - within, lengths) + np.arange(int(lengths.sum()))]
         values = _to_device(_number_tensor(_pick(imms, (-1 - picked).tolist()), dtype), device)
-        for (operands, k, _, _, _), part in zip(entries, values.split(lengths.tolist()), strict=True):
+        for (operands, k, _, _, _), part in zip(entries, values.split_with_sizes(lengths.tolist()), strict=True):
             operands[k] = (NUMBERS, dtype, part)
     if any("ragged" in graph.sigs[sid].meta for sid in graph.used_sids.tolist()):
         add_ragged_operands(graph, steps, layout, device, counts)     # NOTE: [Ragged kernels]
+        for step in steps:
+            if step.whole is not None and len(step.whole[2]) != len(step.operands):
+                step.whole = None
     return steps, counts
+
+
+def _joint(outputs: list) -> "tuple | None":
+    """(arena, lo, hi) if two or more outputs are row slices of one arena, each right after the last."""
+    if len(outputs) < 2 or outputs[0][0] != SLICE:
+        return None
+    _, arena, (lo, hi) = outputs[0]
+    for kind, other, rows in outputs[1:]:
+        if kind != SLICE or other != arena or rows[0] != hi:
+            return None
+        hi = rows[1]
+    return (arena, lo, hi)
+
+
+def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
+    """A list of per-instance tensors: rows of one earlier fiber round (one ``index_select``), one
+    tensor shared by every row (broadcast), or a plain list (stacked when read)."""
+    tensors = _pick(imms, (-1 - codes).tolist())
+    head = tensors[0]
+    origin = getattr(head, "_phalanx_origin", None)
+    if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0] for t in tensors):
+        # Rows of an earlier fiber round's arena: one index_select, no stack of copies.
+        rows_of = torch.tensor([t._phalanx_origin[1] for t in tensors], device=device)
+        return (EXTERNAL, origin[0], rows_of)
+    if all(t is head for t in tensors):
+        return (BROADCAST, size, head)     # one tensor for every row
+    return (TENSORS, None, tensors)
 
 
 def _operand_facts(all_sigs: list, sids: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per (batch, operand position) list: is it lazy, and its bytes per row; from one small table
-    over the op types used (not a Python pass over every list)."""
+    over the op types used (not a Python pass over every list), cached per set of op types."""
     used = sorted(set(sids))
-    slot = np.zeros(max(used) + 1, dtype=np.int64)
-    slot[used] = np.arange(len(used))
-    kinds = [[k is ArgKind.LAZY for k in all_sigs[sid].in_kinds] for sid in used]
-    sizes = [[a.nbytes for a in all_sigs[sid].in_avals] for sid in used]
-    start = np.zeros(len(used) + 1, dtype=np.int64)
-    np.cumsum([len(k) for k in kinds], out=start[1:])
+    sigs = tuple(all_sigs[sid] for sid in used)
+    key = (tuple(used), tuple(map(id, sigs)))
+    table = _FACTS.get(key)
+    if table is None:
+        slot = np.zeros(max(used) + 1, dtype=np.int64)
+        slot[used] = np.arange(len(used))
+        kinds = [[k is ArgKind.LAZY for k in sig.in_kinds] for sig in sigs]
+        start = np.zeros(len(used) + 1, dtype=np.int64)
+        np.cumsum([len(k) for k in kinds], out=start[1:])
+        lazy = np.array([x for k in kinds for x in k], dtype=bool)
+        nbytes = np.array([a.nbytes for sig in sigs for a in sig.in_avals], dtype=np.int64)
+        if len(_FACTS) >= 16:       # small: it keeps its signatures (and their avals) alive
+            _FACTS.clear()
+        # The signatures themselves are kept: their ids in the key cannot be reused meanwhile.
+        table = _FACTS[key] = (slot, start, lazy, nbytes, sigs)
+    slot, start, lazy, nbytes, _ = table
     flat = ranges(start, slot[np.asarray(sids, dtype=np.int64)])
-    lazy = np.array([x for k in kinds for x in k], dtype=bool)[flat]
-    nbytes = np.array([x for k in sizes for x in k], dtype=np.int64)[flat]
-    return lazy, nbytes
+    return lazy[flat], nbytes[flat]
+
+
+_FACTS: dict = {}
 
 
 _NUMPY_DTYPE = {torch.int64: np.int64, torch.int32: np.int32, torch.float32: np.float32, torch.float64: np.float64,
@@ -361,16 +417,23 @@ def _write(step: Step, outs: tuple, arenas: list[torch.Tensor], adopt: bool = Fa
     """Write a batch's outputs into their arena rows. ``adopt`` (inference only): an output that
     fills its whole arena and owns its memory becomes the arena instead (no copy; arenas are
     single-assignment, so nothing writes it again)."""
+    joint = step.joint
+    if joint is not None:       # NOTE: [Joint writes]
+        torch.cat(outs, out=arenas[joint[0]][joint[1]:joint[2]])
+        return
     for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
-        target = arenas[arena]
         if kind == SLICE:
-            if (adopt and rows[0] == 0 and rows[1] == len(target) and out._base is None
-                    and out.dtype == target.dtype and out.shape == target.shape and out.is_contiguous()):
+            lo, hi = rows
+            if adopt and lo == 0 and hi == len(arenas[arena]) and _adoptable(out, arenas[arena]):
                 arenas[arena] = out
             else:
-                target[rows[0]:rows[1]].copy_(out)
+                arenas[arena][lo:hi] = out      # one C call (slicing, then copy_, is two)
         else:
-            target.index_copy_(0, rows, out)
+            arenas[arena].index_copy_(0, rows, out)
+
+
+def _adoptable(out: torch.Tensor, target: torch.Tensor) -> bool:
+    return out._base is None and out.dtype == target.dtype and out.shape == target.shape and out.is_contiguous()
 
 
 def _output_grad(output, garenas) -> torch.Tensor:
@@ -386,9 +449,13 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     with torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            outs = _stacked_reads(step, arenas) if "stack_dim" in step.sig.meta else None
-            if outs is None:
-                outs = _call(step, _read_all(step, arenas), kernels)
+            whole = step.whole
+            if whole is not None:       # NOTE: [Whole reads]
+                outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels)
+            else:
+                outs = _stacked_reads(step, arenas) if "stack_dim" in step.sig.meta else None
+                if outs is None:
+                    outs = _call(step, _read_all(step, arenas), kernels)
             _write(step, outs, arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
@@ -467,6 +534,13 @@ class TrainingRun:
 
     def _operands(self, step: Step) -> list:
         arenas, operands = self.arenas, []
+        whole = step.whole
+        if whole is not None:       # NOTE: [Whole reads]: arena rows, so every float one joins the backward
+            operands = list(arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]))
+            if operands[0].is_floating_point():
+                for t in operands:
+                    t.requires_grad_()
+            return operands
         fused = _read_all(step, arenas) if step.fused else None
         for p, op in enumerate(step.operands):
             kind = op[0]
@@ -491,8 +565,7 @@ class TrainingRun:
                 operands = self._operands(step)
                 outs = _call(step, operands, self.kernels)
                 saved.append((operands, outs))
-                with torch.no_grad():
-                    _write(step, outs, arenas)
+                _write(step, [o.detach() for o in outs], arenas)     # no autograd record, no no_grad block
                 if self.profile is not None:
                     self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
         return tuple(arenas[a].index_select(0, idx) for a, idx in self.result_index)
@@ -557,11 +630,18 @@ class TrainingRun:
                     operands, out_list, gout_list, op_rows = self._rerun_rows(step, operands, rows, gout_list)
             # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
             grads_all = _batch_grad(out_list, [operands[p] for p in wrt_ops] + [t for _, t in wrt], gout_list)
-            for p, g in zip(wrt_ops, grads_all[:len(wrt_ops)], strict=True):
+            n_ops, op_grads = len(wrt_ops), grads_all[:len(wrt_ops)]
+            whole = step.whole
+            if whole is not None and rows is None and n_ops == len(operands) and all(g is not None for g in op_grads):
+                # NOTE: [Whole reads]: the operands' gradients go back with the index that read them,
+                # in one index_add_ (a cat of them is one launch where one index_add_ each is four).
+                garenas[whole[0]].index_add_(0, whole[1], torch.cat(op_grads))
+                op_grads = wrt_ops = ()
+            for p, g in zip(wrt_ops, op_grads, strict=True):
                 if g is not None:
                     self._add_operand_grad(step.operands[p], g, garenas, rows if op_rows is None else op_rows[p],
                                            accumulate)
-            for (k, _), g in zip(wrt, grads_all[len(wrt_ops):], strict=True):
+            for (k, _), g in zip(wrt, grads_all[n_ops:], strict=True):
                 if g is not None:
                     accumulate(k, g)
             if self.profile is not None:

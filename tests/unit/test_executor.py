@@ -202,6 +202,19 @@ def test_adjacent_gathers_from_one_arena_are_fused_and_match_eager():
         assert all(step.operands[p][0] == GATHER and step.operands[p][1] == arena for p in positions)
         # The fused index is the operands' own indices, back to back.
         assert torch.equal(index, torch.cat([step.operands[p][2] for p in positions]))
+    # NOTE: [Whole reads]: an internal node's four operands are one run, read with one index.
+    whole = [step for step in steps if step.whole is not None]
+    assert whole, "no whole read on a TreeLSTM mini-batch"
+    for step in whole:
+        (arena, index, positions), = step.fused
+        assert step.whole[:2] == (arena, index) and step.whole[2] == [step.size] * len(step.operands)
+    # NOTE: [Joint writes]: h and c of a batch go to consecutive rows of one arena.
+    joint = [step for step in steps if step.joint is not None]
+    assert joint, "no joint write on a TreeLSTM mini-batch"
+    for step in joint:
+        arena, lo, hi = step.joint
+        middle = lo + step.size
+        assert [(a, rows) for _, a, rows in step.outputs] == [(arena, (lo, middle)), (arena, (middle, hi))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for seed in range(3):
         batch = synthetic.random_trees(5, seed + 2, 30)
@@ -253,3 +266,33 @@ def test_parameter_gradients_summed_over_batches_match_eager_even_when_their_sum
     batcher = assert_matches_eager(fn, instances, params=list(lin.parameters()), train=True, rtol=1e-3, atol=0.0)
     assert batcher.stats.batches >= 3
     assert not torch.isfinite(lin.weight.grad.sum())      # the overflow really happened
+
+
+def test_whole_reads_with_an_operand_the_cell_ignores_match_eager():
+    # NOTE: [Whole reads]: all three operands are one gathered run; the cell ignores its middle
+    # one, so that operand gets no gradient and the backward adds the others one by one.
+    @phalanx.cell
+    def leaf(x):
+        return x * 2.0
+
+    @phalanx.cell
+    def combine(a, ignored, b):
+        return torch.tanh(a) * b
+
+    def fn(xs):
+        p, q, r, s = (leaf(x) for x in xs)
+        return combine(combine(p, q, r), s, p)
+
+    torch.manual_seed(8)
+    instances = [[torch.randn(3, requires_grad=True) for _ in range(4)] for _ in range(5)]
+    batcher = phalanx.Batcher(fn, verify=True)
+    graph = batcher.record(instances)
+    from phalanx.memory.layout import plan_layout
+    from phalanx.runtime.executor import build_steps
+    from phalanx.schedule import schedule_graph
+
+    schedule = schedule_graph(graph, "depth")
+    steps, _ = build_steps(graph, schedule, plan_layout(graph, schedule))
+    assert any(step.whole is not None for step in steps)
+    assert_matches_eager(fn, instances, batcher=batcher)
+    assert_matches_eager(fn, instances, params=[t for inst in instances for t in inst], train=True, batcher=batcher)
