@@ -104,6 +104,7 @@ class CellProgram:
         self.graph = graph                  # the per-row fx graph (traced mode), for analyses and tests
         self.num_leading = num_leading      # placeholders before the operands: size, params, hoisted
         self.compiled = None
+        self.inference: Callable | None = None    # NOTE: [In-place inference], built on first no_grad call
         self.retrace: Callable[[], CellProgram] | None = None   # set by compile_cell
         self.param_key = self._param_key(params())
 
@@ -131,8 +132,27 @@ class CellProgram:
             self._refresh(params)
         hoisted = self.hoist.get(params) if self.hoist is not None else ()
         # dynamo specializes sizes 0 and 1: a single row runs the plain program instead of recompiling
-        run = self.compiled if self.compiled is not None and size > 1 else self.main
+        if self.compiled is not None and size > 1:
+            run = self.compiled
+        elif torch.is_grad_enabled():
+            run = self.main
+        else:
+            run = self.inference or self._inference_program()
         return tuple(run(size, *params, *hoisted, *operands))
+
+    def _inference_program(self) -> Callable:
+        """The main program with its own temporaries overwritten in place (NOTE: [In-place inference]),
+        called through ``forward`` (no module-call machinery: a program has no hooks)."""
+        run = getattr(self.main, "forward", self.main)
+        if self.graph is not None and self.options.inplace:
+            from .inplace import inplace_graph
+
+            graph, rewritten = inplace_graph(self.graph)
+            self.info["in_place_ops"] = rewritten
+            if rewritten:
+                run = graph_program(graph).forward
+        self.inference = run
+        return run
 
     def unflatten(self, outs) -> Any:
         return tree_unflatten(list(outs), self.out_spec)
