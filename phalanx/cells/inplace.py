@@ -151,3 +151,43 @@ def _derived_from(value: fx.Node, node: fx.Node) -> bool:
             return False
         value = value.args[0]
     return value is node
+
+
+# NOTE: [Direct calls] an fx program calls ``torch.ops.aten.<op>.<overload>`` objects: each call goes
+# through a Python ``OpOverload.__call__`` and the boxed, schema-driven argument parser, several
+# microseconds per op, which is most of a small batch's time (an LSTM step's tail is ~20 ops).
+# The no_grad program calls the same kernels through torch's generated bindings instead
+# (``torch.sigmoid_``, ``x.view(...)``); only overloads listed here, whose binding takes the same
+# arguments and reaches the same kernel; everything else keeps its OpOverload.
+_FUNCTIONS = {
+    _ATEN.addmm.default: torch.addmm, _ATEN.mm.default: torch.mm, _ATEN.bmm.default: torch.bmm,
+    _ATEN.mul.Tensor: torch.mul, _ATEN.add.Tensor: torch.add, _ATEN.sub.Tensor: torch.sub,
+    _ATEN.div.Tensor: torch.div, _ATEN.unsqueeze.default: torch.unsqueeze, _ATEN.squeeze.dims: torch.squeeze,
+    _ATEN.squeeze.dim: torch.squeeze, _ATEN.unsafe_split.Tensor: torch.unsafe_split, _ATEN.cat.default: torch.cat,
+    _ATEN.t.default: torch.t, _ATEN.index_select.default: torch.index_select, _ATEN.select.int: torch.select,
+    _ATEN.embedding.default: torch.embedding,
+    **{getattr(_ATEN, name).default: getattr(torch, name)
+       for name in ("sigmoid", "sigmoid_", "tanh", "tanh_", "relu", "relu_", "exp", "exp_", "neg", "neg_")},
+}
+_METHODS = {
+    _ATEN.view.default: "view", _ATEN._unsafe_view.default: "reshape", _ATEN.expand.default: "expand",
+    _ATEN.mul_.Tensor: "mul_", _ATEN.add_.Tensor: "add_", _ATEN.sub_.Tensor: "sub_", _ATEN.div_.Tensor: "div_",
+    _ATEN.mul_.Scalar: "mul_", _ATEN.add_.Scalar: "add_", _ATEN.mul.Scalar: "mul", _ATEN.add.Scalar: "add",
+}
+
+
+def direct_calls(graph: fx.Graph) -> int:
+    """Rewrite listed OpOverload calls of ``graph`` to torch's bindings (NOTE: [Direct calls])."""
+    done = 0
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in _FUNCTIONS:
+            node.target = _FUNCTIONS[node.target]
+        elif node.target in _METHODS:
+            node.op, node.target = "call_method", _METHODS[node.target]
+        else:
+            continue
+        done += 1
+    graph.lint()
+    return done
