@@ -44,10 +44,13 @@ _UNARY = {getattr(_ATEN, name).default: getattr(_ATEN, name + "_").default
                        "reciprocal", "erf", "expm1", "log1p", "sign", "floor", "ceil", "trunc", "round")}
 _BINARY = {_ATEN.mul.Tensor: _ATEN.mul_.Tensor, _ATEN.add.Tensor: _ATEN.add_.Tensor,
            _ATEN.sub.Tensor: _ATEN.sub_.Tensor, _ATEN.div.Tensor: _ATEN.div_.Tensor,
-           _ATEN.mul.Scalar: _ATEN.mul_.Scalar, _ATEN.add.Scalar: _ATEN.add_.Scalar}
+           _ATEN.mul.Scalar: _ATEN.mul_.Scalar, _ATEN.add.Scalar: _ATEN.add_.Scalar,
+           # a GEMM accumulating into a temporary of the program (NOTE: [Accumulated GEMMs])
+           _ATEN.addmm.default: _ATEN.addmm_.default}
 # The in-place results are their target seen again: writable as it was.
 _WRITABLE_VIEWS |= {*_UNARY.values(), *_BINARY.values()}
 _COMMUTATIVE = {_ATEN.mul.Tensor, _ATEN.add.Tensor}
+_KWARGS_OK = {_ATEN.add.Tensor, _ATEN.sub.Tensor, _ATEN.addmm.default}    # alpha / beta: same for both forms
 
 
 def _is_view(node: fx.Node) -> bool:
@@ -110,7 +113,7 @@ def inplace_graph(graph: fx.Graph) -> tuple[fx.Graph, int]:
     rewritten = 0
     nodes = list(new.nodes)
     for i, node in enumerate(nodes):
-        if node.op != "call_function" or node.kwargs and node.target not in (_ATEN.add.Tensor, _ATEN.sub.Tensor):
+        if node.op != "call_function" or node.kwargs and node.target not in _KWARGS_OK:
             continue
         inplace = _UNARY.get(node.target) or _BINARY.get(node.target)
         if inplace is None or not node.args or not isinstance(node.args[0], fx.Node):
@@ -173,6 +176,7 @@ _METHODS = {
     _ATEN.view.default: "view", _ATEN._unsafe_view.default: "reshape", _ATEN.expand.default: "expand",
     _ATEN.mul_.Tensor: "mul_", _ATEN.add_.Tensor: "add_", _ATEN.sub_.Tensor: "sub_", _ATEN.div_.Tensor: "div_",
     _ATEN.mul_.Scalar: "mul_", _ATEN.add_.Scalar: "add_", _ATEN.mul.Scalar: "mul", _ATEN.add.Scalar: "add",
+    _ATEN.addmm_.default: "addmm_",
 }
 
 
