@@ -104,46 +104,64 @@ def _same_meta(a: fx.Node, out: fx.Node) -> bool:
 
 def inplace_graph(graph: fx.Graph) -> tuple[fx.Graph, int]:
     """A copy of ``graph`` with eligible elementwise ops in place (NOTE: [In-place inference]) and how
-    many were rewritten."""
+    many were rewritten. Regions are computed once; an accepted op's own memory is then remapped
+    onto its target's region (``remap``), and the reads of each root are kept together, so a
+    candidate checks only the reads of its own memory (near-linear in the graph)."""
     new = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in graph.nodes:
         env[node] = new.node_copy(node, lambda n: env[n])
         env[node].meta = dict(node.meta)
-    rewritten = 0
     nodes = list(new.nodes)
+    region = _regions(new)
+    reads: dict = {}            # root -> [(reader position, value read)]
+    for i, node in enumerate(nodes):
+        for value in node.all_input_nodes:
+            reads.setdefault(region[value][0], []).append((i, value))
+    remap: dict = {}            # root of an accepted op -> (root, path) of the memory it wrote
+
+    def resolve(r):
+        root, path, writable = r
+        while root in remap:
+            root, prefix = remap[root]
+            path = prefix + path
+        return root, path, writable
+
+    rewritten = 0
     for i, node in enumerate(nodes):
         if node.op != "call_function" or node.kwargs and node.target not in _KWARGS_OK:
             continue
         inplace = _UNARY.get(node.target) or _BINARY.get(node.target)
         if inplace is None or not node.args or not isinstance(node.args[0], fx.Node):
             continue
-        region = _regions(new)
         candidates = [0, 1] if node.target in _COMMUTATIVE and not node.kwargs and len(node.args) == 2 else [0]
         for k in candidates:
             target = node.args[k]
-            if not isinstance(target, fx.Node) or not _writable(region, target, node, nodes[i + 1:]):
+            if not isinstance(target, fx.Node) or target not in region:
                 continue
-            args = (target, *[a for j, a in enumerate(node.args) if j != k])
-            node.target, node.args = inplace, args
+            r = resolve(region[target])
+            if not _writable(r, target, node, i, region, reads.get(r[0], ()), resolve):
+                continue
+            node.target, node.args = inplace, (target, *[a for j, a in enumerate(node.args) if j != k])
+            remap[node] = (r[0], r[1])        # the op's result is that memory now
+            reads.setdefault(r[0], []).extend(reads.pop(node, ()))
             rewritten += 1
             break
     new.lint()
     return new, rewritten
 
 
-def _writable(region: dict, target: fx.Node, node: fx.Node, later: list[fx.Node]) -> bool:
-    r = region.get(target)
-    if r is None or not r[2] or not _same_meta(target, node):
+def _writable(r: tuple, target: fx.Node, node: fx.Node, position: int, region: dict, reads, resolve) -> bool:
+    if r[0] is None or not r[2] or not _same_meta(target, node):
         return False
     for other in node.all_input_nodes:
-        if other is not target and _overlap(region[other], r):
+        if other is not target and _overlap(resolve(region[other]), r):
             return False
-    for reader in later:
-        for value in reader.all_input_nodes:
-            # the op's own result (and views of it) carry the new values, which is what they expect
-            if value is not node and not _derived_from(value, node) and _overlap(region[value], r):
-                return False
+    for at, value in reads:
+        # the op's own result (and views of it) carry the new values, which is what they expect
+        if at > position and value is not node and not _derived_from(value, node) \
+                and _overlap(resolve(region[value]), r):
+            return False
     return True
 
 
