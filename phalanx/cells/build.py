@@ -14,6 +14,7 @@ from ..ir.signature import ArgKind
 from . import hoist as hoisting
 from .merge import accumulate_gemms, eliminate_common_subexpressions, fuse_bias_adds, merge_matmuls
 from .options import CellOptions
+from .simplify import drop_shape_round_trips
 from .program import CellProgram, HoistCache, ParamReader, graph_program
 from .sparse import rewrite_embeddings
 from .split import dependence, split_graph
@@ -64,6 +65,7 @@ def _build(traced: TracedCell, options: CellOptions, reader: ParamReader) -> Cel
     if options.sparse_grads:
         info["sparse_embeddings"] = rewrite_embeddings(graph, params)
     eliminate_common_subexpressions(graph)
+    info["round_trips"] = drop_shape_round_trips(graph)
     shared = hoisting.shared_nodes(graph, params)
     hoisting.move_shared_first(graph, shared)
     if options.merge:

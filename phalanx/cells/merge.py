@@ -106,8 +106,8 @@ def _mm_under_views(node) -> tuple[fx.Node, list[fx.Node]] | None:
             return None
         chain.append(node)
         node = node.args[0]
-    if chain and isinstance(node, fx.Node) and node.target is _ATEN.mm.default and len(node.users) == 1:
-        return node, chain
+    if isinstance(node, fx.Node) and node.target is _ATEN.mm.default and len(node.users) == 1:
+        return node, chain        # chain may be empty: a shape round trip was dropped (simplify.py)
     return None
 
 
@@ -136,7 +136,11 @@ def fuse_bias_adds(graph: fx.Graph, shared: set[fx.Node]) -> int:
             with graph.inserting_before(mm):
                 addmm = graph.call_function(_ATEN.addmm.default, (bias, *mm.args))
                 addmm.meta = dict(mm.meta)
-            chain[-1].args = (addmm, *chain[-1].args[1:])
+            if chain:
+                chain[-1].args = (addmm, *chain[-1].args[1:])
+            else:
+                top = addmm
+            mm.replace_all_uses_with(addmm)
             graph.erase_node(mm)
             node.replace_all_uses_with(top)
             graph.erase_node(node)
