@@ -14,6 +14,8 @@ the same kernel, written elsewhere) without the allocations and with less memory
 - no other argument of the op overlaps ``a``'s region except ``a`` itself;
 - nothing after the op (including the graph's output) reads an alias of the region made before it:
   those readers expect the old values. Readers of the op's own result see the new ones, as before.
+  A view (a split's ``getitem``) reads nothing itself: what reads it is checked through its region,
+  so one gate's piece taken after another gate's ``sigmoid_`` does not block it.
 
 Regions are tracked through views by schema alias annotations (plus the ``unsafe_*`` family, views
 without one); a split's pieces are disjoint sub-regions, so ``sigmoid_`` of one gate chunk leaves
@@ -116,6 +118,8 @@ def inplace_graph(graph: fx.Graph) -> tuple[fx.Graph, int]:
     region = _regions(new)
     reads: dict = {}            # root -> [(reader position, value read)]
     for i, node in enumerate(nodes):
+        if node.op == "call_function" and (node.target is operator.getitem or _is_view(node)):
+            continue            # a view reads no values; what reads it is checked through its region
         for value in node.all_input_nodes:
             reads.setdefault(region[value][0], []).append((i, value))
     remap: dict = {}            # root of an accepted op -> (root, path) of the memory it wrote
@@ -186,6 +190,9 @@ _FUNCTIONS = {
     _ATEN.div.Tensor: torch.div, _ATEN.unsqueeze.default: torch.unsqueeze, _ATEN.squeeze.dims: torch.squeeze,
     _ATEN.squeeze.dim: torch.squeeze, _ATEN.unsafe_split.Tensor: torch.unsafe_split, _ATEN.cat.default: torch.cat,
     _ATEN.t.default: torch.t, _ATEN.index_select.default: torch.index_select, _ATEN.select.int: torch.select,
+    # the same pieces; the unsafe form only skips autograd's view bookkeeping (torch.split itself is
+    # a Python wrapper), and this program runs without autograd
+    _ATEN.split.Tensor: torch.unsafe_split, _ATEN.split_with_sizes.default: torch.unsafe_split_with_sizes,
     _ATEN.embedding.default: torch.embedding,
     **{getattr(_ATEN, name).default: getattr(torch, name)
        for name in ("sigmoid", "sigmoid_", "tanh", "tanh_", "relu", "relu_", "exp", "exp_", "neg", "neg_")},

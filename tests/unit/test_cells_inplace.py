@@ -182,3 +182,31 @@ def test_parameters_buffers_and_hoisted_values_are_never_written(hoist):
         with torch.no_grad():
             program(operands, 4)
             assert all(torch.equal(h, k) for h, k in zip(program.hoisted_values(), hoisted, strict=True))
+
+
+def test_a_piece_taken_after_another_piece_was_overwritten_still_allows_both():
+    # TreeLSTMInternal takes its gate pieces one by one between the gate ops: taking a piece reads
+    # nothing, so every gate activation still runs in place
+    from phalanx.models.treelstm import TreeLSTMInternal
+
+    torch.manual_seed(0)
+    cell = TreeLSTMInternal(H)
+    examples = [torch.zeros(H)] * 4
+    program = compile_cell(cell._phalanx_fn(), cell, avals(examples))
+    gen = torch.Generator().manual_seed(4)
+    for size in (1, 5):
+        operands = random_operands(examples, size, gen)
+        assert_program_matches_cell(program, cell, operands, size)
+        assert_inference_matches_autograd(program, operands, size)
+    assert program.info["in_place_ops"] >= 10
+
+
+def test_a_piece_taken_after_the_whole_was_overwritten_keeps_the_old_values():
+    def fn(x):
+        t = x * 2
+        s = torch.sigmoid(t)              # t's first half is read below, after this op
+        first = t.chunk(2, -1)[0]
+        return s, first * 1.0
+
+    program = _check(fn, [torch.zeros(2 * H)])
+    assert torch.sigmoid_ not in _inplace_targets(program)
