@@ -43,8 +43,8 @@ class Batcher:
       call's graph unless given a trained ``FSMPolicy``), ``"optimal"`` (small graphs), or a ``Policy``.
     - ``verify``: run the graph / schedule / layout verifiers on every flush (default: PHALANX_VERIFY).
     - ``plan``: the memory planner's strategy (memory/planner.py), so operand lists are read in
-      place where possible: ``"auto"``, ``"instance"``, ``"producer"``, ``"pqtree"``; ``False`` (default) lays values
-      out in schedule order. Planning is off by default because on CPU a gather is a cheap
+      place where possible: ``"auto"``, ``"reader"``, ``"instance"``, ``"producer"``, ``"pqtree"``; ``False`` (default) lays
+      values out in schedule order, each batch in reader order (NOTE: [Reader order], memory/layout.py). Planning is off by default because on CPU a gather is a cheap
       ``index_select`` and planning cost more than it saved in our benchmarks (README, Results).
     - ``plan_objective``: ``"bytes"`` (default: most bytes read in place) or ``"lists"`` (most
       operand lists read in place, i.e. fewest gather launches).

@@ -59,5 +59,18 @@ def assert_program_matches_cell(program, cell: nn.Module, operands: list[torch.T
             torch.testing.assert_close(h, w, rtol=rtol, atol=atol)
 
 
+def assert_inference_matches_autograd(program, operands: list[torch.Tensor], size: int) -> None:
+    """Under no_grad a program may overwrite its own temporaries (NOTE: [In-place inference]): it
+    must give the autograd program's values bit for bit and leave every operand as it was."""
+    before = [o.detach().clone() for o in operands]
+    with torch.no_grad():
+        quiet = program(operands, size)
+    for o, b in zip(operands, before, strict=True):
+        assert torch.equal(o.detach(), b), "the program overwrote an operand"
+    loud = program(operands, size)
+    for q, o in zip(quiet, loud, strict=True):
+        assert torch.equal(q, o.detach()), "the no_grad program differs from the autograd one"
+
+
 def _leaves(x):
     return list(torch.utils._pytree.tree_leaves(x))

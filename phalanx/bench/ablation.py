@@ -26,6 +26,7 @@ VARIANTS = {
     "no-split": CellOptions(split=False),
     "no-hoist": CellOptions(hoist=False),
     "no-merge": CellOptions(merge=False),
+    "no-inplace": CellOptions(inplace=False),
     "dense-grads": CellOptions(sparse_grads=False),
     "all-off": CellOptions.all_off(),
     "untraced": False,

@@ -14,7 +14,11 @@ Interface for the runtime (``Signature.kernel`` is the swap point)::
   raises ``CellDataDependentError`` (fibers); anything untraceable ``CellTraceError``.
 - ``hoist.py``: taint analysis (values that read only parameters/constants) and the hoist graph,
   cached while the parameters' identity / version / dtype / requires_grad are unchanged.
-- ``merge.py``: CSE, then parallel matmuls reading the same input -> one with a concatenated weight.
+- ``simplify.py``: reshape chains back to their start shape dropped (NOTE: [Shape round trips]).
+- ``merge.py``: CSE, then parallel matmuls reading the same input -> one with a concatenated weight;
+  a sum of two GEMMs -> one accumulating into the other (NOTE: [Accumulated GEMMs]).
+- ``inplace.py``: the no_grad program: elementwise ops on the program's own temporaries in place,
+  torch's bindings called directly (NOTE: [In-place inference], NOTE: [Direct calls]).
 - ``split.py``: the prefix that reads only some operands, for a lower-depth node (NOTE: [Split rule]).
 - ``sparse.py``: embedding lookups with row-sparse weight gradients; ``densify`` once per flush.
 - ``ragged.py``: variable-length operand lists (CSR) reduced per segment (NOTE: [Ragged cells]).

@@ -12,11 +12,12 @@ from ..errors import CellTraceError
 from ..ir.aval import AVal, aval_of
 from ..ir.signature import ArgKind
 from . import hoist as hoisting
-from .merge import eliminate_common_subexpressions, fuse_bias_adds, merge_matmuls
+from .merge import accumulate_gemms, eliminate_common_subexpressions, fuse_bias_adds, merge_matmuls
 from .options import CellOptions
+from .simplify import drop_shape_round_trips
 from .program import CellProgram, HoistCache, ParamReader, graph_program
 from .sparse import rewrite_embeddings
-from .split import split_graph
+from .split import dependence, split_graph
 from .trace import CAPTURED_HINT, TracedCell, explicit_tensors, trace_cell
 
 
@@ -64,11 +65,14 @@ def _build(traced: TracedCell, options: CellOptions, reader: ParamReader) -> Cel
     if options.sparse_grads:
         info["sparse_embeddings"] = rewrite_embeddings(graph, params)
     eliminate_common_subexpressions(graph)
+    info["round_trips"] = drop_shape_round_trips(graph)
     shared = hoisting.shared_nodes(graph, params)
     hoisting.move_shared_first(graph, shared)
     if options.merge:
         info["fused_bias"] = fuse_bias_adds(graph, shared)
         info["merged"] = merge_matmuls(graph, shared)
+        deps = dependence(graph, placeholders[1 + num_params:])
+        info["accumulated"] = accumulate_gemms(graph, shared, {n: tuple(sorted(d)) for n, d in deps.items()})
     hoist = None
     if options.hoist:
         outputs = hoisting.boundary(graph, shared, params)

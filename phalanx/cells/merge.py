@@ -106,8 +106,8 @@ def _mm_under_views(node) -> tuple[fx.Node, list[fx.Node]] | None:
             return None
         chain.append(node)
         node = node.args[0]
-    if chain and isinstance(node, fx.Node) and node.target is _ATEN.mm.default and len(node.users) == 1:
-        return node, chain
+    if isinstance(node, fx.Node) and node.target is _ATEN.mm.default and len(node.users) == 1:
+        return node, chain        # chain may be empty: a shape round trip was dropped (simplify.py)
     return None
 
 
@@ -136,7 +136,11 @@ def fuse_bias_adds(graph: fx.Graph, shared: set[fx.Node]) -> int:
             with graph.inserting_before(mm):
                 addmm = graph.call_function(_ATEN.addmm.default, (bias, *mm.args))
                 addmm.meta = dict(mm.meta)
-            chain[-1].args = (addmm, *chain[-1].args[1:])
+            if chain:
+                chain[-1].args = (addmm, *chain[-1].args[1:])
+            else:
+                top = addmm
+            mm.replace_all_uses_with(addmm)
             graph.erase_node(mm)
             node.replace_all_uses_with(top)
             graph.erase_node(node)
@@ -144,3 +148,78 @@ def fuse_bias_adds(graph: fx.Graph, shared: set[fx.Node]) -> int:
             break
     graph.lint()
     return fused
+
+
+def _gemm_under_views(node, shared):
+    """(gemm, views top-down, (bias or None, X, W)) for a chain of single-use reshapes keeping the last
+    dimension over a single-use ``mm(X, W)`` or ``addmm(b, X, W)`` with a shared 1-D bias; or None."""
+    chain = []
+    while isinstance(node, fx.Node) and node.target in _LAST_DIM_VIEWS and len(node.users) == 1:
+        val, src = node.meta.get("val"), node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+        if val is None or src is None or val.dim() == 0 or src.dim() == 0 or val.shape[-1] != src.shape[-1]:
+            return None
+        chain.append(node)
+        node = node.args[0]
+    if not isinstance(node, fx.Node) or len(node.users) != 1 or node.kwargs:
+        return None
+    if node.target is _ATEN.mm.default:
+        return node, chain, (None, *node.args)
+    if node.target is _ATEN.addmm.default and len(node.args) == 3:
+        bias = node.args[0]
+        if bias in shared and bias.meta["val"].dim() == 1:
+            return node, chain, node.args
+    return None
+
+
+def accumulate_gemms(graph: fx.Graph, shared: set[fx.Node], order: dict[fx.Node, tuple]) -> int:
+    """NOTE: [Accumulated GEMMs] ``add(views(addmm(b1, X1, W1)), views(addmm(b2, X2, W2)))`` (an LSTM
+    or GRU gate pre-activation: input part plus recurrent part) -> ``views(addmm(addmm(b1 + b2, X1,
+    W1), X2, W2))``: the second GEMM accumulates into the first one's result (beta = 1), so the add
+    and one bias pass are gone, and the bias sum is hoisted. The *inner* GEMM is the one whose X
+    reads the earlier operands (``order``: node -> sorted operand positions it depends on), so the
+    input split (split.py) keeps it in the prefix: an LSTM's ``W_ih x_t + b_ih + b_hh`` for every
+    token at once, and each step's ``addmm(that, h, W_hh)``. Float sums are reassociated (within
+    rounding of the eager cell, as any batched GEMM is)."""
+    done = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not _ATEN.add.Tensor or len(node.args) != 2 or node.kwargs:
+            continue
+        found = [_gemm_under_views(a, shared) for a in node.args]
+        if None in found or found[0][0] is found[1][0]:
+            continue
+        vals = [n.meta.get("val") for n in (*node.args, node, found[0][0], found[1][0])]
+        if any(v is None for v in vals) or not (vals[0].shape == vals[1].shape == vals[2].shape) \
+                or vals[3].shape != vals[4].shape or not (vals[3].dtype == vals[4].dtype == vals[2].dtype):
+            continue
+        if order.get(found[1][2][1], ()) < order.get(found[0][2][1], ()):
+            found.reverse()
+        (mm_a, chain_a, (bias_a, x_a, w_a)), (mm_b, chain_b, (_, x_b, w_b)) = found
+        bias_b = found[1][2][0]
+        biases = [b for b in (bias_a, bias_b) if b is not None]
+        if len(biases) == 2 and (biases[0].meta["val"].shape != biases[1].meta["val"].shape
+                                 or biases[0].meta["val"].dtype != biases[1].meta["val"].dtype):
+            continue
+        first = next(n for n in graph.nodes if n is mm_a or n is mm_b)
+        bias = biases[0] if biases else None
+        if len(biases) == 2:
+            with graph.inserting_before(first):
+                bias = graph.call_function(_ATEN.add.Tensor, tuple(biases))
+                bias.meta = {"val": biases[0].meta["val"] + biases[1].meta["val"], "bdim": None}
+                shared.add(bias)
+        # both GEMMs where the later of the two was; then the views of the sum, rebuilt below them
+        with graph.inserting_before(node):
+            inner = graph.call_function(_ATEN.addmm.default, (bias, x_a, w_a)) if bias is not None \
+                else graph.call_function(_ATEN.mm.default, (x_a, w_a))
+            inner.meta = dict(mm_a.meta)
+            top = graph.call_function(_ATEN.addmm.default, (inner, x_b, w_b))
+            top.meta = dict(mm_b.meta)
+            for view in reversed(chain_a):
+                top = graph.call_function(view.target, (top, *view.args[1:]), dict(view.kwargs))
+                top.meta = dict(view.meta)
+        node.replace_all_uses_with(top)
+        graph.erase_node(node)
+        for n in (*chain_a, *chain_b, mm_a, mm_b):
+            graph.erase_node(n)
+        done += 1
+    graph.lint()
+    return done

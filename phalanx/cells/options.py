@@ -13,10 +13,13 @@ class CellOptions:
       switches then do nothing).
     - ``hoist``: compute values that depend only on parameters and constants (transposes, weight
       concatenations) once, cached while the parameters are unchanged.
-    - ``merge``: fold bias adds into the GEMM (``addmm``) and merge matmuls that read the same input
-      into one with a concatenated weight.
+    - ``merge``: fold bias adds into the GEMM (``addmm``), merge matmuls that read the same input
+      into one with a concatenated weight, and let a GEMM accumulate into another whose result it
+      is added to (NOTE: [Accumulated GEMMs] in merge.py).
     - ``split``: allow ``CellProgram.auto_split`` to cut the cell into a prefix over some operands
       and the rest (the recorder decides where; see ``split.py``).
+    - ``inplace``: under no_grad, elementwise ops overwrite the program's own temporaries instead of
+      allocating (NOTE: [In-place inference] in inplace.py; the same values bit for bit).
     - ``compile``: ``torch.compile`` (Inductor) the batched program with a dynamic batch size. Off by
       default: on CPU it was measured at 0.8-1.1x of the plain program (GEMM-bound); for the GPU.
     - ``sparse_grads``: embedding lookups give row-sparse weight gradients (indices + rows), not a
@@ -27,12 +30,14 @@ class CellOptions:
     hoist: bool = True
     merge: bool = True
     split: bool = True
+    inplace: bool = True
     compile: bool = False
     sparse_grads: bool = True
 
     @classmethod
     def all_off(cls) -> CellOptions:
-        return cls(trace=True, hoist=False, merge=False, split=False, compile=False, sparse_grads=False)
+        return cls(trace=True, hoist=False, merge=False, split=False, inplace=False, compile=False,
+                   sparse_grads=False)
 
     @classmethod
     def resolve(cls, cells: "CellOptions | bool | None") -> "CellOptions | None":

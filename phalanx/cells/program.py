@@ -38,17 +38,25 @@ class CellCompileWarning(UserWarning):
 
 
 class ParamReader:
-    """The current tensors behind dotted names of a module (attribute reads, no dict building)."""
+    """The current tensors behind dotted names of a module. Read from the owning module's
+    ``_parameters`` / ``_buffers`` dict (where ``Module.__setattr__`` puts a replacement), not through
+    ``Module.__getattr__``'s Python fallback (microseconds per name, on every batch)."""
 
     def __init__(self, module: nn.Module | None, names: tuple[str, ...]):
         self.names = names
         self._where = []
         for name in names:
             owner, _, attr = name.rpartition(".")
-            self._where.append((module.get_submodule(owner) if owner else module, attr))
+            m = module.get_submodule(owner) if owner else module
+            table = m._parameters if attr in m._parameters else m._buffers if attr in m._buffers else None
+            self._where.append((m, attr, table))
 
     def __call__(self) -> list[torch.Tensor]:
-        return [getattr(m, a) for m, a in self._where]
+        out = []
+        for m, a, table in self._where:
+            t = table.get(a) if table is not None else None
+            out.append(t if t is not None else getattr(m, a))
+        return out
 
 
 class HoistCache:
@@ -104,6 +112,7 @@ class CellProgram:
         self.graph = graph                  # the per-row fx graph (traced mode), for analyses and tests
         self.num_leading = num_leading      # placeholders before the operands: size, params, hoisted
         self.compiled = None
+        self.inference: Callable | None = None    # NOTE: [In-place inference], built on first no_grad call
         self.retrace: Callable[[], CellProgram] | None = None   # set by compile_cell
         self.param_key = self._param_key(params())
 
@@ -131,8 +140,28 @@ class CellProgram:
             self._refresh(params)
         hoisted = self.hoist.get(params) if self.hoist is not None else ()
         # dynamo specializes sizes 0 and 1: a single row runs the plain program instead of recompiling
-        run = self.compiled if self.compiled is not None and size > 1 else self.main
+        if self.compiled is not None and size > 1:
+            run = self.compiled
+        elif torch.is_grad_enabled():
+            run = self.main
+        else:
+            run = self.inference or self._inference_program()
         return tuple(run(size, *params, *hoisted, *operands))
+
+    def _inference_program(self) -> Callable:
+        """The main program with its own temporaries overwritten in place (NOTE: [In-place inference])
+        and direct calls (NOTE: [Direct calls], cells/inplace.py), called through ``forward`` (no
+        module-call machinery: a program has no hooks)."""
+        run = getattr(self.main, "forward", self.main)
+        if self.graph is not None and self.options.inplace:
+            from .inplace import direct_calls, inplace_graph
+
+            graph, rewritten = inplace_graph(self.graph)
+            self.info["in_place_ops"] = rewritten
+            if direct_calls(graph) or rewritten:
+                run = graph_program(graph).forward
+        self.inference = run
+        return run
 
     def unflatten(self, outs) -> Any:
         return tree_unflatten(list(outs), self.out_spec)

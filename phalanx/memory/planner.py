@@ -16,8 +16,10 @@ either way, so a scattered write (``index_copy_``) costs about what a slice copy
 blocks are therefore soft constraints with a small weight: kept when free, dropped when they
 would cost an operand view. Scattered outputs are counted in the stats.
 
-Batch node orders come from one of three strategies, and the planner keeps the best one under
+Batch node orders come from one of four strategies, and the planner keeps the best one under
 its objective:
+- ``reader``: the default layout's order (NOTE: [Reader order] in memory/layout.py): each batch
+  ordered by its first reader, later batches first.
 - ``instance``: nodes ordered by instance (largest instance first), then record order. Chains
   (taggers, decoders) become prefixes of the previous step's block.
 - ``producer``: walking the schedule forward, each batch is ordered by where its first lazy
@@ -43,7 +45,7 @@ import numpy as np
 from ..ir.graph import GraphArrays
 from ..ir.signature import ArgKind
 from ..schedule.base import Schedule
-from .layout import Layout
+from .layout import Layout, reader_order
 
 # Output blocks weigh this fraction of their bytes: below any operand list, above nothing.
 _OUTPUT_WEIGHT = 1e-3
@@ -203,7 +205,7 @@ def _layout_for(graph: GraphArrays, schedule: Schedule, orders: list[np.ndarray]
     return Layout(value_row, arena_rows, tuple(orders)), report
 
 
-STRATEGIES = ("instance", "producer", "pqtree")
+STRATEGIES = ("reader", "instance", "producer", "pqtree")
 OBJECTIVES = tuple(_ACCEPT_ORDER)
 
 
@@ -223,7 +225,9 @@ def plan_memory(graph: GraphArrays, schedule: Schedule, strategy: str = "auto",
     for name in (STRATEGIES if strategy == "auto" else (strategy,)):
         if best is not None and best[1].in_place == _num_operand_lists(graph, schedule):
             break
-        if name == "instance":
+        if name == "reader":
+            orders = list(reader_order(graph, schedule.batches))
+        elif name == "instance":
             orders = instance_orders
         elif name == "producer":
             orders = _producer_orders(graph, schedule)

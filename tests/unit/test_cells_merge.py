@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from phalanx.cells import CellOptions, compile_cell
+from phalanx.cells import CellOptions, compile_cell, split_program
+from phalanx.models.tagger import LSTMStep
 
 from ..cells_oracle import assert_program_matches_cell, avals, random_operands
 
@@ -87,3 +88,58 @@ def test_bias_adds_fold_into_addmm():
     assert (count(plain, aten.addmm.default), count(plain, aten.mm.default)) == (0, 2)
     operands = random_operands(examples, 5, torch.Generator().manual_seed(0))
     assert_program_matches_cell(fused, cell, operands, 5)
+
+
+class RecurrentFirst(nn.Module):
+    """An RNN step written recurrent part first: ``h W_hh + x W_ih`` with operands (x, h)."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(3, hidden), nn.Linear(hidden, hidden)
+
+    def forward(self, x, h):
+        return torch.tanh(self.hh(h) + self.ih(x))
+
+
+def _adds(program):
+    return sum(1 for n in program.graph.nodes if n.target is torch.ops.aten.add.Tensor)
+
+
+@pytest.mark.parametrize("cell_factory", [lambda: LSTMStep(3, H), lambda: RecurrentFirst(H)],
+                         ids=["lstm", "recurrent-first"])
+def test_a_sum_of_two_gemms_accumulates_into_the_one_over_earlier_operands(cell_factory):
+    torch.manual_seed(0)
+    cell = cell_factory()
+    examples = [torch.zeros(3)] + [torch.zeros(H)] * (2 if isinstance(cell, LSTMStep) else 1)
+    program = compile_cell(cell.forward, cell, avals(examples))
+    plain = compile_cell(cell.forward, cell, avals(examples), options=CellOptions(merge=False))
+    assert program.info["accumulated"] == 1
+    assert mms(program) == mms(plain) == 2 and _adds(program) < _adds(plain)
+    # the input part (over x) holds the inner GEMM with both biases; the rest accumulates into it
+    split = split_program(program, {0})
+    assert split.worthwhile
+    inner = [n for n in split.prefix.graph.nodes if n.target is torch.ops.aten.addmm.default]
+    outer = [n for n in split.rest.graph.nodes if n.target is torch.ops.aten.addmm.default]
+    assert len(inner) == len(outer) == 1 and outer[0].args[0].op == "placeholder"
+    biases = [p for name, p in cell.named_parameters() if "bias" in name]
+    assert len(biases) == 2
+    bias_sum = biases[0] + biases[1]
+    assert any(h.shape == bias_sum.shape and torch.allclose(h, bias_sum) for h in program.hoisted_values())
+    gen = torch.Generator().manual_seed(0)
+    for size in (0, 1, 6):
+        assert_program_matches_cell(program, cell, random_operands(examples, size, gen), size)
+
+
+def test_a_gemm_added_to_a_non_gemm_is_left_alone():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(H, H)
+
+        def forward(self, x):
+            return self.lin(x) + torch.tanh(x)
+
+    cell = Residual()
+    program = compile_cell(cell.forward, cell, avals([torch.zeros(H)]))
+    assert program.info["accumulated"] == 0
+    assert_program_matches_cell(program, cell, random_operands([torch.zeros(H)], 4, torch.Generator()), 4)

@@ -9,7 +9,7 @@ from phalanx.cells import CellOptions, compile_cell
 from phalanx.models.tagger import Embed, LSTMStep, TagScorer
 from phalanx.models.treelstm import RootClassifier, TreeLSTMInternal, TreeLSTMLeaf
 
-from ..cells_oracle import assert_program_matches_cell, avals, random_operands
+from ..cells_oracle import assert_inference_matches_autograd, assert_program_matches_cell, avals, random_operands
 
 H, V, C = 6, 11, 5
 
@@ -31,6 +31,7 @@ OPTIONS = {
     "no-hoist": CellOptions(hoist=False),
     "no-merge": CellOptions(merge=False),
     "no-sparse": CellOptions(sparse_grads=False),
+    "no-inplace": CellOptions(inplace=False),
     "vmap-untraced": CellOptions(trace=False),
 }
 
@@ -38,7 +39,7 @@ OPTIONS = {
 # every switch on and off on every zoo cell (all-on, all-off, untraced); one switch off at a time on
 # the two cells where each switch changes the program (an embedding, a bias-folded GEMM pair)
 CASES = ([(c, o) for c in ZOO for o in ("all-on", "all-off", "vmap-untraced")]
-         + [(c, o) for c in ("TreeLSTMLeaf", "LSTMStep") for o in ("no-hoist", "no-merge", "no-sparse")])
+         + [(c, o) for c in ("TreeLSTMLeaf", "LSTMStep") for o in ("no-hoist", "no-merge", "no-sparse", "no-inplace")])
 
 
 @pytest.mark.parametrize(("cell_name", "options"), CASES, ids=[f"{c}-{o}" for c, o in CASES])
@@ -52,6 +53,7 @@ def test_zoo_cell_program_matches_per_instance_cell(cell_name, options):
     for size in (0, 1, 5):
         operands = random_operands(examples, size, gen)
         assert_program_matches_cell(program, cell, operands, size)
+        assert_inference_matches_autograd(program, operands, size)
 
 
 def test_parameters_are_inputs_not_constants():

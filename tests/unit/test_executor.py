@@ -237,8 +237,11 @@ def test_a_cell_returning_a_fused_operand_view_matches_eager():
 
     def fn(xs):
         p, q, r = (leaf(x) for x in xs)
+        # p and q read in three orders at one depth: no row order makes those operand lists slices
+        # (NOTE: [Reader order] in memory/layout.py), so both are gathered, fused
+        extra = first_of(q, p), first_of(p, p)
         kept, total = first_of(*first_of(p, q))
-        return kept, first_of(total, r)
+        return kept, first_of(total, r), extra
 
     torch.manual_seed(7)
     instances = [[torch.randn(3, requires_grad=True) for _ in range(3)] for _ in range(4)]

@@ -1,0 +1,212 @@
+"""In-place inference (cells/inplace.py): under no_grad a program overwrites only its own temporaries,
+never an operand, a parameter or a value something still reads, and gives the autograd program's
+values bit for bit; direct calls reach the same kernels."""
+import operator
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from phalanx.cells import CellOptions, compile_cell
+from phalanx.models.tagger import LSTMStep
+
+from ..cells_oracle import assert_inference_matches_autograd, assert_program_matches_cell, avals, random_operands
+
+H = 6
+
+
+def _inplace_targets(program):
+    """Targets of the no_grad program's calls (after one no_grad call built it)."""
+    return [n.target for n in program.inference.__self__.graph.nodes if n.op in ("call_function", "call_method")]
+
+
+def _eager_rows(fn, operands, size):
+    return [fn(*[o[i] for o in operands]) for i in range(size)]
+
+
+def _check(fn, examples, sizes=(0, 1, 5), seed=0):
+    program = compile_cell(fn, None, avals(examples))
+    gen = torch.Generator().manual_seed(seed)
+    for size in sizes:
+        operands = [o.detach() for o in random_operands(examples, size, gen)]
+        before = [o.clone() for o in operands]
+        with torch.no_grad():
+            got = program(operands, size)
+            want = _eager_rows(fn, operands, size)
+        for o, b in zip(operands, before, strict=True):
+            assert torch.equal(o, b)
+        for row, expected in enumerate(want):
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            for g, e in zip(got, expected, strict=True):
+                torch.testing.assert_close(g[row], e, rtol=1e-5, atol=1e-6)
+        assert_inference_matches_autograd(program, operands, size)
+    return program
+
+
+def test_lstm_step_tail_runs_in_place_and_matches_the_cell():
+    torch.manual_seed(0)
+    cell = LSTMStep(4, H)
+    examples = [torch.zeros(4), torch.zeros(H), torch.zeros(H)]
+    program = compile_cell(cell._phalanx_fn(), cell, avals(examples))
+    gen = torch.Generator().manual_seed(1)
+    for size in (0, 1, 5):
+        operands = random_operands(examples, size, gen)
+        assert_program_matches_cell(program, cell, operands, size)
+        assert_inference_matches_autograd(program, operands, size)
+    # gate activations, the state update and the accumulating GEMM all overwrite temporaries
+    assert program.info["in_place_ops"] >= 8
+    targets = _inplace_targets(program)
+    assert torch.sigmoid_ in targets and "addmm_" in targets and "mul_" in targets
+    # the no_grad program never holds an OpOverload the direct calls cover
+    assert torch.ops.aten.sigmoid.default not in targets
+
+
+def test_no_inplace_option_keeps_the_functional_program():
+    torch.manual_seed(0)
+    cell = LSTMStep(4, H)
+    examples = [torch.zeros(4), torch.zeros(H), torch.zeros(H)]
+    program = compile_cell(cell._phalanx_fn(), cell, avals(examples), options=CellOptions(inplace=False))
+    operands = random_operands(examples, 3, torch.Generator().manual_seed(2))
+    assert_inference_matches_autograd(program, operands, 3)
+    assert "in_place_ops" not in program.info
+    assert not any(str(t).endswith("_") for t in _inplace_targets(program))
+
+
+def test_a_temporary_read_later_is_not_overwritten():
+    def fn(x):
+        a = x * 2
+        b = torch.sigmoid(a)     # a is read again below: sigmoid must not overwrite it
+        return a + b, b
+
+    program = _check(fn, [torch.zeros(H)])
+    sig = [n for n in program.inference.__self__.graph.nodes if n.target in (torch.sigmoid, torch.sigmoid_)]
+    assert [n.target for n in sig] == [torch.sigmoid]
+
+
+def test_a_piece_of_a_split_keeps_its_old_values():
+    def fn(x):
+        t = x * 3
+        first, second = t.chunk(2, -1)
+        s = torch.tanh(t)           # would overwrite ``first`` and ``second``, which are returned
+        return s, first, second * 2
+
+    _check(fn, [torch.zeros(2 * H)])
+
+
+def test_disjoint_pieces_are_overwritten_independently():
+    def fn(x):
+        i, f, g, o = (x * 1.5).chunk(4, -1)
+        c = torch.sigmoid(f) * torch.tanh(g) + torch.sigmoid(i)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    program = _check(fn, [torch.zeros(4 * H)])
+    assert program.info["in_place_ops"] >= 4
+
+
+def test_operands_and_views_of_operands_are_never_written():
+    def fn(x, y):
+        v = x.view(-1)           # a view of an operand: not the program's memory
+        return torch.relu(v) * y, torch.neg(x)
+
+    program = _check(fn, [torch.zeros(H), torch.zeros(H)])
+    assert program.info["in_place_ops"] >= 1       # the product of two operand reads is a temporary
+
+
+def test_broadcast_into_a_smaller_temporary_is_not_in_place():
+    def fn(x, y):
+        s = x.sum(-1, keepdim=True) * 2       # [1]: the product with y below is [H]
+        return s * y, s
+
+    _check(fn, [torch.zeros(H), torch.zeros(H)])
+
+
+# *** random elementwise programs: the no_grad program equals eager row by row ***
+
+UNARY = [torch.sigmoid, torch.tanh, torch.relu, torch.neg, torch.exp]
+BINARY = [operator.mul, operator.add, operator.sub]
+
+
+def _program(recipe):
+    """A cell from a recipe: each step applies an op to values chosen by index (operands first);
+    aliases make two names for one temporary; some temporaries are returned, some read again later."""
+    def fn(x, y):
+        values = [x, y]
+        for kind, a, b, k in recipe:
+            va, vb = values[a % len(values)], values[b % len(values)]
+            if kind == "unary":
+                values.append(UNARY[k % len(UNARY)](va * 1.0 if k % 2 else va))
+            elif kind == "binary":
+                values.append(BINARY[k % len(BINARY)](va, vb))
+            else:               # a temporary and an alias of it: writing one changes the other
+                t = va * 0.5
+                values.extend((t, t.unsqueeze(0).squeeze(0) if k % 2 else t.view(-1)))
+        return tuple(values[2:]) or (x * 1,)
+    return fn
+
+
+STEP = st.tuples(st.sampled_from(["unary", "binary", "binary", "alias"]), st.integers(0, 30), st.integers(0, 30),
+                 st.integers(0, 9))
+
+
+@settings(max_examples=40, deadline=None)
+@given(recipe=st.lists(STEP, min_size=1, max_size=8), seed=st.integers(0, 1000))
+def test_random_elementwise_programs_match_eager(recipe, seed):
+    _check(_program(recipe), [torch.zeros(2 * H), torch.zeros(2 * H)], sizes=(0, 1, 3), seed=seed)
+
+
+class Explicit(nn.Module):
+    """A cell with its own tensors: a parameter and a buffer that must never be written."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(H))
+        self.register_buffer("b", torch.randn(H))
+
+    def forward(self, x):
+        return torch.tanh(self.w) * x + torch.sigmoid(self.b)
+
+
+@pytest.mark.parametrize("hoist", [True, False])
+def test_parameters_buffers_and_hoisted_values_are_never_written(hoist):
+    cell = Explicit()
+    w, b = cell.w.detach().clone(), cell.b.clone()
+    program = compile_cell(cell.forward, cell, avals([torch.zeros(H)]), options=CellOptions(hoist=hoist))
+    operands = random_operands([torch.zeros(H)], 4, torch.Generator().manual_seed(3))
+    hoisted = [h.clone() for h in program.hoisted_values()] if hoist else []
+    for _ in range(3):
+        assert_inference_matches_autograd(program, operands, 4)
+    assert torch.equal(cell.w.detach(), w) and torch.equal(cell.b, b)
+    if hoist:
+        with torch.no_grad():
+            program(operands, 4)
+            assert all(torch.equal(h, k) for h, k in zip(program.hoisted_values(), hoisted, strict=True))
+
+
+def test_a_piece_taken_after_another_piece_was_overwritten_still_allows_both():
+    # TreeLSTMInternal takes its gate pieces one by one between the gate ops: taking a piece reads
+    # nothing, so every gate activation still runs in place
+    from phalanx.models.treelstm import TreeLSTMInternal
+
+    torch.manual_seed(0)
+    cell = TreeLSTMInternal(H)
+    examples = [torch.zeros(H)] * 4
+    program = compile_cell(cell._phalanx_fn(), cell, avals(examples))
+    gen = torch.Generator().manual_seed(4)
+    for size in (1, 5):
+        operands = random_operands(examples, size, gen)
+        assert_program_matches_cell(program, cell, operands, size)
+        assert_inference_matches_autograd(program, operands, size)
+    assert program.info["in_place_ops"] >= 10
+
+
+def test_a_piece_taken_after_the_whole_was_overwritten_keeps_the_old_values():
+    def fn(x):
+        t = x * 2
+        s = torch.sigmoid(t)              # t's first half is read below, after this op
+        first = t.chunk(2, -1)[0]
+        return s, first * 1.0
+
+    program = _check(fn, [torch.zeros(2 * H)])
+    assert torch.sigmoid_ not in _inplace_targets(program)
