@@ -272,8 +272,8 @@ def test_parameter_gradients_summed_over_batches_match_eager_even_when_their_sum
 
 
 def test_whole_reads_with_an_operand_the_cell_ignores_match_eager():
-    # NOTE: [Whole reads]: all three operands are one gathered run; the cell ignores its middle
-    # one, so that operand gets no gradient and the backward adds the others one by one.
+    # NOTE: [Whole reads]: all three operands of a mix batch are one gathered run; the cell ignores
+    # its middle one, so that operand gets no gradient and the backward adds the others one by one.
     @phalanx.cell
     def leaf(x):
         return x * 2.0
@@ -282,9 +282,15 @@ def test_whole_reads_with_an_operand_the_cell_ignores_match_eager():
     def combine(a, ignored, b):
         return torch.tanh(a) * b
 
+    @phalanx.cell
+    def mix(a, ignored, b):
+        return torch.tanh(a) - b
+
     def fn(xs):
         p, q, r, s = (leaf(x) for x in xs)
-        return combine(combine(p, q, r), s, p)
+        first = combine(p, q, r)     # the leaves' first reader: its operand lists are slices (NOTE: [Reader order])
+        # read again by another op type, twice per instance in other arrangements: gathered, one run
+        return mix(q, r, p), mix(r, p, q), combine(first, s, p)
 
     torch.manual_seed(8)
     instances = [[torch.randn(3, requires_grad=True) for _ in range(4)] for _ in range(5)]
