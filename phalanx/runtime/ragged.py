@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import BatchExecutionError
 from ..ir.signature import ArgKind, Signature
+from .hoisted import FlushInputs, HoistedRows, constants_of
 from .kernels import _matches, data_dependent_error, kernel_for
 
 _PROBE_ROWS = 6
@@ -127,6 +128,8 @@ class RaggedRows:
 
     def _dense(self, t):
         """A non-ragged operand of an elementwise op, as rows aligned with ``values``."""
+        if type(t) is HoistedRows:
+            t = t.rows()
         if type(t) is RaggedRows:
             if t.seg is not self.seg and not torch.equal(t.seg, self.seg):
                 raise RaggedUnsupported("two ragged operands with different segments")
@@ -226,6 +229,7 @@ class RaggedKernel:
         self.sig = sig
         self.segment: dict = {}          # training flags -> the segment kernel matched the oracle
         self.by_arity: dict = {}         # k -> the ordinary signature of arity k (its own kernels)
+        self.hoist: dict = {}            # training flags -> hoisting agreed on the first batch (NOTE: [Hoisted inputs])
 
     @property
     def mode(self) -> str:
@@ -243,15 +247,42 @@ class RaggedKernel:
             use_segment = self.segment[flags] = self._probe(fixed, values, offsets[0], counts, size, flags)
         if use_segment:
             divisor = getattr(offsets[0], "_phalanx_segments", (None, None, counts))[2]
+            hoist = getattr(offsets[0], "_phalanx_hoist", None)
+            if hoist is not None and self.hoist.get(flags, True) and not torch.is_grad_enabled():
+                out = self._hoisted(fixed, values, seg, divisor, size, flags, hoist)
+                if out is not None:
+                    return out
             return self._segmented(fixed, values, seg, divisor, size)
         return self._grouped(fixed, values, offsets[0], counts, size, flags)
+
+    def _hoisted(self, fixed, values, seg, divisor, size, flags, hoist) -> "tuple | None":
+        """The segment kernel with the op type's number operands as HoistedRows (NOTE: [Hoisted
+        inputs]); None when this batch should run the plain segment kernel."""
+        inputs, lo, hi = hoist
+        if inputs.constants is None:
+            inputs.constants = constants_of(self.sig.modules, self.sig.captured)
+        ducked = list(fixed)
+        for p, full in inputs.numbers.items():
+            ducked[p] = HoistedRows(full, lo, hi, inputs)
+        if flags not in self.hoist:           # the first batch: keep hoisting only if it agrees
+            plain = self._segmented(fixed, values, seg, divisor, size)
+            try:
+                got = self._segmented(ducked, values, seg, divisor, size)
+            except Exception:  # noqa: BLE001  (anything the hoisted run cannot do: the plain kernel serves)
+                got = None
+            self.hoist[flags] = got is not None and _matches(got, plain)
+            return plain
+        try:
+            return self._segmented(ducked, values, seg, divisor, size)
+        except Exception:  # noqa: BLE001  (a failing row: the plain kernel's run names it)
+            return None
 
     def _segmented(self, fixed, values, seg, counts, size) -> tuple:
         sig = self.sig
         lists = sig.meta["ragged"].lists or (False,) * len(values)
         ducks = [RaggedList(RaggedRows(v, seg, counts, size)) if as_list else RaggedRows(v, seg, counts, size)
                  for v, as_list in zip(values, lists, strict=True)]
-        outs = sig.flatten(sig.fn(*fixed, *ducks))
+        outs = tuple(o.rows() if type(o) is HoistedRows else o for o in sig.flatten(sig.fn(*fixed, *ducks)))
         for out, aval in zip(outs, sig.out_avals, strict=True):
             if type(out) is not torch.Tensor and not isinstance(out, torch.Tensor):
                 raise RaggedUnsupported("a ragged result")
@@ -392,6 +423,7 @@ def add_ragged_operands(graph, steps: list, layout, device, counts) -> None:
         arena_of.append(graph.value_aval_id[np.maximum(vids[np.minimum(first, max(len(vids) - 1, 0))], 0)].tolist()
                         if len(vids) else [0] * len(ragged))
     totals_l = totals.tolist()
+    hoists = _flush_inputs(ragged, NUMBERS)
     for i, (step, spec) in enumerate(zip(ragged, specs, strict=True)):
         total = totals_l[i]
         offsets_t = offsets_parts[i]
@@ -407,6 +439,7 @@ def add_ragged_operands(graph, steps: list, layout, device, counts) -> None:
                     sizes.tolist())
             divisor = by_dtype[i].view(step.size, *([1] * len(element.shape)))
         offsets_t._phalanx_segments = (total, seg_parts[i], divisor, count_parts[i])
+        offsets_t._phalanx_hoist = hoists[i]
         for r, element in enumerate(spec.elements):
             if total:
                 step.operands.append((GATHER, arena_of[r][i], rows_parts[r][i]))
@@ -416,6 +449,27 @@ def add_ragged_operands(graph, steps: list, layout, device, counts) -> None:
             else:
                 step.operands.append((BROADCAST, 0, element.zeros(device)))    # [0, *E]: no member at all
             step.operands.append((NUMBERS, torch.int64, offsets_t))
+
+
+def _flush_inputs(ragged: list, numbers_kind: int) -> list:
+    """Per ragged batch: (its op type's number operands over all the op type's batches of the
+    flush, its rows [lo, hi) within them), or None for an op type without number operands
+    (NOTE: [Hoisted inputs])."""
+    by_sig: dict = {}
+    for i, step in enumerate(ragged):
+        by_sig.setdefault(step.sig.sid, []).append(i)
+    out: list = [None] * len(ragged)
+    for group in by_sig.values():
+        sig = ragged[group[0]].sig
+        positions = [p for p, kind in enumerate(sig.in_kinds) if kind is ArgKind.NUMBER]
+        if not positions or any(ragged[i].operands[p][0] != numbers_kind for i in group for p in positions):
+            continue
+        inputs = FlushInputs({p: torch.cat([ragged[i].operands[p][2] for i in group]) for p in positions})
+        lo = 0
+        for i in group:
+            out[i] = (inputs, lo, lo + ragged[i].size)
+            lo += ragged[i].size
+    return out
 
 
 def ragged_subset(sig: Signature, operands: list, rows: torch.Tensor) -> tuple[list, list]:
