@@ -15,8 +15,9 @@ batch's rows ``[lo, hi)``). Torch calls reach its ``__torch_function__``:
 - an RNN cell op (``gru_cell``, ``lstm_cell``, ``rnn_tanh_cell``, ``rnn_relu_cell``) whose input
   is a HoistedRows: its input projection is hoisted the same way and the rest (``rnn_rest``) runs
   on this batch's rows, with fewer ops than ATen's CPU cell (fused gates, ``addcmul``, ``lerp``);
-- anything else reads this batch's rows (``full[lo:hi]``, a view), so the cell computes what it
-  computes without hoisting.
+- anything else reads this batch's rows (a copy of ``full[lo:hi]``: code that writes into it
+  must not write into rows other batches read), so the cell computes what it computes without
+  hoisting; calls reading that value are not hoisted from then on.
 The first batch of an op type (per training flags) runs both ways and keeps hoisting only if
 they agree (tolerances by dtype, as every kernel choice; otherwise the plain segment kernel).
 Inference only (grad disabled): the batched backward differentiates one batch at a time
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 ROW_WISE = {F.embedding, torch.embedding, F.linear, torch.tanh, torch.sigmoid, torch.relu, F.relu, F.gelu, F.silu,
             torch.Tensor.tanh, torch.Tensor.sigmoid, torch.Tensor.relu}
+_INPLACE_ARG = {F.relu, F.silu}     # (input, inplace)
 RNN_CELLS = {torch.gru_cell: "gru", torch.lstm_cell: "lstm", torch.rnn_tanh_cell: "tanh", torch.rnn_relu_cell: "relu"}
 
 
@@ -65,8 +67,11 @@ class HoistedRows:
         self._rows = None
 
     def rows(self) -> torch.Tensor:
+        """This batch's rows as a tensor of its own: code that writes into it (in place, or through
+        a view) must not write into ``full``, which other batches read. From then on this value is
+        that tensor: no call reading it is hoisted any more."""
         if self._rows is None:
-            self._rows = self.full[self.lo:self.hi]
+            self._rows = self.full[self.lo:self.hi].clone()
         return self._rows
 
     @property
@@ -135,6 +140,8 @@ def _row_wise(func, args: tuple, kwargs: dict) -> "HoistedRows | None":
     for a in (*args, *kwargs.values()):
         t = type(a)
         if t is HoistedRows:
+            if a._rows is not None:
+                return None            # its rows may have been written: they are its value now
             if first is None:
                 first = a
             elif a.inputs is not first.inputs or a.lo != first.lo:
@@ -153,6 +160,8 @@ def _row_wise(func, args: tuple, kwargs: dict) -> "HoistedRows | None":
         return None
     if func is F.embedding and ((len(args) > 3 and args[3] is not None) or kwargs.get("max_norm") is not None):
         return None            # max_norm renormalizes the table in place: not a pure lookup
+    if kwargs.get("inplace") or (func in _INPLACE_ARG and len(args) > 1 and args[1]):
+        return None
     key.extend(kwargs)
     key = tuple(key)
     full = inputs.results.get(key)
@@ -169,6 +178,8 @@ def _rnn_cell(kind: str, args: tuple):
     """An RNN cell op whose input is hoisted: its input projection over all rows (once per
     flush), the rest on this batch's rows."""
     x, hx, w_ih, w_hh, b_ih, b_hh = args
+    if x._rows is not None:
+        return None
     inputs = x.inputs
     states = hx if type(hx) in (tuple, list) else (hx,)
     if x.full.dim() != 2 or any(type(h) is not torch.Tensor or h.dim() != 2 for h in states):

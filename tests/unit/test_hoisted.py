@@ -49,6 +49,22 @@ class ScaledNode(nn.Module):
         return torch.tanh(F.linear(x, self.w * 0.5) + h) + x
 
 
+@phalanx.cell
+class InPlaceNode(nn.Module):
+    """Writes into its embedding through a view and with ``inplace=True`` before using it."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, H)
+        self.rnn = nn.GRUCell(H, H)
+
+    def forward(self, word, hs):
+        x = self.embed(word)
+        F.relu(x, inplace=True)
+        x.unsqueeze(0).mul_(2)
+        return self.rnn(x, hs.mean(-2))
+
+
 class Lattice(nn.Module):
     """One instance: per node, its predecessors (earlier node ids); node 0 is a fixed start."""
 
@@ -130,8 +146,9 @@ def test_a_cell_without_biases_hoists_too():
 
 
 @pytest.mark.parametrize("node, hoisted", [(lambda: ScaledNode(), {F.embedding, torch.tanh}),
-                                           (lambda: RnnNode("gru", max_norm=1.0), set())],
-                         ids=["computed-weight", "embedding-max-norm"])
+                                           (lambda: RnnNode("gru", max_norm=1.0), set()),
+                                           (lambda: InPlaceNode(), {F.embedding})],
+                         ids=["computed-weight", "embedding-max-norm", "written-in-place"])
 def test_what_cannot_be_hoisted_runs_per_batch_and_matches(node, hoisted, flushes):
     # A weight the cell computes is not a parameter (it might differ per batch); an embedding
     # with max_norm renormalizes its table in place: both stay in the per-batch run.
