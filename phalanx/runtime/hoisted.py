@@ -20,8 +20,10 @@ batch's rows ``[lo, hi)``). Torch calls reach its ``__torch_function__``:
   hoisting; calls reading that value are not hoisted from then on.
 The first batch of an op type (per training flags) runs both ways and keeps hoisting only if
 they agree (tolerances by dtype, as every kernel choice; otherwise the plain segment kernel).
-Inference only (grad disabled): the batched backward differentiates one batch at a time
-(executor NOTE: [Batched backward]), which a value shared by every batch would break.
+Inference only (grad disabled, the cell's modules in eval mode): the batched backward
+differentiates one batch at a time (executor NOTE: [Batched backward]), which a value shared by
+every batch would break; and the first batch's two runs must not update batch-norm statistics or
+draw dropout masks twice.
 """
 from __future__ import annotations
 

@@ -248,7 +248,9 @@ class RaggedKernel:
         if use_segment:
             divisor = getattr(offsets[0], "_phalanx_segments", (None, None, counts))[2]
             hoist = getattr(offsets[0], "_phalanx_hoist", None)
-            if hoist is not None and self.hoist.get(flags, True) and not torch.is_grad_enabled():
+            # Hoisting runs the first batch twice (plain and hoisted): only for modules in eval mode,
+            # where a second run has no effect (no batch-norm statistics, no dropout draws).
+            if hoist is not None and not any(flags) and self.hoist.get(flags, True) and not torch.is_grad_enabled():
                 out = self._hoisted(fixed, values, seg, divisor, size, flags, hoist)
                 if out is not None:
                     return out

@@ -126,19 +126,23 @@ def _ragged_kernels(batcher) -> list:
 @pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
 def test_rnn_cells_hoist_their_input_projection_and_match_eager(kind, grad_mode, flushes):
     torch.manual_seed(0)
-    model = Lattice(RnnNode(kind))
+    model = Lattice(RnnNode(kind)).eval()
     batcher = phalanx.Batcher(model, verify=True)
     for _ in range(2):                   # the first call decides; the second runs hoisted throughout
         assert_matches_eager(model, INSTANCES, batcher=batcher, grad_mode=grad_mode)
     assert [list(k.hoist.values()) for k in _ragged_kernels(batcher)] == [[True]]
     assert _hoisted_calls(flushes[-1]) == {F.embedding, kind}
-    # Training (grad enabled) never hoists and still matches, gradients included.
+    # Training (grad enabled) or modules in train mode never hoist, and still match.
+    made = len(flushes)
     assert_matches_eager(model, INSTANCES, params=model.parameters(), train=True, batcher=batcher)
+    model.train()
+    assert_matches_eager(model, INSTANCES, batcher=batcher)
+    assert all(not inputs.results for inputs in flushes[made:])
 
 
 def test_a_cell_without_biases_hoists_too():
     torch.manual_seed(0)
-    model = Lattice(RnnNode("gru", bias=False))
+    model = Lattice(RnnNode("gru", bias=False)).eval()
     batcher = phalanx.Batcher(model, verify=True)
     for _ in range(2):
         assert_matches_eager(model, INSTANCES, batcher=batcher)
@@ -153,7 +157,7 @@ def test_what_cannot_be_hoisted_runs_per_batch_and_matches(node, hoisted, flushe
     # A weight the cell computes is not a parameter (it might differ per batch); an embedding
     # with max_norm renormalizes its table in place: both stay in the per-batch run.
     torch.manual_seed(0)
-    model = Lattice(node())
+    model = Lattice(node()).eval()
     batcher = phalanx.Batcher(model, verify=True)
     for _ in range(2):
         assert_matches_eager(model, INSTANCES, batcher=batcher)
