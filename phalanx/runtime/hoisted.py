@@ -139,6 +139,7 @@ def _row_wise(func, args: tuple, kwargs: dict) -> "HoistedRows | None":
     """A row-wise call on hoisted values and constants, over all rows (once per flush)."""
     first = None
     key = [func]
+    constants = None
     for a in (*args, *kwargs.values()):
         t = type(a)
         if t is HoistedRows:
@@ -146,6 +147,7 @@ def _row_wise(func, args: tuple, kwargs: dict) -> "HoistedRows | None":
                 return None            # its rows may have been written: they are its value now
             if first is None:
                 first = a
+                constants = a.inputs.constants
             elif a.inputs is not first.inputs or a.lo != first.lo:
                 return None
             key.append(id(a.full))
@@ -157,15 +159,16 @@ def _row_wise(func, args: tuple, kwargs: dict) -> "HoistedRows | None":
             key.append(a)
     if first is None:
         return None
-    inputs = first.inputs
-    if any(isinstance(a, torch.Tensor) and id(a) not in inputs.constants for a in (*args, *kwargs.values())):
-        return None
+    for a in (*args, *kwargs.values()):
+        if type(a) is not HoistedRows and isinstance(a, torch.Tensor) and id(a) not in constants:
+            return None
     if func is F.embedding and ((len(args) > 3 and args[3] is not None) or kwargs.get("max_norm") is not None):
         return None            # max_norm renormalizes the table in place: not a pure lookup
     if kwargs.get("inplace") or (func in _INPLACE_ARG and len(args) > 1 and args[1]):
         return None
     key.extend(kwargs)
     key = tuple(key)
+    inputs = first.inputs
     full = inputs.results.get(key)
     if full is None:
         full = func(*[a.full if type(a) is HoistedRows else a for a in args],
@@ -178,34 +181,36 @@ def _row_wise(func, args: tuple, kwargs: dict) -> "HoistedRows | None":
 
 def _rnn_cell(kind: str, args: tuple):
     """An RNN cell op whose input is hoisted: its input projection over all rows (once per
-    flush), the rest on this batch's rows."""
+    flush), the rest on this batch's rows (``w_hh``, ``b_hh`` and the state as given)."""
     x, hx, w_ih, w_hh, b_ih, b_hh = args
     if x._rows is not None:
         return None
+    h = hx[0] if type(hx) in (tuple, list) else hx
+    if type(h) is not torch.Tensor or h.dim() != 2:
+        return None
     inputs = x.inputs
-    states = hx if type(hx) in (tuple, list) else (hx,)
-    if x.full.dim() != 2 or any(type(h) is not torch.Tensor or h.dim() != 2 for h in states):
-        return None
-    if any(w is not None and id(w) not in inputs.constants for w in (w_ih, w_hh, b_ih, b_hh)):
-        return None
     key = (kind, id(x.full), id(w_ih), id(b_ih), id(b_hh))
     gates = inputs.results.get(key)
     if gates is None:
+        if x.full.dim() != 2 or any(w is not None and id(w) not in inputs.constants for w in (w_ih, b_ih, b_hh)):
+            return None
         gates = F.linear(x.full, w_ih, b_ih)
         if kind != "gru" and b_hh is not None:
             gates = gates.add_(b_hh)        # both biases once over all rows (GRU's b_hh is gated by r)
         inputs.results[key] = gates
-    return rnn_rest(kind, gates[x.lo:x.hi], hx, w_hh, b_hh)
+    return rnn_rest(kind, gates[x.lo:x.hi], hx, w_hh, None if kind != "gru" else b_hh)
 
 
-def rnn_rest(kind: str, gates: torch.Tensor, hx, w_hh: torch.Tensor, b_hh):
-    """``torch.<kind>_cell`` given its input gates: ``W_ih x + b_ih`` (GRU), ``+ b_hh`` too
-    (others). The same function as ATen's, in fewer ops."""
+def rnn_rest(kind: str, gates: torch.Tensor, hx, w_hh: torch.Tensor, b_hh=None):
+    """``torch.<kind>_cell`` given its input gates: ``W_ih x + b_ih`` (GRU, which then reads
+    ``b_hh`` here), ``W_ih x + b_ih + b_hh`` (the others). The same function as ATen's, in fewer
+    ops."""
     if kind == "gru":
         hidden = hx.shape[1]
-        hg = F.linear(hx, w_hh, b_hh)
-        reset, update = hg[:, :2 * hidden].add_(gates[:, :2 * hidden]).sigmoid_().chunk(2, 1)
-        new = torch.addcmul(gates[:, 2 * hidden:], hg[:, 2 * hidden:], reset).tanh_()
+        hg_rz, hg_n = F.linear(hx, w_hh, b_hh).split((2 * hidden, hidden), 1)
+        g_rz, g_n = gates.split((2 * hidden, hidden), 1)
+        reset, update = hg_rz.add_(g_rz).sigmoid_().chunk(2, 1)
+        new = torch.addcmul(g_n, hg_n, reset).tanh_()
         return torch.lerp(new, hx, update)          # (1 - z) * n + z * h
     if kind == "lstm":
         h, c = hx
