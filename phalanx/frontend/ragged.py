@@ -314,8 +314,9 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
             tuple(positions), elements, len(args), lists=tuple(lists)))
         for i, element in zip(positions, elements, strict=True):
             _list_elements(rec.table).setdefault((cell, i), element)
-    if all(type(a) is not LazyValue or a.graph is g for a in args):
-        # The cell's next call with the same kinds and avals takes record_known_call.
+    if all(type(a) is not torch.Tensor and (type(a) is not LazyValue or a.graph is g) for a in args):
+        # The cell's next call with the same kinds and avals takes record_known_call (tensor
+        # arguments and values of earlier fiber rounds: the general path, every time).
         rec.ragged_calls[cell] = (sig, tuple(
             _pattern_of(a, positions, ragged, lists, i) for i, a in enumerate(args)))
     codes, depth = operand_codes(g, fixed)
