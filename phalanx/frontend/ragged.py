@@ -445,6 +445,8 @@ def per_instance_of(fn, spec: RaggedSpec, unbind_dim: int = 0):
     fixed_at = [i for i in range(spec.num_args) if i not in ragged_at]
     n_fixed = len(fixed_at)
     lists = spec.lists or (False,) * len(spec.positions)
+    if fixed_at == list(range(n_fixed)) and not any(lists):
+        return fn          # the ragged arguments come last: the operands are the arguments, in order
 
     def per_instance(*ops):
         args = [None] * spec.num_args

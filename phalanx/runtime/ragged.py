@@ -284,9 +284,20 @@ class RaggedKernel:
         lists = sig.meta["ragged"].lists or (False,) * len(values)
         ducks = [RaggedList(RaggedRows(v, seg, counts, size)) if as_list else RaggedRows(v, seg, counts, size)
                  for v, as_list in zip(values, lists, strict=True)]
-        outs = tuple(o.rows() if type(o) is HoistedRows else o for o in sig.flatten(sig.fn(*fixed, *ducks)))
+        outs = sig.flatten(sig.fn(*fixed, *ducks))
         for out, aval in zip(outs, sig.out_avals, strict=True):
             if type(out) is not torch.Tensor and not isinstance(out, torch.Tensor):
+                if type(out) is HoistedRows:          # a value computed from number operands only
+                    outs = tuple(o.rows() if type(o) is HoistedRows else o for o in outs)
+                    return self._checked(outs, size)
+                raise RaggedUnsupported("a ragged result")
+            if out.shape[0] != size or out.shape[1:] != aval.shape:
+                raise RaggedUnsupported(f"result shape {tuple(out.shape)}")
+        return outs
+
+    def _checked(self, outs: tuple, size: int) -> tuple:
+        for out, aval in zip(outs, self.sig.out_avals, strict=True):
+            if not isinstance(out, torch.Tensor):
                 raise RaggedUnsupported("a ragged result")
             if out.shape[0] != size or out.shape[1:] != aval.shape:
                 raise RaggedUnsupported(f"result shape {tuple(out.shape)}")
