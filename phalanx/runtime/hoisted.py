@@ -207,8 +207,9 @@ def rnn_rest(kind: str, gates: torch.Tensor, hx, w_hh: torch.Tensor, b_hh=None):
     ops."""
     if kind == "gru":
         hidden = hx.shape[1]
-        hg_rz, hg_n = F.linear(hx, w_hh, b_hh).split((2 * hidden, hidden), 1)
-        g_rz, g_n = gates.split((2 * hidden, hidden), 1)
+        sizes = (2 * hidden, hidden)        # split_with_sizes: Tensor.split is a Python wrapper
+        hg_rz, hg_n = F.linear(hx, w_hh, b_hh).split_with_sizes(sizes, 1)
+        g_rz, g_n = gates.split_with_sizes(sizes, 1)
         reset, update = hg_rz.add_(g_rz).sigmoid_().chunk(2, 1)
         new = torch.addcmul(g_n, hg_n, reset).tanh_()
         return torch.lerp(new, hx, update)          # (1 - z) * n + z * h
