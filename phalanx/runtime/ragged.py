@@ -175,6 +175,13 @@ class RaggedRows:
         func = getattr(torch.Tensor, name)
         return lambda *args, **kwargs: RaggedRows.__torch_function__(func, (), (self, *args), kwargs)
 
+    # The reductions a lattice or child-sum cell applies once per batch, without __getattr__.
+    def sum(self, *args, **kwargs):
+        return _reduce("sum", (self, *args), kwargs)
+
+    def mean(self, *args, **kwargs):
+        return _reduce("mean", (self, *args), kwargs)
+
 
 def _reduce(reduce: str, args: tuple, kwargs: dict) -> torch.Tensor:
     x = args[0]
