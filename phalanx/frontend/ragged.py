@@ -51,12 +51,19 @@ class RaggedStack:
     """``torch.stack`` of k lazy values of one aval, not recorded yet (NOTE: [Ragged operands]).
     Behaves as the stacked [k, *E] lazy value: any use it does not handle materializes that."""
 
-    __slots__ = ("members", "element", "graph", "_stacked")
+    __slots__ = ("members", "element", "graph", "vids", "top", "_stacked")
 
-    def __init__(self, members: tuple, element: AVal, graph):
+    def __init__(self, members: tuple, element: AVal, graph, vids: "list | None" = None, top: int = -1):
         self.members = members
         self.element = element
         self.graph = graph
+        # The members' value ids and 1 + their deepest depth (0 without members): a cell that reads
+        # this stack appends them as they are (NOTE: [Ragged fast path]).
+        if vids is None:
+            vids = [m.vid for m in members]
+            top = max((m.depth + 1 for m in members), default=0)
+        self.vids = vids
+        self.top = top
         self._stacked = None
 
     # *** static metadata, as the stacked value's ***
@@ -183,7 +190,8 @@ def _has_ragged(obj) -> bool:
 def try_stack(rec, args: tuple, kwargs: dict) -> "RaggedStack | None":
     """``torch.stack(xs[, dim])`` as a RaggedStack when xs are lazy values of this run with one
     aval and the dim is the new leading one; otherwise None (recorded as an ordinary op). Runs for
-    every stack of lazy values, so it is written for speed."""
+    every stack of lazy values, so it is written for speed: one pass checks the members and
+    collects their value ids and depth."""
     n = len(args)
     if n == 0 or n > 2 or (kwargs and (len(kwargs) > 1 or "dim" not in kwargs)):
         return None
@@ -197,21 +205,27 @@ def try_stack(rec, args: tuple, kwargs: dict) -> "RaggedStack | None":
         if first is None:
             return None
     element = first.aval
-    dim = args[1] if n > 1 else kwargs.get("dim", 0) if kwargs else 0
-    if dim != 0 and (type(dim) is not int or dim != -(len(element.shape) + 1)):
-        return None
+    if n > 1 or kwargs:
+        dim = args[1] if n > 1 else kwargs["dim"]
+        if dim != 0 and (type(dim) is not int or dim != -(len(element.shape) + 1)):
+            return None
     g = rec.graph
+    vids = []
+    top = 0
     tensors = False
     for x in xs:
         if type(x) is LazyValue:
             if x.graph is not g or x.aval is not element:
                 return None
+            vids.append(x.vid)
+            if x.depth >= top:
+                top = x.depth + 1
         elif type(x) is torch.Tensor and aval_of(x) is element:
-            tensors = True
+            tensors = True      # converted below, once every member is known to qualify
         else:
             return None               # parameters (shared), other shapes, numbers: an ordinary stack
     if not tensors:
-        return RaggedStack(tuple(xs), element, g)
+        return RaggedStack(tuple(xs), element, g, vids, top)
     # A per-instance tensor member (a lattice's initial state) becomes a lazy value, as in any cell call.
     return RaggedStack(tuple(x if type(x) is LazyValue else rec.record_input(x) for x in xs), element, g)
 
@@ -233,10 +247,8 @@ def record_segment(rec, rs: RaggedStack, reduce: str):
                         single=True, meta={"ragged": RaggedSpec((0,), (element,), 1, reduce),
                                            "kernel": SegmentKernel(reduce)})
         rec.table.add(sig, key)
-    codes, depth = operand_codes(g, rs.members)
-    if depth < rec.phase_base:
-        depth = rec.phase_base
-    first = g.add_node(sig, codes, depth)
+    depth = rs.top if rs.top > rec.phase_base else rec.phase_base
+    first = g.add_node(sig, rs.vids, depth)
     return LazyValue(first, sig.out_avals[0], depth, g)
 
 
@@ -257,15 +269,8 @@ def _one(out):
 
 def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
     """Record a cell call with RaggedStack arguments as one node of a ragged op type
-    (NOTE: [Ragged operands]); None when the call does not qualify (the caller materializes)."""
-    last = rec.__dict__.get("_ragged_last")
-    if last is None:
-        last = rec._ragged_last = {}
-    hit = last.get(cell)
-    if hit is not None and len(hit[1]) == len(args):
-        out = _record_like_last(rec, hit[0], hit[1], args)
-        if out is not None:
-            return out
+    (NOTE: [Ragged operands]); None when the call does not qualify (the caller materializes).
+    Registers the cell's entry for ``record_known_call``, the path of its next calls."""
     g = rec.graph
     positions, fixed_key, fixed, ragged, lists = [], [], [], [], []
     k = -1
@@ -309,59 +314,98 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
             tuple(positions), elements, len(args), lists=tuple(lists)))
         for i, element in zip(positions, elements, strict=True):
             _list_elements(rec.table).setdefault((cell, i), element)
-    if not any(lists) and all(type(a) is not LazyValue or a.graph is g for a in args):
-        # The cell's next call with the same kinds and avals takes _record_like_last.
-        last[cell] = (sig, tuple((a.element,) if type(a) is RaggedStack else a.aval if type(a) is LazyValue
-                                 else type(a) for a in args))
+    if all(type(a) is not torch.Tensor and (type(a) is not LazyValue or a.graph is g) for a in args):
+        # The cell's next call with the same kinds and avals takes record_known_call (tensor
+        # arguments and values of earlier fiber rounds: the general path, every time).
+        rec.ragged_calls[cell] = (sig, tuple(
+            _pattern_of(a, positions, ragged, lists, i) for i, a in enumerate(args)))
     codes, depth = operand_codes(g, fixed)
     for r in ragged:
-        for m in r.members:
-            codes.append(m.vid)
-            if m.depth >= depth:
-                depth = m.depth + 1
+        codes.extend(r.vids)
+        if r.top > depth:
+            depth = r.top
     return _close_node(rec, g, sig, codes, depth)
 
 
-def _record_like_last(rec, sig: Signature, pattern: tuple, args: tuple):
-    """The cell's last ragged signature, when every argument matches its ``pattern`` (a lazy
-    value's aval, ``(element aval,)`` for a RaggedStack, ``int`` / ``float`` / ``bool`` for a
-    number, all of this run): no key to build or hash. None on any mismatch."""
+def _pattern_of(a, positions: list, ragged: list, lists: list, i: int):
+    """What ``record_known_call`` expects at argument ``i``: a lazy value's aval, ``(element,)``
+    for a stack, ``[element]`` for a list argument, the type of a number."""
+    if i in positions:
+        j = positions.index(i)
+        return [ragged[j].element] if lists[j] else (ragged[j].element,)
+    return a.aval if type(a) is LazyValue else type(a)
+
+
+def record_known_call(rec, hit: tuple, args: tuple):
+    """NOTE: [Ragged fast path] a ragged cell's call whose arguments match the cell's last ragged
+    op type (``hit`` = (signature, pattern) from ``record_ragged_cell``; ``Recorder.record_cell``
+    looks it up first): one pass over the arguments, no key built or hashed, the members' value
+    ids and depth already collected by ``try_stack``. A lazy value must have the pattern's aval, a
+    stack (or a list argument, stacked here) the element aval, a number the type; the stacks of a
+    call have one length. None on any mismatch, with nothing recorded (the general path decides)."""
+    sig, pattern = hit
+    if len(args) != len(pattern):
+        return None
     g = rec.graph
-    k = -1
+    imms = g.imms
+    mark = len(imms)
+    codes = []
+    tail = None
     depth = 0
+    k = -1
     for a, p in zip(args, pattern):
         t = type(a)
-        if t is RaggedStack:
-            if type(p) is not tuple or a.element is not p[0] or a.graph is not g:
-                return None
-            if k < 0:
-                k = len(a.members)
-            elif len(a.members) != k:
-                return None
-        elif t is LazyValue:
+        if t is LazyValue:
             if a.aval is not p or a.graph is not g:
-                return None
+                break
+            codes.append(a.vid)
             if a.depth >= depth:
                 depth = a.depth + 1
-        elif t is not p:
-            return None
-    codes = []
-    members = []
-    imms = g.imms
-    for a in args:
-        t = type(a)
-        if t is RaggedStack:
-            for m in a.members:
-                members.append(m.vid)
-                if m.depth >= depth:
-                    depth = m.depth + 1
-        elif t is LazyValue:
-            codes.append(a.vid)
-        else:
+            continue
+        if t is list:
+            if type(p) is not list:
+                break
+            a = try_stack(rec, (a,), {}) if a else RaggedStack((), p[0], g, [], 0)
+            if a is None:
+                break
+        elif t is RaggedStack:
+            if type(p) is not tuple:
+                break
+        elif t is p and (t is int or t is float or t is bool):
             codes.append(-1 - len(imms))
             imms.append(a)
-    codes.extend(members)
-    return _close_node(rec, g, sig, codes, depth)
+            continue
+        else:
+            break
+        if a.element is not p[0] or a.graph is not g:
+            break
+        vids = a.vids
+        if k != len(vids):
+            if k >= 0:
+                break
+            k = len(vids)
+        tail = vids if tail is None else tail + vids
+        if a.top > depth:
+            depth = a.top
+    else:
+        if tail is not None:
+            codes.extend(tail)
+        if depth < rec.phase_base:
+            depth = rec.phase_base
+        # Inlined DataflowGraph.add_node and the outputs (as _close_node).
+        first = g.num_values
+        g.num_values = first + sig.num_outputs
+        g.node_sig.append(sig.sid)
+        g.node_depth.append(depth)
+        arg_code = g.arg_code
+        arg_code.extend(codes)
+        g.arg_start.append(len(arg_code))
+        if sig.single:
+            return LazyValue(first, sig.out_avals[0], depth, g)
+        outs = [LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)]
+        return tuple(outs) if sig.plain_tuple else sig.unflatten(outs)
+    del imms[mark:]
+    return None
 
 
 def _close_node(rec, g, sig: Signature, codes: list, depth: int):
@@ -390,7 +434,7 @@ def _list_members(rec, cell, position: int, xs: list) -> "RaggedStack | None":
     if xs:
         return try_stack(rec, (xs,), {})
     element = _list_elements(rec.table).get((cell, position))
-    return RaggedStack((), element, rec.graph) if element is not None else None
+    return RaggedStack((), element, rec.graph, [], 0) if element is not None else None
 
 
 def per_instance_of(fn, spec: RaggedSpec, unbind_dim: int = 0):
@@ -401,6 +445,8 @@ def per_instance_of(fn, spec: RaggedSpec, unbind_dim: int = 0):
     fixed_at = [i for i in range(spec.num_args) if i not in ragged_at]
     n_fixed = len(fixed_at)
     lists = spec.lists or (False,) * len(spec.positions)
+    if fixed_at == list(range(n_fixed)) and not any(lists):
+        return fn          # the ragged arguments come last: the operands are the arguments, in order
 
     def per_instance(*ops):
         args = [None] * spec.num_args

@@ -156,6 +156,7 @@ class Recorder:
         self.last_sig: dict = {}          # cell -> the signature of its last all-lazy call (split cells)
         self.splits: dict = {}            # (signature, kept operands) -> (prefix, rest, others) | None
         self.split_masks: dict = {}       # signature -> {kept-operands bit mask: native split parts | None}
+        self.ragged_calls: dict = {}      # cell -> its last ragged op type and pattern (frontend/ragged.py)
         self.inst = 0
         self.phase = 0
         self.phase_base = 0
@@ -179,6 +180,11 @@ class Recorder:
         if kwargs:
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
                                         numbers_are_operands=True)
+        hit = self.ragged_calls.get(cell)
+        if hit is not None:         # NOTE: [Ragged fast path] in frontend/ragged.py
+            out = ragged.record_known_call(self, hit, args)
+            if out is not None:
+                return out
         g = self.graph
         arg_code = g.arg_code
         # A split cell's last signature, when every argument is a lazy value of the same avals.

@@ -122,10 +122,11 @@ def manual_lattice(model: LatticeRNN, lattices, labels: bool = False):
     all_chars = torch.cat([s[1] for s in steps]) if steps else torch.zeros(0, dtype=torch.long)
     x_proj = F.linear(model.embed(all_chars), rnn.weight_ih, rnn.bias_ih).split([len(s[0]) for s in steps])
     # Rows are written once, in place: the gathers that read them save only indices for backward.
-    h_all, c_all = torch.zeros(total, hidden), torch.zeros(total, hidden)
+    h_all = torch.zeros(total, hidden)
+    c_all = torch.zeros(total, hidden) if model.kind == "lstm" else None
     for (nodes, _, edge_row, edge_src, degree), gi in zip(steps, x_proj, strict=True):
         scale = 1.0 / degree.unsqueeze(1).to(h_all.dtype)
-        h_prev = torch.zeros(len(nodes), hidden).index_add(0, edge_row, h_all[edge_src]) * scale
+        h_prev = torch.zeros(len(nodes), hidden).index_add(0, edge_row, h_all.index_select(0, edge_src)) * scale
         gh = F.linear(h_prev, rnn.weight_hh, rnn.bias_hh)
         if model.kind == "gru":
             r_i, z_i, n_i = gi.chunk(3, dim=-1)
@@ -134,7 +135,7 @@ def manual_lattice(model: LatticeRNN, lattices, labels: bool = False):
             n = torch.tanh(n_i + r * n_h)
             h = (1 - z) * n + z * h_prev
         else:
-            c_prev = torch.zeros(len(nodes), hidden).index_add(0, edge_row, c_all[edge_src]) * scale
+            c_prev = torch.zeros(len(nodes), hidden).index_add(0, edge_row, c_all.index_select(0, edge_src)) * scale
             i, f, g, o = (gi + gh).chunk(4, dim=-1)
             c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import BatchExecutionError
 from ..ir.signature import ArgKind, Signature
+from .hoisted import FlushInputs, HoistedRows, constants_of
 from .kernels import _matches, data_dependent_error, kernel_for
 
 _PROBE_ROWS = 6
@@ -48,7 +49,12 @@ def segment_sum(values: torch.Tensor, seg: torch.Tensor, size: int) -> torch.Ten
 
 
 def offsets_info(offsets: torch.Tensor, num_values: int):
-    """(segment id per value, count per row) of CSR ``offsets``; checks they cover the values."""
+    """(segment id per value, count per row) of CSR ``offsets``; checks they cover the values.
+    Offsets made by ``add_ragged_operands`` carry both, computed on the host with the plan
+    (NOTE: [Host segments])."""
+    known = getattr(offsets, "_phalanx_segments", None)
+    if known is not None and known[0] == num_values:
+        return known[1], known[3]
     counts = offsets[1:] - offsets[:-1]
     if int(offsets[-1]) != num_values:
         raise BatchExecutionError(f"ragged operand: offsets end at {int(offsets[-1])} but {num_values} values arrived")
@@ -71,11 +77,19 @@ class SegmentKernel:
     def __call__(self, operands: list, size: int) -> tuple:
         values, offsets = operands
         seg, counts = offsets_info(offsets, len(values))
+        counts = getattr(offsets, "_phalanx_segments", (None, None, counts))[2]
         out = segment_sum(values, seg, size)
         if self.reduce == "mean":
             # 0/0 = nan for an empty row, as torch.mean of an empty stack.
-            out = out / counts.to(out.dtype).reshape(size, *([1] * (out.dim() - 1)))
+            out = out / _count_column(counts, out)
         return (out,)
+
+
+def _count_column(counts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``counts`` as a [B, 1, ...] column of ``out``'s dtype, to divide a segment sum by."""
+    if counts.dtype == out.dtype and counts.dim() == out.dim():
+        return counts
+    return counts.to(out.dtype).reshape(len(counts), *([1] * (out.dim() - 1)))
 
 
 class RaggedRows:
@@ -114,6 +128,8 @@ class RaggedRows:
 
     def _dense(self, t):
         """A non-ragged operand of an elementwise op, as rows aligned with ``values``."""
+        if type(t) is HoistedRows:
+            t = t.rows()
         if type(t) is RaggedRows:
             if t.seg is not self.seg and not torch.equal(t.seg, self.seg):
                 raise RaggedUnsupported("two ragged operands with different segments")
@@ -159,6 +175,13 @@ class RaggedRows:
         func = getattr(torch.Tensor, name)
         return lambda *args, **kwargs: RaggedRows.__torch_function__(func, (), (self, *args), kwargs)
 
+    # The reductions a lattice or child-sum cell applies once per batch, without __getattr__.
+    def sum(self, *args, **kwargs):
+        return _reduce("sum", (self, *args), kwargs)
+
+    def mean(self, *args, **kwargs):
+        return _reduce("mean", (self, *args), kwargs)
+
 
 def _reduce(reduce: str, args: tuple, kwargs: dict) -> torch.Tensor:
     x = args[0]
@@ -173,7 +196,7 @@ def _reduce(reduce: str, args: tuple, kwargs: dict) -> torch.Tensor:
         raise RaggedUnsupported(f"{reduce} over dim {dim!r}")
     out = segment_sum(x.values, x.seg, x.size)
     if reduce == "mean":
-        out = out / x.counts.to(out.dtype).reshape(x.size, *([1] * (out.dim() - 1)))
+        out = out / _count_column(x.counts, out)
     return out
 
 
@@ -213,6 +236,7 @@ class RaggedKernel:
         self.sig = sig
         self.segment: dict = {}          # training flags -> the segment kernel matched the oracle
         self.by_arity: dict = {}         # k -> the ordinary signature of arity k (its own kernels)
+        self.hoist: dict = {}            # training flags -> hoisting agreed on the first batch (NOTE: [Hoisted inputs])
 
     @property
     def mode(self) -> str:
@@ -229,8 +253,38 @@ class RaggedKernel:
         if use_segment is None:
             use_segment = self.segment[flags] = self._probe(fixed, values, offsets[0], counts, size, flags)
         if use_segment:
-            return self._segmented(fixed, values, seg, counts, size)
+            divisor = getattr(offsets[0], "_phalanx_segments", (None, None, counts))[2]
+            hoist = getattr(offsets[0], "_phalanx_hoist", None)
+            # Hoisting runs the first batch twice (plain and hoisted): only for modules in eval mode,
+            # where a second run has no effect (no batch-norm statistics, no dropout draws).
+            if hoist is not None and not any(flags) and self.hoist.get(flags, True) and not torch.is_grad_enabled():
+                out = self._hoisted(fixed, values, seg, divisor, size, flags, hoist)
+                if out is not None:
+                    return out
+            return self._segmented(fixed, values, seg, divisor, size)
         return self._grouped(fixed, values, offsets[0], counts, size, flags)
+
+    def _hoisted(self, fixed, values, seg, divisor, size, flags, hoist) -> "tuple | None":
+        """The segment kernel with the op type's number operands as HoistedRows (NOTE: [Hoisted
+        inputs]); None when this batch should run the plain segment kernel."""
+        inputs, lo, hi = hoist
+        if inputs.constants is None:
+            inputs.constants = constants_of(self.sig.modules, self.sig.captured)
+        ducked = list(fixed)
+        for p, full in inputs.numbers.items():
+            ducked[p] = HoistedRows(full, lo, hi, inputs)
+        if flags not in self.hoist:           # the first batch: keep hoisting only if it agrees
+            plain = self._segmented(fixed, values, seg, divisor, size)
+            try:
+                got = self._segmented(ducked, values, seg, divisor, size)
+            except Exception:  # noqa: BLE001  (anything the hoisted run cannot do: the plain kernel serves)
+                got = None
+            self.hoist[flags] = got is not None and _matches(got, plain)
+            return plain
+        try:
+            return self._segmented(ducked, values, seg, divisor, size)
+        except Exception:  # noqa: BLE001  (a failing row: the plain kernel's run names it)
+            return None
 
     def _segmented(self, fixed, values, seg, counts, size) -> tuple:
         sig = self.sig
@@ -240,6 +294,17 @@ class RaggedKernel:
         outs = sig.flatten(sig.fn(*fixed, *ducks))
         for out, aval in zip(outs, sig.out_avals, strict=True):
             if type(out) is not torch.Tensor and not isinstance(out, torch.Tensor):
+                if type(out) is HoistedRows:          # a value computed from number operands only
+                    outs = tuple(o.rows() if type(o) is HoistedRows else o for o in outs)
+                    return self._checked(outs, size)
+                raise RaggedUnsupported("a ragged result")
+            if out.shape[0] != size or out.shape[1:] != aval.shape:
+                raise RaggedUnsupported(f"result shape {tuple(out.shape)}")
+        return outs
+
+    def _checked(self, outs: tuple, size: int) -> tuple:
+        for out, aval in zip(outs, self.sig.out_avals, strict=True):
+            if not isinstance(out, torch.Tensor):
                 raise RaggedUnsupported("a ragged result")
             if out.shape[0] != size or out.shape[1:] != aval.shape:
                 raise RaggedUnsupported(f"result shape {tuple(out.shape)}")
@@ -336,34 +401,95 @@ class RaggedKernel:
 def add_ragged_operands(graph, steps: list, layout, device, counts) -> None:
     """``build_steps``' hook: append each ragged argument of a ragged batch as (GATHER of every
     member row in node order, NUMBERS offsets). A node's operand codes are its fixed operands, then
-    the members of each ragged argument, all of one length (frontend/ragged.py)."""
+    the members of each ragged argument, all of one length (frontend/ragged.py). Vectorized over
+    every ragged batch of the flush (one numpy pass, one split per kind), as build_steps is."""
     from .executor import BROADCAST, GATHER, NUMBERS, _to_device
 
+    ragged = [step for step in steps if "ragged" in step.sig.meta]
+    if not ragged:
+        return
+    specs = [step.sig.meta["ragged"] for step in ragged]
+    sizes = np.array([step.size for step in ragged], dtype=np.int64)
+    nodes = np.concatenate([step.nodes for step in ragged])
+    n_ragged = np.array([len(spec.positions) for spec in specs], dtype=np.int64)
+    start = graph.arg_start[nodes] + np.repeat([len(step.sig.in_kinds) for step in ragged], sizes)
+    per_node = (graph.arg_start[nodes + 1] - start) // np.repeat(n_ragged, sizes)
+    # Members of the whole flush in node order; a step's members are one contiguous range.
+    member_lo = np.zeros(len(nodes) + 1, dtype=np.int64)
+    np.cumsum(per_node, out=member_lo[1:])
+    node_lo = np.zeros(len(ragged) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=node_lo[1:])
+    totals = member_lo[node_lo[1:]] - member_lo[node_lo[:-1]]
+    owner = np.repeat(np.arange(len(nodes)), per_node)
+    within = np.arange(len(owner)) - member_lo[owner]
+    step_of_node = np.repeat(np.arange(len(ragged)), sizes)
+    # Per step: offsets [size + 1] (local), and per member its row within the step (segment id).
+    offsets = member_lo[np.arange(len(nodes) + len(ragged)) - np.repeat(np.arange(len(ragged)), sizes + 1)]
+    offsets = offsets - np.repeat(member_lo[node_lo[:-1]], sizes + 1)
+    seg = owner - node_lo[step_of_node[owner]]
+    offsets_parts = _to_device(torch.from_numpy(offsets), device).split((sizes + 1).tolist())
+    seg_parts = _to_device(torch.from_numpy(seg), device).split(totals.tolist())
+    count_t = torch.from_numpy(per_node)
+    count_parts = _to_device(count_t, device).split(sizes.tolist())
+    divisors: dict = {}
     layout_rows = layout.value_row
-    for step in steps:
-        spec = step.sig.meta.get("ragged")
-        if spec is None:
-            continue
-        nodes = step.nodes
-        start = graph.arg_start[nodes] + len(step.sig.in_kinds)
-        per_node = (graph.arg_start[nodes + 1] - start) // len(spec.positions)
-        offsets = np.zeros(len(nodes) + 1, dtype=np.int64)
-        np.cumsum(per_node, out=offsets[1:])
-        total = int(offsets[-1])
-        owner = np.repeat(np.arange(len(nodes)), per_node)
-        within = np.arange(total) - offsets[owner]
-        offsets_t = _to_device(torch.from_numpy(offsets), device)
+    rows_parts, arena_of = [], []
+    for r in range(int(n_ragged.max())):
+        # Member j of ragged argument r; entries of nodes with fewer ragged arguments are unused.
+        index = np.minimum(start[owner] + r * per_node[owner] + within, len(graph.arg_code) - 1)
+        vids = graph.arg_code[index] if len(index) else index
+        rows_parts.append(_to_device(torch.from_numpy(layout_rows[np.maximum(vids, 0)]), device).split(totals.tolist()))
+        first = member_lo[node_lo[:-1]]
+        arena_of.append(graph.value_aval_id[np.maximum(vids[np.minimum(first, max(len(vids) - 1, 0))], 0)].tolist()
+                        if len(vids) else [0] * len(ragged))
+    totals_l = totals.tolist()
+    hoists = _flush_inputs(ragged, NUMBERS)
+    for i, (step, spec) in enumerate(zip(ragged, specs, strict=True)):
+        total = totals_l[i]
+        offsets_t = offsets_parts[i]
+        # NOTE: [Host segments] the kernel's segment ids and counts, made here with the rest of the
+        # plan instead of by several small device ops (and a device-to-host read) per batch.
+        # ``_phalanx_segments``: (values, segment ids, counts as a divisor column, counts).
+        element = spec.elements[0]
+        divisor = count_parts[i]
+        if element.dtype.is_floating_point and all(e.dtype == element.dtype for e in spec.elements):
+            by_dtype = divisors.get(element.dtype)
+            if by_dtype is None:
+                by_dtype = divisors[element.dtype] = _to_device(count_t.to(element.dtype), device).split(
+                    sizes.tolist())
+            divisor = by_dtype[i].view(step.size, *([1] * len(element.shape)))
+        offsets_t._phalanx_segments = (total, seg_parts[i], divisor, count_parts[i])
+        offsets_t._phalanx_hoist = hoists[i]
         for r, element in enumerate(spec.elements):
-            vids = graph.arg_code[start[owner] + r * per_node[owner] + within]
             if total:
-                rows = _to_device(torch.from_numpy(layout_rows[vids]), device)
-                step.operands.append((GATHER, int(graph.value_aval_id[vids[0]]), rows))
+                step.operands.append((GATHER, arena_of[r][i], rows_parts[r][i]))
                 counts.operand_lists += 1
                 counts.gathers += 1
                 counts.gather_bytes += total * element.nbytes
             else:
                 step.operands.append((BROADCAST, 0, element.zeros(device)))    # [0, *E]: no member at all
             step.operands.append((NUMBERS, torch.int64, offsets_t))
+
+
+def _flush_inputs(ragged: list, numbers_kind: int) -> list:
+    """Per ragged batch: (its op type's number operands over all the op type's batches of the
+    flush, its rows [lo, hi) within them), or None for an op type without number operands
+    (NOTE: [Hoisted inputs])."""
+    by_sig: dict = {}
+    for i, step in enumerate(ragged):
+        by_sig.setdefault(step.sig.sid, []).append(i)
+    out: list = [None] * len(ragged)
+    for group in by_sig.values():
+        sig = ragged[group[0]].sig
+        positions = [p for p, kind in enumerate(sig.in_kinds) if kind is ArgKind.NUMBER]
+        if not positions or any(ragged[i].operands[p][0] != numbers_kind for i in group for p in positions):
+            continue
+        inputs = FlushInputs({p: torch.cat([ragged[i].operands[p][2] for i in group]) for p in positions})
+        lo = 0
+        for i in group:
+            out[i] = (inputs, lo, lo + ragged[i].size)
+            lo += ragged[i].size
+    return out
 
 
 def ragged_subset(sig: Signature, operands: list, rows: torch.Tensor) -> tuple[list, list]:

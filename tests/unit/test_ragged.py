@@ -228,3 +228,63 @@ def test_a_failing_batch_names_the_instance():
         batcher([(3, 2), (5, 3)])                              # the kernel is chosen on good rows
         with pytest.raises(phalanx.errors.BatchExecutionError, match="instance 1: cell MeanNode"):
             batcher([(3, 2), (25, 3), (4, 1)])                 # word 25 is past the embedding table
+
+
+@phalanx.cell
+def _mix(scale, xs, ys):
+    """A function cell with a number, a stack and a list argument."""
+    return torch.tanh(xs.sum(-2) * scale) + (torch.stack(ys).mean(0) if ys else 0.0)
+
+
+@phalanx.cell
+def _pair(xs, ys):
+    return xs.sum(-2) * ys.mean(-2)
+
+
+def _mixed_calls(inst):
+    # Argument patterns change from call to call: number types, arities, element shapes, a list
+    # (empty too), stacks of different lengths (materialized), a per-instance tensor argument.
+    seed, wide = inst
+    hs = [torch.tanh(seed * (j + 1)) for j in range(3)]
+    wides = [torch.tanh(wide * (j + 1)) for j in range(2)]
+    out = []
+    for i in range(6):
+        k = 1 + (i % 3)
+        out.append(_mix(2, torch.stack(hs[:k]), hs[k - 1:]))
+        out.append(_mix(0.5, torch.stack(hs[:k]), []))
+        out.append(_mix(3, torch.stack(wides[: 1 + i % 2]), wides[:1]))
+        out.append(_mix(seed.sum() * 0.1, torch.stack(hs[:k]), hs[:2]))
+        out.append(_pair(torch.stack(hs[:k]), torch.stack(hs[:1 + (i % 2)])))
+        hs.append(out[-2])
+    return [o.sum() for o in out]
+
+
+def test_the_ragged_fast_path_records_what_the_general_path_records(monkeypatch):
+    # NOTE: [Ragged fast path]: a cell's calls like its last one skip the general path; the graph
+    # must be exactly the one the general path records (op types, operand codes, depths, numbers).
+    from phalanx.frontend import ragged as ragged_frontend
+
+    instances = [(torch.randn(H), torch.randn(2 * H)) for _ in range(3)]
+    batcher = phalanx.Batcher(_mixed_calls)
+    with torch.no_grad():
+        batcher(instances)
+    calls = []
+    original = ragged_frontend.record_known_call
+
+    def counted(rec, hit, args):
+        out = original(rec, hit, args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ragged_frontend, "record_known_call", counted)
+    fast = batcher.record(instances)
+    assert any(calls) and not all(calls)        # both outcomes happened
+    monkeypatch.setattr(ragged_frontend, "record_known_call", lambda rec, hit, args: None)
+    general = batcher.record(instances)
+    for column in ("node_sig", "node_depth", "arg_start", "arg_code"):
+        assert getattr(fast, column).tolist() == getattr(general, column).tolist(), column
+    assert [type(x) for x in fast.imms] == [type(x) for x in general.imms]
+    assert all(a is b or (type(a) is not torch.Tensor and a == b) for a, b in zip(fast.imms, general.imms, strict=True))
+    monkeypatch.undo()
+    assert_matches_eager(_mixed_calls, instances, batcher=batcher)
+    assert_matches_eager(_mixed_calls, instances, params=[], train=True, batcher=batcher)
