@@ -58,10 +58,23 @@ def force_value(value, what: str) -> torch.Tensor:
     policy training) there is no value to wait for."""
     hub = _SLOT.hub
     if hub is None:
-        raise DataDependentError(
-            f"{what} on {value!r} needs its value, which does not exist while recording; run the instances "
-            f"with a Batcher call (fibers), keep the decision inside a cell, or run this code outside phalanx")
+        raise _no_value(value, what)
     return hub.force(value, what)
+
+
+def force_item(value):
+    """``value.item()``: as ``force_value``, but the Python number (a decoder's next word is one per
+    step; the hub reads a round's 0-d values as one Python list)."""
+    hub = _SLOT.hub
+    if hub is None:
+        raise _no_value(value, ".item()")
+    return hub.item(value)
+
+
+def _no_value(value, what: str) -> DataDependentError:
+    return DataDependentError(
+        f"{what} on {value!r} needs its value, which does not exist while recording; run the instances "
+        f"with a Batcher call (fibers), keep the decision inside a cell, or run this code outside phalanx")
 
 
 def resolve_stale(value, name: str) -> torch.Tensor:

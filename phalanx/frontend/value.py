@@ -107,7 +107,7 @@ class LazyValue(ValueBase):
 
     def item(self):
         """Suspends the instance (fiber) until its value is computed."""
-        return self._needs_value(".item()").item()
+        return _recorder.force_item(self)
 
     def tolist(self):
         """Suspends the instance (fiber) until its value is computed."""

@@ -74,34 +74,44 @@ class RoundResult:
     Looked up once per stale operand of every later round (NOTE: [Values across rounds]), so rows
     and arenas are Python lists and each arena's row views are made once, by one ``unbind``."""
 
-    __slots__ = ("graph", "value_row", "value_arena", "arenas", "_rows", "_plain")
+    __slots__ = ("graph", "value_row", "value_arena", "arenas", "_rows", "_plain", "_items")
 
     def __init__(self, graph, value_row, value_arena, arenas):
         self.graph = graph            # the DataflowGraph (kept alive so its id is not reused)
         self.value_row = value_row.tolist()
         self.value_arena = value_arena.tolist()
         self.arenas = arenas          # per arena: all rows (autograd-connected in training)
-        self._rows: dict[int, tuple] = {}
+        self._rows: dict[int, list] = {}
         self._plain: dict[int, tuple] = {}
+        self._items: dict[int, list | None] = {}
 
     def value(self, vid: int) -> torch.Tensor:
         arena = self.value_arena[vid]
         rows = self._rows.get(arena)
         if rows is None:
             rows = self._rows[arena] = self._row_views(arena)
-        return rows[self.value_row[vid]]
+        row = self.value_row[vid]
+        view = rows[row]
+        if view is None:
+            view = rows[row] = self._tagged(self.arenas[arena], self.arenas[arena][row], row)
+        return view
 
-    def _row_views(self, arena: int) -> tuple:
-        # One unbind per arena (its backward stacks every row's gradient in one op): the rows a
-        # later round reads are most of an arena (a decoder's states) or a few reused often (an
-        # encoder memory), and a view per row costs ~1 us either way.
+    def _row_views(self, arena: int) -> list:
+        """The row views of an arena, made on first use: a small arena (a decoder step's states,
+        most of which the next round reads) by one ``unbind`` (~1 us a row, and its backward stacks
+        every row's gradient in one op); a large one (every encoder state, of which the decoder reads
+        the last) one row at a time."""
         base = self.arenas[arena]
-        rows = base.unbind(0)
-        for row, view in enumerate(rows):
-            # Where it lives, so a later round reads many such rows with ONE index_select from the
-            # round's arena, not a stack of views (runtime/executor.py, EXTERNAL operands).
-            view._phalanx_origin = (base, row)
-        return rows
+        if len(base) > _UNBIND_ROWS:
+            return [None] * len(base)
+        return [self._tagged(base, view, row) for row, view in enumerate(base.unbind(0))]
+
+    @staticmethod
+    def _tagged(base: torch.Tensor, view: torch.Tensor, row: int) -> torch.Tensor:
+        # Where it lives, so a later round reads many such rows with ONE index_select from the
+        # round's arena, not a stack of views (runtime/executor.py, EXTERNAL operands).
+        view._phalanx_origin = (base, row)
+        return view
 
     def data(self, vid: int) -> torch.Tensor:
         """The value's data, detached: what a suspension point (``item``, ``bool``...) reads."""
@@ -110,6 +120,21 @@ class RoundResult:
         if rows is None:
             rows = self._plain[arena] = self.arenas[arena].detach().unbind(0)
         return rows[self.value_row[vid]]
+
+    def item(self, vid: int):
+        """``data(vid).item()``; a 0-d value is read from its arena as one Python list, made once
+        (every instance of a decoder reads its next word from the same arena of the round)."""
+        arena = self.value_arena[vid]
+        numbers = self._items.get(arena, False)
+        if numbers is False:
+            base = self.arenas[arena]
+            numbers = self._items[arena] = base.detach().tolist() if base.dim() == 1 else None
+        if numbers is None:
+            return self.data(vid).item()
+        return numbers[self.value_row[vid]]
+
+
+_UNBIND_ROWS = 256      # RoundResult._row_views: arenas up to this many rows are unbound at once
 
 
 # NOTE: [Collector paused] a call allocates many small objects that live until its end (lazy
@@ -362,6 +387,12 @@ class Hub:
         if value.graph is self.rec.graph:
             self.suspend()
         return self._round_of(value).data(value.vid)
+
+    def item(self, value):
+        """``force(value).item()``, suspending the same way."""
+        if value.graph is self.rec.graph:
+            self.suspend()
+        return self._round_of(value).item(value.vid)
 
     def resolve_stale(self, value, name: str) -> torch.Tensor:
         """A lazy value of an already flushed round, as the concrete tensor a later round reads
