@@ -340,13 +340,13 @@ class Hub:
         """Each immediate that is a lazy value of an earlier round becomes its concrete row
         (NOTE: [Values across rounds]): what the executor reads as a tensor operand."""
         rounds = self.rounds
-        graph = rr = None
+        graph = value = None
         for i, x in enumerate(imms):
             if type(x) is _LazyValue:
-                if x.graph is not graph:
+                if x.graph is not graph:        # runs of one round: a decoder's states, its memory
                     graph = x.graph
-                    rr = rounds[id(graph)]
-                imms[i] = rr.value(x.vid)
+                    value = rounds[id(graph)].value
+                imms[i] = value(x.vid)
 
     def _collect_results(self) -> list:
         """Per-instance results; each (round, arena) holding results is read with one index_select,
