@@ -1,4 +1,4 @@
-"""Stage split of one phalanx NMT (or any fibers workload) call, in CPU time of this process
+"""Stage split of one phalanx NMT decode call (greedy, fibers), in CPU time of this process
 (time.process_time: robust to other jobs on the cores), best of N rounds over 2 mini-batches.
 Run: ``python docs/results/fibers-stage-split.py [batch size] [rounds]``. The "record" stage of
 ``Stats`` is split further: freeze, resolve (stale immediates -> row views, NOTE: [Values across
