@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CellCallError, DataDependentError, PhalanxError, ResultStructureError, UnsupportedOpError
 from ..ir.aval import AVal, aval, aval_of
-from ..ir.columns import FLOAT_KEY, INT_KEY
+from ..ir.columns import FLOAT_KEY, INT_KEY, TENSOR_KEY, is_stale
 from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
 from ..rules import shifted_call, stacked_dim
@@ -58,10 +58,23 @@ def force_value(value, what: str) -> torch.Tensor:
     policy training) there is no value to wait for."""
     hub = _SLOT.hub
     if hub is None:
-        raise DataDependentError(
-            f"{what} on {value!r} needs its value, which does not exist while recording; run the instances "
-            f"with a Batcher call (fibers), keep the decision inside a cell, or run this code outside phalanx")
+        raise _no_value(value, what)
     return hub.force(value, what)
+
+
+def force_item(value):
+    """``value.item()``: as ``force_value``, but the Python number (a decoder's next word is one per
+    step; the hub reads a round's 0-d values as one Python list)."""
+    hub = _SLOT.hub
+    if hub is None:
+        raise _no_value(value, ".item()")
+    return hub.item(value)
+
+
+def _no_value(value, what: str) -> DataDependentError:
+    return DataDependentError(
+        f"{what} on {value!r} needs its value, which does not exist while recording; run the instances "
+        f"with a Batcher call (fibers), keep the decision inside a cell, or run this code outside phalanx")
 
 
 def resolve_stale(value, name: str) -> torch.Tensor:
@@ -70,6 +83,14 @@ def resolve_stale(value, name: str) -> torch.Tensor:
     if hub is None:
         raise PhalanxError(f"{name}: got a lazy value from a finished phalanx run")
     return hub.resolve_stale(value, name)
+
+
+def check_stale(g, value, name: str) -> None:
+    """``value`` (not of graph ``g``) must be a lazy value of an earlier round of the run recording
+    ``g``: then it is recorded as itself, an immediate the hub resolves to its concrete row when ``g``
+    is flushed (NOTE: [Values across rounds] in runtime/fibers.py), as the native fast path does."""
+    if not is_stale(g, value):
+        raise PhalanxError(f"{name}: got a lazy value from a finished phalanx run")
 
 
 def active_or_error() -> "Recorder":
@@ -148,9 +169,10 @@ def _static_key(obj, op_name: str):
 class Recorder:
     """Records the instances of one phalanx run into a DataflowGraph."""
 
-    def __init__(self, table: SignatureTable, device: "torch.device | None" = None):
+    def __init__(self, table: SignatureTable, device: "torch.device | None" = None, run: Any = None):
         self.table = table
         self.graph = DataflowGraph(table, device)
+        self.graph.run = run              # the fibers run (a token): values of its earlier rounds may be read
         # The fast path of a cell call (frontend/cell.py): native when built (NOTE: [Native columns]).
         self.append_call = self.graph.append_call
         self.last_sig: dict = {}          # cell -> the signature of its last all-lazy call (split cells)
@@ -210,10 +232,10 @@ class Recorder:
             t = type(a)
             if t is LazyValue:
                 if a.graph is not g:
-                    # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]),
-                    # whose aval is the lazy value's.
-                    key.append(("tensor", a.aval))
-                    a = resolve_stale(a, cell._phalanx_name)
+                    # A value of an earlier fiber round: a tensor operand of the lazy value's aval, recorded
+                    # as itself and resolved to its row at the flush (NOTE: [Values across rounds]).
+                    check_stale(g, a, cell._phalanx_name)
+                    key.append((TENSOR_KEY, a.aval))
                     arg_code.append(-1 - len(imms))
                     imms.append(a)
                     continue
@@ -229,7 +251,7 @@ class Recorder:
             elif t is torch.Tensor:
                 # A per-instance tensor (an initial state, features); Parameters (another type) take
                 # the general path, where they become part of the op type.
-                key.append(("tensor", aval_of(a)))
+                key.append((TENSOR_KEY, aval_of(a)))
                 arg_code.append(-1 - len(imms))
                 imms.append(a)
             else:
@@ -308,7 +330,7 @@ class Recorder:
         for i in keep:
             arg_code.append(codes[i])
             a = args[i]
-            if type(a) is LazyValue and a.depth >= prefix_depth:
+            if type(a) is LazyValue and a.graph is g and a.depth >= prefix_depth:
                 prefix_depth = a.depth + 1
         first = g.num_values
         self._append_node(g, prefix, prefix_depth)
@@ -408,14 +430,14 @@ class Recorder:
             stacked = ragged.try_stack(self, args, kwargs)
             if stacked is not None:
                 return stacked
-        # NOTE: [Op fast key] the common op call (positional lazy values of this graph, flat lists
-        # of them, and static numbers / None / strings / slices) is keyed by a flat tuple built in
-        # one loop; the general path's encoder (a recursive walk, ~3x the cost) runs only on the
-        # first call of each such key, which then maps to the op type the general path found.
+        # NOTE: [Op fast key] the common op call (positional lazy values, of this graph or stale ones
+        # of an earlier fiber round, flat lists of them, static numbers / None / strings / slices,
+        # and flat tuples / lists of static ints such as ``F.pad``'s widths) is keyed by a flat tuple
+        # built in one loop; the general path's encoder (a recursive walk, ~3x the cost) runs only
+        # on the first call of each such key, which then maps to the op type the general path found.
         # Keyword arguments may be statics (``dim=-1``); their names are part of the key, in order.
         fast_key = None
-        # (a stack the ragged path declined keeps to the general path: no fast key)
-        parts = [_OP_FAST, func] if func is not torch.stack else None
+        parts = [_OP_FAST, func]
         for k, v in kwargs.items() if parts is not None else ():
             t = type(v)
             if t is float:
@@ -429,9 +451,12 @@ class Recorder:
             for a in args:
                 t = type(a)
                 if t is LazyValue:
-                    if a.graph is not g:
+                    if a.graph is g:
+                        parts.append(a.aval)
+                    elif is_stale(g, a):
+                        parts.append((TENSOR_KEY, a.aval))
+                    else:
                         break
-                    parts.append(a.aval)
                 elif t is float:
                     parts.append((float, a.hex()))
                 elif t is int or t is bool or t is str or a is None:
@@ -439,13 +464,10 @@ class Recorder:
                 elif t is slice:
                     parts.append((slice, a.start, a.stop, a.step))
                 elif t is list or t is tuple:
-                    for x in a:
-                        if type(x) is not LazyValue or x.graph is not g:
-                            break
-                    else:
-                        parts.append((t, *[x.aval for x in a]))
-                        continue
-                    break
+                    part = _sequence_key(g, t, a)
+                    if part is None:
+                        break
+                    parts.append(part)
                 else:
                     break
             else:
@@ -469,20 +491,31 @@ class Recorder:
         return out
 
     def _append_op(self, g, sig: Signature, args: tuple):
-        """An op call whose op type its fast key found (NOTE: [Op fast key])."""
-        arg_code = g.arg_code
+        """An op call whose op type its fast key found (NOTE: [Op fast key]): operands in the order
+        the general path's encoder finds them; stale values are immediates, static ints nothing."""
+        arg_code, imms = g.arg_code, g.imms
         depth = 0
         for a in args:
             t = type(a)
             if t is LazyValue:
-                arg_code.append(a.vid)
-                if a.depth >= depth:
-                    depth = a.depth + 1
+                if a.graph is g:
+                    arg_code.append(a.vid)
+                    if a.depth >= depth:
+                        depth = a.depth + 1
+                else:
+                    arg_code.append(-1 - len(imms))
+                    imms.append(a)
             elif t is list or t is tuple:
                 for x in a:
-                    arg_code.append(x.vid)
-                    if x.depth >= depth:
-                        depth = x.depth + 1
+                    if type(x) is not LazyValue:
+                        continue            # a static int (the key holds it)
+                    if x.graph is g:
+                        arg_code.append(x.vid)
+                        if x.depth >= depth:
+                            depth = x.depth + 1
+                    else:
+                        arg_code.append(-1 - len(imms))
+                        imms.append(x)
         return self._append_node(g, sig, depth)
 
     # *** the general path: nested arguments, kwargs, tensors, statics ***
@@ -502,10 +535,11 @@ class Recorder:
                 obj = obj.materialize()
                 t = LazyValue
             if t is LazyValue and obj.graph is not g:
-                # A value of an earlier fiber round: its concrete row (NOTE: [Values across rounds]),
-                # a per-instance tensor operand of the lazy value's aval.
-                key_parts.append(("tensor", obj.aval))
-                operands.append(resolve_stale(obj, name))
+                # A value of an earlier fiber round: a per-instance tensor operand of the lazy value's
+                # aval, resolved to its row at the flush (NOTE: [Values across rounds]).
+                check_stale(g, obj, name)
+                key_parts.append((TENSOR_KEY, obj.aval))
+                operands.append(obj)
                 return _OPERAND
             if t is LazyValue:
                 operands.append(obj)
@@ -517,7 +551,7 @@ class Recorder:
                     return obj
                 self.check_device(obj, f"{name}: a tensor argument")
                 operands.append(obj)
-                key_parts.append(("tensor", aval_of(obj)))
+                key_parts.append((TENSOR_KEY, aval_of(obj)))
                 return _OPERAND
             if t in (int, float, bool) and numbers_are_operands:
                 operands.append(obj)
@@ -525,7 +559,13 @@ class Recorder:
                 return _OPERAND
             if t is tuple or t is list:
                 key_parts.append((t, len(obj)))
-                return t(encode(x) for x in obj)
+                for x in obj:
+                    if type(x) is not LazyValue or x.graph is not g:
+                        return t(encode(x) for x in obj)
+                # A flat list of this graph's lazy values (a stack's members): no walk.
+                operands.extend(obj)
+                key_parts.extend([x.aval for x in obj])
+                return t([_OPERAND] * len(obj))
             if t is dict:
                 key_parts.append((dict, tuple(obj)))
                 return {k: encode(v) for k, v in obj.items()}
@@ -551,7 +591,7 @@ class Recorder:
 
     def _new_signature(self, key, callee, name, fn, template_args, template_kwargs, operands) -> Signature:
         g = self.graph
-        kinds, avals, examples = operand_facts(operands, g.device)
+        kinds, avals, examples = operand_facts(operands, g.device, g)
         per_instance = _bind_template(fn, template_args, template_kwargs)
         meta = {"batching": getattr(callee, "_phalanx_batching", "auto")}
         shifted = shifted_call(fn, template_args, template_kwargs) if callee is fn else None
@@ -581,20 +621,21 @@ class Recorder:
             # Also register the flat key of the cell fast path, so the next call skips this path.
             flat_key = [callee]
             for k, a in zip(kinds, avals, strict=True):
-                flat_key.append(a if k is ArgKind.LAZY else _number_key(a) if k is ArgKind.NUMBER else ("tensor", a))
+                flat_key.append(a if k is ArgKind.LAZY else _number_key(a) if k is ArgKind.NUMBER else (TENSOR_KEY, a))
             keys.append(tuple(flat_key))
-            if (sig.single or sig.plain_tuple) and ArgKind.TENSOR not in kinds and _BOOL_KEY not in flat_key:
+            if (sig.single or sig.plain_tuple) and _BOOL_KEY not in flat_key:
                 sig.fast_pattern = tuple(flat_key[1:])
         self.table.add(sig, *keys)
         return sig
 
 
-def operand_facts(operands, device) -> tuple[list, list, list]:
-    """Kind, aval and an example tensor (zeros for lazy values) of each operand of a new op type."""
+def operand_facts(operands, device, graph=None) -> tuple[list, list, list]:
+    """Kind, aval and an example tensor (zeros for lazy values) of each operand of a new op type. A
+    lazy value not of ``graph`` (a stale one, of an earlier fiber round) is a tensor operand."""
     kinds, avals, examples = [], [], []
     for op in operands:
         if type(op) is LazyValue:
-            kinds.append(ArgKind.LAZY)
+            kinds.append(ArgKind.LAZY if graph is None or op.graph is graph else ArgKind.TENSOR)
             avals.append(op.aval)
             examples.append(op.aval.zeros(device))
         elif isinstance(op, torch.Tensor):
@@ -609,13 +650,14 @@ def operand_facts(operands, device) -> tuple[list, list, list]:
 
 
 def operand_codes(g, operands) -> tuple[list[int], int]:
-    """Operand codes of a node (value ids; immediates appended to ``g.imms``) and its depth before
-    the phase floor: 1 + the deepest lazy operand, 0 without one (NOTE: [Inline depth])."""
+    """Operand codes of a node (value ids; immediates appended to ``g.imms``, stale lazy values among
+    them) and its depth before the phase floor: 1 + the deepest lazy operand of ``g``, 0 without one
+    (NOTE: [Inline depth])."""
     codes = []
     depth = 0
     imms = g.imms
     for op in operands:
-        if type(op) is LazyValue:
+        if type(op) is LazyValue and op.graph is g:
             codes.append(op.vid)
             if op.depth >= depth:
                 depth = op.depth + 1
@@ -652,6 +694,30 @@ def _number_key(a: AVal):
     if a.dtype is torch.bool:
         return _BOOL_KEY
     return _INT_KEY if a.dtype is torch.int64 else _FLOAT_KEY
+
+
+def _sequence_key(g, t: type, seq):
+    """The op fast key's part for a tuple / list argument (NOTE: [Op fast key]): the avals of lazy
+    values (``(TENSOR_KEY, aval)`` for stale ones), or the ints of a static int sequence; None for
+    anything else (the general path)."""
+    part = [t]
+    if seq and type(seq[0]) is int:
+        for x in seq:
+            if type(x) is not int:
+                return None
+        part.append(int)
+        part.extend(seq)
+        return tuple(part)
+    for x in seq:
+        if type(x) is not LazyValue:
+            return None
+        if x.graph is g:
+            part.append(x.aval)
+        elif is_stale(g, x):
+            part.append((TENSOR_KEY, x.aval))
+        else:
+            return None
+    return tuple(part)
 
 
 def _flat_template(template_args, n: int) -> bool:

@@ -15,16 +15,23 @@
  *              anything else): the Python recorder then takes the call.
  *
  * The pattern holds, per argument, the AVal object a lazy argument must have (identity: avals are
- * interned) or INT_KEY / FLOAT_KEY for a Python int / float, which becomes an immediate operand.
- * Depth (NOTE: [Inline depth]) is 1 + the deepest lazy argument, at least phase_base.
+ * interned), INT_KEY / FLOAT_KEY for a Python int / float, or (TENSOR_KEY, aval) for a per-instance
+ * tensor operand: a plain torch.Tensor of that aval, or a lazy value of that aval recorded by an
+ * earlier fiber round of the same run (a *stale* value: its graph's ``run`` is this graph's, and
+ * not None). Numbers, tensors and stale values become immediates; the fibers hub turns each stale
+ * one into its concrete row when this graph is flushed (NOTE: [Values across rounds]).
+ * Depth (NOTE: [Inline depth]) is 1 + the deepest lazy argument of this graph, at least phase_base.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 
 static PyTypeObject *value_type = NULL;   /* LazyValue, registered by set_value_type */
+static PyTypeObject *tensor_type = NULL;  /* torch.Tensor (exactly), registered by set_value_type */
 static PyObject *int_key = NULL;
 static PyObject *float_key = NULL;
+static PyObject *tensor_key = NULL;
+static PyObject *str_shape, *str_dtype;
 
 /* *** ValueBase *** */
 
@@ -428,6 +435,7 @@ typedef struct {
     IntColumn *arg_code;    /* value id (>= 0) or -1 - immediate index */
     PyObject *imms;         /* list: immediates (numbers, tensors) */
     PyObject *fast_calls;   /* dict: cell -> (sid, pattern, out_avals, single) */
+    PyObject *run;          /* the fibers run recording this graph (a token), or None */
     Py_ssize_t num_values;
     Py_ssize_t phase_base;
 } Columns;
@@ -445,6 +453,7 @@ columns_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->arg_code = column_create();
     self->imms = PyList_New(0);
     self->fast_calls = PyDict_New();
+    self->run = Py_NewRef(Py_None);
     if (!self->node_sig || !self->node_depth || !self->arg_start || !self->arg_code || !self->imms
             || !self->fast_calls) {
         Py_DECREF(self);
@@ -466,6 +475,7 @@ columns_traverse(Columns *self, visitproc visit, void *arg)
     Py_VISIT(self->arg_code);
     Py_VISIT(self->imms);
     Py_VISIT(self->fast_calls);
+    Py_VISIT(self->run);
     return 0;
 }
 
@@ -478,6 +488,7 @@ columns_clear(Columns *self)
     Py_CLEAR(self->arg_code);
     Py_CLEAR(self->imms);
     Py_CLEAR(self->fast_calls);
+    Py_CLEAR(self->run);
     return 0;
 }
 
@@ -500,11 +511,43 @@ truncate_imms(PyObject *list, Py_ssize_t n)
     PyErr_Restore(err_type, err_value, err_tb);
 }
 
+/* A lazy value of this graph (not a stale one of an earlier round). */
+static inline int
+is_own_value(Columns *self, PyObject *a)
+{
+    return Py_TYPE(a) == value_type && ((ValueBase *)a)->graph == (PyObject *)self;
+}
+
+/* A lazy value of an earlier round of the same fibers run (NOTE: [Values across rounds]). */
+static inline int
+is_stale_value(Columns *self, ValueBase *v)
+{
+    return self->run != Py_None && v->graph != (PyObject *)self && PyObject_TypeCheck(v->graph, Py_TYPE(self))
+        && ((Columns *)v->graph)->run == self->run;
+}
+
+/* Does tensor t have this aval (shape and dtype)? 1, 0, or -1 with an error set. */
+static int
+tensor_has_aval(PyObject *t, PyObject *aval)
+{
+    PyObject *dtype = PyObject_GetAttr(t, str_dtype), *want = PyObject_GetAttr(aval, str_dtype);
+    int same = dtype != NULL && want != NULL && dtype == want;
+    Py_XDECREF(dtype);
+    Py_XDECREF(want);
+    if (!same)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *shape = PyObject_GetAttr(t, str_shape), *want_shape = PyObject_GetAttr(aval, str_shape);
+    int r = shape != NULL && want_shape != NULL ? PyObject_RichCompareBool(shape, want_shape, Py_EQ) : -1;
+    Py_XDECREF(shape);
+    Py_XDECREF(want_shape);
+    return r;
+}
+
 /* Push one argument's operand code: a lazy value's id, or a new immediate. */
 static inline int
 push_operand(Columns *self, PyObject *a)
 {
-    if (Py_TYPE(a) == value_type)
+    if (is_own_value(self, a))
         return column_push(self->arg_code, ((ValueBase *)a)->vid);
     if (column_push(self->arg_code, -1 - PyList_GET_SIZE(self->imms)) < 0)
         return -1;
@@ -561,7 +604,7 @@ append_split(Columns *self, PyObject *const *args, PyObject *parts, Py_ssize_t d
         PyObject *a = args[PyLong_AsSsize_t(PyTuple_GET_ITEM(keep, j))];
         if (push_operand(self, a) < 0)
             return NULL;
-        if (Py_TYPE(a) == value_type && ((ValueBase *)a)->depth >= prefix_depth)
+        if (is_own_value(self, a) && ((ValueBase *)a)->depth >= prefix_depth)
             prefix_depth = ((ValueBase *)a)->depth + 1;
     }
     Py_ssize_t nprefix = PyTuple_GET_SIZE(prefix_out);
@@ -604,12 +647,27 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *a = args[i];
         PyObject *p = PyTuple_GET_ITEM(pattern, i);
+        /* a per-instance tensor operand of this pattern: (TENSOR_KEY, aval) */
+        PyObject *tensor_aval = PyTuple_CheckExact(p) && PyTuple_GET_SIZE(p) == 2 && PyTuple_GET_ITEM(p, 0) == tensor_key
+            ? PyTuple_GET_ITEM(p, 1) : NULL;
         if (Py_TYPE(a) == value_type) {
             ValueBase *v = (ValueBase *)a;
-            if (v->aval != p || v->graph != (PyObject *)self)
+            if (v->graph == (PyObject *)self) {
+                if (v->aval != p)
+                    Py_RETURN_NOTIMPLEMENTED;
+                if (v->depth >= depth)
+                    depth = v->depth + 1;
+            } else if (tensor_aval == NULL || v->aval != tensor_aval || !is_stale_value(self, v)) {
                 Py_RETURN_NOTIMPLEMENTED;
-            if (v->depth >= depth)
-                depth = v->depth + 1;
+            }
+        } else if (Py_TYPE(a) == tensor_type) {
+            if (tensor_aval == NULL)
+                Py_RETURN_NOTIMPLEMENTED;
+            int r = tensor_has_aval(a, tensor_aval);
+            if (r < 0)
+                return NULL;
+            if (r == 0)
+                Py_RETURN_NOTIMPLEMENTED;
         } else if (PyLong_CheckExact(a)) {
             if (p != int_key)
                 Py_RETURN_NOTIMPLEMENTED;
@@ -630,7 +688,7 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
             unsigned long long keep = 0;
             int deep = 0;
             for (Py_ssize_t i = 0; i < n; i++) {
-                if (Py_TYPE(args[i]) == value_type && ((ValueBase *)args[i])->depth > limit)
+                if (is_own_value(self, args[i]) && ((ValueBase *)args[i])->depth > limit)
                     deep = 1;
                 else
                     keep |= 1ULL << i;
@@ -700,6 +758,7 @@ static PyMemberDef columns_members[] = {
     {"arg_code", T_OBJECT_EX, offsetof(Columns, arg_code), READONLY, NULL},
     {"imms", T_OBJECT_EX, offsetof(Columns, imms), READONLY, NULL},
     {"fast_calls", T_OBJECT_EX, offsetof(Columns, fast_calls), READONLY, NULL},
+    {"run", T_OBJECT_EX, offsetof(Columns, run), 0, "the fibers run recording this graph (a token), or None"},
     {"num_values", T_PYSSIZET, offsetof(Columns, num_values), 0, NULL},
     {"phase_base", T_PYSSIZET, offsetof(Columns, phase_base), 0, NULL},
     {NULL},
@@ -863,19 +922,24 @@ static PyTypeObject CellCallType = {
 /* *** module *** */
 
 static PyObject *
-set_value_type(PyObject *module, PyObject *type)
+set_value_type(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
 {
-    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &ValueBaseType)) {
-        PyErr_SetString(PyExc_TypeError, "set_value_type expects a subclass of ValueBase");
+    if (nargs != 2 || !PyType_Check(argv[0]) || !PyType_IsSubtype((PyTypeObject *)argv[0], &ValueBaseType)
+            || !PyType_Check(argv[1])) {
+        PyErr_SetString(PyExc_TypeError, "set_value_type(a subclass of ValueBase, torch.Tensor)");
         return NULL;
     }
-    Py_INCREF(type);
-    Py_XSETREF(value_type, (PyTypeObject *)type);
+    Py_INCREF(argv[0]);
+    Py_XSETREF(value_type, (PyTypeObject *)argv[0]);
+    Py_INCREF(argv[1]);
+    Py_XSETREF(tensor_type, (PyTypeObject *)argv[1]);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"set_value_type", set_value_type, METH_O, "the ValueBase subclass append_call creates"},
+    {"set_value_type", (PyCFunction)(void (*)(void))set_value_type, METH_FASTCALL,
+     "set_value_type(value class, tensor class): the ValueBase subclass append_call creates, and the exact "
+     "tensor type a per-instance tensor operand has"},
     {NULL},
 };
 
@@ -892,7 +956,9 @@ PyInit__columns(void)
         return NULL;
     str_rec = PyUnicode_InternFromString("rec");
     str_graph = PyUnicode_InternFromString("graph");
-    if (str_rec == NULL || str_graph == NULL)
+    str_shape = PyUnicode_InternFromString("shape");
+    str_dtype = PyUnicode_InternFromString("dtype");
+    if (str_rec == NULL || str_graph == NULL || str_shape == NULL || str_dtype == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&columns_module);
     if (m == NULL)
@@ -900,15 +966,17 @@ PyInit__columns(void)
     /* Plain sentinels: they can equal nothing but themselves in a signature key. */
     int_key = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     float_key = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    tensor_key = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     Py_INCREF(&ValueBaseType);
     Py_INCREF(&ColumnsType);
-    if (int_key == NULL || float_key == NULL
+    if (int_key == NULL || float_key == NULL || tensor_key == NULL
             || PyModule_AddObject(m, "ValueBase", (PyObject *)&ValueBaseType) < 0
             || PyModule_AddObject(m, "Columns", (PyObject *)&ColumnsType) < 0
             || PyModule_AddObjectRef(m, "CellCall", (PyObject *)&CellCallType) < 0
             || PyModule_AddObjectRef(m, "IntColumn", (PyObject *)&IntColumnType) < 0
             || PyModule_AddObjectRef(m, "INT_KEY", int_key) < 0
-            || PyModule_AddObjectRef(m, "FLOAT_KEY", float_key) < 0) {
+            || PyModule_AddObjectRef(m, "FLOAT_KEY", float_key) < 0
+            || PyModule_AddObjectRef(m, "TENSOR_KEY", tensor_key) < 0) {
         Py_DECREF(m);
         return NULL;
     }

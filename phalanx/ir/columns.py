@@ -13,8 +13,12 @@ copy through the buffer protocol (``as_array``).
 
 ``append_call(cell, args)`` records a call of a cell whose op type the recorder already resolved
 for this graph: ``fast_calls[cell] = (sid, pattern, out_avals, single)``, ``pattern`` holding per
-argument the interned AVal a lazy argument must have, or ``INT_KEY`` / ``FLOAT_KEY`` for a Python
-int / float (an immediate operand). It returns the call's lazy outputs (one value if ``single``,
+argument the interned AVal a lazy argument must have, ``INT_KEY`` / ``FLOAT_KEY`` for a Python
+int / float, or ``(TENSOR_KEY, aval)`` for a per-instance tensor operand: a plain ``torch.Tensor``
+of that aval, or a *stale* lazy value of that aval (recorded by an earlier fiber round of the same
+run: its graph's ``run`` is this graph's, not None; the hub resolves it to its concrete row when
+this graph is flushed, NOTE: [Values across rounds] in runtime/fibers.py). Numbers, tensors and
+stale values become immediate operands. It returns the call's lazy outputs (one value if ``single``,
 else a tuple), or ``NotImplemented`` having recorded nothing when any argument differs. A cell the
 recorder may split (NOTE: [Input split]) has a fifth item, ``(input depth, {kept-operands bit mask:
 parts or None})``: natively the split is recorded too; the twin leaves such calls to the recorder.
@@ -29,21 +33,23 @@ import numpy as np
 NATIVE = False
 if os.environ.get("PHALANX_NATIVE", "1") != "0":
     try:
-        from ._columns import FLOAT_KEY, INT_KEY, CellCall, Columns, ValueBase, set_value_type
+        from ._columns import FLOAT_KEY, INT_KEY, TENSOR_KEY, CellCall, Columns, ValueBase, set_value_type
         NATIVE = True
     except ImportError:       # the extension was not built (no compiler at install time)
         pass
 
 if not NATIVE:
-    INT_KEY, FLOAT_KEY = object(), object()
+    INT_KEY, FLOAT_KEY, TENSOR_KEY = object(), object(), object()
     CellCall = None           # cell classes keep their Python __call__ (frontend/cell.py)
-    _value_type = None
+    _value_type = _tensor_type = None
 
-    def set_value_type(cls) -> None:
-        global _value_type
-        if not (isinstance(cls, type) and issubclass(cls, ValueBase)):
-            raise TypeError("set_value_type expects a subclass of ValueBase")
-        _value_type = cls
+    def set_value_type(cls, tensor_cls) -> None:
+        """The ValueBase subclass ``append_call`` creates, and the exact tensor type a per-instance
+        tensor operand has."""
+        global _value_type, _tensor_type
+        if not (isinstance(cls, type) and issubclass(cls, ValueBase) and isinstance(tensor_cls, type)):
+            raise TypeError("set_value_type(a subclass of ValueBase, torch.Tensor)")
+        _value_type, _tensor_type = cls, tensor_cls
 
     class ValueBase:
         """Storage of a lazy value: vid, aval, depth, graph."""
@@ -59,7 +65,7 @@ if not NATIVE:
     class Columns:
         """Append-only node columns with ``append_call`` (see the module docstring)."""
 
-        __slots__ = ("node_sig", "node_depth", "arg_start", "arg_code", "imms", "fast_calls", "num_values",
+        __slots__ = ("node_sig", "node_depth", "arg_start", "arg_code", "imms", "fast_calls", "run", "num_values",
                      "phase_base")
 
         def __init__(self):
@@ -70,6 +76,7 @@ if not NATIVE:
             self.arg_code = array("q")
             self.imms: list = []
             self.fast_calls: dict = {}
+            self.run = None               # the fibers run recording this graph (a token), or None
             self.num_values = 0
             self.phase_base = 0
 
@@ -86,16 +93,23 @@ if not NATIVE:
             depth = 0
             for a, p in zip(args, pattern):
                 t = type(a)
+                tensor_aval = p[1] if type(p) is tuple and len(p) == 2 and p[0] is TENSOR_KEY else None
                 if t is value_type:
-                    if a.aval is not p or a.graph is not self:
+                    if a.graph is self:
+                        if a.aval is not p:
+                            return NotImplemented
+                        if a.depth >= depth:
+                            depth = a.depth + 1
+                    elif tensor_aval is None or a.aval is not tensor_aval or not is_stale(self, a):
                         return NotImplemented
-                    if a.depth >= depth:
-                        depth = a.depth + 1
+                elif t is _tensor_type:
+                    if tensor_aval is None or a.dtype is not tensor_aval.dtype or a.shape != tensor_aval.shape:
+                        return NotImplemented
                 elif not ((t is int and p is INT_KEY) or (t is float and p is FLOAT_KEY)):
                     return NotImplemented
             arg_code, imms = self.arg_code, self.imms
             for a in args:
-                if type(a) is value_type:
+                if type(a) is value_type and a.graph is self:
                     arg_code.append(a.vid)
                 else:
                     arg_code.append(-1 - len(imms))
@@ -112,9 +126,16 @@ if not NATIVE:
             return tuple(value_type(first + k, a, depth, self) for k, a in enumerate(out_avals))
 
 
+def is_stale(graph, value) -> bool:
+    """Is ``value`` (not of ``graph``) a lazy value of an earlier round of the same fibers run?"""
+    run = graph.run
+    return run is not None and isinstance(value.graph, type(graph)) and value.graph.run is run
+
+
 def as_array(column):
     """A column as a fresh int64 numpy array (one copy through the buffer protocol)."""
     return np.frombuffer(column, dtype=np.int64).copy() if len(column) else np.zeros(0, dtype=np.int64)
 
 
-__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "ValueBase", "INT_KEY", "FLOAT_KEY", "set_value_type"]
+__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "ValueBase", "INT_KEY", "FLOAT_KEY", "TENSOR_KEY", "is_stale",
+           "set_value_type"]

@@ -67,7 +67,7 @@ class DataflowGraph(Columns):
         node_sig = as_array(self.node_sig)
         # Per-value columns, vectorized: value k of node n has the k-th output aval of its sig. Only
         # the op types this graph uses are visited, so the cost does not grow with the table.
-        used = np.unique(node_sig)
+        used = np.flatnonzero(np.bincount(node_sig)) if len(node_sig) else node_sig     # sorted, like unique
         index: dict[AVal, int] = {}
         sig_num_out = np.zeros(len(sigs), dtype=np.int64)
         outs_of_used = []
@@ -105,13 +105,13 @@ def _dense_depth(out: np.ndarray, phase_runs: list[tuple[int, int]]) -> np.ndarr
     """Depths as recorded; with program phases (NOTE: [Phase depth] in frontend/recorder.py) they
     are renumbered 0, 1, 2... keeping their order, so policies can loop over depth levels."""
     if any(phase for _, phase in phase_runs) and len(out):
-        out = np.unique(out, return_inverse=True)[1].astype(np.int64).reshape(-1)
+        out = np.searchsorted(np.unique(out), out)      # the inverse of unique, at a third of its cost
     return out
 
 
 def _expand_runs(runs: list[tuple[int, int]], n: int) -> np.ndarray:
-    if not runs:
-        return np.zeros(n, dtype=np.int64)
+    if len(runs) <= 1:
+        return np.full(n, runs[0][1] if runs else 0, dtype=np.int64)
     starts = np.array([r[0] for r in runs] + [n], dtype=np.int64)
     return np.repeat(np.array([r[1] for r in runs], dtype=np.int64), np.diff(starts))
 

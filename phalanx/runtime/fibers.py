@@ -8,11 +8,14 @@ hub flushes what is recorded so far (schedule -> layout -> execute, the ordinary
 fresh graph. Rounds = the maximum, not the sum, of the instances' decision points.
 
 NOTE: [Values across rounds] A lazy value recorded in round k names a row of one of round k's
-arenas. After round k is flushed, its graph is *stale*: using one of its values in round k+1 (as an
-operand, or as a result) resolves it to the concrete row, a view of the round's output, and it is
-recorded as a per-instance tensor operand (``ArgKind.TENSOR``), tagged with its (arena, row): the
-executor reads a list of such rows with one ``index_select`` from the arena (``EXTERNAL``), and the
-arena, not each row, is the input of the next flush. In training a round is one ``FlushFunction``
+arenas. After round k is flushed, its graph is *stale*: a value of it used in round k+1 (an operand,
+or a result) is a per-instance tensor operand (``ArgKind.TENSOR``) of the lazy value's aval. Every
+graph of a run carries the run's token (``Columns.run``), so the recording fast path accepts such a
+value natively (ir/_columns.c: same run, another graph) and records the stale value itself as an
+immediate, without Python; the Python paths do the same. When the round is flushed, ``_flush``
+replaces each stale immediate by its concrete row, a view of round k's output tagged with its
+(arena, row): the executor reads a list of such rows with one ``index_select`` from the arena
+(``EXTERNAL``), and the arena, not each row, is the input of the next flush. In training a round is one ``FlushFunction``
 whose outputs are its whole arenas, so those reads are autograd-connected: gradients flow from
 round k+1's flush into round k's, and decisions are ordinary Python. In inference the round keeps
 its arenas themselves (no copy); results that fill a whole arena in order are views of it.
@@ -68,33 +71,46 @@ class FiberStats:
 class RoundResult:
     """The executed arenas of one flushed round; turns a stale lazy value into its concrete row.
 
-    Looked up once per operand of every later round (NOTE: [Values across rounds]), so rows and
-    arenas are Python lists and each value's row view is made once and reused."""
+    Looked up once per stale operand of every later round (NOTE: [Values across rounds]), so rows
+    and arenas are Python lists and each arena's row views are made once, by one ``unbind``."""
 
-    __slots__ = ("graph", "value_row", "value_arena", "arenas", "_rows", "_plain", "_views")
+    __slots__ = ("graph", "value_row", "value_arena", "arenas", "_rows", "_plain", "_items")
 
     def __init__(self, graph, value_row, value_arena, arenas):
         self.graph = graph            # the DataflowGraph (kept alive so its id is not reused)
         self.value_row = value_row.tolist()
         self.value_arena = value_arena.tolist()
         self.arenas = arenas          # per arena: all rows (autograd-connected in training)
-        self._rows: dict[int, tuple] = {}
+        self._rows: dict[int, list] = {}
         self._plain: dict[int, tuple] = {}
-        self._views: dict[int, torch.Tensor] = {}
+        self._items: dict[int, list | None] = {}
 
     def value(self, vid: int) -> torch.Tensor:
-        view = self._views.get(vid)
-        if view is None:              # else e.g. an encoder memory that every decoder round reads
-            arena = self.value_arena[vid]
-            rows = self._rows.get(arena)
-            if rows is None:
-                # One unbind per arena: its backward stacks every row's gradient in one op.
-                rows = self._rows[arena] = self.arenas[arena].unbind(0)
-            row = self.value_row[vid]
-            view = self._views[vid] = rows[row]
-            # Where it lives, so a later round reads many such rows with ONE index_select from the
-            # round's arena, not a stack of views (runtime/executor.py, EXTERNAL operands).
-            view._phalanx_origin = (self.arenas[arena], row)
+        arena = self.value_arena[vid]
+        rows = self._rows.get(arena)
+        if rows is None:
+            rows = self._rows[arena] = self._row_views(arena)
+        row = self.value_row[vid]
+        view = rows[row]
+        if view is None:
+            view = rows[row] = self._tagged(self.arenas[arena], self.arenas[arena][row], row)
+        return view
+
+    def _row_views(self, arena: int) -> list:
+        """The row views of an arena, made on first use: a small arena (a decoder step's states,
+        most of which the next round reads) by one ``unbind`` (~1 us a row, and its backward stacks
+        every row's gradient in one op); a large one (every encoder state, of which the decoder reads
+        the last) one row at a time."""
+        base = self.arenas[arena]
+        if len(base) > _UNBIND_ROWS:
+            return [None] * len(base)
+        return [self._tagged(base, view, row) for row, view in enumerate(base.unbind(0))]
+
+    @staticmethod
+    def _tagged(base: torch.Tensor, view: torch.Tensor, row: int) -> torch.Tensor:
+        # Where it lives, so a later round reads many such rows with ONE index_select from the
+        # round's arena, not a stack of views (runtime/executor.py, EXTERNAL operands).
+        view._phalanx_origin = (base, row)
         return view
 
     def data(self, vid: int) -> torch.Tensor:
@@ -104,6 +120,21 @@ class RoundResult:
         if rows is None:
             rows = self._plain[arena] = self.arenas[arena].detach().unbind(0)
         return rows[self.value_row[vid]]
+
+    def item(self, vid: int):
+        """``data(vid).item()``; a 0-d value is read from its arena as one Python list, made once
+        (every instance of a decoder reads its next word from the same arena of the round)."""
+        arena = self.value_arena[vid]
+        numbers = self._items.get(arena, False)
+        if numbers is False:
+            base = self.arenas[arena]
+            numbers = self._items[arena] = base.detach().tolist() if base.dim() == 1 else None
+        if numbers is None:
+            return self.data(vid).item()
+        return numbers[self.value_row[vid]]
+
+
+_UNBIND_ROWS = 256      # RoundResult._row_views: arenas up to this many rows are unbound at once
 
 
 # NOTE: [Collector paused] a call allocates many small objects that live until its end (lazy
@@ -160,6 +191,10 @@ class Hub:
         self.driver: greenlet | None = None
         self.main: greenlet | None = None
         self.rec = None
+        # Every graph of this call carries it (Columns.run): the values of its earlier rounds are
+        # recognised as stale by the fast path (NOTE: [Values across rounds]). A plain object, so
+        # graphs do not keep the hub alive.
+        self.token = object()
 
     # *** the hub loop ***
     def record(self, instances: list):
@@ -168,7 +203,7 @@ class Hub:
             raise PhalanxError("phalanx runs cannot be nested (a Batcher was called while recording)")
         table = self.batcher.table
         self.instances, self.next = instances, 0
-        self.rec = first = _recorder.Recorder(table, self.device)
+        self.rec = first = _recorder.Recorder(table, self.device, self.token)
         self.outputs: list = [None] * len(instances)
         self.fiber_stats.decisions = [0] * len(instances)
         self.main = getcurrent()
@@ -236,7 +271,7 @@ class Hub:
                 break
             self.fiber_stats.decision_rounds += 1
             self.resuming, self.waiting = self.waiting, []
-            self.rec = _recorder.Recorder(self.batcher.table, self.device)
+            self.rec = _recorder.Recorder(self.batcher.table, self.device, self.token)
             _recorder._SLOT.rec = self.rec
             for fiber in self.resuming:
                 self.rec.begin_instance(fiber.inst, fiber.phase)
@@ -270,6 +305,7 @@ class Hub:
     # *** one round: the Batcher's own flush, keeping every arena row reachable ***
     def _flush(self) -> None:
         batcher, rec, stats = self.batcher, self.rec, self.stats
+        self._resolve_stale_immediates(rec.graph.imms)
         graph = rec.graph.freeze()
         slot = _recorder._SLOT
         slot.rec = None
@@ -300,6 +336,18 @@ class Hub:
         stats.op_types = max(stats.op_types, len(graph.used_sids))
         for name, value in vars(counts).items():
             setattr(stats, name, getattr(stats, name) + value)
+
+    def _resolve_stale_immediates(self, imms: list) -> None:
+        """Each immediate that is a lazy value of an earlier round becomes its concrete row
+        (NOTE: [Values across rounds]): what the executor reads as a tensor operand."""
+        rounds = self.rounds
+        graph = value = None
+        for i, x in enumerate(imms):
+            if type(x) is _LazyValue:
+                if x.graph is not graph:        # runs of one round: a decoder's states, its memory
+                    graph = x.graph
+                    value = rounds[id(graph)].value
+                imms[i] = value(x.vid)
 
     def _collect_results(self) -> list:
         """Per-instance results; each (round, arena) holding results is read with one index_select,
@@ -340,6 +388,12 @@ class Hub:
         if value.graph is self.rec.graph:
             self.suspend()
         return self._round_of(value).data(value.vid)
+
+    def item(self, value):
+        """``force(value).item()``, suspending the same way."""
+        if value.graph is self.rec.graph:
+            self.suspend()
+        return self._round_of(value).item(value.vid)
 
     def resolve_stale(self, value, name: str) -> torch.Tensor:
         """A lazy value of an already flushed round, as the concrete tensor a later round reads

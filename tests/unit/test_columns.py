@@ -74,6 +74,54 @@ def chain(n):
     return h
 
 
+def decode(n):
+    """Fiber rounds (NOTE: [Values across rounds]): a memory of round 0 read by every later round,
+    a state of the previous round, a plain per-instance tensor, numbers, a split cell (``STEP``) with
+    a stale operand, ops on stale values (``+``, ``F.pad`` with static widths) and a stack of values
+    from every round."""
+    memory = scaled(n, 0.5)
+    h = MIX(memory, scaled(1, 2.0))
+    outs = []
+    for k in range(n + 1):
+        h = MIX(h, memory)                              # both stale after round 0
+        h = MIX(h, torch.full((3,), 0.1 * k))           # a plain tensor operand
+        h = torch.tanh(h) * 0.9
+        h = STEP(memory, h, k)                          # split: the input part reads the stale memory
+        outs.append(h + memory)
+        # A decision (the fiber suspends here) that does not depend on the cells' random weights, so
+        # the twin's process takes the same rounds: stop after n % 3 + 1 steps.
+        if scaled(k, 1.0).sum() >= 3 * (n % 3):
+            break
+    return torch.stack(outs), torch.nn.functional.pad(memory, (1, 2))
+
+
+DECODE_INSTANCES = [3, 0, 5, 1, 4]
+
+
+def _round_columns(batcher, instances) -> list:
+    """Each round's columns as recorded, stale immediates named by (vid, aval), not yet resolved."""
+    from phalanx.runtime import fibers
+
+    rounds = []
+    original = fibers.Hub._resolve_stale_immediates
+
+    def capture(self, imms):
+        g = self.rec.graph
+        rounds.append({"names": [g.table.sigs[s].name for s in g.node_sig], "depth": list(g.node_depth),
+                       "arg_start": list(g.arg_start), "arg_code": list(g.arg_code), "values": g.num_values,
+                       "imms": [("stale", x.vid, repr(x.aval)) if type(x) is LazyValue
+                                else x.tolist() if isinstance(x, torch.Tensor) else x for x in imms]})
+        return original(self, imms)
+
+    fibers.Hub._resolve_stale_immediates = capture
+    try:
+        with torch.no_grad():
+            batcher(instances)
+    finally:
+        fibers.Hub._resolve_stale_immediates = original
+    return rounds
+
+
 def _columns_of(graph) -> dict:
     return {"names": [graph.sigs[s].name for s in graph.node_sig.tolist()], "depth": graph.node_depth.tolist(),
             "arg_start": graph.arg_start.tolist(), "arg_code": graph.arg_code.tolist(),
@@ -202,32 +250,141 @@ def test_the_native_extension_is_built_where_a_compiler_is():
     assert columns.CellCall is not None and type(type(MIX).__call__) is columns.CellCall
 
 
+def test_stale_operands_take_the_fast_path_and_match_eager(monkeypatch):
+    batcher = phalanx.Batcher(decode, cells=True)
+    _round_columns(batcher, DECODE_INSTANCES)          # first call: op types found by the recorder
+    fast = _round_columns(batcher, DECODE_INSTANCES)
+    assert len(fast) >= 4 and any(x[0] == "stale" for r in fast for x in r["imms"] if type(x) is tuple)
+    assert any("[input part]" in name for r in fast[1:] for name in r["names"])     # split with a stale operand
+    # The recorder's own path records the same rounds.
+    original = recorder.Recorder._new_signature
+
+    def no_fast_entry(self, *args, **kwargs):
+        sig = original(self, *args, **kwargs)
+        sig.fast_pattern = None
+        return sig
+
+    with monkeypatch.context() as patch:
+        patch.setattr(recorder.Recorder, "_new_signature", no_fast_entry)
+        slow = phalanx.Batcher(decode, cells=True)
+        _round_columns(slow, DECODE_INSTANCES)
+        assert _round_columns(slow, DECODE_INSTANCES) == fast
+    params = [*MIX.parameters(), *STEP.parameters()]
+    assert_matches_eager(decode, DECODE_INSTANCES, params=params, train=True, batcher=batcher)
+    assert_matches_eager(decode, DECODE_INSTANCES + [2, 6], batcher=batcher)
+    assert_matches_eager(decode, [], batcher=batcher)
+
+
+@pytest.mark.skipif(not columns.NATIVE, reason="the Python twin calls the recorder's Python path by design")
+def test_stale_operands_never_reach_the_python_recorder_after_the_first(monkeypatch):
+    batcher = phalanx.Batcher(decode)
+    _round_columns(batcher, DECODE_INSTANCES)
+    calls = []
+    original = recorder.Recorder.record_cell
+
+    def counted(self, cell, args, kwargs):
+        calls.append(cell)
+        return original(self, cell, args, kwargs)
+
+    monkeypatch.setattr(recorder.Recorder, "record_cell", counted)
+    rounds = _round_columns(batcher, DECODE_INSTANCES)
+    # MIX alternates two patterns (stale, stale) / (lazy, tensor), so each of its calls after a
+    # switch is Python; every STEP and scaled call after its first in a round is native.
+    step_calls = sum(name == "cell Step" for r in rounds for name in r["names"])
+    assert calls.count(STEP) <= len(rounds) < step_calls
+
+
+def test_append_call_takes_stale_values_of_its_run_only():
+    rec = _recording()
+    g = rec.graph
+    g.run = run = object()
+    earlier = _recording().graph
+    earlier.run = run
+    finished = _recording().graph
+    finished.run = object()
+    recorder._SLOT.rec = rec
+    try:
+        x = scaled(3, 1.0)
+        tensor_key = (columns.TENSOR_KEY, x.aval)
+        g.fast_calls[MIX] = (g.node_sig[-1], (x.aval, tensor_key), (x.aval,), True)
+        stale = LazyValue(0, x.aval, 7, earlier)
+        before = (list(g.arg_code), len(g.imms), g.num_values)
+        for args in [(x, LazyValue(0, x.aval, 0, finished)),            # another run's value
+                     (x, LazyValue(0, phalanx.ir.aval.aval((4,), torch.float32), 0, earlier)),   # another aval
+                     (stale, x),                                        # a stale value where a lazy one goes
+                     (x, torch.ones(4)), (x, torch.ones(3, dtype=torch.float64)),   # a tensor of another aval
+                     (x, torch.nn.Parameter(torch.ones(3)))]:           # a shared parameter
+            assert g.append_call(MIX, args) is NotImplemented, args
+        assert (list(g.arg_code), len(g.imms), g.num_values) == before
+        out = g.append_call(MIX, (x, stale))
+        assert out.depth == x.depth + 1         # a stale value adds no depth: it is data of this round
+        assert g.imms[-1] is stale and g.arg_code[-1] == -len(g.imms) and g.arg_code[-2] == x.vid
+        plain = torch.ones(3)
+        g.append_call(MIX, (x, plain))
+        assert g.imms[-1] is plain
+        g.run = None                            # no run (Batcher.record): nothing is stale
+        assert g.append_call(MIX, (x, stale)) is NotImplemented
+    finally:
+        recorder._SLOT.rec = None
+
+
+def test_a_value_of_a_finished_fibers_run_is_refused():
+    """Stale means of an earlier round of the same call: a value kept from an earlier call is
+    refused with a clear error, also where the cell's fast entry takes stale values."""
+    kept, leaked = [], []
+
+    def grab(n):
+        memory = scaled(n, 0.5)
+        kept.append(memory)
+        h = MIX(memory, memory)
+        if h.sum() > -100:              # a decision: the next MIX call reads stale values
+            h = MIX(h, leaked[0] if leaked and n == 3 else memory)
+        return h
+
+    batcher = phalanx.Batcher(grab)
+    with torch.no_grad():
+        batcher([1, 2])
+        leaked.append(kept[0])
+        with pytest.raises(phalanx.PhalanxError, match="finished phalanx run"):
+            batcher([1, 3])             # instance 0 registers the stale pattern; instance 1 is refused
+    leaked.clear()
+    assert_matches_eager(grab, [1, 2, 3], batcher=batcher)       # and the next run works
+
+
 _TWIN_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     from phalanx.ir import columns
     assert not columns.NATIVE
-    from tests.unit.test_columns import chain, _columns_of, MIX
+    from tests.unit.test_columns import chain, decode, DECODE_INSTANCES, _columns_of, _round_columns, MIX, STEP
     from tests.oracle import assert_matches_eager
     import phalanx
     b = phalanx.Batcher(chain)
     b.record([0, 1, 4, 3])
-    print(json.dumps(_columns_of(b.record([0, 1, 4, 3]))))
+    rounds = phalanx.Batcher(decode, cells=True)
+    _round_columns(rounds, DECODE_INSTANCES)
+    print(json.dumps([_columns_of(b.record([0, 1, 4, 3])), _round_columns(rounds, DECODE_INSTANCES)]))
     assert_matches_eager(chain, [0, 1, 4, 3, 2], params=MIX.parameters(), train=True, batcher=b)
     assert_matches_eager(chain, [], batcher=b)
+    assert_matches_eager(decode, DECODE_INSTANCES, params=[*MIX.parameters(), *STEP.parameters()], train=True,
+                         batcher=rounds)
 """)
 
 
 def test_python_twin_records_the_same_graphs_and_matches_eager():
+    """Also the rounds of a fibers run, with stale operands (NOTE: [Values across rounds])."""
     env = {**os.environ, "PHALANX_NATIVE": "0"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, "-c", _TWIN_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    twin = json.loads(done.stdout.strip().splitlines()[-1])
+    twin_chain, twin_rounds = json.loads(done.stdout.strip().splitlines()[-1])
     b = phalanx.Batcher(chain)
     b.record([0, 1, 4, 3])
-    assert twin == _columns_of(b.record([0, 1, 4, 3]))
+    assert twin_chain == _columns_of(b.record([0, 1, 4, 3]))
+    rounds = phalanx.Batcher(decode, cells=True)
+    _round_columns(rounds, DECODE_INSTANCES)
+    assert twin_rounds == json.loads(json.dumps(_round_columns(rounds, DECODE_INSTANCES)))    # stale operands too
 
 
 def _int_columns():

@@ -357,3 +357,26 @@ def test_a_call_releases_its_rounds_arenas_when_it_returns(monkeypatch):
     assert all(any(g.untyped_storage().data_ptr() == a.untyped_storage().data_ptr() for g in got) for a in alive)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
+
+
+def test_round_result_row_views_and_items():
+    """Row views of a flushed round: tagged with (arena, row) for the executor's one index_select,
+    made once each, for small arenas (one unbind) and large ones (row by row) alike; ``item`` reads
+    a 0-d arena as Python numbers and anything else through the tensor."""
+    import numpy as np
+
+    from phalanx.runtime import fibers
+
+    small, large, words = torch.randn(5, 3), torch.randn(fibers._UNBIND_ROWS + 7, 3), torch.tensor([4, 9, 2])
+    vectors = torch.randn(2, 1)
+    # values: 0-1 in small (rows 3, 0), 2-3 in large (rows 260, 1), 4 in words (row 1), 5 in vectors
+    rr = fibers.RoundResult(None, np.array([3, 0, 260, 1, 1, 1]), np.array([0, 0, 1, 1, 2, 3]),
+                            [small, large, words, vectors])
+    for vid, (arena, row) in enumerate([(small, 3), (small, 0), (large, 260), (large, 1)]):
+        view = rr.value(vid)
+        assert view._phalanx_origin[0] is arena and view._phalanx_origin[1] == row
+        assert view.untyped_storage().data_ptr() == arena.untyped_storage().data_ptr()
+        torch.testing.assert_close(view, arena[row])
+        assert rr.value(vid) is view
+    assert rr.item(4) == 9 and type(rr.item(4)) is int
+    assert rr.item(5) == vectors[1, 0].item()
