@@ -99,10 +99,11 @@ def make_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01)
 
 
-def build_impls(workload: Workload, policies: list, train: bool, plans=(False,), objective: str = "bytes") -> list[Impl]:
+def build_impls(workload: Workload, policies: list, train: bool, plans=(False,), objective: str = "bytes",
+                cells=(False,)) -> list[Impl]:
     impls = []
 
-    def make(name, build=None, policy=None, plan=False):
+    def make(name, build=None, policy=None, plan=False, traced=False):
         model = workload.copy_model()
         model.train(train)
         batcher = None
@@ -110,7 +111,7 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
             run, owner = build(model, train)
         else:
             batcher = Batcher(workload.phalanx_fn(model, train), policy=make_policy(policy), plan=plan,
-                              plan_objective=objective)
+                              plan_objective=objective, cells=traced)
             run, owner = batcher, model
         params = [p for p in owner.parameters() if p.requires_grad]
         optimizer = make_optimizer(params) if train else None
@@ -120,8 +121,10 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
     make(workload.baseline_name, workload.manual)
     for policy in policies:
         for plan in plans:
-            suffix = (f"+plan:{plan}" + ("" if objective == "bytes" else f"/{objective}")) if plan else ""
-            make(f"phalanx[{getattr(policy, 'name', policy)}{suffix}]", policy=policy, plan=plan)
+            for traced in cells:
+                suffix = (f"+plan:{plan}" + ("" if objective == "bytes" else f"/{objective}")) if plan else ""
+                suffix += "+cells" if traced else ""
+                make(f"phalanx[{getattr(policy, 'name', policy)}{suffix}]", policy=policy, plan=plan, traced=traced)
     return impls
 
 
