@@ -46,3 +46,14 @@ def test_fsm_schedules_op_types_the_held_out_batches_lack_greedily(monkeypatch):
     fsm = next(r for r in payload["schedules"] if r["policy"] == "fsm")
     assert fsm["fallbacks"] > 0 and fsm["batches"] >= payload["schedules"][0]["batches"]
     assert [r["impl"] for r in payload["rows"]] == ["eager", "manual", "phalanx[fsm]"]
+
+
+def test_cells_rows_run_traced_programs_beside_the_default():
+    settings = suite.Settings(hidden=8, batches=1, repeats=1, policies=("depth",), cells=(False, True))
+    payload = suite.run_workload("treelstm", 3, settings)
+    assert {r["impl"] for r in payload["rows"]} == {"eager", "manual", "phalanx[depth]", "phalanx[depth+cells]"}
+    from phalanx.bench import harness, workloads
+
+    impls = harness.build_impls(workloads.WORKLOADS["treelstm"](3, 8, 1), ["depth"], False, cells=[False, True])
+    traced = {impl.name: impl.batcher.table.cells is not None for impl in impls if impl.batcher is not None}
+    assert traced == {"phalanx[depth]": False, "phalanx[depth+cells]": True}
