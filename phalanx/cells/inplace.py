@@ -17,6 +17,13 @@ the same kernel, written elsewhere) without the allocations and with less memory
   A view (a split's ``getitem``) reads nothing itself: what reads it is checked through its region,
   so one gate's piece taken after another gate's ``sigmoid_`` does not block it.
 
+NOTE: [Consumed operands] an operand whose rows nobody reads after this batch (a split cell's
+input part, read only by its own rest: an LSTM step's slice of the hoisted input projections) may
+be handed to the program as its own memory: the executor's inference loop asks for that
+(``consume``), and the step's GEMM then accumulates straight into those rows (``addmm_``) instead
+of copying them into a fresh result first. Every other caller (the per-instance function, error
+localization, training) gets the program that never writes an operand.
+
 Regions are tracked through views by schema alias annotations (plus the ``unsafe_*`` family, views
 without one); a split's pieces are disjoint sub-regions, so ``sigmoid_`` of one gate chunk leaves
 the others readable. Training keeps the functional graph (autograd saves tensors these would
@@ -63,14 +70,15 @@ def _is_view(node: fx.Node) -> bool:
     return schema is not None and any(r.alias_info is not None for r in schema.returns)
 
 
-def _regions(graph: fx.Graph) -> dict[fx.Node, tuple]:
+def _regions(graph: fx.Graph, owned: frozenset = frozenset()) -> dict[fx.Node, tuple]:
     """node -> (root, path, writable): two values share memory when they have the same root and one
     path is a prefix of the other (a split's pieces extend the path with their index). Placeholders
-    are roots that are never writable; an unknown view keeps its base's region, read-only."""
+    are roots that are never writable, except the ``owned`` ones (NOTE: [Consumed operands]); an
+    unknown view keeps its base's region, read-only."""
     region: dict[fx.Node, tuple] = {}
     for node in graph.nodes:
         if node.op == "placeholder":
-            region[node] = (node, (), False)
+            region[node] = (node, (), node.name in owned)
         elif node.op != "call_function":
             continue
         elif node.target is operator.getitem:
@@ -104,9 +112,10 @@ def _same_meta(a: fx.Node, out: fx.Node) -> bool:
         and va.dtype == vo.dtype
 
 
-def inplace_graph(graph: fx.Graph) -> tuple[fx.Graph, int]:
+def inplace_graph(graph: fx.Graph, owned: frozenset = frozenset()) -> tuple[fx.Graph, int]:
     """A copy of ``graph`` with eligible elementwise ops in place (NOTE: [In-place inference]) and how
-    many were rewritten. Regions are computed once; an accepted op's own memory is then remapped
+    many were rewritten. ``owned``: names of placeholders (operands) the caller hands over to be
+    overwritten (NOTE: [Consumed operands]). Regions are computed once; an accepted op's own memory is then remapped
     onto its target's region (``remap``), and the reads of each root are kept together, so a
     candidate checks only the reads of its own memory (near-linear in the graph)."""
     new = fx.Graph()
@@ -115,7 +124,7 @@ def inplace_graph(graph: fx.Graph) -> tuple[fx.Graph, int]:
         env[node] = new.node_copy(node, lambda n: env[n])
         env[node].meta = dict(node.meta)
     nodes = list(new.nodes)
-    region = _regions(new)
+    region = _regions(new, owned)
     reads: dict = {}            # root -> [(reader position, value read)]
     for i, node in enumerate(nodes):
         if node.op == "call_function" and (node.target is operator.getitem or _is_view(node)):

@@ -113,6 +113,10 @@ class CellProgram:
         self.num_leading = num_leading      # placeholders before the operands: size, params, hoisted
         self.compiled = None
         self.inference: Callable | None = None    # NOTE: [In-place inference], built on first no_grad call
+        # NOTE: [Consumed operands]: operand positions a caller may hand over to be overwritten, and
+        # the no_grad program that does (built on the first such call)
+        self.consumable: frozenset[int] = frozenset()
+        self.consuming: Callable | None = None
         self.retrace: Callable[[], CellProgram] | None = None   # set by compile_cell
         self.param_key = self._param_key(params())
 
@@ -126,7 +130,9 @@ class CellProgram:
         self.__dict__.update(retrace().__dict__)
         self.retrace = retrace
 
-    def __call__(self, operands: list[torch.Tensor], size: int) -> tuple[torch.Tensor, ...]:
+    def __call__(self, operands: list[torch.Tensor], size: int, consume: bool = False) -> tuple[torch.Tensor, ...]:
+        """``consume``: the operands at ``consumable`` positions are the caller's to lose (NOTE:
+        [Consumed operands]); honoured under no_grad only."""
         if len(operands) != len(self.in_avals):
             raise BatchExecutionError(f"{self.name}: {len(operands)} operands, the cell takes {len(self.in_avals)}")
         if size == 0:
@@ -144,6 +150,8 @@ class CellProgram:
             run = self.compiled
         elif torch.is_grad_enabled():
             run = self.main
+        elif consume and self.consumable:
+            run = self.consuming or self._consuming_program()
         else:
             run = self.inference or self._inference_program()
         return tuple(run(size, *params, *hoisted, *operands))
@@ -161,6 +169,23 @@ class CellProgram:
             if direct_calls(graph) or rewritten:
                 run = graph_program(graph).forward
         self.inference = run
+        return run
+
+    def _consuming_program(self) -> Callable:
+        """The inference program that may also overwrite the ``consumable`` operands (NOTE:
+        [Consumed operands]); the plain inference program where it would change nothing."""
+        run = self.inference or self._inference_program()
+        if self.graph is not None and self.options.inplace:
+            from .inplace import direct_calls, inplace_graph
+
+            placeholders = [n for n in self.graph.nodes if n.op == "placeholder"][self.num_leading:]
+            owned = frozenset(placeholders[p].name for p in self.consumable)
+            graph, rewritten = inplace_graph(self.graph, owned)
+            if rewritten > self.info.get("in_place_ops", 0):
+                direct_calls(graph)
+                run = graph_program(graph).forward
+                self.info["consumed_ops"] = rewritten - self.info.get("in_place_ops", 0)
+        self.consuming = run
         return run
 
     def unflatten(self, outs) -> Any:

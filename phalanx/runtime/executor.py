@@ -376,12 +376,25 @@ def _flags(sig: Signature) -> tuple:
     return tuple(m.training for m in sig.modules)
 
 
-def _call(step: Step, operands: list, kernels: dict) -> tuple:
+def _consumable(step: Step, meta: dict) -> bool:
+    """May the step's kernel overwrite the operands ``meta["consumes"]`` names (NOTE: [Consumed
+    operands], cells/inplace.py)? Their rows are read by this step only (single-assignment arenas:
+    nothing else reads or rewrites them), so yes when each is an arena slice or a fresh gather."""
+    consumes = meta.get("consumes")
+    if not consumes or "ragged" in meta:
+        return False
+    operands = step.operands
+    return all(operands[p][0] <= GATHER for p in consumes)
+
+
+def _call(step: Step, operands: list, kernels: dict, consume: bool = False) -> tuple:
     sig = step.sig
     try:
         kernel = kernels.get(sig.sid)
         if kernel is None:
             kernel = kernels[sig.sid] = kernel_for(sig, operands, step.size, _flags(sig))
+        if consume and getattr(kernel, "program", None) is not None:
+            return kernel(operands, step.size, True)
         return kernel(operands, step.size)
     except PhalanxError:
         raise
@@ -450,12 +463,14 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
             whole = step.whole
-            if whole is not None:       # NOTE: [Whole reads]
-                outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels)
+            meta = step.sig.meta
+            if whole is not None:       # NOTE: [Whole reads]: fresh operands, the kernel's to keep
+                outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels,
+                             "consumes" in meta and "ragged" not in meta)
             else:
-                outs = _stacked_reads(step, arenas) if "stack_dim" in step.sig.meta else None
+                outs = _stacked_reads(step, arenas) if "stack_dim" in meta else None
                 if outs is None:
-                    outs = _call(step, _read_all(step, arenas), kernels)
+                    outs = _call(step, _read_all(step, arenas), kernels, _consumable(step, meta))
             _write(step, outs, arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
