@@ -229,3 +229,39 @@ def direct_calls(graph: fx.Graph) -> int:
         done += 1
     graph.lint()
     return done
+
+
+# NOTE: [Direct outputs] a batch's output is copied into its arena rows after the program made it
+# (an LSTM's input projections for every token: megabytes, into fresh pages). Where an output is
+# exactly the result of an op with an ``out=`` form, returned once and read by nothing else, the
+# no_grad program takes a buffer for it (after the operands) and computes the op into it: the
+# executor passes the output's arena rows. Same kernel, same values; one pass over the memory.
+_OUT_FORMS = {torch.addmm, torch.mm, torch.bmm, torch.cat, torch.index_select}
+
+
+def outputs_into(graph: fx.Graph, out_avals: tuple) -> "tuple[bool, ...] | None":
+    """Give ``graph`` (after ``direct_calls``) one buffer placeholder per eligible output (NOTE:
+    [Direct outputs]); which outputs take one, or None (and ``graph`` unchanged) when none does."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    outs = output.args[0]
+    if not isinstance(outs, (tuple, list)) or len(outs) != len(out_avals):
+        return None
+    direct = []
+    for k, (node, want) in enumerate(zip(outs, out_avals, strict=True)):
+        val = node.meta.get("val") if isinstance(node, fx.Node) else None
+        ok = (isinstance(node, fx.Node) and node.op == "call_function" and node.target in _OUT_FORMS
+              and "out" not in node.kwargs and len(node.users) == 1 and sum(o is node for o in outs) == 1
+              and isinstance(val, torch.Tensor) and tuple(val.shape[1:]) == tuple(want.shape)
+              and val.dtype == want.dtype)
+        direct.append(ok)
+    if not any(direct):
+        return None
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    for k in reversed(range(len(outs))):
+        if direct[k]:
+            with graph.inserting_after(last):
+                buffer = graph.placeholder(f"into_{k}")
+            node = outs[k]
+            node.kwargs = {**node.kwargs, "out": buffer}
+    graph.lint()
+    return tuple(direct)

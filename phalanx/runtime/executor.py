@@ -387,15 +387,35 @@ def _consumable(step: Step, meta: dict) -> bool:
     return all(operands[p][0] <= GATHER for p in consumes)
 
 
-def _call(step: Step, operands: list, kernels: dict, consume: bool = False) -> tuple:
+def _all_slices(outputs: list) -> bool:
+    for o in outputs:
+        if o[0] != SLICE:
+            return False
+    return True
+
+
+def _call(step: Step, operands: list, kernels: dict, consume: bool = False, arenas: "list | None" = None):
+    """The step's batched outputs; with ``arenas`` (inference) outputs the kernel writes straight into
+    their arena rows are written there and the result is None (NOTE: [Direct outputs])."""
     sig = step.sig
     try:
         kernel = kernels.get(sig.sid)
         if kernel is None:
             kernel = kernels[sig.sid] = kernel_for(sig, operands, step.size, _flags(sig))
-        if consume and getattr(kernel, "program", None) is not None:
-            return kernel(operands, step.size, True)
-        return kernel(operands, step.size)
+        program = getattr(kernel, "program", None)
+        if program is None:
+            return kernel(operands, step.size)
+        if arenas is not None:
+            direct = program.direct_outputs()
+            if direct is not None and _all_slices(step.outputs):
+                # NOTE: [Direct outputs] (cells/inplace.py): those outputs land in their arena rows
+                into = [arenas[a][r[0]:r[1]] if d else None for (_, a, r), d in zip(step.outputs, direct, strict=True)]
+                outs = kernel(operands, step.size, consume, into)
+                for (_, a, r), d, out in zip(step.outputs, direct, outs, strict=True):
+                    if not d:
+                        arenas[a][r[0]:r[1]] = out
+                return None
+        return kernel(operands, step.size, consume) if consume else kernel(operands, step.size)
     except PhalanxError:
         raise
     except Exception as e:
@@ -466,12 +486,13 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
             meta = step.sig.meta
             if whole is not None:       # NOTE: [Whole reads]: fresh operands, the kernel's to keep
                 outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels,
-                             "consumes" in meta and "ragged" not in meta)
+                             "consumes" in meta and "ragged" not in meta, arenas)
             else:
                 outs = _stacked_reads(step, arenas) if "stack_dim" in meta else None
                 if outs is None:
-                    outs = _call(step, _read_all(step, arenas), kernels, _consumable(step, meta))
-            _write(step, outs, arenas, adopt=True)
+                    outs = _call(step, _read_all(step, arenas), kernels, _consumable(step, meta), arenas)
+            if outs is not None:
+                _write(step, outs, arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
 
