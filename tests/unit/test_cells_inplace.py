@@ -282,3 +282,49 @@ def test_an_operand_not_handed_over_is_never_written():
        which=st.sampled_from([{0}, {1}, {0, 1}]))
 def test_random_programs_consuming_operands_match(recipe, seed, which):
     _consuming_check(_program(recipe), [torch.zeros(2 * H), torch.zeros(2 * H)], which, size=3, seed=seed)
+
+
+# *** NOTE: [Direct outputs]: an output made by an op with an out= form lands in the caller's buffer ***
+
+class Project(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(H, 2 * H)
+
+    def forward(self, x, y):
+        return self.lin(x), torch.tanh(y)        # the first is one addmm; the second is not eligible
+
+
+def test_an_output_is_computed_into_the_buffer_given():
+    cell = Project()
+    examples = [torch.zeros(H), torch.zeros(H)]
+    program = compile_cell(cell.forward, cell, avals(examples))
+    assert program.direct_outputs() == (True, False)
+    operands = random_operands(examples, 4, torch.Generator().manual_seed(6))
+    arena = torch.full((7, 2 * H), -1.0)
+    with torch.no_grad():
+        want = program(operands, 4)
+        got = program(operands, 4, into=[arena[2:6], None])
+    assert torch.equal(arena[2:6], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(arena[:2], torch.full((2, 2 * H), -1.0)) and torch.equal(arena[6:], torch.full((1, 2 * H), -1.0))
+    assert_inference_matches_autograd(program, operands, 4)
+
+
+class Reuse(nn.Module):
+    def __init__(self, tail):
+        super().__init__()
+        self.lin = nn.Linear(H, H)
+        self.tail = tail
+
+    def forward(self, x):
+        t = self.lin(x)
+        return self.tail(t)
+
+
+@pytest.mark.parametrize("tail", [lambda t: (t, t), lambda t: (t, torch.sigmoid(t))], ids=["twice", "read-again"])
+def test_an_output_returned_twice_or_read_again_is_not_direct(tail):
+    cell = Reuse(tail)
+    program = compile_cell(cell.forward, cell, avals([torch.zeros(H)]))
+    assert program.direct_outputs() is None
+    eligible = Reuse(lambda t: (t,))
+    assert compile_cell(eligible.forward, eligible, avals([torch.zeros(H)])).direct_outputs() == (True,)
