@@ -231,12 +231,41 @@ def direct_calls(graph: fx.Graph) -> int:
     return done
 
 
-# NOTE: [Direct outputs] a batch's output is copied into its arena rows after the program made it
-# (an LSTM's input projections for every token: megabytes, into fresh pages). Where an output is
-# exactly the result of an op with an ``out=`` form, returned once and read by nothing else, the
-# no_grad program takes a buffer for it (after the operands) and computes the op into it: the
-# executor passes the output's arena rows. Same kernel, same values; one pass over the memory.
-_OUT_FORMS = {torch.addmm, torch.mm, torch.bmm, torch.cat, torch.index_select}
+# NOTE: [Direct outputs] a batch's outputs are copied into their arena rows after the program made
+# them (an LSTM's input projections for every token: megabytes into fresh pages; each step's h and c
+# by one ``cat``). Where an output is the result of an op with an ``out=`` form (a GEMM, a ``cat``,
+# an elementwise op: also one that the in-place rewrite made ``mul_`` / ``add_``), seen through
+# order-keeping views only (``squeeze`` / ``unsqueeze`` / ``view``) and computed once for that output
+# alone, the no_grad program takes a buffer for it (after the operands) and computes the op into it,
+# shaped as the op's result: the executor passes the output's arena rows. Every later reader of the
+# op's result reads the buffer, with the same values (the in-place rule already made sure nothing
+# reads the op's target region as it was before); same kernel, same values, no copy.
+_OUT_FORMS = {torch.addmm, torch.mm, torch.bmm, torch.cat, torch.index_select, torch.mul, torch.add, torch.sub,
+              torch.div, torch.sigmoid, torch.tanh, torch.exp, torch.neg}
+# in-place forms (after the rewrite and direct calls) -> the function that writes ``out=`` instead
+_INPLACE_OUT = {torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh, torch.exp_: torch.exp, torch.neg_: torch.neg}
+_METHOD_OUT = {"mul_": torch.mul, "add_": torch.add, "sub_": torch.sub, "div_": torch.div, "addmm_": torch.addmm}
+_ORDER_VIEWS = {torch.squeeze, torch.unsqueeze}
+_ORDER_METHODS = {"view", "reshape"}
+
+
+def _out_function(node: fx.Node):
+    """The ``out=`` function computing ``node``'s values, or None."""
+    if "out" in node.kwargs:
+        return None
+    if node.op == "call_function":
+        return node.target if node.target in _OUT_FORMS else _INPLACE_OUT.get(node.target)
+    if node.op == "call_method":
+        return _METHOD_OUT.get(node.target)
+    return None
+
+
+def _through_views(node) -> "fx.Node | None":
+    """The op an output is, seen through order-keeping views (each read by nothing else)."""
+    while isinstance(node, fx.Node) and ((node.op == "call_function" and node.target in _ORDER_VIEWS)
+                                         or (node.op == "call_method" and node.target in _ORDER_METHODS)):
+        node = node.args[0]
+    return node if isinstance(node, fx.Node) else None
 
 
 def outputs_into(graph: fx.Graph, out_avals: tuple) -> "tuple[bool, ...] | None":
@@ -246,22 +275,28 @@ def outputs_into(graph: fx.Graph, out_avals: tuple) -> "tuple[bool, ...] | None"
     outs = output.args[0]
     if not isinstance(outs, (tuple, list)) or len(outs) != len(out_avals):
         return None
+    sources = [_through_views(o) for o in outs]
     direct = []
-    for k, (node, want) in enumerate(zip(outs, out_avals, strict=True)):
-        val = node.meta.get("val") if isinstance(node, fx.Node) else None
-        ok = (isinstance(node, fx.Node) and node.op == "call_function" and node.target in _OUT_FORMS
-              and "out" not in node.kwargs and len(node.users) == 1 and sum(o is node for o in outs) == 1
-              and isinstance(val, torch.Tensor) and tuple(val.shape[1:]) == tuple(want.shape)
-              and val.dtype == want.dtype)
+    for node, want in zip(sources, out_avals, strict=True):
+        val = node.meta.get("val") if node is not None else None
+        ok = (node is not None and _out_function(node) is not None and sum(s is node for s in sources) == 1
+              and node.meta.get("bdim", 0) == 0 and isinstance(val, torch.Tensor) and val.dim() >= 1
+              and val.dtype == want.dtype and val.shape[1:].numel() == want.numel)
         direct.append(ok)
     if not any(direct):
         return None
     last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    buffers = {}
     for k in reversed(range(len(outs))):
         if direct[k]:
             with graph.inserting_after(last):
-                buffer = graph.placeholder(f"into_{k}")
-            node = outs[k]
-            node.kwargs = {**node.kwargs, "out": buffer}
+                buffers[k] = graph.placeholder(f"into_{k}")
+    for k, buffer in buffers.items():
+        node = sources[k]
+        shape = [-1, *node.meta["val"].shape[1:]]
+        with graph.inserting_before(node):
+            target = graph.call_method("view", (buffer, shape))
+        fn = _out_function(node)
+        node.op, node.target, node.kwargs = "call_function", fn, {**node.kwargs, "out": target}
     graph.lint()
     return tuple(direct)
