@@ -34,7 +34,10 @@ ONE ``index_add_`` with the same index instead of one ``index_add_`` per operand
 NOTE: [Joint writes] a batch's outputs of one shape (a TreeLSTM node's h and c) share an arena,
 and the schedule-order layout puts their blocks in consecutive rows, in output order. A step whose
 outputs are laid out so carries ``joint = (arena, lo, hi)`` and writes them with ONE
-``torch.cat(outs, out=arena[lo:hi])``: one kernel launch instead of one copy per output.
+``torch.cat(outs, out=arena[lo:hi])``: one kernel launch instead of one copy per output. Under
+no_grad a cell program that can compute outputs straight into their rows gets those rows instead
+(NOTE: [Direct outputs], cells/inplace.py), and a split cell's rest may overwrite its own rows of
+the input part's output, which no other step reads (NOTE: [Consumed operands]).
 
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
