@@ -232,19 +232,19 @@ def direct_calls(graph: fx.Graph) -> int:
 
 
 # NOTE: [Direct outputs] a batch's outputs are copied into their arena rows after the program made
-# them (an LSTM's input projections for every token: megabytes into fresh pages; each step's h and c
-# by one ``cat``). Where an output is the result of an op with an ``out=`` form (a GEMM, a ``cat``,
-# an elementwise op: also one that the in-place rewrite made ``mul_`` / ``add_``), seen through
-# order-keeping views only (``squeeze`` / ``unsqueeze`` / ``view``) and computed once for that output
-# alone, the no_grad program takes a buffer for it (after the operands) and computes the op into it,
-# shaped as the op's result: the executor passes the output's arena rows. Every later reader of the
-# op's result reads the buffer, with the same values (the in-place rule already made sure nothing
-# reads the op's target region as it was before); same kernel, same values, no copy.
-_OUT_FORMS = {torch.addmm, torch.mm, torch.bmm, torch.cat, torch.index_select, torch.mul, torch.add, torch.sub,
-              torch.div, torch.sigmoid, torch.tanh, torch.exp, torch.neg}
+# them (an LSTM's input projections for every token: megabytes, into fresh pages). Where an output
+# is the result of a GEMM, ``cat`` or ``index_select`` (also an ``addmm_`` the in-place rewrite
+# made), seen through order-keeping views only (``squeeze`` / ``unsqueeze`` / ``view``) and computed
+# once for that output alone, the no_grad program takes a buffer for it (after the operands) and
+# computes the op into it with ``out=``, shaped as the op's result: the executor passes the output's
+# arena rows. Every later reader of the op's result reads the buffer, with the same values (the
+# in-place rule already made sure nothing reads the op's target region as it was before); same
+# kernel, same values, no copy. Elementwise results (an LSTM step's h and c) stay with the joint
+# write: their ``out=`` form over strided gate pieces plus a buffer per output cost more per step
+# than the one ``cat`` they save (measured: TreeLSTM at hidden 64 ran slower).
+_OUT_FORMS = {torch.addmm, torch.mm, torch.bmm, torch.cat, torch.index_select}
 # in-place forms (after the rewrite and direct calls) -> the function that writes ``out=`` instead
-_INPLACE_OUT = {torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh, torch.exp_: torch.exp, torch.neg_: torch.neg}
-_METHOD_OUT = {"mul_": torch.mul, "add_": torch.add, "sub_": torch.sub, "div_": torch.div, "addmm_": torch.addmm}
+_METHOD_OUT = {"addmm_": torch.addmm}
 _ORDER_VIEWS = {torch.squeeze, torch.unsqueeze}
 _ORDER_METHODS = {"view", "reshape"}
 
@@ -254,7 +254,7 @@ def _out_function(node: fx.Node):
     if "out" in node.kwargs:
         return None
     if node.op == "call_function":
-        return node.target if node.target in _OUT_FORMS else _INPLACE_OUT.get(node.target)
+        return node.target if node.target in _OUT_FORMS else None
     if node.op == "call_method":
         return _METHOD_OUT.get(node.target)
     return None
