@@ -30,9 +30,10 @@ class CellKernel:
         self.mode = program.mode
         self.calls = 0     # batches run (stats, tests)
 
-    def __call__(self, operands: list, size: int) -> tuple:
+    def __call__(self, operands: list, size: int, consume: bool = False, into: "list | None" = None) -> tuple:
+        """``consume``, ``into``: NOTE: [Consumed operands], [Direct outputs] (cells/inplace.py)."""
         self.calls += 1
-        return self.program(operands, size)
+        return self.program(operands, size, consume, into)
 
 
 def install(sig: Signature, module: nn.Module | None, options: CellOptions = CellOptions()) -> CellKernel:

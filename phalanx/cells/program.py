@@ -113,6 +113,11 @@ class CellProgram:
         self.num_leading = num_leading      # placeholders before the operands: size, params, hoisted
         self.compiled = None
         self.inference: Callable | None = None    # NOTE: [In-place inference], built on first no_grad call
+        # NOTE: [Consumed operands]: operand positions a caller may hand over to be overwritten
+        self.consumable: frozenset[int] = frozenset()
+        # no_grad variants built on first use: (consume, direct outputs) -> (program, which outputs
+        # it writes into buffers the caller passes; NOTE: [Direct outputs])
+        self.variants: dict = {}
         self.retrace: Callable[[], CellProgram] | None = None   # set by compile_cell
         self.param_key = self._param_key(params())
 
@@ -122,11 +127,16 @@ class CellProgram:
 
     def _refresh(self, params: list[torch.Tensor]) -> None:
         """A parameter changed dtype or shape (``model.double()``): trace again, keep this object."""
-        retrace = self.retrace
+        retrace, consumable = self.retrace, self.consumable
         self.__dict__.update(retrace().__dict__)
-        self.retrace = retrace
+        self.retrace, self.consumable = retrace, consumable
 
-    def __call__(self, operands: list[torch.Tensor], size: int) -> tuple[torch.Tensor, ...]:
+    def __call__(self, operands: list[torch.Tensor], size: int, consume: bool = False,
+                 into: "list | None" = None) -> tuple[torch.Tensor, ...]:
+        """``consume``: the operands at ``consumable`` positions are the caller's to lose (NOTE:
+        [Consumed operands]); ``into``: per output, the buffer to compute it into or None, where
+        ``direct_outputs()`` says the no_grad program can (NOTE: [Direct outputs]). Both are honoured
+        under no_grad only; a caller passing ``into`` gets those outputs in the buffers."""
         if len(operands) != len(self.in_avals):
             raise BatchExecutionError(f"{self.name}: {len(operands)} operands, the cell takes {len(self.in_avals)}")
         if size == 0:
@@ -144,9 +154,51 @@ class CellProgram:
             run = self.compiled
         elif torch.is_grad_enabled():
             run = self.main
+        elif into is not None:
+            run, direct = self._variant(consume and bool(self.consumable), True)
+            if direct == tuple(b is not None for b in into):
+                return tuple(run(size, *params, *hoisted, *operands, *[b for b in into if b is not None]))
+            # retraced meanwhile (another program): compute, then copy into the buffers asked for
+            outs = tuple((self.inference or self._inference_program())(size, *params, *hoisted, *operands))
+            for b, o in zip(into, outs, strict=True):
+                if b is not None:
+                    b.copy_(o)
+            return outs
+        elif consume and self.consumable:
+            run = self._variant(True, False)[0]
         else:
             run = self.inference or self._inference_program()
         return tuple(run(size, *params, *hoisted, *operands))
+
+    def direct_outputs(self) -> "tuple[bool, ...] | None":
+        """Which outputs the no_grad program can compute straight into a caller's buffer (NOTE:
+        [Direct outputs]); None when none can, or when calls may run another program."""
+        if self.compiled is not None or self.graph is None or not self.options.inplace:
+            return None
+        return self._variant(False, True)[1]
+
+    def _variant(self, consume: bool, direct: bool) -> tuple:
+        """A no_grad program: in place (NOTE: [In-place inference]), overwriting the consumable
+        operands if ``consume`` (NOTE: [Consumed operands]), writing eligible outputs into buffers
+        passed after the operands if ``direct`` (NOTE: [Direct outputs])."""
+        found = self.variants.get((consume, direct))
+        if found is not None:
+            return found
+        run, into = self.inference or self._inference_program(), None
+        if self.graph is not None and self.options.inplace and (consume or direct):
+            from .inplace import direct_calls, inplace_graph, outputs_into
+
+            placeholders = [n for n in self.graph.nodes if n.op == "placeholder"][self.num_leading:]
+            owned = frozenset(placeholders[p].name for p in self.consumable) if consume else frozenset()
+            graph, rewritten = inplace_graph(self.graph, owned)
+            if consume:
+                self.info["consumed_ops"] = rewritten - self.info.get("in_place_ops", 0)
+            direct_calls(graph)
+            if direct:
+                into = outputs_into(graph, self.out_avals)
+            run = graph_program(graph).forward
+        found = self.variants[(consume, direct)] = (run, into)
+        return found
 
     def _inference_program(self) -> Callable:
         """The main program with its own temporaries overwritten in place (NOTE: [In-place inference])

@@ -81,6 +81,7 @@ def split_graph(what: str, graph: fx.Graph, num_leading: int, keep: frozenset[in
     env = {p: rest.placeholder(p.name) for p in leading}
     for n in crossing:
         env[n] = rest.placeholder(f"prefix_{n.name}")
+        env[n].meta["val"] = n.meta["val"]      # its shape: what in-place rules check (NOTE: [Consumed operands])
     for p in other_ops:
         env[p] = rest.placeholder(p.name)
     for node in graph.nodes:

@@ -73,6 +73,10 @@ def _rest_signature(table, sig: Signature, split, others: tuple, key) -> Signatu
         callee=sig.callee, modules=sig.modules, path=sig.path, single=sig.single,
         plain_tuple=sig.plain_tuple)
     rest.meta["kernel"] = CellKernel(rest, split.rest)
+    # The input part's outputs are read by this rest only (the recorder feeds each call's prefix
+    # values to its own rest), so inference may overwrite them (NOTE: [Consumed operands]).
+    split.rest.consumable = frozenset(range(n_pre))
+    rest.meta["consumes"] = tuple(range(n_pre))
     table.add(rest, key)
     return rest
 

@@ -34,7 +34,10 @@ ONE ``index_add_`` with the same index instead of one ``index_add_`` per operand
 NOTE: [Joint writes] a batch's outputs of one shape (a TreeLSTM node's h and c) share an arena,
 and the schedule-order layout puts their blocks in consecutive rows, in output order. A step whose
 outputs are laid out so carries ``joint = (arena, lo, hi)`` and writes them with ONE
-``torch.cat(outs, out=arena[lo:hi])``: one kernel launch instead of one copy per output.
+``torch.cat(outs, out=arena[lo:hi])``: one kernel launch instead of one copy per output. Under
+no_grad a cell program that can compute outputs straight into their rows gets those rows instead
+(NOTE: [Direct outputs], cells/inplace.py), and a split cell's rest may overwrite its own rows of
+the input part's output, which no other step reads (NOTE: [Consumed operands]).
 
 NOTE: [Single-assignment arenas] every arena row is written exactly once, by the batch producing
 it, before any batch reads it. Reads of rows that are already written are therefore stable, and in
@@ -376,13 +379,46 @@ def _flags(sig: Signature) -> tuple:
     return tuple(m.training for m in sig.modules)
 
 
-def _call(step: Step, operands: list, kernels: dict) -> tuple:
+def _consumable(step: Step, meta: dict) -> bool:
+    """May the step's kernel overwrite the operands ``meta["consumes"]`` names (NOTE: [Consumed
+    operands], cells/inplace.py)? Their rows are read by this step only (single-assignment arenas:
+    nothing else reads or rewrites them), so yes when each is an arena slice or a fresh gather."""
+    consumes = meta.get("consumes")
+    if not consumes or "ragged" in meta:
+        return False
+    operands = step.operands
+    return all(operands[p][0] <= GATHER for p in consumes)
+
+
+def _all_slices(outputs: list) -> bool:
+    for o in outputs:
+        if o[0] != SLICE:
+            return False
+    return True
+
+
+def _call(step: Step, operands: list, kernels: dict, consume: bool = False, arenas: "list | None" = None):
+    """The step's batched outputs; with ``arenas`` (inference) outputs the kernel writes straight into
+    their arena rows are written there and the result is None (NOTE: [Direct outputs])."""
     sig = step.sig
     try:
         kernel = kernels.get(sig.sid)
         if kernel is None:
             kernel = kernels[sig.sid] = kernel_for(sig, operands, step.size, _flags(sig))
-        return kernel(operands, step.size)
+        program = getattr(kernel, "program", None)
+        if program is None:
+            return kernel(operands, step.size)
+        if arenas is not None:
+            direct = program.direct_outputs()
+            if direct is not None and _all_slices(step.outputs):
+                # NOTE: [Direct outputs] (cells/inplace.py): those outputs land in their arena rows
+                into = [arenas[a][r[0]:r[1]] if d else None for (_, a, r), d in zip(step.outputs, direct, strict=True)]
+                outs = kernel(operands, step.size, consume, into)
+                for (_, a, r), d, out in zip(step.outputs, direct, outs, strict=True):
+                    if not d:
+                        arenas[a][r[0]:r[1]] = out
+                return None
+        return kernel(operands, step.size, consume) if consume else kernel(operands, step.size)
     except PhalanxError:
         raise
     except Exception as e:
@@ -450,13 +486,16 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
             whole = step.whole
-            if whole is not None:       # NOTE: [Whole reads]
-                outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels)
+            meta = step.sig.meta
+            if whole is not None:       # NOTE: [Whole reads]: fresh operands, the kernel's to keep
+                outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels,
+                             "consumes" in meta and "ragged" not in meta, arenas)
             else:
-                outs = _stacked_reads(step, arenas) if "stack_dim" in step.sig.meta else None
+                outs = _stacked_reads(step, arenas) if "stack_dim" in meta else None
                 if outs is None:
-                    outs = _call(step, _read_all(step, arenas), kernels)
-            _write(step, outs, arenas, adopt=True)
+                    outs = _call(step, _read_all(step, arenas), kernels, _consumable(step, meta), arenas)
+            if outs is not None:
+                _write(step, outs, arenas, adopt=True)
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
 

@@ -210,3 +210,136 @@ def test_a_piece_taken_after_the_whole_was_overwritten_keeps_the_old_values():
 
     program = _check(fn, [torch.zeros(2 * H)])
     assert torch.sigmoid_ not in _inplace_targets(program)
+
+
+# *** NOTE: [Consumed operands]: operands a caller hands over are overwritten only then ***
+
+def _consuming_check(fn, examples, consumable, size=5, seed=0, module=None):
+    """The consuming program equals the plain one bit for bit; it writes only handed-over operands."""
+    program = compile_cell(fn, module, avals(examples))
+    program.consumable = frozenset(consumable)
+    operands = [o.detach() for o in random_operands(examples, size, torch.Generator().manual_seed(seed))]
+    before = [o.clone() for o in operands]
+    with torch.no_grad():
+        want = program(operands, size)
+        for o, b in zip(operands, before, strict=True):      # not asked to consume: nothing written
+            assert torch.equal(o, b)
+        got = program([o.clone() for o in operands], size, consume=True)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    # without consume the operands are still never written
+    with torch.no_grad():
+        program(operands, size)
+    assert all(torch.equal(o, b) for o, b in zip(operands, before, strict=True))
+    return program
+
+
+class Accumulate(nn.Module):
+    """``p + h @ W`` (an LSTM step's input projection plus its recurrent GEMM) and a tail ``tail``."""
+
+    def __init__(self, n_out, tail):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(H, n_out))
+        self.tail = tail
+
+    def forward(self, p, h):
+        return self.tail(torch.addmm(p, h.unsqueeze(0), self.w).squeeze(0), p, h)
+
+
+def _gates(gates, p, h):
+    i, g = gates.chunk(2, -1)
+    return torch.sigmoid(i) * torch.tanh(g)
+
+
+def test_a_consumed_operand_takes_the_gemm_accumulation():
+    cell = Accumulate(2 * H, _gates)
+    examples = [torch.zeros(2 * H), torch.zeros(H)]
+    program = _consuming_check(cell.forward, examples, {0}, module=cell)
+    assert program.info["consumed_ops"] >= 1       # the accumulation (traced as mm + add) writes p
+    # the handed-over rows now hold the step's gates: the operand itself was written
+    operands = [o.detach() for o in random_operands(examples, 3, torch.Generator().manual_seed(5))]
+    p = operands[0].clone()
+    with torch.no_grad():
+        program(operands, 3, consume=True)
+    assert not torch.equal(operands[0], p)
+
+
+def test_a_consumed_operand_read_again_is_not_overwritten():
+    cell = Accumulate(H, lambda gates, p, h: torch.tanh(gates) + p)     # p's old values read after the GEMM
+    program = _consuming_check(cell.forward, [torch.zeros(H), torch.zeros(H)], {0}, module=cell)
+    assert program.info["consumed_ops"] == 0
+
+
+def test_an_operand_not_handed_over_is_never_written():
+    cell = Accumulate(H, lambda gates, p, h: torch.sigmoid(gates))
+    # the GEMM could accumulate into p, but only h is handed over
+    program = _consuming_check(cell.forward, [torch.zeros(H), torch.zeros(H)], {1}, module=cell)
+    assert program.info["consumed_ops"] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(recipe=st.lists(STEP, min_size=1, max_size=8), seed=st.integers(0, 1000),
+       which=st.sampled_from([{0}, {1}, {0, 1}]))
+def test_random_programs_consuming_operands_match(recipe, seed, which):
+    _consuming_check(_program(recipe), [torch.zeros(2 * H), torch.zeros(2 * H)], which, size=3, seed=seed)
+
+
+# *** NOTE: [Direct outputs]: an output made by an op with an out= form lands in the caller's buffer ***
+
+class Project(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(H, 2 * H)
+
+    def forward(self, x, y):
+        return self.lin(x), torch.relu(y)        # the first is one addmm; relu has no out= form
+
+
+def test_an_output_is_computed_into_the_buffer_given():
+    cell = Project()
+    examples = [torch.zeros(H), torch.zeros(H)]
+    program = compile_cell(cell.forward, cell, avals(examples))
+    assert program.direct_outputs() == (True, False)
+    operands = random_operands(examples, 4, torch.Generator().manual_seed(6))
+    arena = torch.full((7, 2 * H), -1.0)
+    with torch.no_grad():
+        want = program(operands, 4)
+        got = program(operands, 4, into=[arena[2:6], None])
+    assert torch.equal(arena[2:6], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(arena[:2], torch.full((2, 2 * H), -1.0)) and torch.equal(arena[6:], torch.full((1, 2 * H), -1.0))
+    assert_inference_matches_autograd(program, operands, 4)
+
+
+class Reuse(nn.Module):
+    def __init__(self, tail):
+        super().__init__()
+        self.lin = nn.Linear(H, H)
+        self.tail = tail
+
+    def forward(self, x):
+        t = self.lin(x)
+        return self.tail(t)
+
+
+def test_an_output_returned_twice_is_not_direct():
+    cell = Reuse(lambda t: (t, t))
+    program = compile_cell(cell.forward, cell, avals([torch.zeros(H)]))
+    assert program.direct_outputs() is None
+    eligible = Reuse(lambda t: (t,))
+    assert compile_cell(eligible.forward, eligible, avals([torch.zeros(H)])).direct_outputs() == (True,)
+
+
+def test_an_output_read_again_and_seen_through_views_lands_in_the_buffer():
+    # t (one addmm) is returned through a view and read again by the sigmoid, whose elementwise
+    # result keeps its own memory
+    cell = Reuse(lambda t: (t.unsqueeze(0).view(2, -1), torch.sigmoid(t), t.mul(2.0)))
+    program = compile_cell(cell.forward, cell, avals([torch.zeros(H)]))
+    assert program.direct_outputs() == (True, False, False)
+    operands = random_operands([torch.zeros(H)], 3, torch.Generator().manual_seed(7))
+    buffer = torch.empty(3, 2, H // 2)
+    with torch.no_grad():
+        want = program(operands, 3)
+        got = program(operands, 3, into=[buffer, None, None])
+    assert torch.equal(buffer, want[0])
+    for g, w in zip(got[1:], want[1:], strict=True):
+        assert torch.equal(g, w)

@@ -202,3 +202,31 @@ def test_gradient_penalty_through_traced_cells():
         if e is not None:
             assert not g.is_sparse
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def _program_of(batcher, name):
+    return next(s.kernel.program for s in batcher.table.sigs if s.name == name and isinstance(s.kernel, CellKernel))
+
+
+@pytest.mark.parametrize("plan", [False, "auto"])
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_inference_consumes_input_projections_and_writes_outputs_direct(plan, grad_mode):
+    """NOTE: [Consumed operands] and [Direct outputs] (cells/inplace.py): each LSTM step's GEMM
+    accumulates into its own rows of the input projections, which the input part computed straight
+    into its arena rows; every call (a reused Batcher, several layouts) still equals eager."""
+    torch.manual_seed(0)
+    model = BiLSTMTagger(20, 6, embed_dim=4, num_tags=5).eval()
+    batcher = phalanx.Batcher(model.forward, cells=True, verify=True, plan=plan)
+    for lengths, seed in (([4, 6, 3, 5], 0), ([1], 1), ([], 2), ([7, 1, 2, 2, 9, 3], 3)):
+        assert_matches_eager(model.forward, [w for w, _ in _sentences(lengths, seed)], batcher=batcher,
+                             grad_mode=grad_mode)
+    rest = _program_of(batcher, "cell LSTMStep[rest]")
+    assert rest.consumable and rest.info["consumed_ops"] >= 1
+    consuming = rest.variants[(True, False)][0].__self__.graph
+    assert "addmm_" in [n.target for n in consuming.nodes if n.op == "call_method"]
+    assert _program_of(batcher, "cell LSTMStep[input part]").direct_outputs() == (True,)
+    assert rest.direct_outputs() is None        # h and c are elementwise results: the joint write
+    # a training call after the inference calls: the autograd program never overwrites an operand
+    data = _sentences([3, 5, 2])
+    train = phalanx.Batcher(model.loss, cells=True, verify=True)
+    assert_matches_eager(model.loss, data, params=model.parameters(), train=True, batcher=train)
