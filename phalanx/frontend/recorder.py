@@ -223,6 +223,9 @@ class Recorder:
                 if d >= depth:
                     depth = d + 1
             else:
+                # The cell's fast entry may be another of its op types (a chain's first step reads a
+                # plain tensor h0): make the all-lazy one current again, so the next steps stay native.
+                self._register_fast(g, cell, sig)
                 return self._record_split(g, sig, mark, args, depth)
         imms = g.imms
         mark = len(arg_code)

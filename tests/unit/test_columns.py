@@ -439,3 +439,30 @@ def test_native_calls_never_reach_the_python_recorder_after_the_first(monkeypatc
     graph = batcher.record([5, 2, 6])
     # one Python call per cell (and per split mask) and graph: its first; every other call is native
     assert len(calls) <= 6 and graph.num_nodes > 3 * len(calls)
+
+
+@pytest.mark.skipif(not columns.NATIVE, reason="the Python twin calls the recorder's Python path by design")
+def test_split_chains_from_a_tensor_state_stay_native(monkeypatch):
+    # Each chain's first step reads a plain tensor h0 (its own op type, with a fast pattern of its
+    # own); the all-lazy steps after it must take the native path again, not every one through Python.
+    from phalanx.models.tagger import BiLSTMTagger
+
+    torch.manual_seed(0)
+    model = BiLSTMTagger(20, hidden=8).eval()
+    sentences = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11], [3, 4, 5, 6, 7, 8, 9]]
+    batcher = phalanx.Batcher(model, cells=True)
+    batcher.record(sentences)
+    calls = []
+    original = recorder.Recorder.record_cell
+
+    def counted(self, cell, args, kwargs):
+        calls.append(cell)
+        return original(self, cell, args, kwargs)
+
+    monkeypatch.setattr(recorder.Recorder, "record_cell", counted)
+    batcher.record(sentences)
+    steps = sum(len(s) for s in sentences) * 2
+    # through Python: at most the first two steps of each chain (h0, then back to the lazy pattern),
+    # plus each cell's first call per graph and split mask
+    python_steps = len([c for c in calls if type(c).__name__ == "LSTMStep"])
+    assert python_steps <= 2 * 2 * len(sentences) + 4 and python_steps < steps / 2
