@@ -10,7 +10,7 @@ import dataclasses
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -25,7 +25,6 @@ from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
 from .memory.planner import plan_memory, verify_plan
 from .runtime.fibers import Hub
-from .runtime.pipeline import Recorded, pipelined
 from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
 from .runtime.params import FlushParams
 from .schedule import format_schedule, make_policy, verify_schedule
@@ -93,8 +92,7 @@ class Batcher:
         root = model_of(fn)
         self.table = table if table is not None else SignatureTable(root, max_signatures, CellOptions.resolve(cells))
         self.stats = Stats(policy=self.policy.name)
-        self._lock = threading.Lock()        # one call (or pipeline) at a time
-        self._flush_lock = threading.Lock()  # one execution at a time (a pipeline's worker runs fiber rounds)
+        self._lock = threading.Lock()
 
     def __call__(self, instances: Iterable[Any]) -> list:
         if not self._lock.acquire(blocking=False):
@@ -106,58 +104,35 @@ class Batcher:
             self._lock.release()
 
     def _call(self, instances: list) -> list:
-        recorded = self._record(instances)
-        self.stats = recorded.stats
-        return recorded.results if recorded.results is not None else self._flush(recorded)
-
-    def pipeline(self, minibatches: Iterable[Iterable[Any]]) -> Iterator[list]:
-        """Yield ``self(minibatch)`` for each mini-batch in order, recording the next mini-batch on a
-        background thread while the current one's kernels run (torch releases the GIL inside
-        them). Same results as calling the Batcher in a loop; ``stats`` describes the mini-batch
-        just yielded. The overlap is used under ``torch.no_grad()`` / ``inference_mode`` only:
-        with gradients on, a mini-batch recorded early could read parameters before your optimizer
-        step, so it runs one mini-batch at a time (NOTE: [Pipelined recording], runtime/pipeline.py)."""
-        return pipelined(self, minibatches)
-
-    # *** a call in two halves: record (the calling thread, or a pipeline's worker), then flush ***
-    def _record(self, instances: list, may_reset: bool = True) -> Recorded:
-        """Record ``instances``; with fibers (an instance forced a value) the rounds run here too and
-        the result is final (``results``). ``may_reset=False``: a pipeline's recording ahead."""
-        stats = Stats(policy=self.policy.name, instances=len(instances))
+        stats = self.stats = Stats(policy=self.policy.name, instances=len(instances))
         table = self.table
-        table.begin_call(may_reset)     # NOTE: [What an op type may cache] (ir/signature.py)
+        table.begin_call()          # NOTE: [What an op type may cache] (ir/signature.py)
         t0 = time.perf_counter()
         # Instances run as fibers (runtime/fibers.py): if one forces a lazy value, the hub flushes
         # round by round and returns the results; otherwise it returns what was recorded, and
-        # the flush below runs once (NOTE: [Lazy fibers]: no decisions, no extra cost).
+        # this call flushes once, below (NOTE: [Lazy fibers]: no decisions, no extra cost).
         hub = Hub(self, stats)
         rec, outputs = hub.record(instances)
         stats.fibers = hub.fiber_stats
         if hub.results is not None:
             table.end_call(hub.used_sids)
             stats.record_s += time.perf_counter() - t0 - stats.schedule_s - stats.plan_s - stats.execute_s
-            return Recorded(stats, None, outputs, hub.results)
+            return hub.results
+        t1 = time.perf_counter()
         graph = rec.graph.freeze()
-        stats.record_s = time.perf_counter() - t0
-        return Recorded(stats, graph, outputs, None)
-
-    def _flush(self, recorded: Recorded) -> list:
-        """Schedule, plan and execute a recorded mini-batch; its per-instance results."""
-        stats, graph, outputs = recorded.stats, recorded.graph, recorded.outputs
-        self.stats = stats
-        with self._flush_lock:
-            stats.nodes, stats.values = graph.num_nodes, graph.num_values
-            stats.op_types = len(graph.used_sids)
-            schedule, layout, steps, counts = self._plan(graph, stats)
-            t3 = time.perf_counter()
-            result_index, arena_of = _result_rows(graph, layout, outputs)
-            tensors = self._run(graph, layout, steps, result_index, stats)
-            results = _assemble(outputs, arena_of, tensors, result_index, per_row_views=stats.training)
-            stats.execute_s = time.perf_counter() - t3
-        self.table.end_call(graph.used_sids.tolist())
+        stats.nodes, stats.values = graph.num_nodes, graph.num_values
+        stats.op_types = len(graph.used_sids)
+        schedule, layout, steps, counts = self._plan(graph, stats)
+        t3 = time.perf_counter()
+        result_index, arena_of = _result_rows(graph, layout, outputs)
+        tensors = self._run(graph, layout, steps, result_index, stats)
+        results = _assemble(outputs, arena_of, tensors, result_index, per_row_views=stats.training)
+        t4 = time.perf_counter()
+        table.end_call(graph.used_sids.tolist())
         stats.batches = len(schedule)
         for f in dataclasses.fields(ReadCounts):
             setattr(stats, f.name, getattr(counts, f.name))
+        stats.record_s, stats.execute_s = t1 - t0, t4 - t3
         if _config.DEBUG:
             print(f"phalanx: {stats}")
             if _config.DEBUG >= 2:

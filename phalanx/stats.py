@@ -38,8 +38,6 @@ class Stats(ReadCounts):
     execute_s: float = 0.0
     backward_s: float = 0.0
     training: bool = False
-    # Batcher.pipeline: recorded on the worker thread while the previous mini-batch ran.
-    recorded_ahead: bool = False
     # Fibers (runtime/fibers.FiberStats): flush rounds, decisions per instance, batches / nodes per round.
     fibers: object = None
     # Filled only by Batcher(profile=True): per op type, batches / nodes / forward and backward seconds.

@@ -171,17 +171,14 @@ class SignatureTable:
                 token.append((id(t), t.dtype, t.device, t.shape))
         return token
 
-    def begin_call(self, may_reset: bool = True) -> None:
+    def begin_call(self) -> None:
         """Drop everything derived from a model structure that changed since the last call, and
-        evict the least recently used half when the table is over its bound. ``may_reset=False``
-        (a pipeline's recording ahead, runtime/pipeline.py) only counts the call."""
+        evict the least recently used half when the table is over its bound."""
         self.calls += 1
-        if not may_reset:
-            return
         if self._token is not None and self._state_token() != self._token:
             self.clear()
             self._refresh_paths()
-        if self.over_bound():
+        if len(self.sigs) > self.max_signatures:
             kept = sorted(self.sigs, key=lambda s: s.last_call, reverse=True)[:self.max_signatures // 2]
             kept.sort(key=lambda s: s.sid)
             self.clear()
@@ -190,10 +187,6 @@ class SignatureTable:
                 self.sigs.append(sig)
                 for key in sig.keys:
                     self.by_key[key] = sig
-
-    def over_bound(self) -> bool:
-        """The next ``begin_call`` evicts."""
-        return len(self.sigs) > self.max_signatures
 
     def end_call(self, used_sids) -> None:
         """Remember the structure the table was derived from, and which signatures were used."""

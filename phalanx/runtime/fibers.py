@@ -310,18 +310,17 @@ class Hub:
         slot = _recorder._SLOT
         slot.rec = None
         try:
-            with batcher._flush_lock:   # a pipeline's worker thread runs rounds too (runtime/pipeline.py)
-                schedule, layout, steps, counts = batcher._plan(graph, stats)
-                start = time.perf_counter()
-                if torch.is_grad_enabled():
-                    # Training: the round is one FlushFunction whose outputs are its whole arenas.
-                    every_row = [(a, torch.arange(int(n), device=graph.device)) for a, n in enumerate(layout.arena_rows)]
-                    arenas = batcher._run(graph, layout, steps, every_row, stats)
-                else:
-                    # Inference: the arenas themselves (single-assignment, never reused), not a copy.
-                    arenas = allocate_arenas(graph, layout)
-                    run_inference(steps, arenas, stats if batcher.profile else None)
-                stats.execute_s += time.perf_counter() - start
+            schedule, layout, steps, counts = batcher._plan(graph, stats)
+            start = time.perf_counter()
+            if torch.is_grad_enabled():
+                # Training: the round is one FlushFunction whose outputs are its whole arenas.
+                every_row = [(a, torch.arange(int(n), device=graph.device)) for a, n in enumerate(layout.arena_rows)]
+                arenas = batcher._run(graph, layout, steps, every_row, stats)
+            else:
+                # Inference: the arenas themselves (single-assignment, never reused), not a copy.
+                arenas = allocate_arenas(graph, layout)
+                run_inference(steps, arenas, stats if batcher.profile else None)
+            stats.execute_s += time.perf_counter() - start
         finally:
             slot.rec = self.rec
         self.used_sids.update(graph.used_sids.tolist())
