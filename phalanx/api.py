@@ -59,8 +59,9 @@ class Batcher:
       [Input split], row-sparse embedding gradients) and refuses a data-dependent cell while
       recording; a ``CellOptions`` turns single optimizations off. ``False`` (default) runs the
       cell's own code on stacked rows, checked once per op type by the taint-tracked probe
-      (runtime/kernels.py): on CPU that measured 13-32% faster than the traced programs
-      (``phalanx ablation``, README). A cell that cannot be traced is probed either way.
+      (runtime/kernels.py); the traced programs now tie or beat it in our CPU runs (README,
+      Results) but stay opt-in until that holds over repeated runs. A cell that cannot be traced
+      is probed either way.
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
 
