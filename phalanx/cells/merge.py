@@ -8,6 +8,8 @@ version; the backward is one matmul as well.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import fx
 
@@ -97,8 +99,9 @@ def merge_matmuls(graph: fx.Graph, shared: set[fx.Node]) -> list[int]:
     return merged
 
 
-def _mm_under_views(node) -> tuple[fx.Node, list[fx.Node]] | None:
-    """The ``mm`` a chain of single-use reshapes that keep the last dimension leads back to."""
+def _under_views(node) -> tuple[Any, list[fx.Node]] | None:
+    """(the node under a chain of single-use reshapes that keep the last dimension, the chain
+    top-down); None when a view in the chain changes the last dimension."""
     chain = []
     while isinstance(node, fx.Node) and node.target in _LAST_DIM_VIEWS and len(node.users) == 1:
         val, src = node.meta.get("val"), node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
@@ -106,6 +109,15 @@ def _mm_under_views(node) -> tuple[fx.Node, list[fx.Node]] | None:
             return None
         chain.append(node)
         node = node.args[0]
+    return node, chain
+
+
+def _mm_under_views(node) -> tuple[fx.Node, list[fx.Node]] | None:
+    """The ``mm`` a chain of single-use reshapes that keep the last dimension leads back to."""
+    found = _under_views(node)
+    if found is None:
+        return None
+    node, chain = found
     if isinstance(node, fx.Node) and node.target is _ATEN.mm.default and len(node.users) == 1:
         return node, chain        # chain may be empty: a shape round trip was dropped (simplify.py)
     return None
@@ -153,13 +165,10 @@ def fuse_bias_adds(graph: fx.Graph, shared: set[fx.Node]) -> int:
 def _gemm_under_views(node, shared):
     """(gemm, views top-down, (bias or None, X, W)) for a chain of single-use reshapes keeping the last
     dimension over a single-use ``mm(X, W)`` or ``addmm(b, X, W)`` with a shared 1-D bias; or None."""
-    chain = []
-    while isinstance(node, fx.Node) and node.target in _LAST_DIM_VIEWS and len(node.users) == 1:
-        val, src = node.meta.get("val"), node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
-        if val is None or src is None or val.dim() == 0 or src.dim() == 0 or val.shape[-1] != src.shape[-1]:
-            return None
-        chain.append(node)
-        node = node.args[0]
+    found = _under_views(node)
+    if found is None:
+        return None
+    node, chain = found
     if not isinstance(node, fx.Node) or len(node.users) != 1 or node.kwargs:
         return None
     if node.target is _ATEN.mm.default:

@@ -499,26 +499,16 @@ class Recorder:
         arg_code, imms = g.arg_code, g.imms
         depth = 0
         for a in args:
-            t = type(a)
-            if t is LazyValue:
-                if a.graph is g:
-                    arg_code.append(a.vid)
-                    if a.depth >= depth:
-                        depth = a.depth + 1
+            for x in a if type(a) is list or type(a) is tuple else (a,):
+                if type(x) is not LazyValue:
+                    continue                # a static (the key holds it)
+                if x.graph is g:
+                    arg_code.append(x.vid)
+                    if x.depth >= depth:
+                        depth = x.depth + 1
                 else:
                     arg_code.append(-1 - len(imms))
-                    imms.append(a)
-            elif t is list or t is tuple:
-                for x in a:
-                    if type(x) is not LazyValue:
-                        continue            # a static int (the key holds it)
-                    if x.graph is g:
-                        arg_code.append(x.vid)
-                        if x.depth >= depth:
-                            depth = x.depth + 1
-                    else:
-                        arg_code.append(-1 - len(imms))
-                        imms.append(x)
+                    imms.append(x)
         return self._append_node(g, sig, depth)
 
     # *** the general path: nested arguments, kwargs, tensors, statics ***

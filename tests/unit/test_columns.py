@@ -129,6 +129,19 @@ def _columns_of(graph) -> dict:
             "values": int(graph.num_values)}
 
 
+def python_cell_calls(monkeypatch) -> list:
+    """The cells whose calls reach the recorder's Python path (``Recorder.record_cell``) from now on."""
+    calls = []
+    original = recorder.Recorder.record_cell
+
+    def counted(self, cell, args, kwargs):
+        calls.append(cell)
+        return original(self, cell, args, kwargs)
+
+    monkeypatch.setattr(recorder.Recorder, "record_cell", counted)
+    return calls
+
+
 @pytest.mark.parametrize("fn, cells", [(chain, False), (chain, True), (rnn, True)])
 def test_fast_path_records_what_the_recorders_own_path_records(monkeypatch, fn, cells):
     instances = [0, 1, 6, 3]
@@ -279,14 +292,7 @@ def test_stale_operands_take_the_fast_path_and_match_eager(monkeypatch):
 def test_stale_operands_never_reach_the_python_recorder_after_the_first(monkeypatch):
     batcher = phalanx.Batcher(decode)
     _round_columns(batcher, DECODE_INSTANCES)
-    calls = []
-    original = recorder.Recorder.record_cell
-
-    def counted(self, cell, args, kwargs):
-        calls.append(cell)
-        return original(self, cell, args, kwargs)
-
-    monkeypatch.setattr(recorder.Recorder, "record_cell", counted)
+    calls = python_cell_calls(monkeypatch)
     rounds = _round_columns(batcher, DECODE_INSTANCES)
     # MIX alternates two patterns (stale, stale) / (lazy, tensor), so each of its calls after a
     # switch is Python; every STEP and scaled call after its first in a round is native.
@@ -428,14 +434,7 @@ def test_int_columns_behave_like_int64_lists(make):
 def test_native_calls_never_reach_the_python_recorder_after_the_first(monkeypatch, fn, cells):
     batcher = phalanx.Batcher(fn, cells=cells)
     batcher.record([3, 4])
-    calls = []
-    original = recorder.Recorder.record_cell
-
-    def counted(self, cell, args, kwargs):
-        calls.append(cell)
-        return original(self, cell, args, kwargs)
-
-    monkeypatch.setattr(recorder.Recorder, "record_cell", counted)
+    calls = python_cell_calls(monkeypatch)
     graph = batcher.record([5, 2, 6])
     # one Python call per cell (and per split mask) and graph: its first; every other call is native
     assert len(calls) <= 6 and graph.num_nodes > 3 * len(calls)
@@ -452,14 +451,7 @@ def test_split_chains_from_a_tensor_state_stay_native(monkeypatch):
     sentences = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11], [3, 4, 5, 6, 7, 8, 9]]
     batcher = phalanx.Batcher(model, cells=True)
     batcher.record(sentences)
-    calls = []
-    original = recorder.Recorder.record_cell
-
-    def counted(self, cell, args, kwargs):
-        calls.append(cell)
-        return original(self, cell, args, kwargs)
-
-    monkeypatch.setattr(recorder.Recorder, "record_cell", counted)
+    calls = python_cell_calls(monkeypatch)
     batcher.record(sentences)
     steps = sum(len(s) for s in sentences) * 2
     # through Python: at most the first two steps of each chain (h0, then back to the lazy pattern),
