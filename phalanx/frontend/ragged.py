@@ -390,33 +390,15 @@ def record_known_call(rec, hit: tuple, args: tuple):
     else:
         if tail is not None:
             codes.extend(tail)
-        if depth < rec.phase_base:
-            depth = rec.phase_base
-        # Inlined DataflowGraph.add_node and the outputs (as _close_node).
-        first = g.num_values
-        g.num_values = first + sig.num_outputs
-        g.node_sig.append(sig.sid)
-        g.node_depth.append(depth)
-        arg_code = g.arg_code
-        arg_code.extend(codes)
-        g.arg_start.append(len(arg_code))
-        if sig.single:
-            return LazyValue(first, sig.out_avals[0], depth, g)
-        outs = [LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)]
-        return tuple(outs) if sig.plain_tuple else sig.unflatten(outs)
+        return _close_node(rec, g, sig, codes, depth)
     del imms[mark:]
     return None
 
 
 def _close_node(rec, g, sig: Signature, codes: list, depth: int):
     """Append a ragged node with its operand codes; its lazy outputs in the cell's structure."""
-    if depth < rec.phase_base:
-        depth = rec.phase_base
-    first = g.add_node(sig, codes, depth)
-    if sig.single:
-        return LazyValue(first, sig.out_avals[0], depth, g)
-    outs = [LazyValue(first + j, a, depth, g) for j, a in enumerate(sig.out_avals)]
-    return tuple(outs) if sig.plain_tuple else sig.unflatten(outs)
+    g.arg_code.extend(codes)
+    return rec._append_node(g, sig, depth)
 
 
 def _list_elements(table) -> dict:

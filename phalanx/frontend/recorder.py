@@ -223,9 +223,6 @@ class Recorder:
                 if d >= depth:
                     depth = d + 1
             else:
-                # The cell's fast entry may be another of its op types (a chain's first step reads a
-                # plain tensor h0): make the all-lazy one current again, so the next steps stay native.
-                self._register_fast(g, cell, sig)
                 return self._record_split(g, sig, mark, args, depth)
         imms = g.imms
         mark = len(arg_code)
@@ -273,11 +270,15 @@ class Recorder:
                 if sig.callee is cell and not sig.splittable:
                     self._register_fast(g, cell, sig)
             return out
-        self._register_fast(g, cell, sig)
         if sig.splittable:
             if sig.all_lazy:
                 self.last_sig[cell] = sig
+            if sig.all_lazy or cell not in self.last_sig:
+                # Once a split cell had an all-lazy call, that op type keeps the fast entry: a chain's
+                # first step (a plain tensor h0) must not take it from the steps after it.
+                self._register_fast(g, cell, sig)
             return self._record_split(g, sig, mark, args, depth)
+        self._register_fast(g, cell, sig)
         return self._append_node(g, sig, depth)
 
     def _register_fast(self, g, cell, sig: Signature) -> None:
