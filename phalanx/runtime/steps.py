@@ -1,0 +1,378 @@
+"""Steps: the plan of a flush, one Step per batch, built from (graph, schedule, layout).
+
+``build_steps`` decides per batch how each operand list is read (a slice view when its rows are
+consecutive and in batch order, otherwise ONE ``index_select``; a per-instance tensor that is the
+same object in every row is broadcast with ``expand``, never stacked; rows of an earlier fiber
+round's arena are read with one ``index_select`` from that arena, whose gradient is one input of
+the flush) and where each output is written. The executor (runtime/executor.py) only runs steps.
+
+NOTE: [Vectorized plan] the plan costs a few microseconds a batch because it is made of whole-flush
+numpy passes, not per-batch or per-operand Python work:
+- per op type, what never changes (arity, operand kinds, bytes per row, number dtypes) is one
+  small table cached across flushes (``_op_type_table``), indexed by the schedule's op types;
+- the operand codes of all batches are gathered at once in list-major order (one segment per
+  (batch, operand position)), and contiguity of every list is one ``diff`` + ``cumsum``;
+- the rows of every gathered list go into ONE index tensor per flush (one host-to-device transfer
+  on a GPU), cut into per-operand views by one ``split_with_sizes`` and into the fused runs'
+  indices (NOTE: [Fused gathers]) by a second one: a Python slice per list costs microseconds;
+- fused runs, whole reads and joint writes are found by comparing neighbouring lists or outputs
+  in numpy; every number operand of the flush is converted once per dtype.
+The per-batch Python loop only slices precomputed lists of operand tuples into Steps.
+
+NOTE: [Fused gathers] a batch's gathered operand lists that sit next to each other in its
+operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden] arena) are read
+with ONE ``index_select`` over their concatenated rows, cut into per-operand views by one
+``split``: the rows are already adjacent in the flush's index tensor (list-major order), so the
+fused index is a slice of it. Same bytes, a third of the kernel launches. Only the forward reads
+fuse; the backward adds each operand's gradient with its own index, except for whole reads.
+
+NOTE: [Whole reads] when one fused run is EVERY operand of a step (a TreeLSTM node's four), the
+step carries ``whole = (arena, index, sizes)``, and executing it makes no per-operand decision:
+``index_select`` then ``split_with_sizes`` (one C call; ``Tensor.split`` is a Python wrapper)
+hands the kernel its operands. In training their gradients go back the same way: one ``cat`` and
+ONE ``index_add_`` with the same index instead of one ``index_add_`` per operand.
+
+NOTE: [Joint writes] a batch's outputs of one shape (a TreeLSTM node's h and c) share an arena,
+and the schedule-order layout puts their blocks in consecutive rows, in output order. A step whose
+outputs are laid out so carries ``joint = (arena, lo, hi)`` and writes them with ONE
+``torch.cat(outs, out=arena[lo:hi])``: one kernel launch instead of one copy per output. Under
+no_grad a cell program that can compute outputs straight into their rows gets those rows instead
+(NOTE: [Direct outputs], cells/inplace.py), and a split cell's rest may overwrite its own rows of
+the input part's output, which no other step reads (NOTE: [Consumed operands]).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import itemgetter
+
+import numpy as np
+import torch
+
+from ..ir.graph import GraphArrays
+from ..ir.signature import ArgKind, Signature
+from ..memory.layout import Layout, output_values
+from ..schedule.base import Schedule, ranges
+from ..stats import ReadCounts
+from .ragged import add_ragged_operands
+
+# Operand read kinds (and output write kinds: SLICE or SCATTER).
+SLICE, GATHER, NUMBERS, TENSORS, BROADCAST, EXTERNAL = 0, 1, 2, 3, 4, 5
+SCATTER = GATHER
+
+
+@dataclass(slots=True, eq=False)
+class Step:
+    """One batch: ``operands[p] = (kind, arena_or_dtype, payload)``; ``outputs[k] = (kind, arena, rows)``
+    with kind SLICE (rows = (lo, hi)) or SCATTER (rows = index tensor); ``insts[i]``: the instance of
+    row i (for error messages). ``fused``: (arena, index, positions) per run of adjacent gathered
+    operands reading one arena (NOTE: [Fused gathers]); their ``operands`` entries stay as they are
+    (the backward and ``explain`` read them per operand). ``whole``: (arena, index, sizes) when one
+    such run is every operand of the step (NOTE: [Whole reads]). ``joint``: (arena, lo, hi) when the
+    outputs fill consecutive rows of one arena, in order (NOTE: [Joint writes])."""
+
+    sig: Signature
+    nodes: np.ndarray
+    size: int
+    operands: list
+    outputs: list
+    insts: np.ndarray
+    fused: tuple = ()
+    whole: "tuple | None" = None
+    joint: "tuple | None" = None
+
+
+def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
+    """Per batch, how to read each operand list and write each output (NOTE: [Vectorized plan])."""
+    counts = ReadCounts()
+    batches = layout.batches
+    num = len(batches)
+    if not num:
+        return [], counts
+    device = graph.device
+    types = _op_type_table(graph.sigs, schedule.sids)
+    slot = types.slot[np.asarray(schedule.sids, dtype=np.int64)]
+    sizes = np.fromiter(map(len, batches), dtype=np.int64, count=num)
+    order = np.concatenate(batches)
+    node_start = np.zeros(num + 1, dtype=np.int64)
+    np.cumsum(sizes, out=node_start[1:])
+
+    # *** operand lists: one contiguous segment per (batch, operand position), rows in batch order ***
+    arity = types.arity[slot]
+    column = ranges(types.pos_start, slot)          # each list's (op type, position) entry
+    list_batch = np.repeat(np.arange(num), arity)
+    list_pos = types.pos[column]
+    list_lengths = sizes[list_batch]
+    list_start = np.zeros(len(column) + 1, dtype=np.int64)
+    np.cumsum(list_lengths, out=list_start[1:])
+    # Entry i of list (b, p) is operand p of the i-th node of batch b: gathered straight in list order.
+    within = np.arange(int(list_start[-1])) - np.repeat(list_start[:-1] - node_start[list_batch], list_lengths)
+    codes = graph.arg_code[graph.arg_start[order][within] + np.repeat(list_pos, list_lengths)]
+    rows = layout.value_row[np.maximum(codes, 0)]      # immediates' rows are never read (masked below)
+    lazy = types.kind[column] == ArgKind.LAZY
+    broken = _broken(rows, list_start)
+    gathered = lazy & broken
+    sliced = lazy & ~broken
+    heads = rows[list_start[:-1]] if len(rows) else np.zeros(0, dtype=np.int64)   # each list's first row
+    arena = graph.value_aval_id[np.maximum(codes[list_start[:-1]] if len(codes) else heads, 0)]
+
+    # *** counts ***
+    counts.operand_lists, counts.gathers = int(lazy.sum()), int(gathered.sum())
+    counts.in_place = counts.operand_lists - counts.gathers
+    counts.gather_bytes = int((list_lengths * types.nbytes[column])[gathered].sum())
+
+    # *** operand tuples, one per list, in list order ***
+    operands: list = [None] * len(column)
+    for li, a, lo, size in zip(np.flatnonzero(sliced).tolist(), arena[sliced].tolist(), heads[sliced].tolist(),
+                               list_lengths[sliced].tolist(), strict=True):
+        operands[li] = (SLICE, a, (lo, lo + size))
+    fused_of: dict = {}
+    if gathered.any():
+        fused_of = _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
+                                    device)
+    _add_numbers(graph, types, column, codes, list_start, list_lengths, operands, device)
+    tensors = np.flatnonzero(types.kind[column] == ArgKind.TENSOR) if types.has_tensors else ()
+    if len(tensors):
+        imms, starts = graph.imms, list_start.tolist()
+        for li, size in zip(tensors.tolist(), list_lengths[tensors].tolist(), strict=True):
+            operands[li] = _tensor_operand(imms, codes[starts[li]:starts[li + 1]], size, device)
+
+    # *** outputs: one segment per (batch, output) ***
+    num_out = types.num_out[slot]
+    out_size = np.repeat(sizes, num_out)
+    vids = layout.output_vids
+    out_start = np.zeros(len(out_size) + 1, dtype=np.int64)
+    np.cumsum(out_size, out=out_start[1:])
+    if vids is None:
+        vids = output_values(graph, batches, schedule.sids)
+        out_rows = layout.value_row[vids]
+        out_broken = _broken(out_rows, out_start)
+    else:       # plan_layout: every output block is consecutive rows by construction
+        out_rows = layout.value_row[vids]
+        out_broken = np.zeros(len(out_size), dtype=bool)
+    counts.output_blocks, counts.scattered_outputs = len(out_size), int(out_broken.sum())
+    out_lo = out_rows[out_start[:-1]] if len(out_rows) else np.zeros(0, dtype=np.int64)
+    out_arena = graph.value_aval_id[vids[out_start[:-1]]] if len(vids) else out_lo
+    outputs: list = [(SLICE, a, (lo, lo + size)) for a, lo, size in
+                     zip(out_arena.tolist(), out_lo.tolist(), out_size.tolist(), strict=True)]
+    if out_broken.any():
+        scattered = np.flatnonzero(out_broken)
+        parts = _to_device(torch.from_numpy(out_rows), device).split_with_sizes(out_size.tolist())
+        for k in scattered.tolist():
+            outputs[k] = (SCATTER, outputs[k][1], parts[k])
+
+    # *** per-batch assembly: Python slices precomputed lists ***
+    steps = []
+    sigs = graph.sigs
+    inst_of = graph.node_inst[order]
+    stacked = types.stacked
+    lists, outs = np.zeros(num + 1, dtype=np.int64), np.zeros(num + 1, dtype=np.int64)
+    np.cumsum(arity, out=lists[1:])
+    np.cumsum(num_out, out=outs[1:])
+    for b, (nodes, sid, size, l0, l1, o0, o1, n0, n1) in enumerate(zip(
+            batches, schedule.sids, sizes.tolist(), lists[:-1].tolist(), lists[1:].tolist(), outs[:-1].tolist(),
+            outs[1:].tolist(), node_start[:-1].tolist(), node_start[1:].tolist(), strict=True)):
+        fused = fused_of.get(b, ())
+        whole = None
+        if len(fused) == 1 and len(fused[0][2]) == l1 - l0 and sid not in stacked:
+            whole = (fused[0][0], fused[0][1], [size] * (l1 - l0))     # NOTE: [Whole reads]
+        outs_b = outputs[o0:o1]
+        steps.append(Step(sigs[sid], nodes, size, operands[l0:l1], outs_b, inst_of[n0:n1], fused, whole,
+                          _joint(outs_b) if o1 - o0 > 1 else None))
+    if types.ragged:
+        add_ragged_operands(graph, steps, layout, device, counts)     # NOTE: [Ragged kernels]
+        for step in steps:
+            if step.whole is not None and len(step.whole[2]) != len(step.operands):
+                step.whole = None
+    return steps, counts
+
+
+def _broken(rows: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per segment ``rows[start[i]:start[i+1]]`` (none empty): is it NOT consecutive rows in order
+    (readable as one slice)? One ``diff`` over the flush: a segment is consecutive when its steps
+    that are not +1 number zero, and ``cumsum`` counts those per segment."""
+    if len(start) < 2:
+        return np.zeros(0, dtype=bool)
+    bad_before = np.zeros(len(rows), dtype=np.int64)     # steps that are not +1 among rows[0..i]
+    if len(rows) > 1:
+        np.cumsum(np.diff(rows) != 1, out=bad_before[1:])
+    return bad_before[start[1:] - 1] != bad_before[start[:-1]]
+
+
+def _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
+                     device) -> dict:
+    """Fill in the GATHER operand of every gathered list; returns NOTE: [Fused gathers]'s runs as
+    ``{batch: ((arena, index, positions), ...)}``: every run of two or more gathered lists of one
+    batch at adjacent operand positions reading one arena. One host array holds every gathered
+    list's rows, then every run's rows, so ONE transfer and ONE split make every index (a view costs
+    about a microsecond to make and free: none is made that no step keeps)."""
+    # joins[i]: list i continues a run of gathered lists (same batch, next position, same arena).
+    joins = np.zeros(len(gathered), dtype=bool)
+    joins[1:] = (gathered[1:] & gathered[:-1] & (list_batch[1:] == list_batch[:-1])
+                 & (list_pos[1:] == list_pos[:-1] + 1) & (arena[1:] == arena[:-1]))
+    gather_ids = np.flatnonzero(gathered)
+    host, lengths = rows[np.repeat(gathered, list_lengths)], list_lengths[gather_ids]
+    first = last = ()
+    if joins.any():
+        # A run starts at a list that does not join followed by one that does, ends where joins stop.
+        edges = np.diff(joins.astype(np.int8), append=np.int8(0))
+        first, last = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) + 1
+        in_run = joins.copy()
+        in_run[first] = True
+        host = np.concatenate((host, rows[np.repeat(in_run, list_lengths)]))
+        lengths = np.concatenate((lengths, list_start[last] - list_start[first]))
+    views = _to_device(torch.from_numpy(host), device).split_with_sizes(lengths.tolist())
+    for li, a, view in zip(gather_ids.tolist(), arena[gather_ids].tolist(), views[:len(gather_ids)], strict=True):
+        operands[li] = (GATHER, a, view)
+    out: dict = {}
+    if len(first):
+        runs = views[len(gather_ids):]
+        for b, a, f, n, index in zip(list_batch[first].tolist(), arena[first].tolist(), list_pos[first].tolist(),
+                                     (last - first).tolist(), runs, strict=True):
+            run = (a, index, tuple(range(f, f + n)))
+            out[b] = out[b] + (run,) if b in out else (run,)
+    return out
+
+
+def _joint(outputs: list) -> "tuple | None":
+    """NOTE: [Joint writes]: (arena, lo, hi) if two or more outputs are row slices of one arena,
+    each right after the last."""
+    if len(outputs) < 2 or outputs[0][0] != SLICE:
+        return None
+    _, arena, (lo, hi) = outputs[0]
+    for kind, other, rows in outputs[1:]:
+        if kind != SLICE or other != arena or rows[0] != hi:
+            return None
+        hi = rows[1]
+    return (arena, lo, hi)
+
+
+def _add_numbers(graph, types, column, codes, list_start, list_lengths, operands, device) -> None:
+    """Every number operand of the flush: one conversion per dtype, one split into per-list views."""
+    dtype_code = types.number_dtype[column] if types.dtypes else None
+    for code, dtype in enumerate(types.dtypes):
+        lists = np.flatnonzero(dtype_code == code)
+        if not len(lists):
+            continue
+        lengths = list_lengths[lists]
+        picked = -1 - codes[np.repeat(dtype_code == code, list_lengths)]
+        values = _to_device(_number_tensor(graph.imms, picked, dtype), device)
+        for li, part in zip(lists.tolist(), values.split_with_sizes(lengths.tolist()), strict=True):
+            operands[li] = (NUMBERS, dtype, part)
+
+
+@dataclass(frozen=True, eq=False)
+class _OpTypes:
+    """What build_steps needs of the op types of a flush, as arrays: per op type (``slot[sid]``)
+    ``arity``, ``num_out`` and its operand positions' entries ``pos_start[t]:pos_start[t+1]``; per
+    entry the operand ``pos``, ``kind`` (ArgKind), ``nbytes`` per row and for numbers
+    ``number_dtype`` (an index into ``dtypes``; -1 otherwise). ``stacked``: sids whose kernels
+    read stacked operands (no whole reads); ``ragged``: whether any op type is ragged."""
+
+    slot: np.ndarray
+    arity: np.ndarray
+    num_out: np.ndarray
+    pos_start: np.ndarray
+    pos: np.ndarray
+    kind: np.ndarray
+    nbytes: np.ndarray
+    number_dtype: np.ndarray
+    dtypes: tuple
+    stacked: frozenset
+    ragged: bool
+    has_tensors: bool
+    sigs: tuple         # kept: their ids in the cache key cannot be reused while it is cached
+
+
+def _op_type_table(all_sigs: list, sids: tuple) -> _OpTypes:
+    """The op-type table of a flush, cached per set of op types: most flushes of a run use the same
+    few, so building it is a dict lookup (NOTE: [Vectorized plan])."""
+    used = sorted(set(sids))
+    sigs = tuple(all_sigs[sid] for sid in used)
+    key = (tuple(used), tuple(map(id, sigs)))
+    table = _TABLES.get(key)
+    if table is not None:
+        return table
+    slot = np.zeros(max(used) + 1, dtype=np.int64)
+    slot[used] = np.arange(len(used))
+    kinds = [list(sig.in_kinds) for sig in sigs]
+    kinds_flat = [k for ks in kinds for k in ks]
+    pos_start = np.zeros(len(used) + 1, dtype=np.int64)
+    np.cumsum([len(k) for k in kinds], out=pos_start[1:])
+    dtypes: dict = {}
+    number_dtype = [dtypes.setdefault(a.dtype, len(dtypes)) if k is ArgKind.NUMBER else -1
+                    for sig in sigs for k, a in zip(sig.in_kinds, sig.in_avals, strict=True)]
+    table = _OpTypes(
+        slot=slot,
+        arity=np.diff(pos_start),
+        num_out=np.array([sig.num_outputs for sig in sigs], dtype=np.int64),
+        pos_start=pos_start,
+        pos=np.array([p for k in kinds for p in range(len(k))], dtype=np.int64),
+        kind=np.array([int(x) for k in kinds for x in k], dtype=np.int64),
+        nbytes=np.array([a.nbytes for sig in sigs for a in sig.in_avals], dtype=np.int64),
+        number_dtype=np.array(number_dtype, dtype=np.int64),
+        dtypes=tuple(dtypes),
+        stacked=frozenset(sid for sid, sig in zip(used, sigs, strict=True) if "stack_dim" in sig.meta),
+        ragged=any("ragged" in sig.meta for sig in sigs),
+        has_tensors=any(k is ArgKind.TENSOR for k in kinds_flat),
+        sigs=sigs)
+    if len(_TABLES) >= 16:       # small: it keeps its signatures (and their avals) alive
+        _TABLES.clear()
+    _TABLES[key] = table
+    return table
+
+
+_TABLES: dict = {}
+
+
+def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
+    """A list of per-instance tensors: rows of one earlier fiber round (one ``index_select``), one
+    tensor shared by every row (broadcast), or a plain list (stacked when read)."""
+    tensors = _pick(imms, (-1 - codes).tolist())
+    head = tensors[0]
+    origin = getattr(head, "_phalanx_origin", None)
+    if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0] for t in tensors):
+        # Rows of an earlier fiber round's arena: one index_select, no stack of copies.
+        rows_of = torch.tensor([t._phalanx_origin[1] for t in tensors], device=device)
+        return (EXTERNAL, origin[0], rows_of)
+    if all(t is head for t in tensors):
+        return (BROADCAST, size, head)     # one tensor for every row
+    return (TENSORS, None, tensors)
+
+
+_NO_ORIGIN = (None, None)
+
+_NUMPY_DTYPE = {torch.int64: np.int64, torch.int32: np.int32, torch.float32: np.float32, torch.float64: np.float64,
+                torch.bool: np.bool_}
+
+
+def _number_tensor(imms: list, picked: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.tensor([imms[i] for i in picked], dtype=dtype)``, through numpy where it can (it
+    converts a list ~10x faster: a flush's word ids are thousands of numbers). When the picked
+    immediates are one whole range of ``imms`` (a flush's word ids usually are), the range is
+    converted as it is and permuted in numpy: no Python pick, no ``tolist``."""
+    np_dtype = _NUMPY_DTYPE.get(dtype)
+    if np_dtype is not None and len(picked):
+        try:
+            lo, hi = int(picked.min()), int(picked.max()) + 1
+            if hi - lo == len(picked):
+                return torch.from_numpy(np.fromiter(imms[lo:hi], dtype=np_dtype, count=hi - lo)[picked - lo])
+            return torch.from_numpy(np.fromiter(_pick(imms, picked.tolist()), dtype=np_dtype, count=len(picked)))
+        except (TypeError, ValueError, OverflowError):
+            pass        # anything unusual: torch's own conversion and its error
+    return torch.tensor(_pick(imms, picked.tolist()) if len(picked) else [], dtype=dtype)
+
+
+def _pick(items: list, index: list) -> list:
+    """``[items[i] for i in index]`` at C speed."""
+    if len(index) == 1:
+        return [items[index[0]]]
+    return list(itemgetter(*index)(items))
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host data of a flush to the device: one pinned, non-blocking copy on CUDA, nothing on CPU."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
