@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.graph import GraphArrays
-from ..schedule.base import Schedule, ranges
+from ..ir.op_table import op_type_table
+from ..schedule.base import Schedule
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,18 +49,24 @@ class Layout:
 def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) -> Layout:
     """Rows in schedule order: batch by batch, output by output, each batch's nodes in reader order
     (NOTE: [Reader order]; ``reorder=False``: in the schedule's own order). Vectorized: a value's
-    row is its rank among the values of its arena in that order."""
+    row is its (batch, output) block's first row in its arena plus its place in the block."""
     value_row = np.full(graph.num_values, -1, dtype=np.int64)
     batches = reader_order(graph, schedule.batches) if reorder else schedule.batches
-    vids = output_values(graph, batches, schedule.sids)
-    arena = graph.value_aval_id[vids]
-    arena_rows = np.bincount(arena, minlength=len(graph.avals)).astype(np.int64)
-    if len(vids) and (arena == arena[0]).all():
-        value_row[vids] = np.arange(len(vids))
-    elif len(vids):
-        by_arena = np.argsort(arena, kind="stable")
-        arena_start = np.cumsum(arena_rows) - arena_rows
-        value_row[vids[by_arena]] = np.arange(len(vids)) - arena_start[arena[by_arena]]
+    vids, block_size = _output_blocks(graph, batches, schedule.sids)
+    arena_rows = np.zeros(len(graph.avals), dtype=np.int64)
+    if len(vids):
+        block_start = np.zeros(len(block_size) + 1, dtype=np.int64)
+        np.cumsum(block_size, out=block_start[1:])
+        block_arena = graph.value_aval_id[vids[block_start[:-1]]]
+        arena_rows += np.bincount(block_arena, weights=block_size, minlength=len(graph.avals)).astype(np.int64)
+        # Each block's first row: the rows of the blocks before it in its arena (one arena: its start).
+        block_row = block_start[:-1]
+        if (block_arena != block_arena[0]).any():
+            block_row = np.zeros(len(block_size), dtype=np.int64)
+            for a in np.flatnonzero(arena_rows).tolist():
+                mine = np.flatnonzero(block_arena == a)
+                block_row[mine] = np.cumsum(block_size[mine]) - block_size[mine]
+        value_row[vids] = np.arange(len(vids)) + np.repeat(block_row - block_start[:-1], block_size)
     return Layout(value_row, arena_rows, batches, output_vids=vids)
 
 
@@ -82,40 +89,57 @@ def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[n
     producer = graph.value_node[graph.arg_code[lazy]]
     position = lazy - graph.arg_start[reader]
     width = int(sizes.max()) + 1
-    static = (batch_of[reader] * (int(position.max()) + 1) + position) * width
-    # Each node's first read by static key (of two reads with the same static key, either: only
-    # their readers' final rows could tell them apart). Unread nodes: the largest static key, and
-    # "read" by themselves, so they keep their order.
-    static_of = np.full(graph.num_nodes, (num + 1) * (int(position.max()) + 1) * width, dtype=np.int64)
-    np.minimum.at(static_of, producer, static)
-    first = static == static_of[producer]
-    reader_of = np.arange(graph.num_nodes, dtype=np.int64)
-    reader_of[producer[first]] = reader[first]
+    stride = int(position.max()) + 1
+    # Each node's first read: the smallest static key; of two reads with the same static key, the
+    # later reader (only their readers' final rows could tell them apart). One ``minimum.at`` over
+    # (static key, reversed reader id) finds both. Unread nodes: the largest static key, and "read"
+    # by themselves, so they keep their order.
+    n = graph.num_nodes
+    last = (num + 1) * stride * width
+    first_read = np.full(n, last * (n + 1), dtype=np.int64)
+    np.minimum.at(first_read, producer, (batch_of[reader] * stride + position) * width * (n + 1) + (n - reader))
+    read = first_read < last * (n + 1)
+    static_of = np.where(read, first_read // (n + 1), last)
+    reader_of = np.where(read, n - first_read % (n + 1), np.arange(n))
+    # In schedule order: each batch's static keys and readers (whose rows are final when it sorts).
+    static_in, reader_in = static_of[order], reader_of[order]
     out = list(batches)
-    positions = np.arange(width)
-    for b in range(num - 1, -1, -1):      # readers are later batches: already in their final order
-        nodes = out[b]
-        if len(nodes) < 2:
-            continue
-        nodes = nodes[(static_of[nodes] + row[reader_of[nodes]]).argsort(kind="stable")]
+    bounds = start.tolist()
+    # Batches of one node or nobody's outputs keep their order: skip them.
+    for b in np.flatnonzero((sizes > 1) & (np.add.reduceat(read[order], bounds[:-1]) > 0))[::-1].tolist():
+        lo, hi = bounds[b], bounds[b + 1]   # readers are later batches: already in their final order
+        nodes = order[lo:hi][(static_in[lo:hi] + row[reader_in[lo:hi]]).argsort(kind="stable")]
         out[b] = nodes
-        row[nodes] = positions[:len(nodes)]
+        row[nodes] = _POSITIONS[:hi - lo] if hi - lo <= len(_POSITIONS) else np.arange(hi - lo)
     return tuple(out)
+
+
+_POSITIONS = np.arange(4096)
 
 
 def output_values(graph: GraphArrays, batches, sids) -> np.ndarray:
     """The values ``batches`` produce, batch by batch, output by output, in each batch's node order:
     one segment of ``len(batch)`` values per (batch, output)."""
+    return _output_blocks(graph, batches, sids)[0]
+
+
+def _output_blocks(graph: GraphArrays, batches, sids) -> tuple[np.ndarray, np.ndarray]:
+    """``output_values`` and the size of each of its (batch, output) segments."""
     if not batches:
-        return np.zeros(0, dtype=np.int64)
-    sizes = np.array([len(b) for b in batches], dtype=np.int64)
-    num_out = np.array([graph.sigs[sid].num_outputs for sid in sids], dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    types = op_type_table(graph.sigs, sids)
+    sizes = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
+    num_out = types.num_out[types.slot[np.asarray(sids, dtype=np.int64)]]
     first = graph.node_first_value[np.concatenate(batches)]
-    node_start = np.zeros(len(batches) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=node_start[1:])
-    out_batch = np.repeat(np.arange(len(batches)), num_out)
-    k_of = np.arange(len(out_batch)) - np.repeat(np.cumsum(num_out) - num_out, num_out)
-    return first[ranges(node_start, out_batch)] + np.repeat(k_of, sizes[out_batch])
+    if (num_out == 1).all():
+        return first, sizes
+    # Block (b, k) is output k of batch b's nodes: ``first`` of its nodes, plus k.
+    block_size = np.repeat(sizes, num_out)
+    block_start = np.cumsum(block_size) - block_size
+    node_start = np.cumsum(sizes) - sizes
+    k = np.arange(len(block_size)) - np.repeat(np.cumsum(num_out) - num_out, num_out)
+    node = np.arange(int(block_size.sum())) + np.repeat(np.repeat(node_start, num_out) - block_start, block_size)
+    return first[node] + np.repeat(k, block_size), block_size
 
 
 def verify_layout(graph: GraphArrays, layout: Layout, outputs_consecutive: bool = False) -> None:

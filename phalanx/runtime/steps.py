@@ -9,7 +9,7 @@ the flush) and where each output is written. The executor (runtime/executor.py) 
 NOTE: [Vectorized plan] the plan costs a few microseconds a batch because it is made of whole-flush
 numpy passes, not per-batch or per-operand Python work:
 - per op type, what never changes (arity, operand kinds, bytes per row, number dtypes) is one
-  small table cached across flushes (``_op_type_table``), indexed by the schedule's op types;
+  small table cached across flushes (ir/op_table.py), indexed by the schedule's op types;
 - the operand codes of all batches are gathered at once in list-major order (one segment per
   (batch, operand position)), and contiguity of every list is one ``diff`` + ``cumsum``;
 - the rows of every gathered list go into ONE index tensor per flush (one host-to-device transfer
@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from ..ir.graph import GraphArrays
+from ..ir.op_table import op_type_table
 from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout, output_values
 from ..schedule.base import Schedule, ranges
@@ -89,7 +90,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     if not num:
         return [], counts
     device = graph.device
-    types = _op_type_table(graph.sigs, schedule.sids)
+    types = op_type_table(graph.sigs, schedule.sids)
     slot = types.slot[np.asarray(schedule.sids, dtype=np.int64)]
     sizes = np.fromiter(map(len, batches), dtype=np.int64, count=num)
     order = np.concatenate(batches)
@@ -258,70 +259,6 @@ def _add_numbers(graph, types, column, codes, list_start, list_lengths, operands
         values = _to_device(_number_tensor(graph.imms, picked, dtype), device)
         for li, part in zip(lists.tolist(), values.split_with_sizes(lengths.tolist()), strict=True):
             operands[li] = (NUMBERS, dtype, part)
-
-
-@dataclass(frozen=True, eq=False)
-class _OpTypes:
-    """What build_steps needs of the op types of a flush, as arrays: per op type (``slot[sid]``)
-    ``arity``, ``num_out`` and its operand positions' entries ``pos_start[t]:pos_start[t+1]``; per
-    entry the operand ``pos``, ``kind`` (ArgKind), ``nbytes`` per row and for numbers
-    ``number_dtype`` (an index into ``dtypes``; -1 otherwise). ``stacked``: sids whose kernels
-    read stacked operands (no whole reads); ``ragged``: whether any op type is ragged."""
-
-    slot: np.ndarray
-    arity: np.ndarray
-    num_out: np.ndarray
-    pos_start: np.ndarray
-    pos: np.ndarray
-    kind: np.ndarray
-    nbytes: np.ndarray
-    number_dtype: np.ndarray
-    dtypes: tuple
-    stacked: frozenset
-    ragged: bool
-    has_tensors: bool
-    sigs: tuple         # kept: their ids in the cache key cannot be reused while it is cached
-
-
-def _op_type_table(all_sigs: list, sids: tuple) -> _OpTypes:
-    """The op-type table of a flush, cached per set of op types: most flushes of a run use the same
-    few, so building it is a dict lookup (NOTE: [Vectorized plan])."""
-    used = sorted(set(sids))
-    sigs = tuple(all_sigs[sid] for sid in used)
-    key = (tuple(used), tuple(map(id, sigs)))
-    table = _TABLES.get(key)
-    if table is not None:
-        return table
-    slot = np.zeros(max(used) + 1, dtype=np.int64)
-    slot[used] = np.arange(len(used))
-    kinds = [list(sig.in_kinds) for sig in sigs]
-    kinds_flat = [k for ks in kinds for k in ks]
-    pos_start = np.zeros(len(used) + 1, dtype=np.int64)
-    np.cumsum([len(k) for k in kinds], out=pos_start[1:])
-    dtypes: dict = {}
-    number_dtype = [dtypes.setdefault(a.dtype, len(dtypes)) if k is ArgKind.NUMBER else -1
-                    for sig in sigs for k, a in zip(sig.in_kinds, sig.in_avals, strict=True)]
-    table = _OpTypes(
-        slot=slot,
-        arity=np.diff(pos_start),
-        num_out=np.array([sig.num_outputs for sig in sigs], dtype=np.int64),
-        pos_start=pos_start,
-        pos=np.array([p for k in kinds for p in range(len(k))], dtype=np.int64),
-        kind=np.array([int(x) for k in kinds for x in k], dtype=np.int64),
-        nbytes=np.array([a.nbytes for sig in sigs for a in sig.in_avals], dtype=np.int64),
-        number_dtype=np.array(number_dtype, dtype=np.int64),
-        dtypes=tuple(dtypes),
-        stacked=frozenset(sid for sid, sig in zip(used, sigs, strict=True) if "stack_dim" in sig.meta),
-        ragged=any("ragged" in sig.meta for sig in sigs),
-        has_tensors=any(k is ArgKind.TENSOR for k in kinds_flat),
-        sigs=sigs)
-    if len(_TABLES) >= 16:       # small: it keeps its signatures (and their avals) alive
-        _TABLES.clear()
-    _TABLES[key] = table
-    return table
-
-
-_TABLES: dict = {}
 
 
 def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
