@@ -21,9 +21,10 @@ from .signature import ArgKind
 class OpTypes:
     """What the plan stage needs of the op types of a flush, as arrays: per op type (``slot[sid]``)
     ``arity``, ``num_out`` and its operand positions' entries ``pos_start[t]:pos_start[t+1]``; per
-    entry the operand ``pos``, ``kind`` (ArgKind), ``nbytes`` per row and for numbers
+    entry the operand ``pos``, ``kind`` (ArgKind) and ``lazy`` (kind is LAZY), ``nbytes`` per row and for numbers
     ``number_dtype`` (an index into ``dtypes``; -1 otherwise). ``stacked``: sids whose kernels
-    read stacked operands (no whole reads); ``ragged``: whether any op type is ragged."""
+    read stacked operands (no whole reads); ``ragged``: whether any op type is ragged;
+    ``single_output``: whether every one has exactly one output."""
 
     slot: np.ndarray
     arity: np.ndarray
@@ -31,11 +32,13 @@ class OpTypes:
     pos_start: np.ndarray
     pos: np.ndarray
     kind: np.ndarray
+    lazy: np.ndarray
     nbytes: np.ndarray
     number_dtype: np.ndarray
     dtypes: tuple
     stacked: frozenset
     ragged: bool
+    single_output: bool
     has_tensors: bool
     sigs: tuple         # kept: their ids in the cache key cannot be reused while it is cached
 
@@ -65,11 +68,13 @@ def op_type_table(all_sigs: list, sids) -> OpTypes:
         pos_start=pos_start,
         pos=np.array([p for k in kinds for p in range(len(k))], dtype=np.int64),
         kind=np.array([int(x) for k in kinds for x in k], dtype=np.int64),
+        lazy=np.array([x is ArgKind.LAZY for x in kinds_flat], dtype=bool),
         nbytes=np.array([a.nbytes for sig in sigs for a in sig.in_avals], dtype=np.int64),
         number_dtype=np.array(number_dtype, dtype=np.int64),
         dtypes=tuple(dtypes),
         stacked=frozenset(sid for sid, sig in zip(used, sigs, strict=True) if "stack_dim" in sig.meta),
         ragged=any("ragged" in sig.meta for sig in sigs),
+        single_output=all(sig.num_outputs == 1 for sig in sigs),
         has_tensors=any(k is ArgKind.TENSOR for k in kinds_flat),
         sigs=sigs)
     if len(_TABLES) >= 16:       # small: it keeps its signatures (and their avals) alive

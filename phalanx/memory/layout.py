@@ -54,64 +54,78 @@ def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) ->
     batches = reader_order(graph, schedule.batches) if reorder else schedule.batches
     vids, block_size = _output_blocks(graph, batches, schedule.sids)
     arena_rows = np.zeros(len(graph.avals), dtype=np.int64)
-    if len(vids):
-        block_start = np.zeros(len(block_size) + 1, dtype=np.int64)
-        np.cumsum(block_size, out=block_start[1:])
-        block_arena = graph.value_aval_id[vids[block_start[:-1]]]
-        arena_rows += np.bincount(block_arena, weights=block_size, minlength=len(graph.avals)).astype(np.int64)
-        # Each block's first row: the rows of the blocks before it in its arena (one arena: its start).
-        block_row = block_start[:-1]
-        if (block_arena != block_arena[0]).any():
-            block_row = np.zeros(len(block_size), dtype=np.int64)
-            for a in np.flatnonzero(arena_rows).tolist():
-                mine = np.flatnonzero(block_arena == a)
-                block_row[mine] = np.cumsum(block_size[mine]) - block_size[mine]
-        value_row[vids] = np.arange(len(vids)) + np.repeat(block_row - block_start[:-1], block_size)
+    if not len(vids):
+        return Layout(value_row, arena_rows, batches, output_vids=vids)
+    block_start = np.zeros(len(block_size) + 1, dtype=np.int64)
+    np.add.accumulate(block_size, out=block_start[1:])
+    block_arena = graph.value_aval_id[vids[block_start[:-1]]]
+    arena_rows += np.bincount(block_arena, weights=block_size, minlength=len(graph.avals)).astype(np.int64)
+    if arena_rows[block_arena[0]] == len(vids):        # one arena: rows in output order
+        value_row[vids] = np.arange(len(vids))
+        return Layout(value_row, arena_rows, batches, output_vids=vids)
+    # Each block's first row: the rows of the blocks before it in its arena.
+    block_row = np.zeros(len(block_size), dtype=np.int64)
+    for a in arena_rows.nonzero()[0].tolist():
+        mine = (block_arena == a).nonzero()[0]
+        block_row[mine] = np.add.accumulate(block_size[mine]) - block_size[mine]
+    value_row[vids] = np.arange(len(vids)) + (block_row - block_start[:-1]).repeat(block_size)
     return Layout(value_row, arena_rows, batches, output_vids=vids)
 
 
 def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     """Each batch's nodes ordered by their first reader (NOTE: [Reader order])."""
     num = len(batches)
-    lazy = np.flatnonzero(graph.arg_code >= 0) if num else ()
+    lazy = (graph.arg_code >= 0).nonzero()[0] if num else ()
     if not len(lazy):
         return tuple(batches)
     sizes = np.fromiter(map(len, batches), dtype=np.int64, count=num)
     order = np.concatenate(batches)
     start = np.zeros(num + 1, dtype=np.int64)
-    np.cumsum(sizes, out=start[1:])
-    batch_of = np.full(graph.num_nodes, num, dtype=np.int64)
-    batch_of[order] = np.repeat(np.arange(num), sizes)
-    row = np.arange(graph.num_nodes, dtype=np.int64)          # position inside its batch
-    row[order] = np.arange(len(order)) - np.repeat(start[:-1], sizes)
-    # Every read of a node's output; its static key (reader batch, operand position) in the high part.
+    np.add.accumulate(sizes, out=start[1:])
+    n = graph.num_nodes
+    batch_of = np.full(n, num, dtype=np.int64)
+    batch_of[order] = np.arange(num).repeat(sizes)
+    row = np.arange(n)          # position inside its batch
+    row[order] = np.arange(len(order)) - start[:-1].repeat(sizes)
+    # Every read of a node's output; its static key (reader batch, operand position).
     reader = graph.arg_owner[lazy]
     producer = graph.value_node[graph.arg_code[lazy]]
     position = lazy - graph.arg_start[reader]
-    width = int(sizes.max()) + 1
     stride = int(position.max()) + 1
-    # Each node's first read: the smallest static key; of two reads with the same static key, the
-    # later reader (only their readers' final rows could tell them apart). One ``minimum.at`` over
-    # (static key, reversed reader id) finds both. Unread nodes: the largest static key, and "read"
-    # by themselves, so they keep their order.
-    n = graph.num_nodes
-    last = (num + 1) * stride * width
-    first_read = np.full(n, last * (n + 1), dtype=np.int64)
-    np.minimum.at(first_read, producer, (batch_of[reader] * stride + position) * width * (n + 1) + (n - reader))
-    read = first_read < last * (n + 1)
-    static_of = np.where(read, first_read // (n + 1), last)
-    reader_of = np.where(read, n - first_read % (n + 1), np.arange(n))
-    # In schedule order: each batch's static keys and readers (whose rows are final when it sorts).
-    static_in, reader_in = static_of[order], reader_of[order]
-    out = list(batches)
+    static_of, reader_of = _first_reads(n, reader, producer, batch_of[reader] * stride + position,
+                                        (num + 1) * stride)
+    # Sort keys: static key, then the reader's row (its batch is later: final when this one sorts).
+    width = int(sizes.max()) + 1
+    static_in, reader_in = static_of[order] * width, reader_of[order]
     bounds = start.tolist()
-    # Batches of one node or nobody's outputs keep their order: skip them.
-    for b in np.flatnonzero((sizes > 1) & (np.add.reduceat(read[order], bounds[:-1]) > 0))[::-1].tolist():
-        lo, hi = bounds[b], bounds[b + 1]   # readers are later batches: already in their final order
+    # Batches of one node, or whose nodes nobody reads, keep their order: skip them.
+    read = np.logical_or.reduceat(static_in < (num + 1) * stride * width, bounds[:-1])
+    out = list(batches)
+    for b in ((sizes > 1) & read).nonzero()[0][::-1].tolist():
+        lo, hi = bounds[b], bounds[b + 1]
         nodes = order[lo:hi][(static_in[lo:hi] + row[reader_in[lo:hi]]).argsort(kind="stable")]
         out[b] = nodes
         row[nodes] = _POSITIONS[:hi - lo] if hi - lo <= len(_POSITIONS) else np.arange(hi - lo)
     return tuple(out)
+
+
+def _first_reads(n: int, reader, producer, static, unread: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per node, the static key and the reader of its first read: the smallest static key; of two
+    reads with the same static key, the later reader (only the readers' final rows could tell them
+    apart). Unread nodes: the key ``unread`` (past every read), "read" by themselves so they keep
+    their order. One ``minimum.at`` over (static key, reversed reader) finds both when that fits
+    an int64; otherwise the key first, then a scatter of the readers of first reads."""
+    big = n + 1
+    if unread * big < 2 ** 62:
+        first = (unread * big + n) - np.arange(n)
+        np.minimum.at(first, producer, static * big + (n - reader))
+        return first // big, n - first % big
+    static_of = np.full(n, unread, dtype=np.int64)
+    np.minimum.at(static_of, producer, static)
+    first = static == static_of[producer]
+    reader_of = np.arange(n)
+    reader_of[producer[first]] = reader[first]      # of equal keys the last (largest) reader wins
+    return static_of, reader_of
 
 
 _POSITIONS = np.arange(4096)
@@ -129,17 +143,17 @@ def _output_blocks(graph: GraphArrays, batches, sids) -> tuple[np.ndarray, np.nd
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     types = op_type_table(graph.sigs, sids)
     sizes = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
-    num_out = types.num_out[types.slot[np.asarray(sids, dtype=np.int64)]]
     first = graph.node_first_value[np.concatenate(batches)]
-    if (num_out == 1).all():
+    if types.single_output:
         return first, sizes
     # Block (b, k) is output k of batch b's nodes: ``first`` of its nodes, plus k.
-    block_size = np.repeat(sizes, num_out)
-    block_start = np.cumsum(block_size) - block_size
-    node_start = np.cumsum(sizes) - sizes
-    k = np.arange(len(block_size)) - np.repeat(np.cumsum(num_out) - num_out, num_out)
-    node = np.arange(int(block_size.sum())) + np.repeat(np.repeat(node_start, num_out) - block_start, block_size)
-    return first[node] + np.repeat(k, block_size), block_size
+    num_out = types.num_out[types.slot[np.array(sids, dtype=np.int64)]]
+    block_size = sizes.repeat(num_out)
+    block_start = np.add.accumulate(block_size) - block_size
+    node_start = np.add.accumulate(sizes) - sizes
+    k = np.arange(len(block_size)) - (np.add.accumulate(num_out) - num_out).repeat(num_out)
+    node = np.arange(int(block_size.sum())) + (node_start.repeat(num_out) - block_start).repeat(block_size)
+    return first[node] + k.repeat(block_size), block_size
 
 
 def verify_layout(graph: GraphArrays, layout: Layout, outputs_consecutive: bool = False) -> None:

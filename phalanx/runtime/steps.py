@@ -52,7 +52,7 @@ from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout, output_values
-from ..schedule.base import Schedule, ranges
+from ..schedule.base import Schedule
 from ..stats import ReadCounts
 from .ragged import add_ragged_operands
 
@@ -91,25 +91,27 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         return [], counts
     device = graph.device
     types = op_type_table(graph.sigs, schedule.sids)
-    slot = types.slot[np.asarray(schedule.sids, dtype=np.int64)]
+    slot = types.slot[np.array(schedule.sids, dtype=np.int64)]
     sizes = np.fromiter(map(len, batches), dtype=np.int64, count=num)
     order = np.concatenate(batches)
     node_start = np.zeros(num + 1, dtype=np.int64)
-    np.cumsum(sizes, out=node_start[1:])
+    np.add.accumulate(sizes, out=node_start[1:])
 
     # *** operand lists: one contiguous segment per (batch, operand position), rows in batch order ***
     arity = types.arity[slot]
-    column = ranges(types.pos_start, slot)          # each list's (op type, position) entry
-    list_batch = np.repeat(np.arange(num), arity)
+    lists = np.zeros(num + 1, dtype=np.int64)      # batch b's lists: lists[b]:lists[b+1]
+    np.add.accumulate(arity, out=lists[1:])
+    column = np.arange(int(lists[-1])) + (types.pos_start[slot] - lists[:-1]).repeat(arity)   # (type, position)
+    list_batch = np.arange(num).repeat(arity)
     list_pos = types.pos[column]
     list_lengths = sizes[list_batch]
     list_start = np.zeros(len(column) + 1, dtype=np.int64)
-    np.cumsum(list_lengths, out=list_start[1:])
+    np.add.accumulate(list_lengths, out=list_start[1:])
     # Entry i of list (b, p) is operand p of the i-th node of batch b: gathered straight in list order.
-    within = np.arange(int(list_start[-1])) - np.repeat(list_start[:-1] - node_start[list_batch], list_lengths)
-    codes = graph.arg_code[graph.arg_start[order][within] + np.repeat(list_pos, list_lengths)]
+    within = np.arange(int(list_start[-1])) - (list_start[:-1] - node_start[list_batch]).repeat(list_lengths)
+    codes = graph.arg_code[graph.arg_start[order][within] + list_pos.repeat(list_lengths)]
     rows = layout.value_row[np.maximum(codes, 0)]      # immediates' rows are never read (masked below)
-    lazy = types.kind[column] == ArgKind.LAZY
+    lazy = types.lazy[column]
     broken = _broken(rows, list_start)
     gathered = lazy & broken
     sliced = lazy & ~broken
@@ -117,21 +119,21 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     arena = graph.value_aval_id[np.maximum(codes[list_start[:-1]] if len(codes) else heads, 0)]
 
     # *** counts ***
-    counts.operand_lists, counts.gathers = int(lazy.sum()), int(gathered.sum())
+    counts.operand_lists, counts.gathers = int(np.count_nonzero(lazy)), int(np.count_nonzero(gathered))
     counts.in_place = counts.operand_lists - counts.gathers
     counts.gather_bytes = int((list_lengths * types.nbytes[column])[gathered].sum())
 
     # *** operand tuples, one per list, in list order ***
     operands: list = [None] * len(column)
-    for li, a, lo, size in zip(np.flatnonzero(sliced).tolist(), arena[sliced].tolist(), heads[sliced].tolist(),
+    for li, a, lo, size in zip(sliced.nonzero()[0].tolist(), arena[sliced].tolist(), heads[sliced].tolist(),
                                list_lengths[sliced].tolist(), strict=True):
         operands[li] = (SLICE, a, (lo, lo + size))
     fused_of: dict = {}
-    if gathered.any():
+    if counts.gathers:
         fused_of = _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
                                     device)
     _add_numbers(graph, types, column, codes, list_start, list_lengths, operands, device)
-    tensors = np.flatnonzero(types.kind[column] == ArgKind.TENSOR) if types.has_tensors else ()
+    tensors = (types.kind[column] == int(ArgKind.TENSOR)).nonzero()[0] if types.has_tensors else ()
     if len(tensors):
         imms, starts = graph.imms, list_start.tolist()
         for li, size in zip(tensors.tolist(), list_lengths[tensors].tolist(), strict=True):
@@ -139,10 +141,10 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
 
     # *** outputs: one segment per (batch, output) ***
     num_out = types.num_out[slot]
-    out_size = np.repeat(sizes, num_out)
+    out_size = sizes.repeat(num_out)
     vids = layout.output_vids
     out_start = np.zeros(len(out_size) + 1, dtype=np.int64)
-    np.cumsum(out_size, out=out_start[1:])
+    np.add.accumulate(out_size, out=out_start[1:])
     if vids is None:
         vids = output_values(graph, batches, schedule.sids)
         out_rows = layout.value_row[vids]
@@ -150,13 +152,13 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     else:       # plan_layout: every output block is consecutive rows by construction
         out_rows = layout.value_row[vids]
         out_broken = np.zeros(len(out_size), dtype=bool)
-    counts.output_blocks, counts.scattered_outputs = len(out_size), int(out_broken.sum())
+    counts.output_blocks, counts.scattered_outputs = len(out_size), int(np.count_nonzero(out_broken))
     out_lo = out_rows[out_start[:-1]] if len(out_rows) else np.zeros(0, dtype=np.int64)
     out_arena = graph.value_aval_id[vids[out_start[:-1]]] if len(vids) else out_lo
     outputs: list = [(SLICE, a, (lo, lo + size)) for a, lo, size in
                      zip(out_arena.tolist(), out_lo.tolist(), out_size.tolist(), strict=True)]
-    if out_broken.any():
-        scattered = np.flatnonzero(out_broken)
+    if counts.scattered_outputs:
+        scattered = out_broken.nonzero()[0]
         parts = _to_device(torch.from_numpy(out_rows), device).split_with_sizes(out_size.tolist())
         for k in scattered.tolist():
             outputs[k] = (SCATTER, outputs[k][1], parts[k])
@@ -166,9 +168,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     sigs = graph.sigs
     inst_of = graph.node_inst[order]
     stacked = types.stacked
-    lists, outs = np.zeros(num + 1, dtype=np.int64), np.zeros(num + 1, dtype=np.int64)
-    np.cumsum(arity, out=lists[1:])
-    np.cumsum(num_out, out=outs[1:])
+    outs = np.zeros(num + 1, dtype=np.int64)
+    np.add.accumulate(num_out, out=outs[1:])
     for b, (nodes, sid, size, l0, l1, o0, o1, n0, n1) in enumerate(zip(
             batches, schedule.sids, sizes.tolist(), lists[:-1].tolist(), lists[1:].tolist(), outs[:-1].tolist(),
             outs[1:].tolist(), node_start[:-1].tolist(), node_start[1:].tolist(), strict=True)):
@@ -195,7 +196,7 @@ def _broken(rows: np.ndarray, start: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=bool)
     bad_before = np.zeros(len(rows), dtype=np.int64)     # steps that are not +1 among rows[0..i]
     if len(rows) > 1:
-        np.cumsum(np.diff(rows) != 1, out=bad_before[1:])
+        np.add.accumulate(rows[1:] - rows[:-1] != 1, dtype=np.int64, out=bad_before[1:])
     return bad_before[start[1:] - 1] != bad_before[start[:-1]]
 
 
@@ -210,16 +211,17 @@ def _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, a
     joins = np.zeros(len(gathered), dtype=bool)
     joins[1:] = (gathered[1:] & gathered[:-1] & (list_batch[1:] == list_batch[:-1])
                  & (list_pos[1:] == list_pos[:-1] + 1) & (arena[1:] == arena[:-1]))
-    gather_ids = np.flatnonzero(gathered)
-    host, lengths = rows[np.repeat(gathered, list_lengths)], list_lengths[gather_ids]
+    gather_ids = gathered.nonzero()[0]
+    host, lengths = rows[gathered.repeat(list_lengths)], list_lengths[gather_ids]
     first = last = ()
     if joins.any():
         # A run starts at a list that does not join followed by one that does, ends where joins stop.
-        edges = np.diff(joins.astype(np.int8), append=np.int8(0))
-        first, last = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) + 1
+        after = np.zeros(len(joins) + 1, dtype=bool)
+        after[:-1] = joins
+        first, last = (after[1:] & ~joins).nonzero()[0], (joins & ~after[1:]).nonzero()[0] + 1
         in_run = joins.copy()
         in_run[first] = True
-        host = np.concatenate((host, rows[np.repeat(in_run, list_lengths)]))
+        host = np.concatenate((host, rows[in_run.repeat(list_lengths)]))
         lengths = np.concatenate((lengths, list_start[last] - list_start[first]))
     views = _to_device(torch.from_numpy(host), device).split_with_sizes(lengths.tolist())
     for li, a, view in zip(gather_ids.tolist(), arena[gather_ids].tolist(), views[:len(gather_ids)], strict=True):
@@ -251,11 +253,13 @@ def _add_numbers(graph, types, column, codes, list_start, list_lengths, operands
     """Every number operand of the flush: one conversion per dtype, one split into per-list views."""
     dtype_code = types.number_dtype[column] if types.dtypes else None
     for code, dtype in enumerate(types.dtypes):
-        lists = np.flatnonzero(dtype_code == code)
+        lists = (dtype_code == code).nonzero()[0]
         if not len(lists):
             continue
         lengths = list_lengths[lists]
-        picked = -1 - codes[np.repeat(dtype_code == code, list_lengths)]
+        # Number lists are few (one per batch of an op type taking numbers): slices, not a mask.
+        starts = list_start.tolist()
+        picked = -1 - np.concatenate([codes[starts[li]:starts[li + 1]] for li in lists.tolist()])
         values = _to_device(_number_tensor(graph.imms, picked, dtype), device)
         for li, part in zip(lists.tolist(), values.split_with_sizes(lengths.tolist()), strict=True):
             operands[li] = (NUMBERS, dtype, part)
