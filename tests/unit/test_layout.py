@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 import phalanx
 from phalanx.ir.signature import ArgKind
-from phalanx.memory.layout import plan_layout, reader_order, verify_layout
-from phalanx.models import BiLSTMTagger
+from phalanx.data import synthetic
+from phalanx.memory.layout import _first_reads, output_values, plan_layout, reader_order, verify_layout
+from phalanx.models import BiLSTMTagger, TreeLSTM
 from phalanx.runtime.executor import GATHER, SLICE, build_steps
 from phalanx.schedule import schedule_graph
 from tests.oracle import assert_matches_eager
@@ -125,3 +126,88 @@ def test_training_through_reader_order_matches_eager():
     for cells in (False, True):
         batcher = phalanx.Batcher(model.loss, cells=cells, verify=True)
         assert_matches_eager(model.loss, examples, params=model.parameters(), train=True, batcher=batcher)
+
+
+# *** the vectorized layout against plain per-batch references ***
+
+def _reference_reader_order(graph, batches):
+    """NOTE: [Reader order] in plain Python: a node's first read is its smallest (reader batch,
+    operand position), of equal ones the later reader; walking batches backwards, each batch sorts
+    (stably) by (first read, the reader's row), nodes nobody reads last."""
+    batch_of = {n: b for b, nodes in enumerate(batches) for n in nodes.tolist()}
+    first = {}
+    for reader in range(graph.num_nodes):
+        for p, code in enumerate(graph.arg_code[graph.arg_start[reader]:graph.arg_start[reader + 1]].tolist()):
+            if code >= 0:
+                producer, key = int(graph.value_node[code]), (batch_of[reader], p)
+                if producer not in first or key < first[producer][0] or \
+                        (key == first[producer][0] and reader > first[producer][1]):
+                    first[producer] = (key, reader)
+    out = [nodes.tolist() for nodes in batches]
+    row = {n: i for nodes in out for i, n in enumerate(nodes)}
+    for b in range(len(out) - 1, -1, -1):
+        out[b] = sorted(out[b], key=lambda n: (0, *first[n][0], row[first[n][1]]) if n in first else (1, 0, 0, row[n]))
+        row.update((n, i) for i, n in enumerate(out[b]))
+    return out
+
+
+def _reference_rows(graph, batches, sids):
+    """Rows in schedule order: each (batch, output) block after the earlier ones of its arena."""
+    value_row = np.full(graph.num_values, -1, dtype=np.int64)
+    used = [0] * len(graph.avals)
+    for nodes, sid in zip(batches, sids, strict=True):
+        for k in range(graph.sigs[sid].num_outputs):
+            for n in nodes.tolist():
+                v = int(graph.node_first_value[n]) + k
+                value_row[v] = used[graph.value_aval_id[v]]
+                used[graph.value_aval_id[v]] += 1
+    return value_row, used
+
+
+def _check_against_references(graph, schedule):
+    ordered = reader_order(graph, schedule.batches)
+    assert [b.tolist() for b in ordered] == _reference_reader_order(graph, schedule.batches)
+    for reorder in (True, False):
+        layout = plan_layout(graph, schedule, reorder=reorder)
+        rows, used = _reference_rows(graph, layout.batches, schedule.sids)
+        assert np.array_equal(layout.value_row, rows) and layout.arena_rows.tolist() == used
+        assert np.array_equal(layout.output_vids, output_values(graph, layout.batches, schedule.sids))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), count=st.integers(0, 6), policy=st.sampled_from(["depth", "agenda"]))
+def test_reader_order_and_rows_equal_the_reference_on_random_programs(seed, count, policy):
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    instances = [([torch.randn(3, generator=gen) for _ in range(size)], _random_program(rng, size))
+                 for size in (rng.randint(1, 4) for _ in range(count))]
+    graph = phalanx.Batcher(_run_program, policy=policy).record(instances)
+    _check_against_references(graph, schedule_graph(graph, policy))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), count=st.integers(0, 8), cells=st.booleans())
+def test_reader_order_and_rows_equal_the_reference_on_models(seed, count, cells):
+    # Trees (two children read at two positions of one batch), chains (a prefix read in place),
+    # several arenas (embeddings, states, logits).
+    torch.manual_seed(0)
+    rng = random.Random(seed)
+    for model, instances in ((TreeLSTM(30, 5, embed_dim=3), synthetic.random_trees(count, seed, 30)),
+                             (BiLSTMTagger(30, 5, embed_dim=3), _sentences(rng, count))):
+        graph = phalanx.Batcher(model, cells=cells).record(instances)
+        for policy in ("depth", "agenda"):
+            _check_against_references(graph, schedule_graph(graph, policy))
+
+
+def test_first_reads_without_room_for_one_int64_key_agree():
+    # Huge graphs take the two-pass path of ``_first_reads``; it must pick the same first reads.
+    rng = np.random.default_rng(0)
+    n, reads = 40, 160
+    # Reads in operand-slot order, as a graph lists them: by reader.
+    reader, producer, static = np.sort(rng.integers(0, n, reads)), rng.integers(0, n, reads), rng.integers(0, 6, reads)
+    one_pass = _first_reads(n, reader, producer, static, 6)
+    two_pass = _first_reads(n, reader, producer, static, 2 ** 62)
+    read = np.isin(np.arange(n), producer)
+    assert np.array_equal(one_pass[1], two_pass[1]) and (two_pass[0][~read] == 2 ** 62).all()
+    assert np.array_equal(one_pass[0][read], two_pass[0][read]) and (one_pass[0][~read] == 6).all()
+    assert np.array_equal(one_pass[1][~read], np.arange(n)[~read])
