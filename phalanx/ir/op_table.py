@@ -45,7 +45,18 @@ class OpTypes:
 
 def op_type_table(all_sigs: list, sids) -> OpTypes:
     """The op-type table of a flush, cached per set of op types: most flushes of a run use the same
-    few, so building it is a dict lookup (NOTE: [Op-type tables])."""
+    few, so building it is a dict lookup (NOTE: [Op-type tables]). The layout and the steps of one
+    flush ask with the same ``sids`` and ``all_sigs`` objects: the second ask is two identity checks."""
+    global _LAST
+    last = _LAST
+    if last[0] is sids and last[1] is all_sigs:
+        return last[2]
+    table = _table(all_sigs, sids)
+    _LAST = (sids, all_sigs, table)     # one assignment of a tuple: safe for concurrent flushes
+    return table
+
+
+def _table(all_sigs: list, sids) -> OpTypes:
     used = sorted(set(sids))
     sigs = tuple(all_sigs[sid] for sid in used)
     key = (tuple(used), tuple(map(id, sigs)))
@@ -84,3 +95,4 @@ def op_type_table(all_sigs: list, sids) -> OpTypes:
 
 
 _TABLES: dict = {}
+_LAST: tuple = (None, None, None)     # (sids, all_sigs, table) of the last ask

@@ -261,7 +261,8 @@ def _add_numbers(graph, types, column, codes, list_start, list_lengths, operands
         starts = list_start.tolist()
         picked = -1 - np.concatenate([codes[starts[li]:starts[li + 1]] for li in lists.tolist()])
         values = _to_device(_number_tensor(graph.imms, picked, dtype), device)
-        for li, part in zip(lists.tolist(), values.split_with_sizes(lengths.tolist()), strict=True):
+        parts = values.split_with_sizes(lengths.tolist()) if len(lists) > 1 else (values,)
+        for li, part in zip(lists.tolist(), parts, strict=True):
             operands[li] = (NUMBERS, dtype, part)
 
 
