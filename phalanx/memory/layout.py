@@ -18,8 +18,10 @@ nobody reads go last, in schedule order. For a chain (an LSTM over sentences) th
 reads a prefix of step t's rows in place (sentences that go on come first, in step t+1's order); a
 producer read once per node (an input projection hoisted out of the steps) is laid out step by
 step, so every step reads one slice of it; a tree's left and right children of one depth become
-two slices when one parent batch reads both. One numpy pass per batch, no search: it costs ~10 us
-a batch where the planner's strategies cost milliseconds.
+two slices when one parent batch reads both. First reads are found for the whole flush at once
+(``_first_reads``); then a few numpy calls per batch that has two or more nodes someone reads (a
+batch's order depends on its readers' final rows, so the batches are visited in turn), no
+search: a few microseconds a batch where the planner's strategies cost milliseconds.
 """
 from __future__ import annotations
 
