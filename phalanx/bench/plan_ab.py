@@ -98,13 +98,16 @@ def digest(package, cases) -> list:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", help="directory holding the base checkout's phalanx package")
-    parser.add_argument("workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default: all)")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--instances", type=int, default=0, help="cut the mini-batch to this many (0: all)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.workloads) - set(WORKLOADS))
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     torch.set_num_threads(1)
     base, _ = load_base(args.base)
-    for name in args.workloads:
+    for name in args.workloads or list(WORKLOADS):
         sizes = {name: args.instances}
         cases = {"base": (base, flushes(base, name, sizes)), "this": (phalanx, flushes(phalanx, name, sizes))}
         same = digest(*cases["base"]) == digest(*cases["this"])
