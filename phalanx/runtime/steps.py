@@ -6,24 +6,30 @@ same object in every row is broadcast with ``expand``, never stacked; rows of an
 round's arena are read with one ``index_select`` from that arena, whose gradient is one input of
 the flush) and where each output is written. The executor (runtime/executor.py) only runs steps.
 
-NOTE: [Vectorized plan] the plan costs a few microseconds a batch because it is made of whole-flush
-numpy passes, not per-batch or per-operand Python work:
+NOTE: [Vectorized plan] the plan is made of whole-flush numpy passes, not per-batch or per-operand
+Python work, so its cost is a fixed number of calls plus per-entry work done in C:
 - per op type, what never changes (arity, operand kinds, bytes per row, number dtypes) is one
   small table cached across flushes (ir/op_table.py), indexed by the schedule's op types;
 - the operand codes of all batches are gathered at once in list-major order (one segment per
   (batch, operand position)), and contiguity of every list is one ``diff`` + ``cumsum``;
-- the rows of every gathered list go into ONE index tensor per flush (one host-to-device transfer
-  on a GPU), cut into per-operand views by one ``split_with_sizes`` and into the fused runs'
-  indices (NOTE: [Fused gathers]) by a second one: a Python slice per list costs microseconds;
-- fused runs, whole reads and joint writes are found by comparing neighbouring lists or outputs
-  in numpy; every number operand of the flush is converted once per dtype.
+- ONE host array holds the rows of every gathered list, then the rows of every fused run (NOTE:
+  [Fused gathers]), so one host-to-device transfer (on a GPU) and one ``split_with_sizes`` make
+  every index of the flush; no view is made that no step keeps (a view costs about a microsecond
+  to make and free, a Python slice of a tensor several);
+- fused runs are found by comparing neighbouring lists in numpy; every number operand of the flush
+  is converted once per dtype; joint writes are one small check per batch of two or more outputs;
+- numpy is called through array methods and ufuncs (``a.repeat``, ``np.add.accumulate``,
+  ``m.nonzero()``): their Python-level wrappers (``np.repeat``, ``np.cumsum``, ``np.flatnonzero``,
+  ``np.diff``, ``np.where``) cost 2-4 us a call on small arrays, which a small flush (a fiber
+  round of a few nodes) pays dozens of times.
 The per-batch Python loop only slices precomputed lists of operand tuples into Steps.
 
 NOTE: [Fused gathers] a batch's gathered operand lists that sit next to each other in its
 operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden] arena) are read
 with ONE ``index_select`` over their concatenated rows, cut into per-operand views by one
-``split``: the rows are already adjacent in the flush's index tensor (list-major order), so the
-fused index is a slice of it. Same bytes, a third of the kernel launches. Only the forward reads
+``split``: the fused index is the run's rows (adjacent in list-major order), appended to the
+flush's one host index array, so it costs no transfer or split of its own. Same bytes, a third of
+the kernel launches. Only the forward reads
 fuse; the backward adds each operand's gradient with its own index, except for whole reads.
 
 NOTE: [Whole reads] when one fused run is EVERY operand of a step (a TreeLSTM node's four), the
