@@ -15,19 +15,18 @@ import torch
 
 from ..errors import CellCallError, DataDependentError, PhalanxError, ResultStructureError, UnsupportedOpError
 from ..ir.aval import AVal, aval, aval_of
-from ..ir.columns import FLOAT_KEY, INT_KEY, TENSOR_KEY, is_stale
+from ..ir.columns import FLOAT_KEY, INT_KEY, TENSOR_KEY, RecorderSlot, is_stale
 from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
 from ..rules import shifted_call, stacked_dim
 from .capture import run_capturing
 from .input_split import INPUT_DEPTH, attach_program, split_signatures
 
-class _RecorderSlot(threading.local):
-    rec: "Recorder | None" = None
-    hub: Any = None               # runtime/fibers.Hub while a Batcher call runs its instances as fibers
-
-
-_SLOT = _RecorderSlot()
+# This thread's active Recorder (``rec``) and, while a Batcher call runs its instances as fibers, its
+# runtime/fibers.Hub (``hub``): per thread like a threading.local; natively read by the cell call
+# fast path without an attribute lookup (NOTE: [Native recorder slot] in ir/_columns.c). A
+# Recorder's ``graph`` is fixed at construction (the slot caches it when ``rec`` is set).
+_SLOT = RecorderSlot()
 
 
 class _Substitution(threading.local):
@@ -270,26 +269,37 @@ class Recorder:
                 if sig.callee is cell and not sig.splittable:
                     self._register_fast(g, cell, sig)
             return out
+        self._register_fast(g, cell, sig)
         if sig.splittable:
             if sig.all_lazy:
                 self.last_sig[cell] = sig
-            if sig.all_lazy or cell not in self.last_sig:
-                # Once a split cell had an all-lazy call, that op type keeps the fast entry: a chain's
-                # first step (a plain tensor h0) must not take it from the steps after it.
-                self._register_fast(g, cell, sig)
             return self._record_split(g, sig, mark, args, depth)
-        self._register_fast(g, cell, sig)
         return self._append_node(g, sig, depth)
 
     def _register_fast(self, g, cell, sig: Signature) -> None:
-        """Let ``append_call`` record the cell's next calls like this one (ir/columns.py)."""
+        """Let ``append_call`` record the cell's next calls like this one (ir/columns.py).
+
+        NOTE: [Fast entry chains] a cell may be called with several argument patterns in one graph:
+        an RNN step reads a plain tensor h0 at each chain's first step and lazy states after it, a
+        decoder step alternates stale and fresh operands. Each op type of the cell keeps its entry,
+        newest first, in a chain of at most ``_FAST_ENTRIES`` (``next``, the entry's last item), so
+        alternating patterns stay native; with one entry, the tagger sent two calls per chain and
+        direction (a quarter of its chain steps at 16 words a sentence) through this Python path."""
         entry = sig.fast_entry
         if entry is None:
             return
-        if sig.splittable:
-            # The split of each kept-operands mask is decided once, by _record_split (split_masks).
-            entry = (*entry, (INPUT_DEPTH, self.split_masks.setdefault(sig, {})))
-        g.fast_calls[cell] = entry
+        # The split of each kept-operands mask is decided once, by _record_split (split_masks).
+        split = (INPUT_DEPTH, self.split_masks.setdefault(sig, {})) if sig.splittable else None
+        older = []
+        old = g.fast_calls.get(cell)
+        while old is not None and len(older) < _FAST_ENTRIES - 1:
+            if old[0] != sig.sid:
+                older.append((*old[:4], old[4] if len(old) > 4 else None))
+            old = old[5] if len(old) > 5 else None
+        chained = None
+        for e in reversed(older):
+            chained = (*e, chained)
+        g.fast_calls[cell] = (*entry, split, chained)
 
     def _record_split(self, g, sig: Signature, mark: int, args: tuple, depth: int):
         """NOTE: [Input split] the part of an ahead-of-time cell that reads only *input-like*
@@ -673,6 +683,7 @@ def rediscover_captured(sig: Signature, device=None) -> None:
 
 _INPUT = object()
 _NO_SPLIT = object()
+_FAST_ENTRIES = 4         # op types per cell the native fast path tries (NOTE: [Fast entry chains])
 _OP_FAST = object()       # first item of an op's fast key (NOTE: [Op fast key])
 
 
