@@ -108,18 +108,59 @@ static PyTypeObject ValueBaseType = {
     .tp_members = value_members,
 };
 
+/* NOTE: [Value freelist] a recording allocates and frees about two lazy values per node, and for a
+ * Python subclass (LazyValue) each went through PyType_GenericAlloc and subtype_dealloc: ~380
+ * instructions per value (callgrind, TreeLSTM), more than recording the node's columns. The
+ * registered value class (set_value_type) gets value_class_dealloc instead of subtype_dealloc when
+ * it adds nothing to ValueBase's layout (no __dict__, __weakref__, __del__: LazyValue has
+ * ``__slots__ = ()``), and its freed objects are kept on a bounded freelist that make_value reuses.
+ * What a value is and holds does not change; only where its memory comes from. */
+#define VALUE_FREELIST_SIZE 2048
+static PyObject *value_freelist[VALUE_FREELIST_SIZE];
+static int value_free_count = 0;
+static int value_type_pooled = 0;     /* value_type's instances use value_class_dealloc and the freelist */
+
+static void
+value_class_dealloc(ValueBase *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->aval);
+    Py_CLEAR(self->graph);
+    if (type == value_type && value_type_pooled && value_free_count < VALUE_FREELIST_SIZE)
+        value_freelist[value_free_count++] = (PyObject *)self;
+    else
+        type->tp_free((PyObject *)self);
+    Py_DECREF(type);          /* instances of a heap type hold a reference to it */
+}
+
+static void
+clear_value_freelist(void)
+{
+    while (value_free_count > 0)
+        PyObject_GC_Del(value_freelist[--value_free_count]);
+}
+
 static PyObject *
 make_value(Py_ssize_t vid, PyObject *aval, Py_ssize_t depth, PyObject *graph)
 {
-    ValueBase *v = (ValueBase *)value_type->tp_alloc(value_type, 0);
-    if (v == NULL)
-        return NULL;
+    ValueBase *v;
+    if (value_free_count > 0) {
+        v = (ValueBase *)value_freelist[--value_free_count];
+        PyObject_Init((PyObject *)v, value_type);     /* reference count 1, a reference to the type */
+    } else {
+        v = (ValueBase *)value_type->tp_alloc(value_type, 0);
+        if (v == NULL)
+            return NULL;
+        PyObject_GC_UnTrack(v);
+    }
     v->vid = vid;
     Py_INCREF(aval);
     v->aval = aval;
     v->depth = depth;
     Py_INCREF(graph);
     v->graph = graph;
+    PyObject_GC_Track(v);
     return (PyObject *)v;
 }
 
@@ -1078,14 +1119,65 @@ set_value_type(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "set_value_type(a subclass of ValueBase, torch.Tensor)");
         return NULL;
     }
-    Py_INCREF(argv[0]);
-    Py_XSETREF(value_type, (PyTypeObject *)argv[0]);
+    PyTypeObject *cls = (PyTypeObject *)argv[0];
+    clear_value_freelist();
+    /* NOTE: [Value freelist]: only a heap subclass that adds nothing to ValueBase's layout */
+    value_type_pooled = (cls->tp_flags & Py_TPFLAGS_HEAPTYPE) && cls->tp_base == &ValueBaseType
+        && cls->tp_basicsize == ValueBaseType.tp_basicsize && cls->tp_itemsize == 0 && cls->tp_dictoffset == 0
+        && cls->tp_weaklistoffset == 0 && cls->tp_finalize == NULL && cls->tp_del == NULL;
+    if (value_type_pooled)
+        cls->tp_dealloc = (destructor)value_class_dealloc;
+    Py_INCREF(cls);
+    Py_XSETREF(value_type, cls);
     Py_INCREF(argv[1]);
     Py_XSETREF(tensor_type, (PyTypeObject *)argv[1]);
     Py_RETURN_NONE;
 }
 
+/* plain_items(items) -> bool: is every item an int, float, bool, str, bytes, complex or None (of
+ * exactly those types)? What lazify asks of every container of an instance (a sentence's word
+ * ids) to know that it holds no tensor: a pointer compare per item instead of a Python
+ * isinstance (frontend/recorder.py). Lists and tuples are read directly; anything else is
+ * iterated. */
+static inline int
+is_plain_item(PyObject *x)
+{
+    PyTypeObject *t = Py_TYPE(x);
+    return t == &PyLong_Type || t == &PyFloat_Type || t == &PyUnicode_Type || x == Py_None || t == &PyBool_Type
+        || t == &PyBytes_Type || t == &PyComplex_Type;
+}
+
+static PyObject *
+plain_items(PyObject *module, PyObject *items)
+{
+    if (PyList_CheckExact(items) || PyTuple_CheckExact(items)) {
+        PyObject **data = PySequence_Fast_ITEMS(items);
+        for (Py_ssize_t i = 0, n = PySequence_Fast_GET_SIZE(items); i < n; i++)
+            if (!is_plain_item(data[i]))
+                Py_RETURN_FALSE;
+        Py_RETURN_TRUE;
+    }
+    PyObject *it = PyObject_GetIter(items);
+    if (it == NULL)
+        return NULL;
+    PyObject *x;
+    while ((x = PyIter_Next(it)) != NULL) {
+        int plain = is_plain_item(x);
+        Py_DECREF(x);
+        if (!plain) {
+            Py_DECREF(it);
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"plain_items", (PyCFunction)plain_items, METH_O,
+     "plain_items(items) -> whether every item is an int, float, bool, str, bytes, complex or None"},
     {"set_value_type", (PyCFunction)(void (*)(void))set_value_type, METH_FASTCALL,
      "set_value_type(value class, tensor class): the ValueBase subclass append_call creates, and the exact "
      "tensor type a per-instance tensor operand has"},

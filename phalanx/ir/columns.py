@@ -35,7 +35,7 @@ NATIVE = False
 if os.environ.get("PHALANX_NATIVE", "1") != "0":
     try:
         from ._columns import (FLOAT_KEY, INT_KEY, TENSOR_KEY, CellCall, Columns, RecorderSlot, ValueBase,
-                               set_value_type)
+                               plain_items, set_value_type)
         NATIVE = True
     except ImportError:       # the extension was not built (no compiler at install time)
         pass
@@ -43,6 +43,12 @@ if os.environ.get("PHALANX_NATIVE", "1") != "0":
 if not NATIVE:
     INT_KEY, FLOAT_KEY, TENSOR_KEY = object(), object(), object()
     CellCall = None           # cell classes keep their Python __call__ (frontend/cell.py)
+
+    _PLAIN = frozenset((int, float, bool, str, bytes, complex, type(None)))
+
+    def plain_items(items) -> bool:
+        """Is every item an int, float, bool, str, bytes, complex or None (exactly those types)?"""
+        return _PLAIN.issuperset(map(type, items))
 
     class RecorderSlot(threading.local):
         """The thread's active recorder and fibers hub (NOTE: [Native recorder slot] in _columns.c)."""
@@ -156,5 +162,5 @@ def as_array(column):
     return np.frombuffer(column, dtype=np.int64).copy() if len(column) else np.zeros(0, dtype=np.int64)
 
 
-__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "RecorderSlot", "ValueBase", "INT_KEY", "FLOAT_KEY", "TENSOR_KEY", "is_stale",
+__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "RecorderSlot", "ValueBase", "plain_items", "INT_KEY", "FLOAT_KEY", "TENSOR_KEY", "is_stale",
            "set_value_type"]
