@@ -15,19 +15,18 @@ import torch
 
 from ..errors import CellCallError, DataDependentError, PhalanxError, ResultStructureError, UnsupportedOpError
 from ..ir.aval import AVal, aval, aval_of
-from ..ir.columns import FLOAT_KEY, INT_KEY, TENSOR_KEY, is_stale
+from ..ir.columns import FLOAT_KEY, INT_KEY, TENSOR_KEY, RecorderSlot, is_stale, plain_items
 from ..ir.graph import DataflowGraph
 from ..ir.signature import ArgKind, Signature, SignatureTable
 from ..rules import shifted_call, stacked_dim
 from .capture import run_capturing
 from .input_split import INPUT_DEPTH, attach_program, split_signatures
 
-class _RecorderSlot(threading.local):
-    rec: "Recorder | None" = None
-    hub: Any = None               # runtime/fibers.Hub while a Batcher call runs its instances as fibers
-
-
-_SLOT = _RecorderSlot()
+# This thread's active Recorder (``rec``) and, while a Batcher call runs its instances as fibers, its
+# runtime/fibers.Hub (``hub``): per thread like a threading.local; natively read by the cell call
+# fast path without an attribute lookup (NOTE: [Native recorder slot] in ir/_columns.c). A
+# Recorder's ``graph`` is fixed at construction (the slot caches it when ``rec`` is set).
+_SLOT = RecorderSlot()
 
 
 class _Substitution(threading.local):
@@ -270,26 +269,37 @@ class Recorder:
                 if sig.callee is cell and not sig.splittable:
                     self._register_fast(g, cell, sig)
             return out
+        self._register_fast(g, cell, sig)
         if sig.splittable:
             if sig.all_lazy:
                 self.last_sig[cell] = sig
-            if sig.all_lazy or cell not in self.last_sig:
-                # Once a split cell had an all-lazy call, that op type keeps the fast entry: a chain's
-                # first step (a plain tensor h0) must not take it from the steps after it.
-                self._register_fast(g, cell, sig)
             return self._record_split(g, sig, mark, args, depth)
-        self._register_fast(g, cell, sig)
         return self._append_node(g, sig, depth)
 
     def _register_fast(self, g, cell, sig: Signature) -> None:
-        """Let ``append_call`` record the cell's next calls like this one (ir/columns.py)."""
+        """Let ``append_call`` record the cell's next calls like this one (ir/columns.py).
+
+        NOTE: [Fast entry chains] a cell may be called with several argument patterns in one graph:
+        an RNN step reads a plain tensor h0 at each chain's first step and lazy states after it, a
+        decoder step alternates stale and fresh operands. Each op type of the cell keeps its entry,
+        newest first, in a chain of at most ``_FAST_ENTRIES`` (``next``, the entry's last item), so
+        alternating patterns stay native; with one entry, the tagger sent two calls per chain and
+        direction (a quarter of its chain steps at 16 words a sentence) through this Python path."""
         entry = sig.fast_entry
         if entry is None:
             return
-        if sig.splittable:
-            # The split of each kept-operands mask is decided once, by _record_split (split_masks).
-            entry = (*entry, (INPUT_DEPTH, self.split_masks.setdefault(sig, {})))
-        g.fast_calls[cell] = entry
+        # The split of each kept-operands mask is decided once, by _record_split (split_masks).
+        split = (INPUT_DEPTH, self.split_masks.setdefault(sig, {})) if sig.splittable else None
+        older = []
+        old = g.fast_calls.get(cell)
+        while old is not None and len(older) < _FAST_ENTRIES - 1:
+            if old[0] != sig.sid:
+                older.append((*old[:4], old[4] if len(old) > 4 else None))
+            old = old[5] if len(old) > 5 else None
+        chained = None
+        for e in reversed(older):
+            chained = (*e, chained)
+        g.fast_calls[cell] = (*entry, split, chained)
 
     def _record_split(self, g, sig: Signature, mark: int, args: tuple, depth: int):
         """NOTE: [Input split] the part of an ahead-of-time cell that reads only *input-like*
@@ -380,15 +390,18 @@ class Recorder:
 
         Iterative (an explicit stack), so instances nested thousands of levels deep do not hit the
         recursion limit; containers without tensors are returned as they are, uncopied."""
-        if isinstance(instance, torch.Tensor):
-            return self.record_input(instance)
         t = type(instance)
         if t is not tuple and t is not list and t is not dict:
-            return instance
-        # The common instance, a flat container of non-tensors ((tree, label)), needs no walk.
+            return self.record_input(instance) if isinstance(instance, torch.Tensor) else instance
+        # The common instances, a flat container of non-tensors ((tree, label)) or of plain lists
+        # ((word ids, tag ids)), need no walk: plain containers are found by C-level loops
+        # (``plain_items``), not a Python isinstance per word (~15% of the tagger's recording).
         for x in (instance.values() if t is dict else instance):
             tx = type(x)
-            if tx is tuple or tx is list or tx is dict or isinstance(x, torch.Tensor):
+            if tx is tuple or tx is list or tx is dict:
+                if not plain_items(x.values() if tx is dict else x):
+                    break
+            elif tx not in _PLAIN and isinstance(x, torch.Tensor):
                 break
         else:
             return instance
@@ -400,9 +413,11 @@ class Recorder:
             if len(done) < len(items):
                 x = items[len(done)]
                 tx = type(x)
-                if isinstance(x, torch.Tensor):
+                if tx in _PLAIN:
+                    done.append(x)
+                elif isinstance(x, torch.Tensor):
                     done.append(self.record_input(x))
-                elif (tx is tuple or tx is list or tx is dict) and x:
+                elif (tx is tuple or tx is list or tx is dict) and x and not plain_items(x.values() if tx is dict else x):
                     stack.append([x, _items(x), []])
                 else:
                     done.append(x)
@@ -673,7 +688,13 @@ def rediscover_captured(sig: Signature, device=None) -> None:
 
 _INPUT = object()
 _NO_SPLIT = object()
+_FAST_ENTRIES = 4         # op types per cell the native fast path tries (NOTE: [Fast entry chains])
 _OP_FAST = object()       # first item of an op's fast key (NOTE: [Op fast key])
+
+
+# Types lazify never looks into: the leaves of plain instance data (word ids, labels, names); the
+# same as ``plain_items`` (ir/columns.py) accepts.
+_PLAIN = frozenset((int, float, bool, str, bytes, complex, type(None)))
 
 
 def _items(container) -> list:

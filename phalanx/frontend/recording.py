@@ -15,6 +15,7 @@ from .ragged import RaggedStack, materialize_all
 from .value import LazyValue
 
 _LEAF_TYPES = (torch.Tensor, LazyValue, type(None))
+_is_lazy_type = frozenset((LazyValue,)).__contains__
 
 
 def model_of(fn) -> "torch.nn.Module | None":
@@ -120,7 +121,7 @@ def flatten_result(out, index: int):
     t = type(out)
     if t is LazyValue or isinstance(out, torch.Tensor):
         return [out], _first
-    if (t is tuple or t is list) and all(type(x) is LazyValue for x in out):
+    if (t is tuple or t is list) and all(map(_is_lazy_type, map(type, out))):
         return list(out), t           # a flat tuple / list of lazy values: no pytree walk
     leaves, spec = torch.utils._pytree.tree_flatten(out)
     bad = [leaf for leaf in leaves if not isinstance(leaf, _LEAF_TYPES)]

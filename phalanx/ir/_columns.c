@@ -108,18 +108,59 @@ static PyTypeObject ValueBaseType = {
     .tp_members = value_members,
 };
 
+/* NOTE: [Value freelist] a recording allocates and frees about two lazy values per node, and for a
+ * Python subclass (LazyValue) each went through PyType_GenericAlloc and subtype_dealloc: ~380
+ * instructions per value (callgrind, TreeLSTM), more than recording the node's columns. The
+ * registered value class (set_value_type) gets value_class_dealloc instead of subtype_dealloc when
+ * it adds nothing to ValueBase's layout (no __dict__, __weakref__, __del__: LazyValue has
+ * ``__slots__ = ()``), and its freed objects are kept on a bounded freelist that make_value reuses.
+ * What a value is and holds does not change; only where its memory comes from. */
+#define VALUE_FREELIST_SIZE 2048
+static PyObject *value_freelist[VALUE_FREELIST_SIZE];
+static int value_free_count = 0;
+static int value_type_pooled = 0;     /* value_type's instances use value_class_dealloc and the freelist */
+
+static void
+value_class_dealloc(ValueBase *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->aval);
+    Py_CLEAR(self->graph);
+    if (type == value_type && value_type_pooled && value_free_count < VALUE_FREELIST_SIZE)
+        value_freelist[value_free_count++] = (PyObject *)self;
+    else
+        type->tp_free((PyObject *)self);
+    Py_DECREF(type);          /* instances of a heap type hold a reference to it */
+}
+
+static void
+clear_value_freelist(void)
+{
+    while (value_free_count > 0)
+        PyObject_GC_Del(value_freelist[--value_free_count]);
+}
+
 static PyObject *
 make_value(Py_ssize_t vid, PyObject *aval, Py_ssize_t depth, PyObject *graph)
 {
-    ValueBase *v = (ValueBase *)value_type->tp_alloc(value_type, 0);
-    if (v == NULL)
-        return NULL;
+    ValueBase *v;
+    if (value_free_count > 0) {
+        v = (ValueBase *)value_freelist[--value_free_count];
+        PyObject_Init((PyObject *)v, value_type);     /* reference count 1, a reference to the type */
+    } else {
+        v = (ValueBase *)value_type->tp_alloc(value_type, 0);
+        if (v == NULL)
+            return NULL;
+        PyObject_GC_UnTrack(v);
+    }
     v->vid = vid;
     Py_INCREF(aval);
     v->aval = aval;
     v->depth = depth;
     Py_INCREF(graph);
     v->graph = graph;
+    PyObject_GC_Track(v);
     return (PyObject *)v;
 }
 
@@ -623,9 +664,60 @@ append_split(Columns *self, PyObject *const *args, PyObject *parts, Py_ssize_t d
     return make_outputs(self, rest_first, rest_out, PyTuple_GET_ITEM(parts, 5) == Py_True, depth);
 }
 
-/* Record cell(*args) (n arguments) if fast_calls knows the cell and the arguments match its pattern;
- * else NotImplemented with nothing changed. An entry is (sid, pattern, out_avals, single) or, for a
- * cell the recorder may split, (..., (input depth, {kept-operands bit mask: parts or None})). */
+/* Do the n arguments match an entry's pattern? 1 (and *depth: 1 + the deepest lazy argument of
+ * this graph, 0 without one), 0, or -1 with an error set. Changes nothing. */
+static int
+match_pattern(Columns *self, PyObject *pattern, PyObject *const *args, Py_ssize_t n, Py_ssize_t *depth_out)
+{
+    if (n != PyTuple_GET_SIZE(pattern))
+        return 0;
+    Py_ssize_t depth = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = args[i];
+        PyObject *p = PyTuple_GET_ITEM(pattern, i);
+        if (Py_TYPE(a) == value_type) {
+            ValueBase *v = (ValueBase *)a;
+            if (v->graph == (PyObject *)self) {
+                if (v->aval != p)
+                    return 0;
+                if (v->depth >= depth)
+                    depth = v->depth + 1;
+                continue;
+            }
+        }
+        /* a per-instance tensor operand of this pattern: (TENSOR_KEY, aval) */
+        PyObject *tensor_aval = PyTuple_CheckExact(p) && PyTuple_GET_SIZE(p) == 2 && PyTuple_GET_ITEM(p, 0) == tensor_key
+            ? PyTuple_GET_ITEM(p, 1) : NULL;
+        if (Py_TYPE(a) == value_type) {
+            ValueBase *v = (ValueBase *)a;
+            if (tensor_aval == NULL || v->aval != tensor_aval || !is_stale_value(self, v))
+                return 0;
+        } else if (Py_TYPE(a) == tensor_type) {
+            if (tensor_aval == NULL)
+                return 0;
+            int r = tensor_has_aval(a, tensor_aval);
+            if (r <= 0)
+                return r;
+        } else if (PyLong_CheckExact(a)) {
+            if (p != int_key)
+                return 0;
+        } else if (PyFloat_CheckExact(a)) {
+            if (p != float_key)
+                return 0;
+        } else {
+            return 0;
+        }
+    }
+    *depth_out = depth;
+    return 1;
+}
+
+/* Record cell(*args) (n arguments) if fast_calls knows the cell and the arguments match one of its
+ * patterns; else NotImplemented with nothing changed. An entry is (sid, pattern, out_avals, single,
+ * split, next): split is None or, for a cell the recorder may split, (input depth, {kept-operands
+ * bit mask: parts or None}); next is None or the entry of another op type of the same cell (a
+ * chain's first step reads a plain tensor h0, the steps after it lazy values: NOTE: [Fast entry
+ * chains] in frontend/recorder.py). The last two items may be missing. */
 static PyObject *
 append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_t n)
 {
@@ -639,44 +731,21 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
             return NULL;
         Py_RETURN_NOTIMPLEMENTED;
     }
-    PyObject *pattern = PyTuple_GET_ITEM(entry, 1);
-    if (n != PyTuple_GET_SIZE(pattern))
-        Py_RETURN_NOTIMPLEMENTED;
-    /* First pass: check every argument, changing nothing. */
+    /* First pass: find the entry whose pattern every argument matches, changing nothing. */
     Py_ssize_t depth = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *a = args[i];
-        PyObject *p = PyTuple_GET_ITEM(pattern, i);
-        /* a per-instance tensor operand of this pattern: (TENSOR_KEY, aval) */
-        PyObject *tensor_aval = PyTuple_CheckExact(p) && PyTuple_GET_SIZE(p) == 2 && PyTuple_GET_ITEM(p, 0) == tensor_key
-            ? PyTuple_GET_ITEM(p, 1) : NULL;
-        if (Py_TYPE(a) == value_type) {
-            ValueBase *v = (ValueBase *)a;
-            if (v->graph == (PyObject *)self) {
-                if (v->aval != p)
-                    Py_RETURN_NOTIMPLEMENTED;
-                if (v->depth >= depth)
-                    depth = v->depth + 1;
-            } else if (tensor_aval == NULL || v->aval != tensor_aval || !is_stale_value(self, v)) {
-                Py_RETURN_NOTIMPLEMENTED;
-            }
-        } else if (Py_TYPE(a) == tensor_type) {
-            if (tensor_aval == NULL)
-                Py_RETURN_NOTIMPLEMENTED;
-            int r = tensor_has_aval(a, tensor_aval);
-            if (r < 0)
-                return NULL;
-            if (r == 0)
-                Py_RETURN_NOTIMPLEMENTED;
-        } else if (PyLong_CheckExact(a)) {
-            if (p != int_key)
-                Py_RETURN_NOTIMPLEMENTED;
-        } else if (PyFloat_CheckExact(a)) {
-            if (p != float_key)
-                Py_RETURN_NOTIMPLEMENTED;
-        } else {
-            Py_RETURN_NOTIMPLEMENTED;
+    for (;;) {
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 4) {
+            PyErr_SetString(PyExc_TypeError, "a fast_calls entry is (sid, pattern, out_avals, single[, split, next])");
+            return NULL;
         }
+        int r = match_pattern(self, PyTuple_GET_ITEM(entry, 1), args, n, &depth);
+        if (r < 0)
+            return NULL;
+        if (r > 0)
+            break;
+        entry = PyTuple_GET_SIZE(entry) > 5 ? PyTuple_GET_ITEM(entry, 5) : Py_None;
+        if (entry == Py_None)
+            Py_RETURN_NOTIMPLEMENTED;
     }
     PyObject *parts = Py_None;
     if (PyTuple_GET_SIZE(entry) > 4 && PyTuple_GET_ITEM(entry, 4) != Py_None) {
@@ -779,6 +848,119 @@ static PyTypeObject ColumnsType = {
 };
 
 
+/* *** RecorderSlot: the thread's active recorder ***
+ *
+ * NOTE: [Native recorder slot] every recorded cell call needs the thread's active recorder and its
+ * graph. Read from a threading.local (slot.rec, then rec.graph) that was two generic attribute
+ * lookups, ~12% of TreeLSTM's recording (callgrind: ~360 instructions each of ~6,000 per node).
+ * A RecorderSlot keeps ``rec`` and ``hub`` per OS thread in C thread-specific storage, as
+ * threading.local does (greenlets of one thread share them, as they share a threading.local), and
+ * caches the recorder's graph when ``rec`` is set (a Recorder's graph is fixed at construction), so
+ * CellCall reads both with one TSS lookup. The Python twin is a threading.local with the same two
+ * attributes (ir/columns.py).
+ */
+
+typedef struct {
+    PyObject *rec;      /* NULL means None */
+    PyObject *graph;    /* rec.graph when it is a Columns, else NULL */
+    PyObject *hub;
+} SlotState;
+
+static Py_tss_t slot_key = Py_tss_NEEDS_INIT;
+static PyObject *str_rec, *str_graph;
+
+static SlotState *
+slot_state(int create)
+{
+    SlotState *s = (SlotState *)PyThread_tss_get(&slot_key);
+    if (s == NULL && create) {
+        s = (SlotState *)PyMem_RawCalloc(1, sizeof(SlotState));
+        if (s == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        if (PyThread_tss_set(&slot_key, s) != 0) {
+            PyMem_RawFree(s);
+            PyErr_SetString(PyExc_RuntimeError, "phalanx.ir._columns: cannot set thread-specific storage");
+            return NULL;
+        }
+    }
+    return s;
+}
+
+typedef struct {
+    PyObject_HEAD
+} RecorderSlot;
+
+static PyTypeObject RecorderSlotType;
+
+static PyObject *
+slot_get_rec(RecorderSlot *self, void *closure)
+{
+    SlotState *s = slot_state(0);
+    return Py_NewRef(s != NULL && s->rec != NULL ? s->rec : Py_None);
+}
+
+static int
+slot_set_rec(RecorderSlot *self, PyObject *rec, void *closure)
+{
+    SlotState *s = slot_state(1);
+    if (s == NULL)
+        return -1;
+    PyObject *graph = NULL;
+    if (rec != NULL && rec != Py_None) {
+        graph = PyObject_GetAttr(rec, str_graph);
+        if (graph == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                return -1;
+            PyErr_Clear();
+        } else if (!PyObject_TypeCheck(graph, &ColumnsType)) {
+            Py_CLEAR(graph);
+        }
+    }
+    PyObject *old_rec = s->rec, *old_graph = s->graph;
+    s->rec = rec != NULL && rec != Py_None ? Py_NewRef(rec) : NULL;
+    s->graph = graph;
+    Py_XDECREF(old_rec);
+    Py_XDECREF(old_graph);
+    return 0;
+}
+
+static PyObject *
+slot_get_hub(RecorderSlot *self, void *closure)
+{
+    SlotState *s = slot_state(0);
+    return Py_NewRef(s != NULL && s->hub != NULL ? s->hub : Py_None);
+}
+
+static int
+slot_set_hub(RecorderSlot *self, PyObject *hub, void *closure)
+{
+    SlotState *s = slot_state(1);
+    if (s == NULL)
+        return -1;
+    PyObject *old = s->hub;
+    s->hub = hub != NULL && hub != Py_None ? Py_NewRef(hub) : NULL;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyGetSetDef slot_getset[] = {
+    {"rec", (getter)slot_get_rec, (setter)slot_set_rec, "this thread's active Recorder, or None", NULL},
+    {"hub", (getter)slot_get_hub, (setter)slot_set_hub, "this thread's fibers hub, or None", NULL},
+    {NULL},
+};
+
+static PyTypeObject RecorderSlotType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "phalanx.ir._columns.RecorderSlot",
+    .tp_doc = "The thread's active recorder and fibers hub (per thread, like threading.local).",
+    .tp_basicsize = sizeof(RecorderSlot),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_getset = slot_getset,
+};
+
 /* *** CellCall: a cell class's __call__ ***
  *
  * Calling a cell through a Python __call__ costs a frame, *args packing and the recorder lookup,
@@ -796,32 +978,40 @@ typedef struct {
     vectorcallfunc vectorcall;
 } CellCall;
 
-static PyObject *str_rec, *str_graph;
-
 static PyObject *
 cellcall_vectorcall(CellCall *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs >= 1 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
-        PyObject *rec = PyObject_GetAttr(self->slot, str_rec);
-        if (rec == NULL)
-            return NULL;
-        if (rec != Py_None) {
-            PyObject *graph = PyObject_GetAttr(rec, str_graph);
-            Py_DECREF(rec);
-            if (graph == NULL)
-                return NULL;
-            PyObject *out = NULL;
-            if (PyObject_TypeCheck(graph, &ColumnsType))
-                out = append_call_impl((Columns *)graph, args[0], args + 1, nargs - 1);
-            else
-                out = Py_NewRef(Py_NotImplemented);
-            Py_DECREF(graph);
-            if (out != Py_NotImplemented)
-                return out;           /* the outputs, or NULL with an error set */
-            Py_DECREF(out);
+        PyObject *out = NULL;
+        if (Py_TYPE(self->slot) == &RecorderSlotType) {
+            /* NOTE: [Native recorder slot]: no attribute lookup */
+            SlotState *s = slot_state(0);
+            if (s != NULL && s->graph != NULL)
+                out = append_call_impl((Columns *)s->graph, args[0], args + 1, nargs - 1);
         } else {
-            Py_DECREF(rec);
+            PyObject *rec = PyObject_GetAttr(self->slot, str_rec);
+            if (rec == NULL)
+                return NULL;
+            if (rec != Py_None) {
+                PyObject *graph = PyObject_GetAttr(rec, str_graph);
+                Py_DECREF(rec);
+                if (graph == NULL)
+                    return NULL;
+                if (PyObject_TypeCheck(graph, &ColumnsType))
+                    out = append_call_impl((Columns *)graph, args[0], args + 1, nargs - 1);
+                Py_DECREF(graph);
+            } else {
+                Py_DECREF(rec);
+            }
+        }
+        if (out == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+        } else if (out != Py_NotImplemented) {
+            return out;               /* the outputs */
+        } else {
+            Py_DECREF(out);
         }
     }
     return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
@@ -929,14 +1119,65 @@ set_value_type(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "set_value_type(a subclass of ValueBase, torch.Tensor)");
         return NULL;
     }
-    Py_INCREF(argv[0]);
-    Py_XSETREF(value_type, (PyTypeObject *)argv[0]);
+    PyTypeObject *cls = (PyTypeObject *)argv[0];
+    clear_value_freelist();
+    /* NOTE: [Value freelist]: only a heap subclass that adds nothing to ValueBase's layout */
+    value_type_pooled = (cls->tp_flags & Py_TPFLAGS_HEAPTYPE) && cls->tp_base == &ValueBaseType
+        && cls->tp_basicsize == ValueBaseType.tp_basicsize && cls->tp_itemsize == 0 && cls->tp_dictoffset == 0
+        && cls->tp_weaklistoffset == 0 && cls->tp_finalize == NULL && cls->tp_del == NULL;
+    if (value_type_pooled)
+        cls->tp_dealloc = (destructor)value_class_dealloc;
+    Py_INCREF(cls);
+    Py_XSETREF(value_type, cls);
     Py_INCREF(argv[1]);
     Py_XSETREF(tensor_type, (PyTypeObject *)argv[1]);
     Py_RETURN_NONE;
 }
 
+/* plain_items(items) -> bool: is every item an int, float, bool, str, bytes, complex or None (of
+ * exactly those types)? What lazify asks of every container of an instance (a sentence's word
+ * ids) to know that it holds no tensor: a pointer compare per item instead of a Python
+ * isinstance (frontend/recorder.py). Lists and tuples are read directly; anything else is
+ * iterated. */
+static inline int
+is_plain_item(PyObject *x)
+{
+    PyTypeObject *t = Py_TYPE(x);
+    return t == &PyLong_Type || t == &PyFloat_Type || t == &PyUnicode_Type || x == Py_None || t == &PyBool_Type
+        || t == &PyBytes_Type || t == &PyComplex_Type;
+}
+
+static PyObject *
+plain_items(PyObject *module, PyObject *items)
+{
+    if (PyList_CheckExact(items) || PyTuple_CheckExact(items)) {
+        PyObject **data = PySequence_Fast_ITEMS(items);
+        for (Py_ssize_t i = 0, n = PySequence_Fast_GET_SIZE(items); i < n; i++)
+            if (!is_plain_item(data[i]))
+                Py_RETURN_FALSE;
+        Py_RETURN_TRUE;
+    }
+    PyObject *it = PyObject_GetIter(items);
+    if (it == NULL)
+        return NULL;
+    PyObject *x;
+    while ((x = PyIter_Next(it)) != NULL) {
+        int plain = is_plain_item(x);
+        Py_DECREF(x);
+        if (!plain) {
+            Py_DECREF(it);
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"plain_items", (PyCFunction)plain_items, METH_O,
+     "plain_items(items) -> whether every item is an int, float, bool, str, bytes, complex or None"},
     {"set_value_type", (PyCFunction)(void (*)(void))set_value_type, METH_FASTCALL,
      "set_value_type(value class, tensor class): the ValueBase subclass append_call creates, and the exact "
      "tensor type a per-instance tensor operand has"},
@@ -952,8 +1193,12 @@ PyMODINIT_FUNC
 PyInit__columns(void)
 {
     if (PyType_Ready(&ValueBaseType) < 0 || PyType_Ready(&ColumnsType) < 0 || PyType_Ready(&CellCallType) < 0
-            || PyType_Ready(&IntColumnType) < 0)
+            || PyType_Ready(&IntColumnType) < 0 || PyType_Ready(&RecorderSlotType) < 0)
         return NULL;
+    if (!PyThread_tss_is_created(&slot_key) && PyThread_tss_create(&slot_key) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "phalanx.ir._columns: cannot create thread-specific storage");
+        return NULL;
+    }
     str_rec = PyUnicode_InternFromString("rec");
     str_graph = PyUnicode_InternFromString("graph");
     str_shape = PyUnicode_InternFromString("shape");
@@ -974,6 +1219,7 @@ PyInit__columns(void)
             || PyModule_AddObject(m, "Columns", (PyObject *)&ColumnsType) < 0
             || PyModule_AddObjectRef(m, "CellCall", (PyObject *)&CellCallType) < 0
             || PyModule_AddObjectRef(m, "IntColumn", (PyObject *)&IntColumnType) < 0
+            || PyModule_AddObjectRef(m, "RecorderSlot", (PyObject *)&RecorderSlotType) < 0
             || PyModule_AddObjectRef(m, "INT_KEY", int_key) < 0
             || PyModule_AddObjectRef(m, "FLOAT_KEY", float_key) < 0
             || PyModule_AddObjectRef(m, "TENSOR_KEY", tensor_key) < 0) {

@@ -26,6 +26,7 @@ parts or None})``: natively the split is recorded too; the twin leaves such call
 from __future__ import annotations
 
 import os
+import threading
 from array import array
 
 import numpy as np
@@ -33,7 +34,8 @@ import numpy as np
 NATIVE = False
 if os.environ.get("PHALANX_NATIVE", "1") != "0":
     try:
-        from ._columns import FLOAT_KEY, INT_KEY, TENSOR_KEY, CellCall, Columns, ValueBase, set_value_type
+        from ._columns import (FLOAT_KEY, INT_KEY, TENSOR_KEY, CellCall, Columns, RecorderSlot, ValueBase,
+                               plain_items, set_value_type)
         NATIVE = True
     except ImportError:       # the extension was not built (no compiler at install time)
         pass
@@ -41,6 +43,18 @@ if os.environ.get("PHALANX_NATIVE", "1") != "0":
 if not NATIVE:
     INT_KEY, FLOAT_KEY, TENSOR_KEY = object(), object(), object()
     CellCall = None           # cell classes keep their Python __call__ (frontend/cell.py)
+
+    _PLAIN = frozenset((int, float, bool, str, bytes, complex, type(None)))
+
+    def plain_items(items) -> bool:
+        """Is every item an int, float, bool, str, bytes, complex or None (exactly those types)?"""
+        return _PLAIN.issuperset(map(type, items))
+
+    class RecorderSlot(threading.local):
+        """The thread's active recorder and fibers hub (NOTE: [Native recorder slot] in _columns.c)."""
+
+        rec = None
+        hub = None
     _value_type = _tensor_type = None
 
     def set_value_type(cls, tensor_cls) -> None:
@@ -82,31 +96,17 @@ if not NATIVE:
 
         def append_call(self, cell, args: tuple):
             entry = self.fast_calls.get(cell)
-            if entry is None:
+            while entry is not None:
+                depth = self._match(entry[1], args)
+                if depth is not None:
+                    break
+                entry = entry[5] if len(entry) > 5 else None
+            else:
                 return NotImplemented
-            if len(entry) > 4:
+            if len(entry) > 4 and entry[4] is not None:
                 return NotImplemented      # a split cell: the recorder's _record_split takes it
-            sid, pattern, out_avals, single = entry
-            if len(args) != len(pattern):
-                return NotImplemented
+            sid, _, out_avals, single = entry[:4]
             value_type = _value_type
-            depth = 0
-            for a, p in zip(args, pattern):
-                t = type(a)
-                tensor_aval = p[1] if type(p) is tuple and len(p) == 2 and p[0] is TENSOR_KEY else None
-                if t is value_type:
-                    if a.graph is self:
-                        if a.aval is not p:
-                            return NotImplemented
-                        if a.depth >= depth:
-                            depth = a.depth + 1
-                    elif tensor_aval is None or a.aval is not tensor_aval or not is_stale(self, a):
-                        return NotImplemented
-                elif t is _tensor_type:
-                    if tensor_aval is None or a.dtype is not tensor_aval.dtype or a.shape != tensor_aval.shape:
-                        return NotImplemented
-                elif not ((t is int and p is INT_KEY) or (t is float and p is FLOAT_KEY)):
-                    return NotImplemented
             arg_code, imms = self.arg_code, self.imms
             for a in args:
                 if type(a) is value_type and a.graph is self:
@@ -125,6 +125,31 @@ if not NATIVE:
                 return value_type(first, out_avals[0], depth, self)
             return tuple(value_type(first + k, a, depth, self) for k, a in enumerate(out_avals))
 
+        def _match(self, pattern, args: tuple):
+            """1 + the deepest lazy argument of this graph (0 without one) if ``args`` match the
+            pattern, else None."""
+            if len(args) != len(pattern):
+                return None
+            value_type = _value_type
+            depth = 0
+            for a, p in zip(args, pattern):
+                t = type(a)
+                tensor_aval = p[1] if type(p) is tuple and len(p) == 2 and p[0] is TENSOR_KEY else None
+                if t is value_type:
+                    if a.graph is self:
+                        if a.aval is not p:
+                            return None
+                        if a.depth >= depth:
+                            depth = a.depth + 1
+                    elif tensor_aval is None or a.aval is not tensor_aval or not is_stale(self, a):
+                        return None
+                elif t is _tensor_type:
+                    if tensor_aval is None or a.dtype is not tensor_aval.dtype or a.shape != tensor_aval.shape:
+                        return None
+                elif not ((t is int and p is INT_KEY) or (t is float and p is FLOAT_KEY)):
+                    return None
+            return depth
+
 
 def is_stale(graph, value) -> bool:
     """Is ``value`` (not of ``graph``) a lazy value of an earlier round of the same fibers run?"""
@@ -137,5 +162,5 @@ def as_array(column):
     return np.frombuffer(column, dtype=np.int64).copy() if len(column) else np.zeros(0, dtype=np.int64)
 
 
-__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "ValueBase", "INT_KEY", "FLOAT_KEY", "TENSOR_KEY", "is_stale",
+__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "RecorderSlot", "ValueBase", "plain_items", "INT_KEY", "FLOAT_KEY", "TENSOR_KEY", "is_stale",
            "set_value_type"]

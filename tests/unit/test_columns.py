@@ -1,6 +1,7 @@
 """The recording fast path (ir/columns.py, ir/_columns.c): native and Python twin record exactly what
 the recorder's own path records, decline anything else without a trace, and stay correct when op
 types are renumbered."""
+import dataclasses
 import json
 import os
 import shutil
@@ -458,3 +459,112 @@ def test_split_chains_from_a_tensor_state_stay_native(monkeypatch):
     # plus each cell's first call per graph and split mask
     python_steps = len([c for c in calls if type(c).__name__ == "LSTMStep"])
     assert python_steps <= 2 * 2 * len(sentences) + 4 and python_steps < steps / 2
+
+
+@pytest.mark.skipif(not columns.NATIVE, reason="the Python twin calls the recorder's Python path by design")
+@pytest.mark.parametrize("cells", [False, True])
+def test_chains_from_a_tensor_state_take_no_python_call_per_sentence(monkeypatch, cells):
+    # NOTE: [Fast entry chains]: each LSTM direction's op types (h0 tensor first step, lazy steps,
+    # split parts) keep their fast entries side by side, so the Python path runs a fixed number of
+    # times per graph, whatever the number of sentences.
+    from phalanx.models.tagger import BiLSTMTagger
+
+    torch.manual_seed(0)
+    model = BiLSTMTagger(20, hidden=8).eval()
+    sentences = [[1 + (k * 7 + j) % 19 for j in range(4 + k % 5)] for k in range(12)]
+    batcher = phalanx.Batcher(model, cells=cells)
+    batcher.record(sentences)
+    counts = []
+    for n in (3, 12):
+        calls = python_cell_calls(monkeypatch)
+        graph = batcher.record(sentences[:n])
+        counts.append(len(calls))
+        monkeypatch.undo()
+    assert counts[0] == counts[1] and counts[1] <= 10 and graph.num_nodes > 10 * counts[1]
+
+
+def test_a_fast_entry_chain_keeps_each_op_type_once_and_at_most_four():
+    rec = _recording()
+    g = rec.graph
+    recorder._SLOT.rec = rec
+    try:
+        x = scaled(3, 1.0)
+        MIX(x, x)
+        sigs = [s for s in rec.table.sigs if s.callee is MIX]
+
+        def chain_sids():
+            sids, entry = [], g.fast_calls[MIX]
+            while entry is not None:
+                sids.append(entry[0])
+                entry = entry[5]
+            return sids
+
+        first = sigs[0]
+        rec._register_fast(g, MIX, first)
+        assert chain_sids() == [first.sid]
+        fakes = []
+        for k in range(5):          # other op types of the cell (stand-ins with their own sids)
+            fake = dataclasses.replace(first, sid=100 + k)
+            fakes.append(fake)
+            rec._register_fast(g, MIX, fake)
+        assert chain_sids() == [104, 103, 102, 101]            # newest first, bounded
+        rec._register_fast(g, MIX, fakes[2])
+        assert chain_sids() == [102, 104, 103, 101]            # re-registered: moved to the front, once
+    finally:
+        recorder._SLOT.rec = None
+
+
+def test_append_call_tries_every_entry_of_the_chain():
+    rec = _recording()
+    g = rec.graph
+    g.run = object()
+    recorder._SLOT.rec = rec
+    try:
+        x = scaled(3, 1.0)
+        h = MIX(x, x)
+        sid = g.node_sig[-1]
+        tensor_key = (columns.TENSOR_KEY, x.aval)
+        lazy = (sid, (x.aval, x.aval), (x.aval,), True, None, None)
+        g.fast_calls[MIX] = (sid, (x.aval, tensor_key), (x.aval,), True, None, lazy)
+        nodes = len(g.node_sig)
+        plain = torch.ones(3)
+        assert type(g.append_call(MIX, (h, plain))) is LazyValue          # the first entry
+        out = g.append_call(MIX, (h, x))                                   # the second one
+        assert type(out) is LazyValue and out.depth == h.depth + 1
+        assert g.append_call(MIX, (plain, h)) is NotImplemented           # neither
+        assert len(g.node_sig) == nodes + 2
+    finally:
+        recorder._SLOT.rec = None
+
+
+@pytest.mark.parametrize("items, plain", [
+    ([], True), ((), True), ([1, 2.5, True, "w", b"b", 1j, None], True), ({"a": 1, "b": "x"}.values(), True),
+    ([1, torch.tensor(3)], False), ((1, [2]), False), ([1, (2,)], False), ({"a": torch.ones(1)}.values(), False),
+    (iter([1, 2]), True), (iter([1, object()]), False)])
+def test_plain_items_finds_anything_but_plain_numbers_and_strings(items, plain):
+    assert columns.plain_items(items) is plain
+
+
+def test_plain_items_wants_the_exact_types():
+    class MyInt(int):
+        pass
+
+    assert not columns.plain_items([MyInt(3)])       # a subclass may carry anything: lazify looks into it
+
+
+def test_lazy_values_reused_from_the_freelist_are_whole_and_tracked():
+    import gc
+
+    batcher = phalanx.Batcher(chain)
+    batcher.record([2, 3])
+    seen = []
+    for _ in range(3):              # values freed by one recording are reused by the next
+        batcher.table.begin_call()
+        rec, outputs = record_instances(chain, [4, 1, 3], batcher.table)
+        g = rec.graph
+        values = [leaf for leaves, _ in outputs for leaf in leaves]
+        assert all(type(v) is LazyValue and v.graph is g and gc.is_tracked(v) for v in values)
+        seen.append([(v.vid, repr(v.aval), v.depth) for v in values])
+        assert len({v.vid for v in values}) == len(values) and max(v.vid for v in values) < g.num_values
+        del rec, outputs, values, g
+    assert seen[0] == seen[1] == seen[2] and len(seen[0]) == 3

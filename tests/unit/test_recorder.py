@@ -204,3 +204,52 @@ def test_op_fast_key_skips_the_general_path_after_the_first_call(monkeypatch):
     for g, e in zip(got, [fn(x) for x in xs], strict=True):
         for a, b in zip(g, e, strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_lazify_replaces_tensors_and_keeps_everything_else_as_it_is():
+    from phalanx.frontend.recorder import Recorder
+    from phalanx.frontend.value import LazyValue
+    from phalanx.ir.signature import SignatureTable
+
+    rec = Recorder(SignatureTable())
+    words = [3, 1, 4]
+    plain = (words, ["a", None, 2.5], {"k": (1, True)}, 7)
+    assert rec.lazify(plain) is plain and rec.lazify(words) is words and rec.lazify(5) == 5
+
+    class Tokens(list):             # a subclass is looked into like any other object: kept as it is
+        pass
+
+    t1, t2 = torch.ones(2), torch.zeros(3)
+    tokens = Tokens([1])
+    nested = (words, [t1, (1, t2)], {"x": t1, "n": 2}, tokens, [])
+    out = rec.lazify(nested)
+    assert type(out) is tuple and out[0] is words and out[3] is tokens and out[4] is nested[4]
+    assert type(out[1][0]) is LazyValue and out[1][0].shape == (2,) and out[1][1][0] == 1
+    assert type(out[1][1][1]) is LazyValue and out[1][1][1].shape == (3,)
+    assert type(out[2]) is dict and type(out[2]["x"]) is LazyValue and out[2]["n"] == 2
+    assert nested[1][0] is t1       # the user's containers are not modified
+    assert type(rec.lazify(t2)) is LazyValue
+    assert len(rec.graph.node_sig) == 4          # one input node per tensor found
+
+
+def test_the_recorder_slot_belongs_to_one_thread():
+    import threading
+
+    from phalanx.frontend import recorder as R
+    from phalanx.frontend.recorder import Recorder
+    from phalanx.ir.signature import SignatureTable
+
+    rec = Recorder(SignatureTable())
+    seen = []
+    R._SLOT.rec, R._SLOT.hub = rec, "hub"
+    try:
+        out = embed(2)              # recorded through the slot's cached graph
+        assert type(out).__name__ == "LazyValue" and out.graph is rec.graph
+        worker = threading.Thread(target=lambda: seen.append((R._SLOT.rec, R._SLOT.hub, type(embed(2)))))
+        worker.start()
+        worker.join()
+        assert seen == [(None, None, torch.Tensor)]      # eager on the other thread
+        assert R._SLOT.rec is rec and R._SLOT.hub == "hub"
+    finally:
+        R._SLOT.rec, R._SLOT.hub = None, None
+    assert type(embed(2)) is torch.Tensor
