@@ -79,6 +79,7 @@ import torch
 
 from ..cells.sparse import dense_gradients
 from ..errors import BatchExecutionError, PhalanxError
+from ..frontend.value import LazyValue
 from ..ir.graph import GraphArrays
 from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout, output_values
@@ -255,6 +256,14 @@ def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
     """A list of per-instance tensors: rows of one earlier fiber round (one ``index_select``), one
     tensor shared by every row (broadcast), or a plain list (stacked when read)."""
     tensors = _pick(imms, (-1 - codes).tolist())
+    if _STALE in set(map(type, tensors)):
+        # Lazy values of an earlier fiber round, in inference (runtime/fibers.py, NOTE: [Stale
+        # operand lists]): rows of one arena are read from it; the hub resolves anything else.
+        from ..frontend.recorder import _SLOT
+        found = _SLOT.hub.stale_operand(tensors)
+        if type(found) is tuple:
+            return (EXTERNAL, found[0], _to_device(torch.from_numpy(found[1]), device))
+        tensors = found
     head = tensors[0]
     origin = getattr(head, "_phalanx_origin", None)
     if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0] for t in tensors):
@@ -326,6 +335,7 @@ def _to_device(t: torch.Tensor, device) -> torch.Tensor:
 
 
 _NO_ORIGIN = (None, None)
+_STALE = LazyValue
 
 
 def _segments(rows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
