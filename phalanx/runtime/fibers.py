@@ -12,10 +12,12 @@ arenas. After round k is flushed, its graph is *stale*: a value of it used in ro
 or a result) is a per-instance tensor operand (``ArgKind.TENSOR``) of the lazy value's aval. Every
 graph of a run carries the run's token (``Columns.run``), so the recording fast path accepts such a
 value natively (ir/_columns.c: same run, another graph) and records the stale value itself as an
-immediate, without Python; the Python paths do the same. When the round is flushed, ``_flush``
-replaces each stale immediate by its concrete row, a view of round k's output tagged with its
-(arena, row): the executor reads a list of such rows with one ``index_select`` from the arena
-(``EXTERNAL``), and the arena, not each row, is the input of the next flush. In training a round is one ``FlushFunction``
+immediate, without Python; the Python paths do the same. In inference the executor reads each
+operand list of stale immediates that are rows of one arena of one round with one ``index_select``
+from that arena (``EXTERNAL``), found from the list's value ids by two numpy lookups (NOTE: [Stale
+operand lists]). In training, ``_flush`` first replaces each stale immediate by its concrete row, a
+view of round k's output tagged with its (arena, row), read the same way; the arena, not each row,
+is the input of the next flush. In training a round is one ``FlushFunction``
 whose outputs are its whole arenas, so those reads are autograd-connected: gradients flow from
 round k+1's flush into round k's, and decisions are ordinary Python. In inference the round keeps
 its arenas themselves (no copy); results that fill a whole arena in order are views of it.
