@@ -11,6 +11,9 @@ returns a ``RaggedStack`` (the k members). Three things can happen to it:
   as one gather of every member row of the batch plus the segment offsets, and runs the cell.
 - ``.sum(0)`` / ``.mean(0)`` (or the dim ``-(len(E) + 1)``): one segment-reduce node keyed by
   (reduction, E) (``record_segment``).
+- ``F.pad(rs, (0, 0, ..., 0, p))``, padding only the stacked dim at its end to a length L (an
+  attention memory padded to a fixed number of rows): one padded-stack node keyed by (E, L, pad
+  value) (``record_padded``), so sentences of every length share one op type.
 - anything else (``rs * 2``, ``rs.shape``-dependent code, ``torch.cat([rs, x])``, a kwarg of a
   cell, a member from an earlier fiber round): it is *materialized*, i.e. the ordinary
   ``torch.stack`` node of aval [k, *E] is recorded (once) and used, exactly as without this module.
@@ -25,11 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from ..ir.aval import AVal, aval_of
+from ..ir.aval import AVal, aval, aval_of
 from ..ir.signature import ArgKind, Signature
 
-_RAGGED_CELL, _SEGMENT = object(), object()
+_RAGGED_CELL, _SEGMENT, _PADDED = object(), object(), object()
 REDUCTIONS = ("sum", "mean")
 
 
@@ -127,6 +131,12 @@ class RaggedStack:
                 out = record_segment(active_or_error(), args[0], reduce)
                 if out is not None:
                     return out
+        if func is F.pad and args and type(args[0]) is RaggedStack:
+            padded = _end_padding(args[0], args[1:], kwargs)
+            if padded is not None:
+                out = record_padded(active_or_error(), args[0], *padded)
+                if out is not None:
+                    return out
         return active_or_error().record_op(func, materialize_all(args), materialize_all(kwargs))
 
     def __getattr__(self, name: str):
@@ -162,6 +172,56 @@ def _reduction(rs: RaggedStack, reduce: str, rest: tuple, kwargs: dict) -> str |
     if type(dim) is not int or keepdim is not False:
         return None
     return reduce if dim in (0, -rs.ndim) else None
+
+
+def _end_padding(rs: RaggedStack, rest: tuple, kwargs: dict) -> "tuple[int, float] | None":
+    """(padded length, value) when ``F.pad(rs, pad[, mode, value])`` pads only the stacked dim, at
+    its end, with a constant; else None."""
+    if len(rest) > 3 or set(kwargs) - {"pad", "mode", "value"}:
+        return None
+    pad = rest[0] if rest else kwargs.get("pad")
+    mode = rest[1] if len(rest) > 1 else kwargs.get("mode", "constant")
+    value = rest[2] if len(rest) > 2 else kwargs.get("value")
+    value = 0.0 if value is None else value
+    if type(pad) not in (tuple, list) or len(pad) != 2 * rs.ndim or mode != "constant":
+        return None
+    if any(type(w) is not int for w in pad) or any(pad[:-1]) or pad[-1] < 0:
+        return None
+    if type(value) not in (int, float) or not rs.element.is_float:
+        return None
+    return len(rs.members) + pad[-1], float(value)
+
+
+def record_padded(rec, rs: RaggedStack, length: int, value: float):
+    """One padded-stack node: ``F.pad(torch.stack(members), (0, .., 0, length - k), value=value)``,
+    its op type keyed by (element aval, length, value), so any member count k shares it; None when a
+    member is from an earlier fiber round (then the stack is materialized, as before)."""
+    g = rec.graph
+    if rs.graph is not g or not rs.members:
+        return None
+    key = (_PADDED, rs.element, length, value)
+    sig = rec.table.by_key.get(key)
+    if sig is None:
+        from ..runtime.ragged import PaddedStackKernel
+
+        element = rs.element
+        out = aval((length, *element.shape), element.dtype)
+        sig = Signature(sid=len(rec.table.sigs), name=f"op ragged pad[{length}]", fn=_padded(length, value),
+                        in_kinds=(), in_avals=(), out_avals=(out,), unflatten=_first, flatten=_one,
+                        single=True, meta={"ragged": RaggedSpec((0,), (element,), 1),
+                                           "kernel": PaddedStackKernel(length, value)})
+        rec.table.add(sig, key)
+    depth = rs.top if rs.top > rec.phase_base else rec.phase_base
+    first = g.add_node(sig, rs.vids, depth)
+    return LazyValue(first, sig.out_avals[0], depth, g)
+
+
+def _padded(length: int, value: float):
+    def per_instance(stacked):
+        pad = (0, 0) * (stacked.dim() - 1) + (0, length - len(stacked))
+        return F.pad(stacked, pad, value=value)
+
+    return per_instance
 
 
 def materialize_all(obj):

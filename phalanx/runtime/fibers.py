@@ -12,10 +12,12 @@ arenas. After round k is flushed, its graph is *stale*: a value of it used in ro
 or a result) is a per-instance tensor operand (``ArgKind.TENSOR``) of the lazy value's aval. Every
 graph of a run carries the run's token (``Columns.run``), so the recording fast path accepts such a
 value natively (ir/_columns.c: same run, another graph) and records the stale value itself as an
-immediate, without Python; the Python paths do the same. When the round is flushed, ``_flush``
-replaces each stale immediate by its concrete row, a view of round k's output tagged with its
-(arena, row): the executor reads a list of such rows with one ``index_select`` from the arena
-(``EXTERNAL``), and the arena, not each row, is the input of the next flush. In training a round is one ``FlushFunction``
+immediate, without Python; the Python paths do the same. In inference the executor reads each
+operand list of stale immediates that are rows of one arena of one round with one ``index_select``
+from that arena (``EXTERNAL``), found from the list's value ids by two numpy lookups (NOTE: [Stale
+operand lists]). In training, ``_flush`` first replaces each stale immediate by its concrete row, a
+view of round k's output tagged with its (arena, row), read the same way; the arena, not each row,
+is the input of the next flush. In training a round is one ``FlushFunction``
 whose outputs are its whole arenas, so those reads are autograd-connected: gradients flow from
 round k+1's flush into round k's, and decisions are ordinary Python. In inference the round keeps
 its arenas themselves (no copy); results that fill a whole arena in order are views of it.
@@ -39,7 +41,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 
+import numpy as np
 import torch
 from greenlet import GreenletExit, getcurrent, greenlet
 
@@ -74,12 +78,14 @@ class RoundResult:
     Looked up once per stale operand of every later round (NOTE: [Values across rounds]), so rows
     and arenas are Python lists and each arena's row views are made once, by one ``unbind``."""
 
-    __slots__ = ("graph", "value_row", "value_arena", "arenas", "_rows", "_plain", "_items")
+    __slots__ = ("graph", "value_row", "value_arena", "rows_np", "arenas_np", "arenas", "_rows", "_plain",
+                 "_items")
 
     def __init__(self, graph, value_row, value_arena, arenas):
         self.graph = graph            # the DataflowGraph (kept alive so its id is not reused)
         self.value_row = value_row.tolist()
         self.value_arena = value_arena.tolist()
+        self.rows_np, self.arenas_np = value_row, value_arena      # for whole operand lists at once
         self.arenas = arenas          # per arena: all rows (autograd-connected in training)
         self._rows: dict[int, list] = {}
         self._plain: dict[int, tuple] = {}
@@ -134,6 +140,14 @@ class RoundResult:
         return numbers[self.value_row[vid]]
 
 
+    def rows(self, vids: list) -> "tuple[int, np.ndarray] | None":
+        """(arena, rows) when the values ``vids`` all live in one arena of this round, else None."""
+        arena_ids = self.arenas_np[vids]
+        if len(arena_ids) and (arena_ids == arena_ids[0]).all():
+            return int(arena_ids[0]), self.rows_np[vids]
+        return None
+
+
 _UNBIND_ROWS = 256      # RoundResult._row_views: arenas up to this many rows are unbound at once
 
 
@@ -163,6 +177,9 @@ def _collector_paused():
             _gc_calls -= 1
             if _gc_calls == 0 and _gc_was_enabled:
                 gc.enable()
+
+
+_GRAPH_OF, _VID_OF = attrgetter("graph"), attrgetter("vid")
 
 
 @dataclass(slots=True)
@@ -305,14 +322,19 @@ class Hub:
     # *** one round: the Batcher's own flush, keeping every arena row reachable ***
     def _flush(self) -> None:
         batcher, rec, stats = self.batcher, self.rec, self.stats
-        self._resolve_stale_immediates(rec.graph.imms)
+        training = torch.is_grad_enabled()
+        if training:
+            # The flush finds the tensors it differentiates into among the immediates (api.py
+            # _instance_tensors): every stale value is its row view beforehand. In inference the
+            # executor asks ``stale_operand`` per operand list instead (NOTE: [Stale operand lists]).
+            self._resolve_stale_immediates(rec.graph.imms)
         graph = rec.graph.freeze()
         slot = _recorder._SLOT
         slot.rec = None
         try:
             schedule, layout, steps, counts = batcher._plan(graph, stats)
             start = time.perf_counter()
-            if torch.is_grad_enabled():
+            if training:
                 # Training: the round is one FlushFunction whose outputs are its whole arenas.
                 every_row = [(a, torch.arange(int(n), device=graph.device)) for a, n in enumerate(layout.arena_rows)]
                 arenas = batcher._run(graph, layout, steps, every_row, stats)
@@ -347,6 +369,26 @@ class Hub:
                     graph = x.graph
                     value = rounds[id(graph)].value
                 imms[i] = value(x.vid)
+
+    def stale_operand(self, values: list) -> "tuple[torch.Tensor, np.ndarray] | list":
+        """NOTE: [Stale operand lists] In inference a round's immediates keep its stale lazy values
+        (NOTE: [Values across rounds]) until the executor reads them, one operand list at a time
+        (runtime/executor.py ``_tensor_operand``): a list that is rows of one arena of one earlier
+        round (a decoder's states, its memory) is that arena and its row numbers, found by two numpy
+        lookups, with no row view made or looked up per value. Anything else (values of several rounds
+        or arenas, mixed with concrete tensors) comes back as the list of concrete tensors, each stale
+        value its tagged row view, as the training path resolves them all before the flush."""
+        try:
+            graphs = set(map(id, map(_GRAPH_OF, values)))
+        except AttributeError:          # a concrete tensor among them
+            graphs = None
+        if graphs is not None and len(graphs) == 1:
+            rr = self.rounds.get(graphs.pop())
+            if rr is not None and rr.graph is values[0].graph:
+                found = rr.rows(list(map(_VID_OF, values)))
+                if found is not None:
+                    return rr.arenas[found[0]], found[1]
+        return [self.resolve_stale(v, "an operand") if type(v) is _LazyValue else v for v in values]
 
     def _collect_results(self) -> list:
         """Per-instance results; each (round, arena) holding results is read with one index_select,

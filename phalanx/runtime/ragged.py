@@ -85,6 +85,24 @@ class SegmentKernel:
         return (out,)
 
 
+class PaddedStackKernel:
+    """``F.pad(torch.stack(xs), (0, .., 0, length - k), value=value)`` for a batch: every member row
+    written to (its row, its position) of a [B, length, *E] tensor of ``value``: one index_put."""
+
+    __slots__ = ("length", "value")
+    mode = "padded-stack"
+
+    def __init__(self, length: int, value: float):
+        self.length, self.value = length, value
+
+    def __call__(self, operands: list, size: int) -> tuple:
+        values, offsets = operands
+        seg, _ = offsets_info(offsets, len(values))
+        within = torch.arange(len(values), device=values.device) - offsets[:-1].index_select(0, seg)
+        out = values.new_full((size, self.length, *values.shape[1:]), self.value)
+        return (out.index_put((seg, within), values),)
+
+
 def _count_column(counts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``counts`` as a [B, 1, ...] column of ``out``'s dtype, to divide a segment sum by."""
     if counts.dtype == out.dtype and counts.dim() == out.dim():

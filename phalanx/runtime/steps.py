@@ -54,6 +54,7 @@ from operator import itemgetter
 import numpy as np
 import torch
 
+from ..frontend.value import LazyValue
 from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..ir.signature import ArgKind, Signature
@@ -276,6 +277,14 @@ def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
     """A list of per-instance tensors: rows of one earlier fiber round (one ``index_select``), one
     tensor shared by every row (broadcast), or a plain list (stacked when read)."""
     tensors = _pick(imms, (-1 - codes).tolist())
+    if _STALE in set(map(type, tensors)):
+        # Lazy values of an earlier fiber round, in inference (runtime/fibers.py, NOTE: [Stale
+        # operand lists]): rows of one arena are read from it; the hub resolves anything else.
+        from ..frontend.recorder import _SLOT
+        found = _SLOT.hub.stale_operand(tensors)
+        if type(found) is tuple:
+            return (EXTERNAL, found[0], _to_device(torch.from_numpy(found[1]), device))
+        tensors = found
     head = tensors[0]
     origin = getattr(head, "_phalanx_origin", None)
     if origin is not None and all(getattr(t, "_phalanx_origin", _NO_ORIGIN)[0] is origin[0] for t in tensors):
@@ -288,6 +297,7 @@ def _tensor_operand(imms: list, codes: np.ndarray, size: int, device):
 
 
 _NO_ORIGIN = (None, None)
+_STALE = LazyValue
 
 _NUMPY_DTYPE = {torch.int64: np.int64, torch.int32: np.int32, torch.float32: np.float32, torch.float64: np.float64,
                 torch.bool: np.bool_}

@@ -104,22 +104,23 @@ def _round_columns(batcher, instances) -> list:
     from phalanx.runtime import fibers
 
     rounds = []
-    original = fibers.Hub._resolve_stale_immediates
+    original = fibers.Hub._flush
 
-    def capture(self, imms):
+    def capture(self):
         g = self.rec.graph
+        imms = g.imms
         rounds.append({"names": [g.table.sigs[s].name for s in g.node_sig], "depth": list(g.node_depth),
                        "arg_start": list(g.arg_start), "arg_code": list(g.arg_code), "values": g.num_values,
                        "imms": [("stale", x.vid, repr(x.aval)) if type(x) is LazyValue
                                 else x.tolist() if isinstance(x, torch.Tensor) else x for x in imms]})
-        return original(self, imms)
+        return original(self)
 
-    fibers.Hub._resolve_stale_immediates = capture
+    fibers.Hub._flush = capture
     try:
         with torch.no_grad():
             batcher(instances)
     finally:
-        fibers.Hub._resolve_stale_immediates = original
+        fibers.Hub._flush = original
     return rounds
 
 

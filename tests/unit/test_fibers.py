@@ -380,3 +380,78 @@ def test_round_result_row_views_and_items():
         assert rr.value(vid) is view
     assert rr.item(4) == 9 and type(rr.item(4)) is int
     assert rr.item(5) == vectors[1, 0].item()
+
+
+def _mixed_sources(lin):
+    """Each instance ends by reading a value chosen by its own decisions: its round-0 state, its
+    last state (of a later round) or a concrete tensor, so one operand list of the last flushes
+    mixes rounds, arenas and concrete tensors (NOTE: [Stale operand lists])."""
+
+    def fn(x):
+        first = torch.tanh(lin(x))
+        h, n = first, 0
+        while h.sum() > -1 and n < 3:
+            h = torch.tanh(lin(h))
+            n += 1
+        src = first if n % 2 == 0 else h
+        if x[0] > 0.9:
+            src = torch.full((4,), 0.5)
+        return lin(src) + h
+
+    return fn
+
+
+def test_stale_operand_lists_match_eager(monkeypatch):
+    """In inference an operand list of stale values of ONE round arena is read from that arena with
+    no row view made (two numpy lookups); lists mixing rounds, arenas or concrete tensors fall back
+    to row views. Either way outputs equal the eager loop's, and training is unchanged."""
+    from phalanx.runtime import fibers
+
+    made = []
+    original = fibers.RoundResult.value
+
+    def counting(self, vid):
+        made.append(vid)
+        return original(self, vid)
+
+    monkeypatch.setattr(fibers.RoundResult, "value", counting)
+    torch.manual_seed(9)
+    lin = torch.nn.Linear(4, 4)
+
+    def uniform(x):
+        memory = torch.tanh(lin(x))
+        h, n = memory, 0
+        while h.sum() > -1 and n < 3:
+            h = torch.tanh(lin(h) + memory)
+            n += 1
+        return h
+
+    batcher = assert_matches_eager(uniform, inputs(10, 9))
+    assert batcher.stats.fibers.rounds >= 3 and made == []        # every list: one arena of one round
+
+    fn = _mixed_sources(lin)
+    xs = inputs(11, 12) + [torch.tensor([1.0, 0.2, 0.3, 0.4])]
+    batcher = assert_matches_eager(fn, xs)
+    assert made, "some operand list mixes rounds or concrete tensors: resolved row by row"
+    assert_matches_eager(fn, xs, params=list(lin.parameters()), train=True)
+    assert_matches_eager(fn, [])
+    assert_matches_eager(fn, xs[:1])
+
+
+def test_stale_value_of_a_finished_run_is_refused():
+    """A lazy value kept from an earlier call is not a stale value of this one: a clear error."""
+    lin = torch.nn.Linear(4, 4)
+    kept = []
+
+    def fn(x):
+        h = lin(x)
+        if h.sum() > 100:           # one decision: h is a stale value of round 0 afterwards
+            h = h * 2
+        kept.append(h)
+        return lin(kept[0]) if len(kept) > 1 else h
+
+    batcher = phalanx.Batcher(fn)
+    with torch.no_grad():
+        batcher([torch.ones(4)])
+        with pytest.raises(phalanx.errors.PhalanxError, match="finished phalanx run"):
+            batcher([torch.ones(4)])

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import torch.nn.functional as F
 from torch import nn
 
 import phalanx
@@ -288,3 +289,53 @@ def test_the_ragged_fast_path_records_what_the_general_path_records(monkeypatch)
     monkeypatch.undo()
     assert_matches_eager(_mixed_calls, instances, batcher=batcher)
     assert_matches_eager(_mixed_calls, instances, params=[], train=True, batcher=batcher)
+
+
+class Padded(nn.Module):
+    """An attention memory: the states of a variable-length sequence, stacked and padded at the end
+    to a fixed number of rows (``pad`` is how; ``value`` the fill)."""
+
+    def __init__(self, rows=6, pad="end", value=0.0):
+        super().__init__()
+        self.rows, self.pad, self.value = rows, pad, value
+        self.lin = nn.Linear(H, H)
+
+    def forward(self, xs):
+        states = [torch.tanh(self.lin(x)) for x in xs]
+        p = self.rows - len(states)
+        widths = {"end": (0, 0, 0, p), "front": (0, 0, p, 0), "last dim": (0, 1, 0, 0)}[self.pad]
+        memory = F.pad(torch.stack(states), widths, value=self.value)
+        return torch.tanh(memory * 2).sum(-1)
+
+
+def _pad_instances(seed, lengths):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(H, generator=gen) for _ in range(k)] for k in lengths]
+
+
+@settings(max_examples=8, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=0, max_size=5), seed=st.integers(0, 2**16),
+       value=st.sampled_from([0.0, -1.5]))
+def test_end_padded_stack_is_one_op_type_and_matches_eager(lengths, seed, value):
+    torch.manual_seed(seed)
+    model = Padded(value=value)
+    instances = _pad_instances(seed, lengths)
+    batcher = assert_matches_eager(model, instances, batcher=phalanx.Batcher(model, verify=True, profile=True))
+    assert_matches_eager(model, instances, params=model.parameters(), train=True)
+    if instances:
+        names = set(batcher.stats.per_op)
+        assert "op ragged pad[6]" in names and "op torch.stack" not in names
+        with torch.no_grad():
+            batcher(instances)
+        kernels = {sig.kernel.mode for sig in batcher.table.sigs if sig.name.startswith("op ragged pad")}
+        assert kernels == {"padded-stack"}
+
+
+@pytest.mark.parametrize("pad", ["front", "last dim"])
+def test_other_paddings_of_a_stack_record_the_ordinary_stack(pad):
+    torch.manual_seed(1)
+    model = Padded(pad=pad)
+    instances = _pad_instances(2, [1, 4, 2])
+    batcher = assert_matches_eager(model, instances, batcher=phalanx.Batcher(model, profile=True))
+    assert_matches_eager(model, instances, params=model.parameters(), train=True)
+    assert "op torch.stack" in batcher.stats.per_op and not any("ragged" in n for n in batcher.stats.per_op)
