@@ -111,15 +111,11 @@ class RecordingCache:
         imm_at = first_imm + np.cumsum(nimms) - nimms
         arg_at = first_arg + np.cumsum(args) - args
         codes = np.concatenate([b.arg_code for b in blocks])
-        shift = np.where(codes >= 0, np.repeat(value_at, args), -np.repeat(imm_at, args))
-        g.node_sig.extend(np.concatenate([b.node_sig for b in blocks]).tolist())
-        g.node_depth.extend(np.concatenate([b.depth for b in blocks]).tolist())
-        g.arg_code.extend((codes + shift).tolist())
-        g.arg_start.extend((np.concatenate([b.arg_ends for b in blocks]) + np.repeat(arg_at, nodes)).tolist())
-        g.num_values = first_value + int(nvals.sum())
-        imms = g.imms
+        codes += np.where(codes >= 0, np.repeat(value_at, args), -np.repeat(imm_at, args))
+        g.splice(np.concatenate([b.node_sig for b in blocks]), np.concatenate([b.depth for b in blocks]),
+                 np.concatenate([b.arg_ends for b in blocks]) + np.repeat(arg_at, nodes), codes,
+                 [x for b in blocks for x in b.imms], int(nvals.sum()))
         for (i, b), at, v0 in zip(hits, node_at.tolist(), value_at.tolist(), strict=True):
-            imms.extend(b.imms)
             _append_runs(g.inst_runs, at, i)
             for rel, phase in b.phase_runs:
                 _append_runs(g.phase_runs, at + rel, phase)
@@ -139,7 +135,9 @@ class RecordingCache:
                 repeated.add(inst)
             elif inst not in runs or end > first:
                 runs[inst] = (first, end)
-        raw_depth = as_array(g.node_depth)
+        raw_depth = as_array(g.node_depth)     # as recorded (the frozen graph's may be renumbered)
+        if g.spliced is not None:
+            raw_depth = np.concatenate((raw_depth, g.spliced[1]))
         stored = 0
         for i, instance in enumerate(instances):
             if i in skip or i in repeated or not _cacheable(instance):
