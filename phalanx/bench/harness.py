@@ -202,7 +202,7 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
         if impl.stats:
             keys = ("nodes", "batches", "lower_bound", "operand_lists", "in_place", "gathers", "gather_bytes",
                     "output_blocks", "scattered_outputs", "record_s", "schedule_s", "plan_s", "execute_s",
-                    "backward_s", "record_us_per_node")
+                    "backward_s", "record_us_per_node", "reused")
             row.update({k: statistics.median(s[k] for s in impl.stats) for k in keys})
             if impl.stats[0].get("fibers") is not None:     # flush rounds per call (runtime/fibers.py)
                 row["rounds"] = statistics.median(s["fibers"]["rounds"] for s in impl.stats)
