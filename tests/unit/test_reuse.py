@@ -179,3 +179,38 @@ def _shared_model():
     if not _MODEL:
         _MODEL.append(treelstm())
     return _MODEL[0]
+
+
+def test_evicted_op_types_record_again_and_renumbered_ones_replay():
+    lin = torch.nn.Linear(1, 1)
+
+    def fn(x):                          # one op type per length: tanh over a tensor of that length
+        return torch.tanh(lin(x.unsqueeze(-1))).sum(0)
+
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, generator=gen) for n in (1, 2, 3, 4, 5, 6)]
+    b = phalanx.Batcher(fn, reuse=True, verify=True)
+    b(xs)
+    b(xs[-2:])                          # used most recently: their op types survive the eviction
+    recent = sum(s.last_call == b.table.calls for s in b.table.sigs)
+    assert len(b.table.sigs) > 2 * recent
+    b.table.max_signatures = 2 * recent         # the next call keeps exactly those
+    before = {id(s): s.sid for s in b.table.sigs}
+    assert_matches_eager(fn, xs, batcher=b)     # evicts the least recently used half first
+    assert b.stats.reused == 2
+    assert any(before.get(id(s), s.sid) != s.sid for s in b.table.sigs), "no op type was renumbered"
+
+
+def test_a_graph_takes_one_splice():
+    m = treelstm()
+    xs = trees(9, [2, 3])
+    b = phalanx.Batcher(m, reuse=True)
+    b(xs)
+    from phalanx.frontend.recorder import Recorder
+
+    rec = Recorder(b.table)
+    b.reuse.begin_call(b.table)
+    hits = [(i, b.reuse.lookup(x, b.table)) for i, x in enumerate(xs)]
+    b.reuse.replay(rec, hits, [None, None])
+    with pytest.raises(PhalanxError, match="one splice"):
+        b.reuse.replay(rec, hits, [None, None])
