@@ -127,13 +127,13 @@ class Batcher:
         hub = Hub(self, stats)
         rec, outputs = hub.record(instances)
         stats.fibers = hub.fiber_stats
+        stats.reused = len(hub.replayed)
         if hub.results is not None:
             table.end_call(hub.used_sids)
             stats.record_s += time.perf_counter() - t0 - stats.schedule_s - stats.plan_s - stats.execute_s
             return hub.results
         graph = rec.graph.freeze()
         if self.reuse is not None:      # NOTE: [Recording reuse]
-            stats.reused = len(hub.replayed)
             self.reuse.store(instances, rec, graph, outputs, {i for i, _ in hub.replayed})
         t1 = time.perf_counter()
         stats.nodes, stats.values = graph.num_nodes, graph.num_values

@@ -123,6 +123,27 @@ def test_fiber_calls_are_not_cached():
     assert b.stats.reused == 0
 
 
+def test_replayed_instances_join_a_call_whose_other_instances_decide():
+    lin = torch.nn.Linear(3, 3)
+
+    def maybe_decide(example):
+        x, decides = example
+        h = torch.tanh(lin(x))
+        if decides and h.sum() > 0:      # only flagged instances force a value (fibers)
+            h = torch.tanh(lin(h))
+        return h
+
+    gen = torch.Generator().manual_seed(1)
+    plain = [(torch.randn(3, generator=gen), False) for _ in range(3)]
+    b = phalanx.Batcher(maybe_decide, reuse=True)
+    b(plain)
+    assert len(b.reuse) == 3
+    mixed = [plain[1], (torch.randn(3, generator=gen), True), plain[0], (-torch.ones(3), True)]
+    assert_matches_eager(maybe_decide, mixed, batcher=b)
+    assert b.stats.reused == 2 and b.stats.fibers.decisions == [0, 1, 0, 1]
+    assert_matches_eager(maybe_decide, mixed, params=list(lin.parameters()), train=True, batcher=b)
+
+
 def test_shared_objects_are_never_keys_and_the_cache_is_bounded():
     leaf = torch.nn.Linear(1, 2)
 
