@@ -20,6 +20,7 @@ from .cells.options import CellOptions
 from .errors import PhalanxError
 from .frontend.recorder import rediscover_captured
 from .frontend.recording import model_device, model_of, record_instances
+from .frontend.reuse import RecordingCache
 from .frontend.value import LazyValue
 from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
@@ -64,6 +65,13 @@ class Batcher:
       is probed either way.
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
+    - ``reuse``: ``True`` (or the number of instances to keep, default 65536) replays the recording
+      of an instance object seen in an earlier call instead of running ``fn`` on it again (epochs
+      over a fixed dataset; NOTE: [Recording reuse], frontend/reuse.py). Opt-in, because phalanx
+      cannot check the contract: instances are not mutated between calls, and ``fn`` depends only
+      on the instance and the model (no Python randomness or side effects). Recordings are dropped
+      when the model's structure changes and are not used under other training flags; instances
+      of a call with fibers are never reused. ``stats.reused`` counts the replayed instances.
 
     ``batcher(instances)`` returns a list with one result per instance, in order. ``batcher.stats``
     describes the last call (see ``phalanx.Stats``). The recorder belongs to the calling thread
@@ -81,7 +89,8 @@ class Batcher:
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
                  lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False,
                  max_signatures: int = 4096, table: SignatureTable | None = None,
-                 device: "str | torch.device | None" = None, cells: "CellOptions | bool" = False):
+                 device: "str | torch.device | None" = None, cells: "CellOptions | bool" = False,
+                 reuse: "bool | int" = False):
         self.fn = fn
         self.device = torch.device(device) if device is not None else None
         self.plan_objective = plan_objective
@@ -93,6 +102,7 @@ class Batcher:
         root = model_of(fn)
         self.table = table if table is not None else SignatureTable(root, max_signatures, CellOptions.resolve(cells))
         self.stats = Stats(policy=self.policy.name)
+        self.reuse = None if reuse is False else RecordingCache() if reuse is True else RecordingCache(reuse)
         self._lock = threading.Lock()
 
     def __call__(self, instances: Iterable[Any]) -> list:
@@ -109,18 +119,23 @@ class Batcher:
         table = self.table
         table.begin_call()          # NOTE: [What an op type may cache] (ir/signature.py)
         t0 = time.perf_counter()
+        if self.reuse is not None:
+            self.reuse.begin_call(table)
         # Instances run as fibers (runtime/fibers.py): if one forces a lazy value, the hub flushes
         # round by round and returns the results; otherwise it returns what was recorded, and
         # this call flushes once, below (NOTE: [Lazy fibers]: no decisions, no extra cost).
         hub = Hub(self, stats)
         rec, outputs = hub.record(instances)
         stats.fibers = hub.fiber_stats
+        stats.reused = len(hub.replayed)
         if hub.results is not None:
             table.end_call(hub.used_sids)
             stats.record_s += time.perf_counter() - t0 - stats.schedule_s - stats.plan_s - stats.execute_s
             return hub.results
-        t1 = time.perf_counter()
         graph = rec.graph.freeze()
+        if self.reuse is not None:      # NOTE: [Recording reuse]
+            self.reuse.store(instances, rec, graph, outputs, {i for i, _ in hub.replayed})
+        t1 = time.perf_counter()
         stats.nodes, stats.values = graph.num_nodes, graph.num_values
         stats.op_types = len(graph.used_sids)
         schedule, layout, steps, counts = self._plan(graph, stats)

@@ -25,7 +25,8 @@ def _settings(args):
     from .bench.suite import Settings
 
     chosen = dict(policies=tuple(args.policy), plans=tuple(False if p == "off" else p for p in args.plan),
-                  plan_objective=args.plan_objective, cells=tuple(c == "on" for c in args.cells), train=args.train, seed=args.seed, threads=args.threads,
+                  plan_objective=args.plan_objective, cells=tuple(c == "on" for c in args.cells),
+                  reuse=tuple(r == "on" for r in args.reuse), train=args.train, seed=args.seed, threads=args.threads,
                   peers=tuple(args.peers), policy_file=args.policy_file)
     for name in ("fsm_seconds", "fsm_episodes"):
         if getattr(args, name) is not None:
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cells", nargs="+", default=["off"], choices=["off", "on"],
                        help="Batcher(cells=...) to compare: off (the cells' own code, default) and/or on (traced "
                        "programs: input split, hoisting, merged matmuls, in-place inference); 'on' rows end in +cells")
+    bench.add_argument("--reuse", nargs="+", default=["off"], choices=["off", "on"],
+                       help="Batcher(reuse=...) to compare: on replays each instance's recording from an earlier "
+                       "epoch (every batch is seen once before timing); 'on' rows end in +reuse")
     bench.add_argument("--train", action="store_true", help="time forward + backward + SGD step")
     bench.add_argument("--batches", type=int, help="distinct mini-batches of real data (default: 4; --quick: 1)")
     bench.add_argument("--repeats", type=int, help="timed rounds over those mini-batches (default: 3; --quick: 2)")

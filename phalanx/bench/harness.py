@@ -100,10 +100,10 @@ def make_optimizer(params) -> torch.optim.Optimizer:
 
 
 def build_impls(workload: Workload, policies: list, train: bool, plans=(False,), objective: str = "bytes",
-                cells=(False,)) -> list[Impl]:
+                cells=(False,), reuse=(False,)) -> list[Impl]:
     impls = []
 
-    def make(name, build=None, policy=None, plan=False, traced=False):
+    def make(name, build=None, policy=None, plan=False, traced=False, reused=False):
         model = workload.copy_model()
         model.train(train)
         batcher = None
@@ -111,7 +111,7 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
             run, owner = build(model, train)
         else:
             batcher = Batcher(workload.phalanx_fn(model, train), policy=make_policy(policy), plan=plan,
-                              plan_objective=objective, cells=traced)
+                              plan_objective=objective, cells=traced, reuse=reused)
             run, owner = batcher, model
         params = [p for p in owner.parameters() if p.requires_grad]
         optimizer = make_optimizer(params) if train else None
@@ -122,9 +122,11 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
     for policy in policies:
         for plan in plans:
             for traced in cells:
-                suffix = (f"+plan:{plan}" + ("" if objective == "bytes" else f"/{objective}")) if plan else ""
-                suffix += "+cells" if traced else ""
-                make(f"phalanx[{getattr(policy, 'name', policy)}{suffix}]", policy=policy, plan=plan, traced=traced)
+                for reused in reuse:
+                    suffix = (f"+plan:{plan}" + ("" if objective == "bytes" else f"/{objective}")) if plan else ""
+                    suffix += ("+cells" if traced else "") + ("+reuse" if reused else "")
+                    make(f"phalanx[{getattr(policy, 'name', policy)}{suffix}]", policy=policy, plan=plan,
+                         traced=traced, reused=reused)
     return impls
 
 
@@ -151,12 +153,18 @@ def measure(workload: Workload, impls: list[Impl], train: bool, repeats: int, pr
     """Warm every implementation up on the first batch, then time ``repeats`` rounds over all batches;
     the per-instance loops (``PER_INSTANCE_LOOPS``) only in the first ``loop_repeats`` of them (None:
     all): their cost per instance does not depend on the batch, and on the slow models they would
-    take most of the benchmark's time."""
+    take most of the benchmark's time. A Batcher with ``reuse`` also sees every other batch once,
+    without gradients (no optimizer step, so its losses stay comparable): its timed rounds are the
+    epochs after the first, where every instance replays its recording."""
     for impl in impls:
         if impl.peer is not None:
             impl.peer.time_batch(0)
         else:
             step(impl, workload.batches[0], train, workload.reduce)
+            if getattr(impl.batcher, "reuse", None) is not None:
+                with torch.no_grad():
+                    for batch in workload.batches[1:]:
+                        impl.batcher(batch)
         if progress:
             progress(f"warm-up {impl.name}")
     for round_ in range(repeats):
@@ -194,7 +202,7 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
         if impl.stats:
             keys = ("nodes", "batches", "lower_bound", "operand_lists", "in_place", "gathers", "gather_bytes",
                     "output_blocks", "scattered_outputs", "record_s", "schedule_s", "plan_s", "execute_s",
-                    "backward_s", "record_us_per_node")
+                    "backward_s", "record_us_per_node", "reused")
             row.update({k: statistics.median(s[k] for s in impl.stats) for k in keys})
             if impl.stats[0].get("fibers") is not None:     # flush rounds per call (runtime/fibers.py)
                 row["rounds"] = statistics.median(s["fibers"]["rounds"] for s in impl.stats)

@@ -27,6 +27,7 @@ class Settings:
     plans: tuple = (False,)
     plan_objective: str = "bytes"
     cells: tuple[bool, ...] = (False,)
+    reuse: tuple[bool, ...] = (False,)
     train: bool = False
     seed: int = 0
     threads: int = 1
@@ -53,7 +54,7 @@ class Settings:
 def progress_units(settings: Settings, model: str) -> int:
     """Steps ``run_workload`` reports for one batch size (warm-ups and timed steps, peers included),
     at most: a model without fsm (fibers) or with a per-instance baseline (no-fibers) takes fewer."""
-    impls = 1 + len(settings.policies) * len(settings.plans) * len(settings.cells) + len(_peer_strategies(settings))
+    impls = 1 + len(settings.policies) * len(settings.plans) * len(settings.cells) * len(settings.reuse) + len(_peer_strategies(settings))
     eager = min(settings.repeats, settings.repeats if settings.eager_repeats is None else settings.eager_repeats)
     batches = settings.batches_of(model)
     return impls * (1 + settings.repeats * batches) + 1 + eager * batches
@@ -85,7 +86,7 @@ def run_workload(model: str, batch_size: int, settings: Settings,
     policies, facts = harness.resolve_policies(workload, names, settings.train, settings.policy_file, settings.seed,
                                                settings.fsm_episodes, settings.fsm_seconds)
     impls = harness.build_impls(workload, policies, settings.train, list(settings.plans), settings.plan_objective,
-                                 list(settings.cells))
+                                 list(settings.cells), list(settings.reuse))
     peers = start_peers(model, batch_size, settings, payload["notes"])
     try:
         harness.measure(workload, impls + peers, settings.train, settings.repeats, progress=progress,

@@ -14,7 +14,7 @@ from ..ir.signature import ArgKind
 from . import hoist as hoisting
 from .merge import accumulate_gemms, eliminate_common_subexpressions, fuse_bias_adds, merge_matmuls
 from .options import CellOptions
-from .simplify import drop_shape_round_trips
+from .simplify import drop_shape_round_trips, fuse_gate_activations
 from .program import CellProgram, HoistCache, ParamReader, graph_program
 from .sparse import rewrite_embeddings
 from .split import dependence, split_graph
@@ -80,6 +80,8 @@ def _build(traced: TracedCell, options: CellOptions, reader: ParamReader) -> Cel
         graph = hoisting.main_graph(graph, outputs, shared, 1 + num_params)
         info["hoisted"] = len(outputs)
     graph.eliminate_dead_code()
+    if options.merge:
+        info["fused_gates"] = fuse_gate_activations(graph)     # NOTE: [Fused gate activations]
     info["ops"] = sum(1 for n in graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload))
     program = CellProgram(traced.name, "traced", options, traced.in_avals, traced.out_avals, traced.out_spec,
                           reader, hoist, graph_program(graph), info, graph, 1 + num_params + info.get("hoisted", 0))

@@ -15,7 +15,8 @@ class CellOptions:
       concatenations) once, cached while the parameters are unchanged.
     - ``merge``: fold bias adds into the GEMM (``addmm``), merge matmuls that read the same input
       into one with a concatenated weight, and let a GEMM accumulate into another whose result it
-      is added to (NOTE: [Accumulated GEMMs] in merge.py).
+      is added to (NOTE: [Accumulated GEMMs] in merge.py), and run one activation over adjacent
+      gate chunks of a split (NOTE: [Fused gate activations] in simplify.py).
     - ``split``: allow ``CellProgram.auto_split`` to cut the cell into a prefix over some operands
       and the rest (the recorder decides where; see ``split.py``).
     - ``inplace``: under no_grad, elementwise ops overwrite the program's own temporaries instead of

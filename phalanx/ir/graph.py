@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from ..errors import PhalanxError
 from .aval import AVal
 from .columns import Columns, as_array
 from .signature import Signature, SignatureTable
@@ -31,7 +32,7 @@ class DataflowGraph(Columns):
     """Append-only store written by the recorder. See the module docstring for the layout; the
     node columns and the recording fast path live in ``Columns`` (ir/columns.py, native when built)."""
 
-    __slots__ = ("table", "inst_runs", "phase_runs", "device")
+    __slots__ = ("table", "inst_runs", "phase_runs", "device", "spliced")
 
     def __init__(self, table: SignatureTable, device: "torch.device | None" = None):
         super().__init__()
@@ -40,9 +41,22 @@ class DataflowGraph(Columns):
         # Instance and phase change rarely, so they are stored as runs: (first node, value).
         self.inst_runs: list[tuple[int, int]] = []
         self.phase_runs: list[tuple[int, int]] = []
+        self.spliced = None     # nodes appended as arrays by splice(), after the columns
 
     def __len__(self) -> int:
-        return len(self.node_sig)
+        return len(self.node_sig) + (len(self.spliced[0]) if self.spliced is not None else 0)
+
+    def splice(self, node_sig: np.ndarray, node_depth: np.ndarray, arg_ends: np.ndarray, arg_code: np.ndarray,
+               imms: list, num_values: int) -> None:
+        """Append nodes given as arrays (reused recordings, NOTE: [Recording reuse] in
+        frontend/reuse.py): ``arg_ends`` and the value ids in ``arg_code`` already count what the
+        graph holds. They are joined to the columns at ``freeze``, so splice is the last append of
+        a graph (the caller adds the instance and phase runs)."""
+        if self.spliced is not None:
+            raise PhalanxError("a graph takes one splice, after every other node")
+        self.spliced = (node_sig, node_depth, arg_ends, arg_code)
+        self.imms.extend(imms)
+        self.num_values += num_values
 
     def set_instance(self, inst: int, phase: int = 0) -> None:
         """Nodes appended from now on belong to instance ``inst`` and phase ``phase``."""
@@ -64,7 +78,12 @@ class DataflowGraph(Columns):
 
     def freeze(self) -> "GraphArrays":
         sigs = list(self.table.sigs)
-        node_sig = as_array(self.node_sig)
+        node_sig, node_depth = as_array(self.node_sig), as_array(self.node_depth)
+        arg_start, arg_code = as_array(self.arg_start), as_array(self.arg_code)
+        if self.spliced is not None:
+            more_sig, more_depth, more_ends, more_code = self.spliced
+            node_sig, node_depth = np.concatenate((node_sig, more_sig)), np.concatenate((node_depth, more_depth))
+            arg_start, arg_code = np.concatenate((arg_start, more_ends)), np.concatenate((arg_code, more_code))
         # Per-value columns, vectorized: value k of node n has the k-th output aval of its sig. Only
         # the op types this graph uses are visited, so the cost does not grow with the table.
         used = np.flatnonzero(np.bincount(node_sig)) if len(node_sig) else node_sig     # sorted, like unique
@@ -86,12 +105,12 @@ class DataflowGraph(Columns):
         return GraphArrays(
             sigs=sigs,
             node_sig=node_sig,
-            node_depth=_dense_depth(as_array(self.node_depth), self.phase_runs),
+            node_depth=_dense_depth(node_depth, self.phase_runs),
             node_inst=_expand_runs(self.inst_runs, len(node_sig)),
             node_phase=_expand_runs(self.phase_runs, len(node_sig)),
             node_first_value=node_first_value,
-            arg_start=as_array(self.arg_start),
-            arg_code=as_array(self.arg_code),
+            arg_start=arg_start,
+            arg_code=arg_code,
             imms=self.imms,
             value_node=value_node,
             value_aval_id=value_aval_id,

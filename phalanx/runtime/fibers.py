@@ -222,6 +222,7 @@ class Hub:
         self.instances, self.next = instances, 0
         self.rec = first = _recorder.Recorder(table, self.device, self.token)
         self.outputs: list = [None] * len(instances)
+        self.replayed: list = []     # (instance, recording reused from an earlier call): NOTE: [Recording reuse]
         self.fiber_stats.decisions = [0] * len(instances)
         self.main = getcurrent()
         exposed = expose_submodules(table.root)
@@ -242,6 +243,8 @@ class Hub:
 
     def _record_all(self, first):
         self._drive_new_instances()
+        if self.replayed:
+            self.batcher.reuse.replay(first, self.replayed, self.outputs)
         if not self.waiting:
             self.fiber_stats.rounds = 1
             return first, self.outputs
@@ -275,7 +278,12 @@ class Hub:
         while self.next < len(self.instances):
             i = self.next
             self.next = i + 1
-            self.outputs[i] = record_one(batcher.fn, self.rec, i, self.instances[i], batcher.lazy_inputs)
+            instance, reuse = self.instances[i], batcher.reuse
+            block = reuse.lookup(instance, batcher.table) if reuse is not None else None
+            if block is not None:       # NOTE: [Recording reuse]: appended once every instance ran
+                self.replayed.append((i, block))
+                continue
+            self.outputs[i] = record_one(batcher.fn, self.rec, i, instance, batcher.lazy_inputs)
             if self.driver is not me:
                 return                 # this driver became instance i's fiber; a new one took over
 

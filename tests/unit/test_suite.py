@@ -57,3 +57,20 @@ def test_cells_rows_run_traced_programs_beside_the_default():
     impls = harness.build_impls(workloads.WORKLOADS["treelstm"](3, 8, 1), ["depth"], False, cells=[False, True])
     traced = {impl.name: impl.batcher.table.cells is not None for impl in impls if impl.batcher is not None}
     assert traced == {"phalanx[depth]": False, "phalanx[depth+cells]": True}
+
+
+def test_reuse_rows_replay_every_timed_batch_and_are_never_the_headline():
+    settings = suite.Settings(hidden=8, batches=2, repeats=1, policies=("depth",), reuse=(False, True))
+    payload = suite.run_workload("treelstm", 3, settings)
+    rows = {r["impl"]: r for r in payload["rows"]}
+    assert set(rows) == {"eager", "manual", "phalanx[depth]", "phalanx[depth+reuse]"}
+    # primed on every batch during warm-up: every timed call replays all its instances
+    assert rows["phalanx[depth+reuse]"]["reused"] == 3 and rows["phalanx[depth]"]["reused"] == 0
+    from phalanx.bench import report
+
+    stages = dict.fromkeys(("record_s", "schedule_s", "plan_s", "execute_s"), 0.0)
+    fast = {"impl": "phalanx[depth+reuse]", "seconds_per_batch": 0.001, **stages}
+    slow = {"impl": "phalanx[depth]", "seconds_per_batch": 0.002, **stages}
+    gap = report.dynet_gap({"model": "treelstm", "hidden": 8, "batch_size": 3, "rows": [
+        fast, slow, {"impl": "dynet[agenda]", "seconds_per_batch": 0.004}]})
+    assert gap["phalanx"] == "phalanx[depth]"

@@ -1,0 +1,237 @@
+"""Reused recordings (frontend/reuse.py, NOTE: [Recording reuse]): an instance object run again
+replays its recording, and the results (outputs and gradients) stay those of the eager loop."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import phalanx
+from phalanx.errors import PhalanxError
+from phalanx.frontend.reuse import _append_runs, _renumber
+from phalanx.models import BiLSTMTagger, TreeLSTM
+from phalanx.data import synthetic
+from tests.oracle import assert_matches_eager
+from tests.property.test_zoo_oracle import MODELS, _forward_fn, instances, model
+from tests.unit.test_phase import EncodeDecode, sentences
+
+VOCAB = 30
+
+
+def trees(seed, sizes):
+    rng = synthetic.as_generator(seed)
+    return [synthetic.random_binary_tree(n, rng, VOCAB) for n in sizes]
+
+
+def treelstm():
+    torch.manual_seed(0)
+    return TreeLSTM(VOCAB, hidden=8, embed_dim=5)
+
+
+def test_a_second_call_replays_every_instance_and_matches_eager():
+    m = treelstm()
+    xs = trees(0, [1, 4, 7, 2, 5])
+    b = phalanx.Batcher(m, reuse=True, verify=True)
+    assert_matches_eager(m, xs, batcher=b)
+    assert b.stats.reused == 0 and len(b.reuse) == len(xs)
+    assert_matches_eager(m, xs, batcher=b)
+    assert b.stats.reused == len(xs)
+    assert b.stats.nodes == phalanx.Batcher(m).record(xs).num_nodes
+
+
+def test_replayed_and_recorded_instances_mix_in_any_order_with_gradients():
+    m = treelstm()
+    seen, new = trees(1, [3, 6, 1, 4]), trees(2, [5, 2, 7])
+    b = phalanx.Batcher(m.loss, reuse=True, verify=True)
+    labelled = [(t, i % 3) for i, t in enumerate(seen)]
+    b(labelled)
+    mixed = [labelled[2], (new[0], 1), labelled[0], (new[1], 0), (new[2], 2), labelled[3], labelled[2]]
+    assert_matches_eager(m.loss, mixed, params=list(m.parameters()), train=True, batcher=b)
+    assert b.stats.reused == 4          # labelled[2] twice, labelled[0], labelled[3]
+
+
+def test_every_zoo_model_replays_to_the_eager_results():
+    for name in MODELS:
+        m = model(name)
+        fn = _forward_fn(name, m)
+        xs = instances(name, 3, [2, 5, 1, 4])
+        b = phalanx.Batcher(fn, reuse=True, verify=True)
+        b(xs)
+        assert_matches_eager(fn, xs + xs[:2], batcher=b)
+        assert b.stats.reused == len(xs) + 2, name
+        trainer = phalanx.Batcher(m.loss, reuse=True, verify=True)
+        trainer(xs)
+        assert_matches_eager(m.loss, xs, params=list(m.parameters()), train=True, batcher=trainer)
+        assert trainer.stats.reused == len(xs), name
+
+
+def test_tagger_with_cells_replays_split_chains():
+    torch.manual_seed(0)
+    m = BiLSTMTagger(VOCAB, hidden=8, embed_dim=5)
+    rng = np.random.default_rng(0)
+    xs = [rng.integers(0, VOCAB, size=n).tolist() for n in (3, 1, 6, 4)]
+    b = phalanx.Batcher(m, reuse=True, cells=True, verify=True)
+    b(xs)
+    assert_matches_eager(m, list(reversed(xs)), batcher=b)
+    assert b.stats.reused == len(xs)
+
+
+def test_phases_are_replayed_with_their_runs():
+    torch.manual_seed(0)
+    m = EncodeDecode()
+    xs = sentences(4, 5)
+    b = phalanx.Batcher(m, reuse=True, verify=True)
+    b(xs)
+    assert_matches_eager(m, [xs[3], xs[0], xs[4]], params=list(m.parameters()), train=True, batcher=b)
+    assert b.stats.reused == 3
+    graph_phases = phalanx.Batcher(m).record([xs[3], xs[0], xs[4]]).node_phase
+    assert len(np.unique(graph_phases)) == 3
+
+
+def test_a_structure_change_or_other_training_flags_record_again():
+    m = treelstm()
+    xs = trees(5, [3, 4])
+    b = phalanx.Batcher(m, reuse=True, verify=True)
+    b(xs)
+    m.train(not m.training)             # other training flags: record again, then reuse those
+    assert_matches_eager(m, xs, batcher=b)
+    assert b.stats.reused == 0
+    assert_matches_eager(m, xs, batcher=b)
+    assert b.stats.reused == 2
+    m.internal = type(m.internal)(8)    # a replaced cell: the table is cleared, blocks are stale
+    assert_matches_eager(m, xs, batcher=b)
+    assert b.stats.reused == 0
+
+
+def test_fiber_calls_are_not_cached():
+    lin = torch.nn.Linear(3, 3)
+
+    def decide(x):
+        h = torch.tanh(lin(x))
+        if h.sum() > 0:                  # a decision on a lazy value: this call runs fibers
+            h = torch.tanh(lin(h))
+        return h
+
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(3, generator=gen) for _ in range(4)]
+    b = phalanx.Batcher(decide, reuse=True)
+    b(xs)
+    assert len(b.reuse) == 0
+    assert_matches_eager(decide, xs, batcher=b)
+    assert b.stats.reused == 0
+
+
+def test_replayed_instances_join_a_call_whose_other_instances_decide():
+    lin = torch.nn.Linear(3, 3)
+
+    def maybe_decide(example):
+        x, decides = example
+        h = torch.tanh(lin(x))
+        if decides and h.sum() > 0:      # only flagged instances force a value (fibers)
+            h = torch.tanh(lin(h))
+        return h
+
+    gen = torch.Generator().manual_seed(1)
+    plain = [(torch.randn(3, generator=gen), False) for _ in range(3)]
+    b = phalanx.Batcher(maybe_decide, reuse=True)
+    b(plain)
+    assert len(b.reuse) == 3
+    mixed = [plain[1], (torch.randn(3, generator=gen), True), plain[0], (-torch.ones(3), True)]
+    assert_matches_eager(maybe_decide, mixed, batcher=b)
+    assert b.stats.reused == 2 and b.stats.fibers.decisions == [0, 1, 0, 1]
+    assert_matches_eager(maybe_decide, mixed, params=list(lin.parameters()), train=True, batcher=b)
+
+
+def test_shared_objects_are_never_keys_and_the_cache_is_bounded():
+    leaf = torch.nn.Linear(1, 2)
+
+    def fn(x):
+        return leaf(torch.full((1,), float(x))) if isinstance(x, int) else leaf(x)
+
+    b = phalanx.Batcher(fn, reuse=2)
+    b([1, 2, 3])
+    assert len(b.reuse) == 0            # small ints are shared objects, not instances
+    xs = [torch.randn(1) for _ in range(5)]
+    b(xs)
+    assert len(b.reuse) == 2
+    assert_matches_eager(fn, xs, batcher=b)
+    assert b.stats.reused == 2          # the two most recently stored
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "yes"])
+def test_a_bad_reuse_bound_is_a_clear_error(bad):
+    with pytest.raises(PhalanxError, match="reuse"):
+        phalanx.Batcher(lambda x: x, reuse=bad)
+
+
+def test_renumbered_op_types_are_mapped():
+    node_sig = np.array([4, 7, 4, 9])
+    assert _renumber(node_sig, (4, 7, 9), (0, 1, 2)).tolist() == [0, 1, 0, 2]
+
+
+def test_runs_are_kept_as_set_instance_keeps_them():
+    runs = [(0, 0)]
+    _append_runs(runs, 3, 0)            # same value: nothing
+    _append_runs(runs, 3, 1)
+    _append_runs(runs, 3, 2)            # a zero-length run is replaced
+    _append_runs(runs, 5, 0)
+    assert runs == [(0, 0), (3, 2), (5, 0)]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 7), min_size=0, max_size=6), st.lists(st.integers(0, 5), max_size=8), st.booleans())
+def test_any_mix_of_seen_and_new_trees_matches_eager(sizes, picks, cells):
+    m = _shared_model()
+    seen = trees(7, sizes)
+    b = phalanx.Batcher(m, reuse=True, cells=cells, verify=True)
+    b(seen)
+    fresh = trees(8, [3, 1])
+    mixed = [seen[p] if p < len(seen) else fresh[p % 2] for p in picks]
+    assert_matches_eager(m, mixed, batcher=b)
+    assert b.stats.reused == sum(p < len(seen) for p in picks)
+
+
+_MODEL: list = []
+
+
+def _shared_model():
+    if not _MODEL:
+        _MODEL.append(treelstm())
+    return _MODEL[0]
+
+
+def test_evicted_op_types_record_again_and_renumbered_ones_replay():
+    lin = torch.nn.Linear(1, 1)
+
+    def fn(x):                          # one op type per length: tanh over a tensor of that length
+        return torch.tanh(lin(x.unsqueeze(-1))).sum(0)
+
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, generator=gen) for n in (1, 2, 3, 4, 5, 6)]
+    b = phalanx.Batcher(fn, reuse=True, verify=True)
+    b(xs)
+    b(xs[-2:])                          # used most recently: their op types survive the eviction
+    recent = sum(s.last_call == b.table.calls for s in b.table.sigs)
+    assert len(b.table.sigs) > 2 * recent
+    b.table.max_signatures = 2 * recent         # the next call keeps exactly those
+    before = {id(s): s.sid for s in b.table.sigs}
+    assert_matches_eager(fn, xs, batcher=b)     # evicts the least recently used half first
+    assert b.stats.reused == 2
+    assert any(before.get(id(s), s.sid) != s.sid for s in b.table.sigs), "no op type was renumbered"
+
+
+def test_a_graph_takes_one_splice():
+    m = treelstm()
+    xs = trees(9, [2, 3])
+    b = phalanx.Batcher(m, reuse=True)
+    b(xs)
+    from phalanx.frontend.recorder import Recorder
+
+    rec = Recorder(b.table)
+    b.reuse.begin_call(b.table)
+    hits = [(i, b.reuse.lookup(x, b.table)) for i, x in enumerate(xs)]
+    b.reuse.replay(rec, hits, [None, None])
+    with pytest.raises(PhalanxError, match="one splice"):
+        b.reuse.replay(rec, hits, [None, None])
