@@ -66,8 +66,9 @@ def _postpone_sinks(graph: GraphArrays, order, bounds, batches: list, sids: list
             lone.setdefault((sids[b], phases[b]), []).append(b)
     merged = [bs for bs in lone.values() if len(bs) > 1]
     if first_reader is not None:        # only where the deepest of them is before every reader
+        depth = graph.node_depth
         merged = [bs for bs in merged
-                  if first_reader[np.concatenate([batches[b] for b in bs])].min() > graph.node_depth[batches[bs[-1]][0]]]
+                  if first_reader[np.concatenate([batches[b] for b in bs])].min() > depth[batches[bs[-1]][0]]]
     if not merged:
         return batches, sids
     dropped = set()
