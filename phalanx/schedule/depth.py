@@ -11,7 +11,10 @@ root classifier batches at 26 root depths). So per (phase, op type), the sinks a
 non-sink of that type runs (they would otherwise need a batch of their own) move together to the
 deepest of those depths, when they span more than one: that type then runs one batch more than its
 non-sinks need, never more than before. Sinks that share a depth with non-sinks of their type stay
-there (they ride in that batch for free). Vectorized up to a Python pass over the batches.
+there (they ride in that batch for free). A node read only by nodes of other phases (an encoder's
+padded memory, read by the decoder phase) counts as a sink of its own phase, when the merged batch
+is still before every such reader (a lower-rank phase recorded back sits right after its operands).
+Vectorized up to a Python pass over the batches.
 """
 from __future__ import annotations
 
@@ -45,13 +48,27 @@ def _postpone_sinks(graph: GraphArrays, order, bounds, batches: list, sids: list
     """Merge the batches made only of sinks, per (op type, phase), into the last of them (NOTE:
     [Postponed sinks]): it is the deepest, so every merged node's operands are ready there."""
     codes = graph.arg_code
-    sink = np.bincount(graph.value_node[codes[codes >= 0]], minlength=graph.num_nodes) == 0
+    producer = graph.value_node[codes[codes >= 0]]
+    first_reader = None
+    if graph.num_nodes and graph.node_phase.min() != graph.node_phase.max():
+        # A node read only by nodes of other phases (an encoder memory read by the decoder) is a
+        # sink of its own phase: it may run anywhere up to its first reader's depth.
+        reader = np.repeat(np.arange(graph.num_nodes), np.diff(graph.arg_start))[codes >= 0]
+        other = graph.node_phase[reader] != graph.node_phase[producer]
+        first_reader = np.full(graph.num_nodes, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first_reader, producer[other], graph.node_depth[reader[other]])
+        producer = producer[~other]
+    sink = np.bincount(producer, minlength=graph.num_nodes) == 0
     only_sinks = np.logical_and.reduceat(sink[order], bounds[:-1]).tolist()
     lone: dict[tuple[int, int], list[int]] = {}
     for b, flag in enumerate(only_sinks):
         if flag:
             lone.setdefault((sids[b], phases[b]), []).append(b)
     merged = [bs for bs in lone.values() if len(bs) > 1]
+    if first_reader is not None:        # only where the deepest of them is before every reader
+        depth = graph.node_depth
+        merged = [bs for bs in merged
+                  if first_reader[np.concatenate([batches[b] for b in bs])].min() > depth[batches[bs[-1]][0]]]
     if not merged:
         return batches, sids
     dropped = set()
