@@ -9,7 +9,8 @@
  *              LazyValue subclasses it and adds every method.
  *   Columns    the append-only node columns of a DataflowGraph (ir/graph.py subclasses it), with
  *              append_call(cell, args): record a call of a cell whose op type the recorder has
- *              already resolved for this graph (fast_calls[cell] = (sid, pattern, out_avals, single)).
+ *              already resolved for this graph (fast_calls[cell] = (sid, pattern, out_avals, single,
+ *              split, next): a chain of the cell's op types, tried in turn, append_call_impl).
  *              It returns NotImplemented, having changed nothing, whenever anything differs from
  *              that pattern (a lazy value of another aval or graph, a number of another type,
  *              anything else): the Python recorder then takes the call.

@@ -12,16 +12,23 @@ copy through the buffer protocol (``as_array``).
 ``PHALANX_NATIVE=0`` in the environment selects the Python twin (tests compare the two).
 
 ``append_call(cell, args)`` records a call of a cell whose op type the recorder already resolved
-for this graph: ``fast_calls[cell] = (sid, pattern, out_avals, single)``, ``pattern`` holding per
-argument the interned AVal a lazy argument must have, ``INT_KEY`` / ``FLOAT_KEY`` for a Python
-int / float, or ``(TENSOR_KEY, aval)`` for a per-instance tensor operand: a plain ``torch.Tensor``
-of that aval, or a *stale* lazy value of that aval (recorded by an earlier fiber round of the same
-run: its graph's ``run`` is this graph's, not None; the hub resolves it to its concrete row when
-this graph is flushed, NOTE: [Values across rounds] in runtime/fibers.py). Numbers, tensors and
-stale values become immediate operands. It returns the call's lazy outputs (one value if ``single``,
-else a tuple), or ``NotImplemented`` having recorded nothing when any argument differs. A cell the
-recorder may split (NOTE: [Input split]) has a fifth item, ``(input depth, {kept-operands bit mask:
-parts or None})``: natively the split is recorded too; the twin leaves such calls to the recorder.
+for this graph: ``fast_calls[cell] = (sid, pattern, out_avals, single, split, next)``, ``pattern``
+holding per argument the interned AVal a lazy argument must have, ``INT_KEY`` / ``FLOAT_KEY`` for a
+Python int / float, or ``(TENSOR_KEY, aval)`` for a per-instance tensor operand: a plain
+``torch.Tensor`` of that aval, or a *stale* lazy value of that aval (recorded by an earlier fiber
+round of the same run: its graph's ``run`` is this graph's, not None; the hub resolves it to its
+concrete row when this graph is flushed, NOTE: [Values across rounds] in runtime/fibers.py).
+Numbers, tensors and stale values become immediate operands. ``next`` is None or the entry of
+another op type of the same cell, tried in turn (NOTE: [Fast entry chains] in
+frontend/recorder.py); the last two items may be missing. It returns the call's lazy outputs (one
+value if ``single``, else a tuple), or ``NotImplemented`` having recorded nothing when no entry
+matches. ``split`` is None, or for a cell the recorder may split (NOTE: [Input split]) ``(input
+depth, {kept-operands bit mask: parts or None})``: natively the split is recorded too; the twin
+leaves such calls to the recorder.
+
+``RecorderSlot`` holds the thread's active recorder and fibers hub (NOTE: [Native recorder slot]),
+``plain_items(items)`` tells whether every item is a plain number, string or None (what
+``Recorder.lazify`` need not look into).
 """
 from __future__ import annotations
 
