@@ -88,6 +88,14 @@ def _random_program(rng, size):
     return [rng.randrange(size) for _ in range(2 * size)]
 
 
+def random_program_instances(seed: int, count: int) -> list:
+    """``count`` instances of random programs (1-4 inputs each), reproducible from ``seed``."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    return [([torch.randn(3, generator=gen) for _ in range(size)], _random_program(rng, size))
+            for size in (rng.randint(1, 4) for _ in range(count))]
+
+
 def _run_program(instance):
     inputs, picks = instance
     values = [lift(x) for x in inputs]
@@ -99,12 +107,7 @@ def _run_program(instance):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), count=st.integers(0, 6), policy=st.sampled_from(["depth", "agenda"]))
 def test_random_structures_match_eager_and_layouts_are_permutations(seed, count, policy):
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
-    instances = []
-    for _ in range(count):
-        size = rng.randint(1, 4)
-        instances.append(([torch.randn(3, generator=gen) for _ in range(size)], _random_program(rng, size)))
+    instances = random_program_instances(seed, count)
     batcher = phalanx.Batcher(_run_program, policy=policy, verify=True)
     assert_matches_eager(_run_program, instances, batcher=batcher, policy=policy)
     if not count:
@@ -177,11 +180,7 @@ def _check_against_references(graph, schedule):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), count=st.integers(0, 6), policy=st.sampled_from(["depth", "agenda"]))
 def test_reader_order_and_rows_equal_the_reference_on_random_programs(seed, count, policy):
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
-    instances = [([torch.randn(3, generator=gen) for _ in range(size)], _random_program(rng, size))
-                 for size in (rng.randint(1, 4) for _ in range(count))]
-    graph = phalanx.Batcher(_run_program, policy=policy).record(instances)
+    graph = phalanx.Batcher(_run_program, policy=policy).record(random_program_instances(seed, count))
     _check_against_references(graph, schedule_graph(graph, policy))
 
 

@@ -19,7 +19,7 @@ from phalanx.models import BiLSTMTagger, TreeLSTM
 from phalanx.runtime.steps import (BROADCAST, EXTERNAL, GATHER, NUMBERS, SCATTER, SLICE, TENSORS, _number_tensor,
                                    build_steps)
 from phalanx.schedule import schedule_graph
-from tests.unit.test_layout import _random_program, _run_program
+from tests.unit.test_layout import _run_program, random_program_instances
 
 
 def _consecutive(rows):
@@ -124,11 +124,7 @@ def _layouts(graph, schedule):
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), count=st.integers(0, 6), policy=st.sampled_from(["depth", "agenda"]))
 def test_random_programs_plan_as_the_reference(seed, count, policy):
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
-    instances = [([torch.randn(3, generator=gen) for _ in range(size)], _random_program(rng, size))
-                 for size in (rng.randint(1, 4) for _ in range(count))]
-    graph = phalanx.Batcher(_run_program, policy=policy).record(instances)
+    graph = phalanx.Batcher(_run_program, policy=policy).record(random_program_instances(seed, count))
     schedule = schedule_graph(graph, policy)
     for layout in _layouts(graph, schedule):
         _check(graph, schedule, layout)
