@@ -68,6 +68,12 @@ def _deferred_forward(module: torch.nn.Linear, pending: list):
     return forward
 
 
+def _rows(tensors: list) -> torch.Tensor:
+    """The tensors' rows (every dimension but the last flattened), stacked: one ``cat``, or a view."""
+    flat = [t.reshape(-1, t.shape[-1]) for t in tensors]
+    return flat[0] if len(flat) == 1 else torch.cat(flat)
+
+
 class FlushParams:
     """``inputs``: the real tensors requiring grad (FlushFunction's inputs); ``wrt[sid]``: per op type,
     (input position, tensor to differentiate: alias or the real tensor) pairs."""
@@ -128,8 +134,9 @@ class FlushParams:
         for m, pending in self.deferred:
             if not pending:
                 continue
-            grads = torch.cat([g.reshape(-1, g.shape[-1]) for g, _ in pending])
-            xs = torch.cat([x.reshape(-1, x.shape[-1]) for _, x in pending])
+            # One batch (a TreeLSTM's leaves): its own tensors, not a copy made by a one-piece cat.
+            grads = _rows([g for g, _ in pending])
+            xs = _rows([x for _, x in pending])
             pending.clear()
             yield self.position[id(m.weight)], grads.t().mm(xs)
             if m.bias is not None and id(m.bias) in self.aliases:
