@@ -25,6 +25,9 @@ class CellOptions:
       default: on CPU it was measured at 0.8-1.1x of the plain program (GEMM-bound); for the GPU.
     - ``sparse_grads``: embedding lookups give row-sparse weight gradients (indices + rows), not a
       dense vocabulary-sized tensor per batch.
+    - ``defer_grads``: in training, a GEMM over a weight (a parameter or a hoisted value) leaves its
+      weight gradient to the end of the flush, one GEMM over every batch's rows instead of one per
+      batch (NOTE: [Deferred GEMM gradients] in defer.py).
     """
 
     trace: bool = True
@@ -34,11 +37,12 @@ class CellOptions:
     inplace: bool = True
     compile: bool = False
     sparse_grads: bool = True
+    defer_grads: bool = True
 
     @classmethod
     def all_off(cls) -> CellOptions:
         return cls(trace=True, hoist=False, merge=False, split=False, inplace=False, compile=False,
-                   sparse_grads=False)
+                   sparse_grads=False, defer_grads=False)
 
     @classmethod
     def resolve(cls, cells: "CellOptions | bool | None") -> "CellOptions | None":

@@ -113,6 +113,7 @@ class CellProgram:
         self.num_leading = num_leading      # placeholders before the operands: size, params, hoisted
         self.compiled = None
         self.inference: Callable | None = None    # NOTE: [In-place inference], built on first no_grad call
+        self.training: Callable | None = None     # NOTE: [Deferred GEMM gradients], built on first grad call
         # NOTE: [Consumed operands]: operand positions a caller may hand over to be overwritten
         self.consumable: frozenset[int] = frozenset()
         # no_grad variants built on first use: (consume, direct outputs) -> (program, which outputs
@@ -153,7 +154,7 @@ class CellProgram:
         if self.compiled is not None and size > 1:
             run = self.compiled
         elif torch.is_grad_enabled():
-            run = self.main
+            run = self.training or self._training_program()
         elif into is not None:
             run, direct = self._variant(consume and bool(self.consumable), True)
             if direct == tuple(b is not None for b in into):
@@ -213,6 +214,30 @@ class CellProgram:
             if direct_calls(graph) or rewritten:
                 run = graph_program(graph).forward
         self.inference = run
+        return run
+
+    def _training_program(self) -> Callable:
+        """The main program for grad mode: torch's bindings called directly (NOTE: [Direct calls]
+        hold with autograd too: same kernels, same derivative formulas; this graph has no in-place
+        op, so the unsafe splits' missing view marks are moot) and, with ``defer_grads``, weight
+        GEMMs that leave their weight gradient to the end of a training flush (NOTE: [Deferred GEMM
+        gradients], cells/defer.py)."""
+        run = getattr(self.main, "forward", self.main)
+        if self.graph is not None:
+            from .defer import defer_gemms
+            from .inplace import direct_calls
+
+            graph = fx.Graph()
+            env: dict = {}
+            for node in self.graph.nodes:
+                env[node] = graph.node_copy(node, lambda n: env[n])
+                env[node].meta = dict(node.meta)
+            if self.options.defer_grads:
+                shared = set([n for n in graph.nodes if n.op == "placeholder"][1:self.num_leading])
+                self.info["deferred_gemms"] = defer_gemms(graph, shared)
+            if direct_calls(graph) or self.info.get("deferred_gemms"):
+                run = graph_program(graph).forward
+        self.training = run
         return run
 
     def unflatten(self, outs) -> Any:

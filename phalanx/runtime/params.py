@@ -34,6 +34,7 @@ import torch
 
 import torch.nn.functional as F
 
+from ..cells.defer import DeferredGemms, deferring
 from ..cells.sparse import densify
 from ..frontend.recorder import SUBSTITUTION
 
@@ -107,6 +108,9 @@ class FlushParams:
         self.deferred = [(m, []) for m in modules
                          if DEFER_WEIGHT_GRADIENTS and type(m) is torch.nn.Linear and id(m.weight) in self.aliases
                          and "forward" not in m.__dict__]
+        # NOTE: [Deferred GEMM gradients] (cells/defer.py): the traced programs' weight GEMMs.
+        self.gemms = DeferredGemms()
+        self._deferring = deferring(self.gemms)
         # Parameters the user asked sparse gradients for (nn.Embedding(sparse=True)) keep them.
         self.sparse_ok = {id(m.weight) for m in modules if isinstance(m, torch.nn.Embedding) and m.sparse}
 
@@ -142,9 +146,19 @@ class FlushParams:
             if m.bias is not None and id(m.bias) in self.aliases:
                 yield self.position[id(m.bias)], grads.sum(0)
 
+        # NOTE: [Deferred GEMM gradients]: traced programs' weights, back through their hoisting
+        targets, seen = [], set()
+        for pairs in self.wrt.values():
+            for k, t in pairs:
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    targets.append((k, t))
+        yield from self.gemms.gradients(targets)
+
     def clear_pending(self) -> None:
         for _, pending in self.deferred:
             pending.clear()
+        self.gemms.clear()
 
     def __enter__(self) -> "FlushParams":
         for m, name, p in self.slots:
@@ -152,6 +166,7 @@ class FlushParams:
         for m, pending in self.deferred:
             m.__dict__["forward"] = _deferred_forward(m, pending)
         self._saved_subst, SUBSTITUTION.aliases = SUBSTITUTION.aliases, self.aliases
+        self._deferring.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -160,3 +175,4 @@ class FlushParams:
         for m, _ in self.deferred:
             m.__dict__.pop("forward", None)
         SUBSTITUTION.aliases = self._saved_subst
+        self._deferring.__exit__()

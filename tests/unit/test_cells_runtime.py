@@ -20,7 +20,7 @@ from ..oracle import assert_matches_eager
 
 SWITCHES = {"default": True, "no-split": CellOptions(split=False), "no-hoist": CellOptions(hoist=False),
             "no-merge": CellOptions(merge=False), "dense-grads": CellOptions(sparse_grads=False),
-            "all-off": CellOptions.all_off(), "probe": False}
+            "no-defer": CellOptions(defer_grads=False), "all-off": CellOptions.all_off(), "probe": False}
 
 
 def _sentences(lengths, seed=0, vocab=20, tags=5):
@@ -230,3 +230,30 @@ def test_inference_consumes_input_projections_and_writes_outputs_direct(plan, gr
     data = _sentences([3, 5, 2])
     train = phalanx.Batcher(model.loss, cells=True, verify=True)
     assert_matches_eager(model.loss, data, params=model.parameters(), train=True, batcher=train)
+
+
+@pytest.mark.parametrize("defer", [True, False])
+def test_weight_gradients_of_a_flush_take_one_gemm_per_weight(defer, monkeypatch):
+    # NOTE: [Deferred GEMM gradients]: every batch's (X, G) of one weight joins one GEMM at the end
+    from phalanx.cells import defer as deferral
+
+    torch.manual_seed(0)
+    model = TreeLSTM(30, 6, embed_dim=4)
+    rng = synthetic.as_generator(3)
+    data = [(synthetic.random_binary_tree(n, rng, 30), n % 3) for n in (2, 5, 3, 7, 1)]
+    gemms = []
+    original = deferral.DeferredGemms.gradients
+
+    def counted(self, targets):
+        gemms.append({key: len(pairs) for key, (_, pairs) in self.pending.items()})
+        return original(self, targets)
+
+    monkeypatch.setattr(deferral.DeferredGemms, "gradients", counted)
+    batcher = phalanx.Batcher(model.loss, cells=CellOptions(defer_grads=defer), verify=True)
+    assert_matches_eager(model.loss, data, params=model.parameters(), train=True, batcher=batcher)
+    assert gemms, "the flush's backward did not ask for deferred gradients"
+    if defer:
+        # leaf, node and classifier weights; the node weight collected one pair per internal batch
+        assert len(gemms[0]) == 3 and max(gemms[0].values()) > 1
+    else:
+        assert gemms[0] == {}
