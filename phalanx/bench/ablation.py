@@ -28,6 +28,7 @@ VARIANTS = {
     "no-merge": CellOptions(merge=False),
     "no-inplace": CellOptions(inplace=False),
     "dense-grads": CellOptions(sparse_grads=False),
+    "no-defer": CellOptions(defer_grads=False),
     "all-off": CellOptions.all_off(),
     "untraced": False,
 }
