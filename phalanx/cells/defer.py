@@ -29,6 +29,13 @@ class _Active(threading.local):
 _ACTIVE = _Active()
 
 
+def stacked_rows(tensors: list) -> torch.Tensor:
+    """The tensors' rows (every dimension but the last flattened), one after another: one ``cat``,
+    or the only tensor itself (no copy for a weight one batch reads, a TreeLSTM's leaves)."""
+    flat = [t.reshape(-1, t.shape[-1]) for t in tensors]
+    return flat[0] if len(flat) == 1 else torch.cat(flat)
+
+
 class DeferredGemms:
     """The ``(X_b, G_b)`` pairs of one training flush, per deferred weight tensor."""
 
@@ -47,19 +54,26 @@ class DeferredGemms:
     def clear(self) -> None:
         self.pending.clear()
 
-    def gradients(self, targets: list[tuple[int, torch.Tensor]]):
-        """(input position, gradient) pairs for ``targets`` (position, tensor the flush differentiates)
-        from every deferred weight's one GEMM, sent back through the weight's own graph; empties."""
-        if not self.pending or not targets:
-            self.pending.clear()
+    def gradients(self, wrt: dict):
+        """(input position, gradient) pairs for the tensors the flush differentiates (``wrt``: per op
+        type, (position, tensor) pairs) from every deferred weight's one GEMM, sent back through the
+        weight's own graph; empties."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, {}
+        targets, seen = [], set()
+        for pairs in wrt.values():
+            for k, t in pairs:
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    targets.append((k, t))
+        if not targets:
             return
         weights, grads = [], []
-        for weight, pairs in self.pending.values():
-            xs = pairs[0][0] if len(pairs) == 1 else torch.cat([x for x, _ in pairs])
-            gs = pairs[0][1] if len(pairs) == 1 else torch.cat([g for _, g in pairs])
+        for weight, pairs in pending.values():
+            xs, gs = stacked_rows([x for x, _ in pairs]), stacked_rows([g for _, g in pairs])
             weights.append(weight)
             grads.append(xs.t().mm(gs))
-        self.pending.clear()
         found = torch.autograd.grad(weights, [t for _, t in targets], grads, allow_unused=True, retain_graph=True)
         for (k, _), g in zip(targets, found, strict=True):
             if g is not None:
@@ -121,4 +135,4 @@ def defer_gemms(graph: fx.Graph, shared: set) -> int:
     return done
 
 
-__all__ = ["DeferredGemms", "deferring", "deferred_addmm", "defer_gemms"]
+__all__ = ["DeferredGemms", "deferring", "deferred_addmm", "defer_gemms", "stacked_rows"]

@@ -112,17 +112,23 @@ def _same_meta(a: fx.Node, out: fx.Node) -> bool:
         and va.dtype == vo.dtype
 
 
+def copy_graph(graph: fx.Graph) -> fx.Graph:
+    """A copy of ``graph`` to rewrite, each node with its own copy of the metadata."""
+    new = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        env[node] = new.node_copy(node, lambda n: env[n])
+        env[node].meta = dict(node.meta)
+    return new
+
+
 def inplace_graph(graph: fx.Graph, owned: frozenset = frozenset()) -> tuple[fx.Graph, int]:
     """A copy of ``graph`` with eligible elementwise ops in place (NOTE: [In-place inference]) and how
     many were rewritten. ``owned``: names of placeholders (operands) the caller hands over to be
     overwritten (NOTE: [Consumed operands]). Regions are computed once; an accepted op's own memory is then remapped
     onto its target's region (``remap``), and the reads of each root are kept together, so a
     candidate checks only the reads of its own memory (near-linear in the graph)."""
-    new = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for node in graph.nodes:
-        env[node] = new.node_copy(node, lambda n: env[n])
-        env[node].meta = dict(node.meta)
+    new = copy_graph(graph)
     nodes = list(new.nodes)
     region = _regions(new, owned)
     reads: dict = {}            # root -> [(reader position, value read)]

@@ -225,13 +225,9 @@ class CellProgram:
         run = getattr(self.main, "forward", self.main)
         if self.graph is not None:
             from .defer import defer_gemms
-            from .inplace import direct_calls
+            from .inplace import copy_graph, direct_calls
 
-            graph = fx.Graph()
-            env: dict = {}
-            for node in self.graph.nodes:
-                env[node] = graph.node_copy(node, lambda n: env[n])
-                env[node].meta = dict(node.meta)
+            graph = copy_graph(self.graph)
             if self.options.defer_grads:
                 shared = set([n for n in graph.nodes if n.op == "placeholder"][1:self.num_leading])
                 self.info["deferred_gemms"] = defer_gemms(graph, shared)

@@ -71,9 +71,6 @@ class RecordingCache:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def clear(self) -> None:
-        self.blocks.clear()
-
     def begin_call(self, table) -> None:
         """The training flags this call records under (a block of other flags is recorded again)."""
         self.flags = tuple(m.training for m in table.modules())
@@ -122,9 +119,9 @@ class RecordingCache:
             outputs[i] = ([LazyValue(leaf[0] + v0, leaf[1], leaf[2], g) if type(leaf) is tuple else leaf[0]
                            for leaf in b.leaves], b.rebuild)
 
-    def store(self, instances: list, rec, graph, outputs: list, skip: set) -> int:
+    def store(self, instances: list, rec, graph, outputs: list, skip: set) -> None:
         """Cut every instance of a finished recording (no fibers) but those in ``skip`` (replayed) into a
-        block; returns how many were stored. An instance whose nodes are not one run, or that reads
+        block. An instance whose nodes are not one run, or that reads
         another instance's values, is left out."""
         g = rec.graph
         runs: dict[int, tuple[int, int]] = {}
@@ -138,7 +135,6 @@ class RecordingCache:
         raw_depth = as_array(g.node_depth)     # as recorded (the frozen graph's may be renumbered)
         if g.spliced is not None:
             raw_depth = np.concatenate((raw_depth, g.spliced[1]))
-        stored = 0
         for i, instance in enumerate(instances):
             if i in skip or i in repeated or not _cacheable(instance):
                 continue
@@ -148,10 +144,8 @@ class RecordingCache:
                 continue
             self.blocks[id(instance)] = block
             self.blocks.move_to_end(id(instance))
-            stored += 1
         while len(self.blocks) > self.max_instances:
             self.blocks.popitem(last=False)
-        return stored
 
 
 def _renumber(node_sig: np.ndarray, old: tuple, new: tuple) -> np.ndarray:

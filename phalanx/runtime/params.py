@@ -34,7 +34,7 @@ import torch
 
 import torch.nn.functional as F
 
-from ..cells.defer import DeferredGemms, deferring
+from ..cells.defer import DeferredGemms, deferring, stacked_rows
 from ..cells.sparse import densify
 from ..frontend.recorder import SUBSTITUTION
 
@@ -67,12 +67,6 @@ def _deferred_forward(module: torch.nn.Linear, pending: list):
             return DeferredLinear.apply(x, module.weight, module.bias, pending)
         return F.linear(x, module.weight, module.bias)
     return forward
-
-
-def _rows(tensors: list) -> torch.Tensor:
-    """The tensors' rows (every dimension but the last flattened), stacked: one ``cat``, or a view."""
-    flat = [t.reshape(-1, t.shape[-1]) for t in tensors]
-    return flat[0] if len(flat) == 1 else torch.cat(flat)
 
 
 class FlushParams:
@@ -138,22 +132,14 @@ class FlushParams:
         for m, pending in self.deferred:
             if not pending:
                 continue
-            # One batch (a TreeLSTM's leaves): its own tensors, not a copy made by a one-piece cat.
-            grads = _rows([g for g, _ in pending])
-            xs = _rows([x for _, x in pending])
+            grads, xs = stacked_rows([g for g, _ in pending]), stacked_rows([x for _, x in pending])
             pending.clear()
             yield self.position[id(m.weight)], grads.t().mm(xs)
             if m.bias is not None and id(m.bias) in self.aliases:
                 yield self.position[id(m.bias)], grads.sum(0)
 
         # NOTE: [Deferred GEMM gradients]: traced programs' weights, back through their hoisting
-        targets, seen = [], set()
-        for pairs in self.wrt.values():
-            for k, t in pairs:
-                if id(t) not in seen:
-                    seen.add(id(t))
-                    targets.append((k, t))
-        yield from self.gemms.gradients(targets)
+        yield from self.gemms.gradients(self.wrt)
 
     def clear_pending(self) -> None:
         for _, pending in self.deferred:
