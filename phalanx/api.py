@@ -20,7 +20,7 @@ from .cells.options import CellOptions
 from .errors import PhalanxError
 from .frontend.recorder import rediscover_captured
 from .frontend.recording import model_device, model_of, record_instances
-from .frontend.reuse import RecordingCache
+from .frontend.reuse import DEFAULT_MAX_CALLS, RecordingCache
 from .frontend.value import LazyValue
 from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
@@ -72,6 +72,9 @@ class Batcher:
       on the instance and the model (no Python randomness or side effects). Recordings are dropped
       when the model's structure changes and are not used under other training flags; instances
       of a call with fibers are never reused. ``stats.reused`` counts the replayed instances.
+      A call on exactly the instance objects of an earlier call (the same mini-batch again: an
+      evaluation loop) also reuses that call's schedule and plan and only executes (NOTE: [Plan
+      reuse]; ``stats.plan_reused``); ``reuse_plans=False`` keeps recordings only.
 
     ``batcher(instances)`` returns a list with one result per instance, in order. ``batcher.stats``
     describes the last call (see ``phalanx.Stats``). The recorder belongs to the calling thread
@@ -90,7 +93,7 @@ class Batcher:
                  lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False,
                  max_signatures: int = 4096, table: SignatureTable | None = None,
                  device: "str | torch.device | None" = None, cells: "CellOptions | bool" = False,
-                 reuse: "bool | int" = False):
+                 reuse: "bool | int" = False, reuse_plans: bool = True):
         self.fn = fn
         self.device = torch.device(device) if device is not None else None
         self.plan_objective = plan_objective
@@ -102,7 +105,9 @@ class Batcher:
         root = model_of(fn)
         self.table = table if table is not None else SignatureTable(root, max_signatures, CellOptions.resolve(cells))
         self.stats = Stats(policy=self.policy.name)
-        self.reuse = None if reuse is False else RecordingCache() if reuse is True else RecordingCache(reuse)
+        max_calls = DEFAULT_MAX_CALLS if reuse_plans else 0
+        self.reuse = (None if reuse is False else RecordingCache(max_calls=max_calls) if reuse is True
+                      else RecordingCache(reuse, max_calls))
         self._lock = threading.Lock()
 
     def __call__(self, instances: Iterable[Any]) -> list:
@@ -119,26 +124,39 @@ class Batcher:
         table = self.table
         table.begin_call()          # NOTE: [What an op type may cache] (ir/signature.py)
         t0 = time.perf_counter()
-        if self.reuse is not None:
-            self.reuse.begin_call(table)
-        # Instances run as fibers (runtime/fibers.py): if one forces a lazy value, the hub flushes
-        # round by round and returns the results; otherwise it returns what was recorded, and
-        # this call flushes once, below (NOTE: [Lazy fibers]: no decisions, no extra cost).
-        hub = Hub(self, stats)
-        rec, outputs = hub.record(instances)
-        stats.fibers = hub.fiber_stats
-        stats.reused = len(hub.replayed)
-        if hub.results is not None:
-            table.end_call(hub.used_sids)
-            stats.record_s += time.perf_counter() - t0 - stats.schedule_s - stats.plan_s - stats.execute_s
-            return hub.results
-        graph = rec.graph.freeze()
-        if self.reuse is not None:      # NOTE: [Recording reuse]
-            self.reuse.store(instances, rec, graph, outputs, {i for i, _ in hub.replayed})
-        t1 = time.perf_counter()
+        reuse, known = self.reuse, None
+        if reuse is not None:
+            reuse.begin_call(table)
+            options = (self.policy, self.plan, self.plan_objective, self._device())
+            known = reuse.call_plan(instances, table, options)
+        if known is not None:       # NOTE: [Plan reuse]: this very mini-batch ran before
+            graph, outputs, planned = known.graph, known.outputs, known.planned
+            stats.reused, stats.plan_reused = len(instances), True
+            _rediscover(graph)
+            stats.add_graph(graph)
+            t1 = time.perf_counter()
+        else:
+            # Instances run as fibers (runtime/fibers.py): if one forces a lazy value, the hub flushes
+            # round by round and returns the results; otherwise it returns what was recorded, and
+            # this call flushes once, below (NOTE: [Lazy fibers]: no decisions, no extra cost).
+            hub = Hub(self, stats)
+            rec, outputs = hub.record(instances)
+            stats.fibers = hub.fiber_stats
+            stats.reused = len(hub.replayed)
+            if hub.results is not None:
+                table.end_call(hub.used_sids)
+                stats.record_s += time.perf_counter() - t0 - stats.schedule_s - stats.plan_s - stats.execute_s
+                return hub.results
+            graph = rec.graph.freeze()
+            if reuse is not None:      # NOTE: [Recording reuse]
+                reuse.store(instances, rec, graph, outputs, {i for i, _ in hub.replayed})
+            t1 = time.perf_counter()
+            planned = self._plan(graph, stats)
+            if reuse is not None:
+                reuse.store_call(instances, options, graph, outputs, planned)
         stats.nodes, stats.values = graph.num_nodes, graph.num_values
         stats.op_types = len(graph.used_sids)
-        schedule, layout, steps, counts = self._plan(graph, stats)
+        schedule, layout, steps, counts = planned
         t3 = time.perf_counter()
         result_index, arena_of = _result_rows(graph, layout, outputs)
         tensors = self._run(graph, layout, steps, result_index, stats)
@@ -173,9 +191,7 @@ class Batcher:
     def _plan(self, graph, stats: Stats):
         """Schedule, layout and plan steps of a frozen graph; adds schedule and plan seconds."""
         t0 = time.perf_counter()
-        for sid in graph.used_sids.tolist():
-            if graph.sigs[sid].rediscover:
-                rediscover_captured(graph.sigs[sid], graph.device)
+        _rediscover(graph)
         if graph.num_nodes and getattr(self.policy, "needs_training", False):
             self.policy.fit([graph])   # a self-training policy ("fsm") learns on its first graph
         schedule = self.policy.schedule(graph)
@@ -214,6 +230,12 @@ class Batcher:
         from .debug.explain import explain
 
         return explain(self, instances, out=out)
+
+
+def _rediscover(graph) -> None:
+    for sid in graph.used_sids.tolist():
+        if graph.sigs[sid].rediscover:
+            rediscover_captured(graph.sigs[sid], graph.device)
 
 
 def _instance_tensors(graph) -> list[torch.Tensor]:

@@ -26,7 +26,7 @@ def _settings(args):
 
     chosen = dict(policies=tuple(args.policy), plans=tuple(False if p == "off" else p for p in args.plan),
                   plan_objective=args.plan_objective, cells=tuple(c == "on" for c in args.cells),
-                  reuse=tuple(r == "on" for r in args.reuse), train=args.train, seed=args.seed, threads=args.threads,
+                  reuse=tuple({"off": False, "on": True, "plans": "plans"}[r] for r in args.reuse), train=args.train, seed=args.seed, threads=args.threads,
                   peers=tuple(args.peers), policy_file=args.policy_file)
     for name in ("fsm_seconds", "fsm_episodes"):
         if getattr(args, name) is not None:
@@ -277,9 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cells", nargs="+", default=["off"], choices=["off", "on"],
                        help="Batcher(cells=...) to compare: off (the cells' own code, default) and/or on (traced "
                        "programs: input split, hoisting, merged matmuls, in-place inference); 'on' rows end in +cells")
-    bench.add_argument("--reuse", nargs="+", default=["off"], choices=["off", "on"],
+    bench.add_argument("--reuse", nargs="+", default=["off"], choices=["off", "on", "plans"],
                        help="Batcher(reuse=...) to compare: on replays each instance's recording from an earlier "
-                       "epoch (every batch is seen once before timing); 'on' rows end in +reuse")
+                       "epoch (every batch is seen once before timing; reuse_plans=False, as for shuffled "
+                       "epochs); plans also reuses a whole mini-batch's plan when the same one comes again (an "
+                       "evaluation loop); their rows end in +reuse and +reuse+plans")
     bench.add_argument("--train", action="store_true", help="time forward + backward + SGD step")
     bench.add_argument("--batches", type=int, help="distinct mini-batches of real data (default: 4; --quick: 1)")
     bench.add_argument("--repeats", type=int, help="timed rounds over those mini-batches (default: 3; --quick: 2)")

@@ -39,6 +39,7 @@ class Stats(ReadCounts):
     backward_s: float = 0.0
     training: bool = False
     reused: int = 0               # instances replayed from an earlier call (Batcher(reuse=...))
+    plan_reused: bool = False     # the whole call's plan came from an earlier call (NOTE: [Plan reuse])
     # Fibers (runtime/fibers.FiberStats): flush rounds, decisions per instance, batches / nodes per round.
     fibers: object = None
     # Filled only by Batcher(profile=True): per op type, batches / nodes / forward and backward seconds.

@@ -111,7 +111,8 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
             run, owner = build(model, train)
         else:
             batcher = Batcher(workload.phalanx_fn(model, train), policy=make_policy(policy), plan=plan,
-                              plan_objective=objective, cells=traced, reuse=reused)
+                              plan_objective=objective, cells=traced, reuse=bool(reused),
+                              reuse_plans=reused == "plans")
             run, owner = batcher, model
         params = [p for p in owner.parameters() if p.requires_grad]
         optimizer = make_optimizer(params) if train else None
@@ -124,7 +125,8 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
             for traced in cells:
                 for reused in reuse:
                     suffix = (f"+plan:{plan}" + ("" if objective == "bytes" else f"/{objective}")) if plan else ""
-                    suffix += ("+cells" if traced else "") + ("+reuse" if reused else "")
+                    suffix += ("+cells" if traced else "") + ("+reuse" if reused else "") + (
+                        "+plans" if reused == "plans" else "")
                     make(f"phalanx[{getattr(policy, 'name', policy)}{suffix}]", policy=policy, plan=plan,
                          traced=traced, reused=reused)
     return impls
@@ -202,7 +204,7 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
         if impl.stats:
             keys = ("nodes", "batches", "lower_bound", "operand_lists", "in_place", "gathers", "gather_bytes",
                     "output_blocks", "scattered_outputs", "record_s", "schedule_s", "plan_s", "execute_s",
-                    "backward_s", "record_us_per_node", "reused")
+                    "backward_s", "record_us_per_node", "reused", "plan_reused")
             row.update({k: statistics.median(s[k] for s in impl.stats) for k in keys})
             if impl.stats[0].get("fibers") is not None:     # flush rounds per call (runtime/fibers.py)
                 row["rounds"] = statistics.median(s["fibers"]["rounds"] for s in impl.stats)

@@ -27,7 +27,7 @@ class Settings:
     plans: tuple = (False,)
     plan_objective: str = "bytes"
     cells: tuple[bool, ...] = (False,)
-    reuse: tuple[bool, ...] = (False,)
+    reuse: tuple = (False,)          # False, True (recordings) or "plans" (recordings and plans)
     train: bool = False
     seed: int = 0
     threads: int = 1

@@ -19,6 +19,16 @@ is not run for a replayed instance, so the contract is the user's: the instance 
 mutated between calls, and the code is a function of the instance and the model (no Python-level
 randomness, no side effects, no per-call state). Instances of calls that used fibers (a decision
 on a lazy value) are never cached: their recording depends on values.
+
+NOTE: [Plan reuse] evaluation loops and fixed-batch training run the very same mini-batch again. If
+every instance of a call is the same object, in the same order, as in an earlier call whose every
+instance was cached, the whole call is that call again: its frozen graph, schedule, memory layout
+and steps (a ``CallPlan``) are a function of the blocks, the op types, the policy and the plan
+options, none of which changed, so the call skips recording, scheduling and planning and only
+executes. Steps hold index tensors and the instances' own tensors, never arenas or values (those
+are allocated per run), so one plan runs any number of times. A plan is kept while the op types it
+names are in the table, under the training flags, policy object and plan options it was made with;
+the least recently used is dropped past ``max_calls``. ``stats.plan_reused`` says it happened.
 """
 from __future__ import annotations
 
@@ -32,6 +42,7 @@ from ..ir.columns import as_array
 from .value import LazyValue
 
 DEFAULT_MAX_INSTANCES = 1 << 16
+DEFAULT_MAX_CALLS = 256
 
 
 class Block:
@@ -58,14 +69,35 @@ class Block:
         self.rebuild = rebuild
 
 
-class RecordingCache:
-    """Blocks by instance id, least recently used dropped past ``max_instances``."""
+class CallPlan:
+    """A whole call's recording and plan, run again as it is (NOTE: [Plan reuse])."""
 
-    def __init__(self, max_instances: int = DEFAULT_MAX_INSTANCES):
+    __slots__ = ("instances", "flags", "options", "sigs", "sids", "graph", "outputs", "planned")
+
+    def __init__(self, instances, flags, options, graph, outputs, planned):
+        self.instances = instances      # held: their ids are the key
+        self.flags = flags
+        self.options = options          # (policy object, plan options) it was planned with
+        self.sids = tuple(graph.used_sids.tolist())
+        self.sigs = tuple(graph.sigs[s] for s in self.sids)
+        self.graph = graph
+        self.outputs = outputs
+        self.planned = planned          # (schedule, layout, steps, counts), as Batcher._plan returns them
+
+
+class RecordingCache:
+    """Blocks by instance id, least recently used dropped past ``max_instances``; whole-call plans by
+    the instances' ids, least recently used dropped past ``max_calls`` (0: none kept)."""
+
+    def __init__(self, max_instances: int = DEFAULT_MAX_INSTANCES, max_calls: int = DEFAULT_MAX_CALLS):
         if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
             raise PhalanxError(f"reuse: expected True or a positive number of instances to keep, got {max_instances!r}")
+        if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 0:
+            raise PhalanxError(f"reuse: expected a number of call plans to keep >= 0, got {max_calls!r}")
         self.max_instances = max_instances
+        self.max_calls = max_calls
         self.blocks: OrderedDict[int, Block] = OrderedDict()
+        self.calls: OrderedDict[tuple, CallPlan] = OrderedDict()
         self.flags: tuple = ()
 
     def __len__(self) -> int:
@@ -92,6 +124,41 @@ class RecordingCache:
             block.sids = sids
         self.blocks.move_to_end(id(instance))
         return block
+
+    def call_plan(self, instances: list, table, options: tuple) -> CallPlan | None:
+        """The plan of an earlier call on exactly these instance objects, if it still holds (NOTE:
+        [Plan reuse])."""
+        if not self.calls:
+            return None
+        key = tuple(map(id, instances))
+        plan = self.calls.get(key)
+        if plan is None:
+            return None
+        sigs = table.sigs
+        if (plan.flags != self.flags or plan.options != options
+                or any(a is not b for a, b in zip(plan.instances, instances, strict=True))
+                or any(sig.sid >= len(sigs) or sigs[sig.sid] is not sig for sig in plan.sigs)
+                or tuple(sig.sid for sig in plan.sigs) != plan.sids):      # renumbered by an eviction
+            del self.calls[key]
+            return None
+        self.calls.move_to_end(key)
+        return plan
+
+    def store_call(self, instances: list, options: tuple, graph, outputs: list, planned: tuple) -> None:
+        """Keep a finished call's plan if every one of its instances is cached (its recording is then
+        a function of the blocks: no fibers, no instance reading another's values)."""
+        if not self.max_calls or not instances:
+            return
+        blocks = self.blocks
+        for instance in instances:
+            block = blocks.get(id(instance))
+            if block is None or block.instance is not instance or block.flags != self.flags:
+                return
+        key = tuple(map(id, instances))
+        self.calls[key] = CallPlan(list(instances), self.flags, options, graph, outputs, planned)
+        self.calls.move_to_end(key)
+        while len(self.calls) > self.max_calls:
+            self.calls.popitem(last=False)
 
     def replay(self, rec, hits: list, outputs: list) -> None:
         """Append the blocks ``hits`` = [(instance index, block)] to ``rec``'s graph, after what it

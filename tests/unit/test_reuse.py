@@ -235,3 +235,115 @@ def test_a_graph_takes_one_splice():
     b.reuse.replay(rec, hits, [None, None])
     with pytest.raises(PhalanxError, match="one splice"):
         b.reuse.replay(rec, hits, [None, None])
+
+
+# *** NOTE: [Plan reuse]: the same mini-batch again runs its earlier plan ***
+
+def test_the_same_mini_batch_again_reuses_its_plan_and_matches_eager():
+    m = treelstm()
+    xs = trees(11, [1, 4, 7, 2])
+    b = phalanx.Batcher(m, reuse=True, verify=True)
+    b(xs)
+    assert not b.stats.plan_reused
+    for _ in range(2):
+        assert_matches_eager(m, xs, batcher=b)
+        assert b.stats.plan_reused and b.stats.reused == len(xs)
+        assert b.stats.schedule_s == 0 and b.stats.plan_s == 0
+    assert b.stats.batches > 0 and b.stats.nodes == phalanx.Batcher(m).record(xs).num_nodes
+
+
+def test_reused_plans_train_and_follow_optimizer_steps():
+    torch.manual_seed(0)
+    m = BiLSTMTagger(VOCAB, hidden=8, embed_dim=5)
+    rng = np.random.default_rng(3)
+    xs = [(w := rng.integers(0, VOCAB, size=n).tolist(), rng.integers(0, 5, size=len(w)).tolist())
+          for n in (3, 1, 5)]
+    b = phalanx.Batcher(m.loss, reuse=True, cells=True, verify=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for step in range(3):
+        # each call must see the parameters the previous optimizer step left (hoisted values too)
+        assert_matches_eager(m.loss, xs, params=list(m.parameters()), train=True, batcher=b)
+        assert b.stats.plan_reused == (step > 0)
+        opt.zero_grad()
+        torch.stack([t.sum() for r in b(xs) for t in r]).sum().backward()
+        opt.step()
+
+
+def test_another_order_subset_flags_policy_or_structure_plans_again():
+    m = treelstm()
+    xs = trees(12, [3, 5, 2])
+    b = phalanx.Batcher(m, reuse=True, verify=True)
+    b(xs)
+    for other in (list(reversed(xs)), xs[:2], xs + xs[:1]):
+        assert_matches_eager(m, other, batcher=b)
+        assert not b.stats.plan_reused and b.stats.reused == len(other)
+    b(xs)
+    assert b.stats.plan_reused
+    m.train(not m.training)             # other training flags: recorded again, then planned again
+    assert_matches_eager(m, xs, batcher=b)
+    assert not b.stats.plan_reused
+    b.policy = phalanx.schedule.make_policy("agenda")
+    assert_matches_eager(m, xs, batcher=b)
+    assert not b.stats.plan_reused and b.stats.policy == "agenda"
+    m.internal = type(m.internal)(8)    # a replaced cell clears the table: the plan is stale
+    assert_matches_eager(m, xs, batcher=b)
+    assert not b.stats.plan_reused and b.stats.reused == 0
+
+
+def test_plans_are_bounded_optional_and_never_made_from_fibers_or_uncached_instances():
+    m = treelstm()
+    batches = [trees(13 + i, [2, 3]) for i in range(3)]
+    b = phalanx.Batcher(m, reuse=True)
+    b.reuse.max_calls = 2
+    for xs in batches:
+        b(xs)
+    assert len(b.reuse.calls) == 2
+    b(batches[0])                       # the least recently used plan was dropped
+    assert not b.stats.plan_reused
+    off = phalanx.Batcher(m, reuse=True, reuse_plans=False)
+    off(batches[1]), off(batches[1])
+    assert off.stats.reused == 2 and not off.stats.plan_reused and not off.reuse.calls
+    bounded = phalanx.Batcher(m, reuse=1)   # one cached instance: a call of two is never all cached
+    bounded(batches[2]), bounded(batches[2])
+    assert not bounded.stats.plan_reused
+    lin = torch.nn.Linear(3, 3)
+
+    def decide(x):
+        h = torch.tanh(lin(x))
+        return torch.tanh(lin(h)) if h.sum() > 0 else h
+
+    xs = [torch.randn(3) for _ in range(3)]
+    fibers = phalanx.Batcher(decide, reuse=True)
+    fibers(xs)
+    assert_matches_eager(decide, xs, batcher=fibers)
+    assert not fibers.stats.plan_reused and not fibers.reuse.calls
+
+
+def test_evicted_or_renumbered_op_types_invalidate_a_plan():
+    lin = torch.nn.Linear(1, 1)
+
+    def fn(x):                          # one op type per length
+        return torch.tanh(lin(x.unsqueeze(-1))).sum(0)
+
+    gen = torch.Generator().manual_seed(2)
+    xs = [torch.randn(n, generator=gen) for n in (1, 2, 3, 4, 5, 6)]
+    b = phalanx.Batcher(fn, reuse=True, verify=True)
+    b(xs)
+    b(xs[-2:])
+    recent = sum(s.last_call == b.table.calls for s in b.table.sigs)
+    b.table.max_signatures = 2 * recent         # the next call evicts and renumbers
+    before = {id(s): s.sid for s in b.table.sigs}
+    assert_matches_eager(fn, xs[-2:], batcher=b)
+    assert any(before.get(id(s), s.sid) != s.sid for s in b.table.sigs), "no op type was renumbered"
+    assert not b.stats.plan_reused      # its op types survived, renumbered
+    assert_matches_eager(fn, xs, batcher=b)
+    assert not b.stats.plan_reused      # some of its op types were evicted
+    b.table.max_signatures = 4096
+    assert_matches_eager(fn, xs, batcher=b)
+    assert b.stats.plan_reused
+
+
+def test_an_empty_call_with_reuse():
+    m = treelstm()
+    b = phalanx.Batcher(m, reuse=True)
+    assert b([]) == [] and b([]) == []

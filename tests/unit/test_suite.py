@@ -60,12 +60,15 @@ def test_cells_rows_run_traced_programs_beside_the_default():
 
 
 def test_reuse_rows_replay_every_timed_batch_and_are_never_the_headline():
-    settings = suite.Settings(hidden=8, batches=2, repeats=1, policies=("depth",), reuse=(False, True))
+    settings = suite.Settings(hidden=8, batches=2, repeats=1, policies=("depth",), reuse=(False, True, "plans"))
     payload = suite.run_workload("treelstm", 3, settings)
     rows = {r["impl"]: r for r in payload["rows"]}
-    assert set(rows) == {"eager", "manual", "phalanx[depth]", "phalanx[depth+reuse]"}
-    # primed on every batch during warm-up: every timed call replays all its instances
+    assert set(rows) == {"eager", "manual", "phalanx[depth]", "phalanx[depth+reuse]", "phalanx[depth+reuse+plans]"}
+    # primed on every batch during warm-up: every timed call replays all its instances; only the
+    # +plans row also runs each mini-batch's earlier plan (NOTE: [Plan reuse])
     assert rows["phalanx[depth+reuse]"]["reused"] == 3 and rows["phalanx[depth]"]["reused"] == 0
+    assert rows["phalanx[depth+reuse+plans]"]["reused"] == 3
+    assert rows["phalanx[depth+reuse+plans]"]["plan_reused"] == 1 and rows["phalanx[depth+reuse]"]["plan_reused"] == 0
     from phalanx.bench import report
 
     stages = dict.fromkeys(("record_s", "schedule_s", "plan_s", "execute_s"), 0.0)
