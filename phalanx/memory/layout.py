@@ -32,6 +32,7 @@ import numpy as np
 from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..schedule.base import Schedule
+from .native import reader_sort
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,12 +103,11 @@ def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[n
     bounds = start.tolist()
     # Batches of one node, or whose nodes nobody reads, keep their order: skip them.
     read = np.logical_or.reduceat(static_in < (num + 1) * stride * width, bounds[:-1])
+    todo = ((sizes > 1) & read).nonzero()[0][::-1].copy()     # later batches first: their rows are final
+    reader_sort(order, static_in, reader_in, row, start, todo)      # NOTE: [Native plan]
     out = list(batches)
-    for b in ((sizes > 1) & read).nonzero()[0][::-1].tolist():
-        lo, hi = bounds[b], bounds[b + 1]
-        nodes = order[lo:hi][(static_in[lo:hi] + row[reader_in[lo:hi]]).argsort(kind="stable")]
-        out[b] = nodes
-        row[nodes] = _POSITIONS[:hi - lo] if hi - lo <= len(_POSITIONS) else np.arange(hi - lo)
+    for b in todo.tolist():
+        out[b] = order[bounds[b]:bounds[b + 1]]
     return tuple(out)
 
 
@@ -128,9 +128,6 @@ def _first_reads(n: int, reader, producer, static, unread: int) -> tuple[np.ndar
     reader_of = np.arange(n)
     reader_of[producer[first]] = reader[first]      # of equal keys the last (largest) reader wins
     return static_of, reader_of
-
-
-_POSITIONS = np.arange(4096)
 
 
 def output_values(graph: GraphArrays, batches, sids) -> np.ndarray:

@@ -59,6 +59,7 @@ from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout, output_values
+from ..memory.native import assemble_steps, fill_operands
 from ..schedule.base import Schedule
 from ..stats import ReadCounts
 from .ragged import add_ragged_operands
@@ -132,9 +133,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
 
     # *** operand tuples, one per list, in list order ***
     operands: list = [None] * len(column)
-    for li, a, lo, size in zip(sliced.nonzero()[0].tolist(), arena[sliced].tolist(), heads[sliced].tolist(),
-                               list_lengths[sliced].tolist(), strict=True):
-        operands[li] = (SLICE, a, (lo, lo + size))
+    fill_operands(operands, sliced.nonzero()[0], SLICE, arena[sliced], heads[sliced], list_lengths[sliced], None)
     fused_of: dict = {}
     if counts.gathers:
         fused_of = _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
@@ -162,8 +161,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     counts.output_blocks, counts.scattered_outputs = len(out_size), int(np.count_nonzero(out_broken))
     out_lo = out_rows[out_start[:-1]] if len(out_rows) else np.zeros(0, dtype=np.int64)
     out_arena = graph.value_aval_id[vids[out_start[:-1]]] if len(vids) else out_lo
-    outputs: list = [(SLICE, a, (lo, lo + size)) for a, lo, size in
-                     zip(out_arena.tolist(), out_lo.tolist(), out_size.tolist(), strict=True)]
+    outputs: list = [None] * len(out_size)
+    fill_operands(outputs, None, SLICE, out_arena, out_lo, out_size, None)
     if counts.scattered_outputs:
         scattered = out_broken.nonzero()[0]
         parts = _to_device(torch.from_numpy(out_rows), device).split_with_sizes(out_size.tolist())
@@ -171,22 +170,10 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             outputs[k] = (SCATTER, outputs[k][1], parts[k])
 
     # *** per-batch assembly: Python slices precomputed lists ***
-    steps = []
-    sigs = graph.sigs
-    inst_of = graph.node_inst[order]
-    stacked = types.stacked
     outs = np.zeros(num + 1, dtype=np.int64)
     np.add.accumulate(num_out, out=outs[1:])
-    for b, (nodes, sid, size, l0, l1, o0, o1, n0, n1) in enumerate(zip(
-            batches, schedule.sids, sizes.tolist(), lists[:-1].tolist(), lists[1:].tolist(), outs[:-1].tolist(),
-            outs[1:].tolist(), node_start[:-1].tolist(), node_start[1:].tolist(), strict=True)):
-        fused = fused_of.get(b, ())
-        whole = None
-        if len(fused) == 1 and len(fused[0][2]) == l1 - l0 and sid not in stacked:
-            whole = (fused[0][0], fused[0][1], [size] * (l1 - l0))     # NOTE: [Whole reads]
-        outs_b = outputs[o0:o1]
-        steps.append(Step(sigs[sid], nodes, size, operands[l0:l1], outs_b, inst_of[n0:n1], fused, whole,
-                          _joint(outs_b) if o1 - o0 > 1 else None))
+    steps = assemble_steps(Step, batches, schedule.sids, graph.sigs, sizes, lists, outs, node_start, operands, outputs,
+                           graph.node_inst[order], fused_of, types.stacked)     # NOTE: [Native plan]
     if types.ragged:
         add_ragged_operands(graph, steps, layout, device, counts)     # NOTE: [Ragged kernels]
         for step in steps:
@@ -231,8 +218,7 @@ def _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, a
         host = np.concatenate((host, rows[in_run.repeat(list_lengths)]))
         lengths = np.concatenate((lengths, list_start[last] - list_start[first]))
     views = _to_device(torch.from_numpy(host), device).split_with_sizes(lengths.tolist())
-    for li, a, view in zip(gather_ids.tolist(), arena[gather_ids].tolist(), views[:len(gather_ids)], strict=True):
-        operands[li] = (GATHER, a, view)
+    fill_operands(operands, gather_ids, GATHER, arena[gather_ids], None, None, views)
     out: dict = {}
     if len(first):
         runs = views[len(gather_ids):]
@@ -241,19 +227,6 @@ def _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, a
             run = (a, index, tuple(range(f, f + n)))
             out[b] = out[b] + (run,) if b in out else (run,)
     return out
-
-
-def _joint(outputs: list) -> "tuple | None":
-    """NOTE: [Joint writes]: (arena, lo, hi) if two or more outputs are row slices of one arena,
-    each right after the last."""
-    if len(outputs) < 2 or outputs[0][0] != SLICE:
-        return None
-    _, arena, (lo, hi) = outputs[0]
-    for kind, other, rows in outputs[1:]:
-        if kind != SLICE or other != arena or rows[0] != hi:
-            return None
-        hi = rows[1]
-    return (arena, lo, hi)
 
 
 def _add_numbers(graph, types, column, codes, list_start, list_lengths, operands, device) -> None:
