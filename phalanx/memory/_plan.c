@@ -2,14 +2,19 @@
  *
  * NOTE: [Native plan] the plan stage (memory/layout.py, runtime/steps.py) is whole-flush numpy
  * passes plus three loops whose work per item is a few array reads and one small Python object:
- * the reader-order sort of each batch, the operand tuples of every list, and one Step per batch.
+ * the reader order of each batch, the operand tuples of every list, and one Step per batch.
  * In Python each item costs an interpreter dispatch and numpy's fixed cost on a tiny array (about
  * a microsecond a call); here it costs tens of nanoseconds. memory/native.py holds the Python
  * twins (same behaviour; ``PHALANX_NATIVE=0`` selects them) and picks one or the other.
  *
- *   reader_sort(order, static_in, reader_in, row, bounds, todo)
- *       for b in todo, in that order: sort order[bounds[b]:bounds[b+1]] (stably) by
- *       static_in[i] + row[reader_in[i]], in place, then row[node] = its new position.
+ *   reader_order(order, bounds, arg_start, arg_code, value_node)
+ *       NOTE: [Reader order] for a whole flush: first reads found in one pass over the operands,
+ *       then each batch that needs it sorted in place (a merge sort), later batches first;
+ *       returns the batches it sorted, or None when no node reads another.
+ *   list_reads(order, node_start, list_batch, list_pos, arg_start, arg_code, value_row,
+ *              value_aval_id, codes, rows, broken, head, arena)
+ *       the entries of every operand list (codes, rows) and per list whether its rows are a slice
+ *       (broken), its first row and its arena, filled into the last five arrays.
  *   fill_operands(target, index, kind, arena, lo, size, views)
  *       target[index[i]] = (kind, arena[i], views[i] or (lo[i], lo[i] + size[i])).
  *   assemble_steps(step_type, batches, sids, sigs, sizes, lists, outs, node_start, operands,
@@ -59,7 +64,7 @@ release(IntArray *a)
     }
 }
 
-/* *** reader_sort *** */
+/* *** reader_order *** */
 
 typedef struct {
     int64_t key;
@@ -104,71 +109,228 @@ stable_sort(Keyed *items, Keyed *spare, int64_t n)
         memcpy(items, from, sizeof(Keyed) * (size_t)n);
 }
 
+/* NOTE: [Reader order] (memory/layout.py) in one pass over the operands: order (the schedule's
+ * batches concatenated, bounds[b]:bounds[b+1] being batch b) is sorted in place, batch by batch;
+ * returns the batches it sorted (a list, later batches first), or None when nothing is read. */
 static PyObject *
-reader_sort(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "reader_sort(order, static_in, reader_in, row, bounds, todo)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "reader_order(order, bounds, arg_start, arg_code, value_node)");
         return NULL;
     }
-    IntArray order = {0}, static_in = {0}, reader_in = {0}, row = {0}, bounds = {0}, todo = {0};
+    IntArray order = {0}, bounds = {0}, arg_start = {0}, arg_code = {0}, value_node = {0};
+    int64_t *scratch = NULL;
     Keyed *keyed = NULL;
-    int64_t *nodes = NULL;
     PyObject *result = NULL;
-    if (int_array(args[0], &order, 1, "order") < 0 || int_array(args[1], &static_in, 0, "static_in") < 0
-        || int_array(args[2], &reader_in, 0, "reader_in") < 0 || int_array(args[3], &row, 1, "row") < 0
-        || int_array(args[4], &bounds, 0, "bounds") < 0 || int_array(args[5], &todo, 0, "todo") < 0)
+    if (int_array(args[0], &order, 1, "order") < 0 || int_array(args[1], &bounds, 0, "bounds") < 0
+        || int_array(args[2], &arg_start, 0, "arg_start") < 0 || int_array(args[3], &arg_code, 0, "arg_code") < 0
+        || int_array(args[4], &value_node, 0, "value_node") < 0)
         goto done;
-    if (static_in.len != order.len || reader_in.len != order.len) {
-        PyErr_SetString(PyExc_ValueError, "reader_sort: order, static_in and reader_in differ in length");
+    int64_t n = arg_start.len - 1, num = bounds.len - 1, m = order.len;
+    if (n < 0 || num < 0 || bounds.data[0] != 0 || bounds.data[num] != m || arg_start.data[n] > arg_code.len) {
+        PyErr_SetString(PyExc_ValueError, "reader_order: bounds or arg_start do not fit order or arg_code");
         goto done;
     }
-    int64_t widest = 0;
-    for (Py_ssize_t t = 0; t < todo.len; t++) {
-        int64_t b = todo.data[t];
-        if (b < 0 || b + 1 >= bounds.len || bounds.data[b] < 0 || bounds.data[b] > bounds.data[b + 1]
-            || bounds.data[b + 1] > order.len) {
-            PyErr_Format(PyExc_ValueError, "reader_sort: batch %lld has no valid bounds", (long long)b);
-            goto done;
-        }
-        if (bounds.data[b + 1] - bounds.data[b] > widest)
-            widest = bounds.data[b + 1] - bounds.data[b];
-    }
-    keyed = PyMem_Malloc(sizeof(Keyed) * 2 * (widest + 1));     /* items, then the merge's spare */
-    nodes = PyMem_Malloc(sizeof(int64_t) * (widest + 1));
-    if (keyed == NULL || nodes == NULL) {
+    scratch = PyMem_Malloc(sizeof(int64_t) * (4 * (size_t)n + 2 * (size_t)m + 1));
+    if (scratch == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t t = 0; t < todo.len; t++) {
-        int64_t b = todo.data[t], lo = bounds.data[b], n = bounds.data[b + 1] - lo;
-        for (int64_t i = 0; i < n; i++) {
-            int64_t r = reader_in.data[lo + i], node = order.data[lo + i];
-            if (r < 0 || r >= row.len || node < 0 || node >= row.len) {
-                PyErr_Format(PyExc_ValueError, "reader_sort: batch %lld reads a node outside row", (long long)b);
+    int64_t *batch_of = scratch, *row = batch_of + n, *static_of = row + n, *reader_of = static_of + n;
+    int64_t *nodes = reader_of + n;
+    for (int64_t v = 0; v < n; v++) {
+        batch_of[v] = num;
+        row[v] = v;
+    }
+    int64_t widest = 0;
+    for (int64_t b = 0; b < num; b++) {
+        int64_t lo = bounds.data[b], hi = bounds.data[b + 1];
+        if (lo > hi) {
+            PyErr_SetString(PyExc_ValueError, "reader_order: bounds decrease");
+            goto done;
+        }
+        widest = hi - lo > widest ? hi - lo : widest;
+        for (int64_t i = lo; i < hi; i++) {
+            int64_t v = order.data[i];
+            if (v < 0 || v >= n) {
+                PyErr_Format(PyExc_ValueError, "reader_order: batch %lld holds node %lld of %lld", (long long)b,
+                             (long long)v, (long long)n);
                 goto done;
             }
-            keyed[i].key = static_in.data[lo + i] + row.data[r];
+            batch_of[v] = b;
+            row[v] = i - lo;
+        }
+    }
+    /* stride: one more than the largest position of a lazy operand (numbers read nothing) */
+    int64_t stride = 0;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t a0 = arg_start.data[r], a1 = arg_start.data[r + 1];
+        if (a0 < 0 || a1 < a0 || a1 > arg_code.len) {
+            PyErr_SetString(PyExc_ValueError, "reader_order: arg_start is not a valid CSR");
+            goto done;
+        }
+        for (int64_t i = a0; i < a1; i++) {
+            int64_t code = arg_code.data[i];
+            if (code >= 0) {
+                if (code >= value_node.len || value_node.data[code] < 0 || value_node.data[code] >= n) {
+                    PyErr_Format(PyExc_ValueError, "reader_order: node %lld reads an unknown value %lld",
+                                 (long long)r, (long long)code);
+                    goto done;
+                }
+                stride = i - a0 + 1 > stride ? i - a0 + 1 : stride;
+            }
+        }
+    }
+    if (stride == 0 || num == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* first reads: smallest (reader batch, position); of equal ones the largest reader */
+    int64_t unread = (num + 1) * stride;
+    for (int64_t v = 0; v < n; v++) {
+        static_of[v] = unread;
+        reader_of[v] = v;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        int64_t a0 = arg_start.data[r], base = batch_of[r] * stride;
+        for (int64_t i = a0; i < arg_start.data[r + 1]; i++) {
+            int64_t code = arg_code.data[i];
+            if (code < 0)
+                continue;
+            int64_t p = value_node.data[code], key = base + (i - a0);
+            if (key < static_of[p] || (key == static_of[p] && r > reader_of[p])) {
+                static_of[p] = key;
+                reader_of[p] = r;
+            }
+        }
+    }
+    int64_t width = widest + 1;
+    keyed = PyMem_Malloc(sizeof(Keyed) * 2 * (widest + 1));
+    result = PyList_New(0);
+    if (keyed == NULL || result == NULL) {
+        if (keyed == NULL)
+            PyErr_NoMemory();
+        Py_CLEAR(result);
+        goto done;
+    }
+    for (int64_t b = num - 1; b >= 0; b--) {     /* later batches first: their rows are final */
+        int64_t lo = bounds.data[b], k = bounds.data[b + 1] - lo, read = 0;
+        if (k < 2)
+            continue;
+        for (int64_t i = 0; i < k && !read; i++)
+            read = static_of[order.data[lo + i]] < unread;
+        if (!read)      /* nobody reads this batch: it keeps its order */
+            continue;
+        for (int64_t i = 0; i < k; i++) {
+            int64_t v = order.data[lo + i];
+            keyed[i].key = static_of[v] * width + row[reader_of[v]];
             keyed[i].at = i;
         }
-        stable_sort(keyed, keyed + widest + 1, n);
-        for (int64_t i = 0; i < n; i++)
+        stable_sort(keyed, keyed + widest + 1, k);
+        for (int64_t i = 0; i < k; i++)
             nodes[i] = order.data[lo + keyed[i].at];
-        for (int64_t i = 0; i < n; i++) {
+        for (int64_t i = 0; i < k; i++) {
             order.data[lo + i] = nodes[i];
-            row.data[nodes[i]] = i;
+            row[nodes[i]] = i;
         }
+        PyObject *index = PyLong_FromLongLong(b);
+        if (index == NULL || PyList_Append(result, index) < 0) {
+            Py_XDECREF(index);
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_DECREF(index);
+    }
+done:
+    PyMem_Free(scratch);
+    PyMem_Free(keyed);
+    release(&order);
+    release(&bounds);
+    release(&arg_start);
+    release(&arg_code);
+    release(&value_node);
+    return result;
+}
+
+/* *** list_reads *** */
+
+/* The entries of every operand list of a flush, in list-major order (runtime/steps.py): list l is
+ * operand list_pos[l] of the nodes of batch list_batch[l], order[node_start[b]:node_start[b+1]].
+ * Fills codes and rows (one per entry, list after list), and per list: broken (1 unless its rows
+ * are consecutive and increasing: a slice), head (its first row), arena (its first value's arena;
+ * that of value 0 for an immediate). */
+static PyObject *
+list_reads(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "list_reads(order, node_start, list_batch, list_pos, arg_start, arg_code, "
+                                         "value_row, value_aval_id, codes, rows, broken, head, arena)");
+        return NULL;
+    }
+    static const char *names[13] = {"order", "node_start", "list_batch", "list_pos", "arg_start", "arg_code",
+                                    "value_row", "value_aval_id", "codes", "rows", "broken", "head", "arena"};
+    IntArray a[13];
+    PyObject *result = NULL;
+    int got = 0;
+    for (; got < 13; got++)
+        if (int_array(args[got], &a[got], got >= 8, names[got]) < 0)
+            goto done;
+    int64_t *order = a[0].data, *node_start = a[1].data, *list_batch = a[2].data, *list_pos = a[3].data;
+    int64_t *arg_start = a[4].data, *arg_code = a[5].data, *value_row = a[6].data, *aval = a[7].data;
+    int64_t *codes = a[8].data, *rows = a[9].data, *broken = a[10].data, *head = a[11].data, *arena = a[12].data;
+    int64_t num = a[1].len - 1, nlists = a[2].len, nodes = a[4].len - 1, k = 0;
+    if (num < 0 || a[3].len != nlists || a[10].len != nlists || a[11].len != nlists || a[12].len != nlists
+        || a[9].len != a[8].len || node_start[num] > a[0].len) {
+        PyErr_SetString(PyExc_ValueError, "list_reads: arrays differ in length");
+        goto done;
+    }
+    for (int64_t l = 0; l < nlists; l++) {
+        int64_t b = list_batch[l], p = list_pos[l];
+        if (b < 0 || b >= num || node_start[b] > node_start[b + 1] || node_start[b] < 0) {
+            PyErr_Format(PyExc_ValueError, "list_reads: list %lld names no batch", (long long)l);
+            goto done;
+        }
+        int64_t lo = node_start[b], hi = node_start[b + 1], bad = 0, first = k;
+        if (k + hi - lo > a[8].len) {
+            PyErr_SetString(PyExc_ValueError, "list_reads: codes too short for the lists");
+            goto done;
+        }
+        for (int64_t i = lo; i < hi; i++, k++) {
+            int64_t node = order[i];
+            if (node < 0 || node >= nodes || p < 0 || arg_start[node] + p >= arg_start[node + 1]
+                || arg_start[node + 1] > a[5].len) {
+                PyErr_Format(PyExc_ValueError, "list_reads: node %lld has no operand %lld", (long long)node,
+                             (long long)p);
+                goto done;
+            }
+            int64_t code = arg_code[arg_start[node] + p], v = code > 0 ? code : 0;
+            if (v >= a[6].len || v >= a[7].len) {
+                PyErr_Format(PyExc_ValueError, "list_reads: node %lld reads an unknown value %lld", (long long)node,
+                             (long long)code);
+                goto done;
+            }
+            codes[k] = code;
+            rows[k] = value_row[v];
+            bad |= k > first && rows[k] != rows[k - 1] + 1;
+        }
+        broken[l] = bad;
+        if (hi > lo) {
+            head[l] = rows[first];
+            arena[l] = aval[codes[first] > 0 ? codes[first] : 0];
+        } else {
+            head[l] = 0;
+            arena[l] = aval[0];
+        }
+    }
+    if (k != a[8].len) {
+        PyErr_SetString(PyExc_ValueError, "list_reads: codes longer than the lists");
+        goto done;
     }
     result = Py_NewRef(Py_None);
 done:
-    PyMem_Free(keyed);
-    PyMem_Free(nodes);
-    release(&order);
-    release(&static_in);
-    release(&reader_in);
-    release(&row);
-    release(&bounds);
-    release(&todo);
+    while (got-- > 0)
+        release(&a[got]);
     return result;
 }
 
@@ -407,8 +569,10 @@ done:
 }
 
 static PyMethodDef plan_methods[] = {
-    {"reader_sort", (PyCFunction)(void (*)(void))reader_sort, METH_FASTCALL,
-     "Sort each listed batch of order by its reader key, in place (NOTE: [Reader order])."},
+    {"reader_order", (PyCFunction)(void (*)(void))reader_order, METH_FASTCALL,
+     "NOTE: [Reader order] for a whole flush: sort order in place, return the batches sorted."},
+    {"list_reads", (PyCFunction)(void (*)(void))list_reads, METH_FASTCALL,
+     "Codes, rows, and per list broken / head / arena of every operand list of a flush."},
     {"fill_operands", (PyCFunction)(void (*)(void))fill_operands, METH_FASTCALL,
      "target[index[i]] = (kind, arena[i], views[i] or (lo[i], lo[i] + size[i]))."},
     {"assemble_steps", (PyCFunction)(void (*)(void))assemble_steps, METH_FASTCALL,

@@ -32,7 +32,7 @@ import numpy as np
 from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..schedule.base import Schedule
-from .native import reader_sort
+from . import native
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +76,25 @@ def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) ->
 
 
 def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """Each batch's nodes ordered by their first reader (NOTE: [Reader order])."""
+    """Each batch's nodes ordered by their first reader (NOTE: [Reader order]): natively in one pass
+    (NOTE: [Native plan] in memory/_plan.c), else ``reader_order_numpy``."""
+    if native.reader_order is None or not batches:
+        return reader_order_numpy(graph, batches)
+    order = np.concatenate(batches)
+    start = np.zeros(len(batches) + 1, dtype=np.int64)
+    np.add.accumulate(np.fromiter(map(len, batches), dtype=np.int64, count=len(batches)), out=start[1:])
+    done = native.reader_order(order, start, graph.arg_start, graph.arg_code, graph.value_node)
+    out = list(batches)
+    if done:
+        bounds = start.tolist()
+        for b in done:
+            out[b] = order[bounds[b]:bounds[b + 1]]
+    return tuple(out)
+
+
+def reader_order_numpy(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """``reader_order`` in numpy: whole-flush passes, then a few numpy calls per batch that has two
+    or more nodes someone reads (the native twin's reference, and its fallback)."""
     num = len(batches)
     lazy = (graph.arg_code >= 0).nonzero()[0] if num else ()
     if not len(lazy):
@@ -103,12 +121,16 @@ def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[n
     bounds = start.tolist()
     # Batches of one node, or whose nodes nobody reads, keep their order: skip them.
     read = np.logical_or.reduceat(static_in < (num + 1) * stride * width, bounds[:-1])
-    todo = ((sizes > 1) & read).nonzero()[0][::-1].copy()     # later batches first: their rows are final
-    reader_sort(order, static_in, reader_in, row, start, todo)      # NOTE: [Native plan]
     out = list(batches)
-    for b in todo.tolist():
-        out[b] = order[bounds[b]:bounds[b + 1]]
+    for b in ((sizes > 1) & read).nonzero()[0][::-1].tolist():
+        lo, hi = bounds[b], bounds[b + 1]
+        nodes = order[lo:hi][(static_in[lo:hi] + row[reader_in[lo:hi]]).argsort(kind="stable")]
+        out[b] = nodes
+        row[nodes] = _POSITIONS[:hi - lo] if hi - lo <= len(_POSITIONS) else np.arange(hi - lo)
     return tuple(out)
+
+
+_POSITIONS = np.arange(4096)
 
 
 def _first_reads(n: int, reader, producer, static, unread: int) -> tuple[np.ndarray, np.ndarray]:

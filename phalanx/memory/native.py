@@ -3,9 +3,14 @@ extension was built, else the pure-Python twins below, which behave the same.
 ``PHALANX_NATIVE=0`` in the environment selects the twins (``*_py``, always defined: tests compare
 the two).
 
-- ``reader_sort(order, static_in, reader_in, row, bounds, todo)``: for each batch b of ``todo``,
-  in that order, stably sort ``order[bounds[b]:bounds[b+1]]`` in place by ``static_in[i] +
-  row[reader_in[i]]``, then set ``row[node]`` to each node's new position (NOTE: [Reader order]).
+- ``reader_order(order, bounds, arg_start, arg_code, value_node)``: NOTE: [Reader order] of a whole
+  flush: sorts ``order`` (the batches concatenated; batch b is ``order[bounds[b]:bounds[b+1]]``)
+  in place, returns the batches it sorted (None when no node reads another). Native only: its
+  twin is memory/layout.py's numpy ``reader_order`` (``reader_order`` here is then None).
+- ``list_reads(order, node_start, list_batch, list_pos, arg_start, arg_code, value_row,
+  value_aval_id, codes, rows, broken, head, arena)``: every operand list's entries and whether each
+  is a slice, in one pass, filled into the last five arrays. Native only: its twin is
+  runtime/steps.py's numpy ``_list_reads`` (``list_reads`` here is then None).
 - ``fill_operands(target, index, kind, arena, lo, size, views)``: ``target[index[i]] = (kind,
   arena[i], views[i])``, or ``(kind, arena[i], (lo[i], lo[i] + size[i]))`` when ``views`` is None;
   ``index`` None means ``i``.
@@ -18,19 +23,6 @@ Integer arguments are int64 numpy arrays (the native module reads them through t
 from __future__ import annotations
 
 import os
-
-import numpy as np
-
-_POSITIONS = np.arange(4096)
-
-
-def reader_sort_py(order, static_in, reader_in, row, bounds, todo) -> None:
-    bounds = bounds.tolist()
-    for b in todo.tolist():
-        lo, hi = bounds[b], bounds[b + 1]
-        nodes = order[lo:hi][(static_in[lo:hi] + row[reader_in[lo:hi]]).argsort(kind="stable")]
-        order[lo:hi] = nodes
-        row[nodes] = _POSITIONS[:hi - lo] if hi - lo <= len(_POSITIONS) else np.arange(hi - lo)
 
 
 def fill_operands_py(target, index, kind, arena, lo, size, views) -> None:
@@ -73,10 +65,11 @@ def _joint(outputs: list) -> "tuple | None":
 
 
 NATIVE = False
-reader_sort, fill_operands, assemble_steps = reader_sort_py, fill_operands_py, assemble_steps_py
+reader_order = list_reads = None
+fill_operands, assemble_steps = fill_operands_py, assemble_steps_py
 if os.environ.get("PHALANX_NATIVE", "1") != "0":
     try:
-        from ._plan import assemble_steps, fill_operands, reader_sort  # noqa: F811
+        from ._plan import assemble_steps, fill_operands, list_reads, reader_order  # noqa: F811
         NATIVE = True
     except ImportError:       # the extension was not built (no compiler at install time)
         pass

@@ -59,6 +59,7 @@ from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..ir.signature import ArgKind, Signature
 from ..memory.layout import Layout, output_values
+from ..memory import native
 from ..memory.native import assemble_steps, fill_operands
 from ..schedule.base import Schedule
 from ..stats import ReadCounts
@@ -115,16 +116,11 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     list_lengths = sizes[list_batch]
     list_start = np.zeros(len(column) + 1, dtype=np.int64)
     np.add.accumulate(list_lengths, out=list_start[1:])
-    # Entry i of list (b, p) is operand p of the i-th node of batch b: gathered straight in list order.
-    within = np.arange(int(list_start[-1])) - (list_start[:-1] - node_start[list_batch]).repeat(list_lengths)
-    codes = graph.arg_code[graph.arg_start[order][within] + list_pos.repeat(list_lengths)]
-    rows = layout.value_row[np.maximum(codes, 0)]      # immediates' rows are never read (masked below)
+    codes, rows, broken, heads, arena = (_list_reads if native.list_reads is None else _list_reads_native)(
+        graph, layout, order, node_start, list_batch, list_pos, list_lengths, list_start)
     lazy = types.lazy[column]
-    broken = _broken(rows, list_start)
     gathered = lazy & broken
     sliced = lazy & ~broken
-    heads = rows[list_start[:-1]] if len(rows) else np.zeros(0, dtype=np.int64)   # each list's first row
-    arena = graph.value_aval_id[np.maximum(codes[list_start[:-1]] if len(codes) else heads, 0)]
 
     # *** counts ***
     counts.operand_lists, counts.gathers = int(np.count_nonzero(lazy)), int(np.count_nonzero(gathered))
@@ -180,6 +176,30 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
             if step.whole is not None and len(step.whole[2]) != len(step.operands):
                 step.whole = None
     return steps, counts
+
+
+def _list_reads(graph, layout, order, node_start, list_batch, list_pos, list_lengths, list_start):
+    """Every operand list's entries, list after list: (operand codes, their rows), and per list
+    whether its rows are NOT a slice (``_broken``), its first row and its arena (immediates' rows
+    and arenas are those of value 0: never read, masked by the caller)."""
+    # Entry i of list (b, p) is operand p of the i-th node of batch b: gathered straight in list order.
+    within = np.arange(int(list_start[-1])) - (list_start[:-1] - node_start[list_batch]).repeat(list_lengths)
+    codes = graph.arg_code[graph.arg_start[order][within] + list_pos.repeat(list_lengths)]
+    rows = layout.value_row[np.maximum(codes, 0)]
+    heads = rows[list_start[:-1]] if len(rows) else np.zeros(0, dtype=np.int64)   # each list's first row
+    arena = graph.value_aval_id[np.maximum(codes[list_start[:-1]] if len(codes) else heads, 0)]
+    return codes, rows, _broken(rows, list_start), heads, arena
+
+
+def _list_reads_native(graph, layout, order, node_start, list_batch, list_pos, list_lengths, list_start):
+    """``_list_reads`` in one pass (NOTE: [Native plan])."""
+    total, num = int(list_start[-1]), len(list_batch)
+    out = np.empty(2 * total + 3 * num, dtype=np.int64)
+    codes, rows, broken = out[:total], out[total:2 * total], out[2 * total:2 * total + num]
+    heads, arena = out[2 * total + num:2 * total + 2 * num], out[2 * total + 2 * num:]
+    native.list_reads(order, node_start, list_batch, list_pos, graph.arg_start, graph.arg_code, layout.value_row,
+                      graph.value_aval_id, codes, rows, broken, heads, arena)
+    return codes, rows, broken != 0, heads, arena
 
 
 def _broken(rows: np.ndarray, start: np.ndarray) -> np.ndarray:

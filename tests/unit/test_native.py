@@ -1,6 +1,7 @@
-"""The plan stage's native loops (memory/_plan.c, NOTE: [Native plan]) against their Python twins
-(memory/native.py): same sorted batches and rows, same operand tuples, same steps, on random
-arrays and on the plans of random models; and bad arrays are refused with a clear error, not read.
+"""The plan stage's native loops (memory/_plan.c, NOTE: [Native plan]) against their twins (numpy
+``reader_order_numpy`` and ``_list_reads``, the Python loops of memory/native.py): the same
+layouts, steps and counts on the plans of random models and programs; and bad arrays are refused
+with a clear error, not read.
 Skipped where the extension was not built (the rest of the suite then runs the twins)."""
 import random
 
@@ -13,53 +14,50 @@ from hypothesis import strategies as st
 import phalanx
 from phalanx.bench.plan_ab import _plain
 from phalanx.data import synthetic
-from phalanx.memory import layout as layout_module
 from phalanx.memory import native
 from phalanx.memory.layout import plan_layout
 from phalanx.models import BiLSTMTagger, TreeLSTM
 from phalanx.runtime import steps as steps_module
 from phalanx.runtime.steps import Step, build_steps
 from phalanx.schedule import schedule_graph
+from tests.unit.test_layout import _run_program, random_program_instances
 
 plan = pytest.importorskip("phalanx.memory._plan") if native.NATIVE else None
 pytestmark = pytest.mark.skipif(not native.NATIVE, reason="native plan extension not built or PHALANX_NATIVE=0")
 
 
-def _random_batches(rng: random.Random, n: int):
-    """A permutation of n nodes cut into batches, with random static keys (many ties) and readers."""
-    order = np.array(rng.sample(range(n), n), dtype=np.int64)
-    cuts = sorted(rng.sample(range(1, n), min(n - 1, rng.randint(0, 6)))) if n > 1 else []
-    bounds = np.array([0, *cuts, n], dtype=np.int64)
-    static_in = np.array([rng.randrange(4) * 1000 for _ in range(n)], dtype=np.int64)
-    reader_in = np.array([rng.randrange(n) for _ in range(n)], dtype=np.int64)
-    row = np.array([rng.randrange(50) for _ in range(n)], dtype=np.int64)
-    todo = np.array([b for b in range(len(bounds) - 1)[::-1] if rng.random() < 0.8], dtype=np.int64)
-    return order, static_in, reader_in, row, bounds, todo
-
-
-@settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 120))
-def test_reader_sort_sorts_as_the_twin(seed, n):
-    args = _random_batches(random.Random(seed), n)
-    mine, theirs = [a.copy() for a in args], [a.copy() for a in args]
-    plan.reader_sort(*mine)
-    native.reader_sort_py(*theirs)
-    assert mine[0].tolist() == theirs[0].tolist()       # order, sorted batch by batch (ties stable)
-    assert mine[3].tolist() == theirs[3].tolist()       # row: each sorted node's new position
-
-
-def test_reader_sort_refuses_bad_arrays():
-    order, static_in, reader_in, row, bounds, todo = _random_batches(random.Random(1), 10)
-    with pytest.raises(TypeError, match="static_in: expected a 1-d int64 array"):
-        plan.reader_sort(order, static_in.astype(np.int32), reader_in, row, bounds, todo)
-    with pytest.raises(ValueError, match="batch 7 has no valid bounds"):
-        plan.reader_sort(order, static_in, reader_in, row, bounds, np.array([7], dtype=np.int64))
-    with pytest.raises(ValueError, match="reads a node outside row"):
-        plan.reader_sort(order, static_in, reader_in + 100, row, np.array([0, 10]), np.array([0]))
-    with pytest.raises(ValueError):     # read-only order: written in place
+def test_reader_order_refuses_bad_arrays():
+    order, bounds = np.array([0, 1, 2]), np.array([0, 3])
+    arg_start, arg_code, value_node = np.array([0, 0, 1, 2]), np.array([0, 1]), np.array([0, 1, 2])
+    assert plan.reader_order(order.copy(), bounds, arg_start, arg_code, value_node) == [0]
+    with pytest.raises(TypeError, match="arg_code: expected a 1-d int64 array"):
+        plan.reader_order(order.copy(), bounds, arg_start, arg_code.astype(np.int32), value_node)
+    with pytest.raises(ValueError, match="batch 0 holds node 7 of 3"):
+        plan.reader_order(np.array([0, 7, 2]), bounds, arg_start, arg_code, value_node)
+    with pytest.raises(ValueError, match="node 2 reads an unknown value 9"):
+        plan.reader_order(order.copy(), bounds, arg_start, np.array([0, 9]), value_node)
+    with pytest.raises(ValueError, match="do not fit"):
+        plan.reader_order(order.copy(), np.array([0, 2]), arg_start, arg_code, value_node)
+    with pytest.raises(ValueError):     # read-only order: it is sorted in place
         frozen = order.copy()
         frozen.flags.writeable = False
-        plan.reader_sort(frozen, static_in, reader_in, row, bounds, todo)
+        plan.reader_order(frozen, bounds, arg_start, arg_code, value_node)
+
+
+def test_list_reads_refuses_bad_arrays():
+    order, node_start = np.array([0, 1]), np.array([0, 2])
+    arg_start, arg_code = np.array([0, 1, 2]), np.array([-1, 0])
+    value_row, aval = np.array([0]), np.array([0])
+    out = [np.zeros(2, dtype=np.int64) for _ in range(2)] + [np.zeros(1, dtype=np.int64) for _ in range(3)]
+    plan.list_reads(order, node_start, np.array([0]), np.array([0]), arg_start, arg_code, value_row, aval, *out)
+    assert out[0].tolist() == [-1, 0] and out[2].tolist() == [1]      # an immediate, then value 0: not a slice
+    with pytest.raises(ValueError, match="node 0 has no operand 1"):
+        plan.list_reads(order, node_start, np.array([0]), np.array([1]), arg_start, arg_code, value_row, aval, *out)
+    with pytest.raises(ValueError, match="list 0 names no batch"):
+        plan.list_reads(order, node_start, np.array([3]), np.array([0]), arg_start, arg_code, value_row, aval, *out)
+    with pytest.raises(ValueError, match="codes too short"):
+        plan.list_reads(order, node_start, np.array([0]), np.array([0]), arg_start, arg_code, value_row, aval,
+                        out[0][:1], out[1][:1], *out[2:])
 
 
 def test_fill_operands_fills_as_the_twin():
@@ -96,31 +94,43 @@ def _models():
     return _MODELS
 
 
+def _plan_with(graph, schedule, loops):
+    """Layout and steps planned with ``loops`` = (reader_order, list_reads, fill_operands,
+    assemble_steps) in place of memory/native.py's, as plain data."""
+    names = ("reader_order", "list_reads", "fill_operands", "assemble_steps")
+    saved = [getattr(native, name) for name in names], steps_module.fill_operands, steps_module.assemble_steps
+    for name, loop in zip(names, loops, strict=True):
+        setattr(native, name, loop)
+    steps_module.fill_operands, steps_module.assemble_steps = loops[2], loops[3]
+    try:
+        layout = plan_layout(graph, schedule)
+        steps, counts = build_steps(graph, schedule, layout)
+    finally:
+        for name, loop in zip(names, saved[0], strict=True):
+            setattr(native, name, loop)
+        steps_module.fill_operands, steps_module.assemble_steps = saved[1], saved[2]
+    return (layout.value_row.tolist(), layout.arena_rows.tolist(), [b.tolist() for b in layout.batches],
+            _steps_plain(steps), sorted(vars(counts).items()))
+
+
+NATIVE_LOOPS = (plan.reader_order, plan.list_reads, plan.fill_operands, plan.assemble_steps) if plan else None
+TWINS = (None, None, native.fill_operands_py, native.assemble_steps_py)
+
+
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 10_000), count=st.integers(0, 7), cells=st.booleans())
-def test_plans_of_models_equal_the_twins(seed, count, cells):
-    # Whole reads, joint writes, gathers, numbers, tensors (TreeLSTM, tagger): the layout and the
-    # steps built through the native loops equal those built through the twins.
+@given(seed=st.integers(0, 10_000), count=st.integers(0, 7), cells=st.booleans(),
+       policy=st.sampled_from(["depth", "agenda"]))
+def test_plans_of_models_equal_the_twins(seed, count, cells, policy):
+    # Whole reads, joint writes, gathers, numbers, tensors (TreeLSTM, tagger), then random programs:
+    # the layout and the steps planned through the native loops equal those of the numpy twins.
     tree_model, tagger = _models()
     rng = random.Random(seed)
     trees = synthetic.random_trees(count, seed, 40)
     chains = [[rng.randrange(40) for _ in range(rng.randint(1, 8))] for _ in range(count)]
-    for model, instances in ((tree_model, trees), (tagger, chains)):
-        graph = phalanx.Batcher(model, cells=cells).record(instances)
-        schedule = schedule_graph(graph, "depth")
-        found = []
-        for loops in ((plan.reader_sort, plan.fill_operands, plan.assemble_steps),
-                      (native.reader_sort_py, native.fill_operands_py, native.assemble_steps_py)):
-            saved = layout_module.reader_sort, steps_module.fill_operands, steps_module.assemble_steps
-            layout_module.reader_sort, steps_module.fill_operands, steps_module.assemble_steps = loops
-            try:
-                layout = plan_layout(graph, schedule)
-                steps, counts = build_steps(graph, schedule, layout)
-            finally:
-                layout_module.reader_sort, steps_module.fill_operands, steps_module.assemble_steps = saved
-            found.append((layout.value_row.tolist(), [b.tolist() for b in layout.batches], _steps_plain(steps),
-                          sorted(vars(counts).items())))
-        assert found[0] == found[1]
+    for fn, instances in ((tree_model, trees), (tagger, chains), (_run_program, random_program_instances(seed, count))):
+        graph = phalanx.Batcher(fn, policy=policy, cells=cells).record(instances)
+        schedule = schedule_graph(graph, policy)
+        assert _plan_with(graph, schedule, NATIVE_LOOPS) == _plan_with(graph, schedule, TWINS)
 
 
 def test_assemble_steps_refuses_mismatched_bounds():
