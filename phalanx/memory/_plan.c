@@ -66,6 +66,26 @@ release(IntArray *a)
 
 /* *** reader_order *** */
 
+/* Scratch memory kept across calls (the GIL is held throughout): a fresh block of a few hundred
+ * KB would cost a page fault per 4 KB each flush, more than the work itself. */
+static void *scratch_block = NULL;
+static size_t scratch_size = 0;
+
+static void *
+scratch(size_t size)
+{
+    if (size > scratch_size) {
+        void *bigger = PyMem_Realloc(scratch_block, size);
+        if (bigger == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        scratch_block = bigger;
+        scratch_size = size;
+    }
+    return scratch_block;
+}
+
 typedef struct {
     int64_t key;
     int64_t at;     /* position in the batch */
@@ -94,8 +114,12 @@ stable_sort(Keyed *items, Keyed *spare, int64_t n)
         for (int64_t lo = 0; lo < n; lo += 2 * width) {
             int64_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
             int64_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi)
-                to[k++] = from[j].key < from[i].key ? from[j++] : from[i++];    /* ties: the left one */
+            while (i < mid && j < hi) {     /* branch-free: keys come in no predictable order */
+                int64_t right = from[j].key < from[i].key;      /* ties: the left one */
+                to[k++] = from[right ? j : i];
+                j += right;
+                i += 1 - right;
+            }
             while (i < mid)
                 to[k++] = from[i++];
             while (j < hi)
@@ -120,8 +144,6 @@ reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     IntArray order = {0}, bounds = {0}, arg_start = {0}, arg_code = {0}, value_node = {0};
-    int64_t *scratch = NULL;
-    Keyed *keyed = NULL;
     PyObject *result = NULL;
     if (int_array(args[0], &order, 1, "order") < 0 || int_array(args[1], &bounds, 0, "bounds") < 0
         || int_array(args[2], &arg_start, 0, "arg_start") < 0 || int_array(args[3], &arg_code, 0, "arg_code") < 0
@@ -132,12 +154,11 @@ reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "reader_order: bounds or arg_start do not fit order or arg_code");
         goto done;
     }
-    scratch = PyMem_Malloc(sizeof(int64_t) * (4 * (size_t)n + 2 * (size_t)m + 1));
-    if (scratch == NULL) {
-        PyErr_NoMemory();
+    /* 4 arrays of n, the sorted nodes of one batch, then the sort's items and spare items */
+    int64_t *block = scratch(sizeof(int64_t) * (4 * (size_t)n + (size_t)m + 1) + sizeof(Keyed) * 2 * ((size_t)m + 1));
+    if (block == NULL)
         goto done;
-    }
-    int64_t *batch_of = scratch, *row = batch_of + n, *static_of = row + n, *reader_of = static_of + n;
+    int64_t *batch_of = block, *row = batch_of + n, *static_of = row + n, *reader_of = static_of + n;
     int64_t *nodes = reader_of + n;
     for (int64_t v = 0; v < n; v++) {
         batch_of[v] = num;
@@ -206,14 +227,10 @@ reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     int64_t width = widest + 1;
-    keyed = PyMem_Malloc(sizeof(Keyed) * 2 * (widest + 1));
+    Keyed *keyed = (Keyed *)(nodes + m + 1);
     result = PyList_New(0);
-    if (keyed == NULL || result == NULL) {
-        if (keyed == NULL)
-            PyErr_NoMemory();
-        Py_CLEAR(result);
+    if (result == NULL)
         goto done;
-    }
     for (int64_t b = num - 1; b >= 0; b--) {     /* later batches first: their rows are final */
         int64_t lo = bounds.data[b], k = bounds.data[b + 1] - lo, read = 0;
         if (k < 2)
@@ -222,12 +239,16 @@ reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             read = static_of[order.data[lo + i]] < unread;
         if (!read)      /* nobody reads this batch: it keeps its order */
             continue;
+        int64_t in_order = 1;
         for (int64_t i = 0; i < k; i++) {
             int64_t v = order.data[lo + i];
             keyed[i].key = static_of[v] * width + row[reader_of[v]];
             keyed[i].at = i;
+            in_order &= i == 0 || keyed[i - 1].key <= keyed[i].key;
         }
-        stable_sort(keyed, keyed + widest + 1, k);
+        if (in_order)       /* often so (a chain's steps): nothing moves, rows stay */
+            continue;
+        stable_sort(keyed, keyed + m + 1, k);
         for (int64_t i = 0; i < k; i++)
             nodes[i] = order.data[lo + keyed[i].at];
         for (int64_t i = 0; i < k; i++) {
@@ -243,8 +264,6 @@ reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(index);
     }
 done:
-    PyMem_Free(scratch);
-    PyMem_Free(keyed);
     release(&order);
     release(&bounds);
     release(&arg_start);

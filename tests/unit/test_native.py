@@ -27,9 +27,13 @@ pytestmark = pytest.mark.skipif(not native.NATIVE, reason="native plan extension
 
 
 def test_reader_order_refuses_bad_arrays():
-    order, bounds = np.array([0, 1, 2]), np.array([0, 3])
-    arg_start, arg_code, value_node = np.array([0, 0, 1, 2]), np.array([0, 1]), np.array([0, 1, 2])
-    assert plan.reader_order(order.copy(), bounds, arg_start, arg_code, value_node) == [0]
+    # Batch 0 = nodes 0, 1; batch 1 = node 2, reading value 1 then value 0: batch 0 becomes [1, 0].
+    order, bounds = np.array([0, 1, 2]), np.array([0, 2, 3])
+    arg_start, arg_code, value_node = np.array([0, 0, 0, 2]), np.array([1, 0]), np.array([0, 1, 2])
+    ordered = order.copy()
+    assert plan.reader_order(ordered, bounds, arg_start, arg_code, value_node) == [0]
+    assert ordered.tolist() == [1, 0, 2]
+    assert plan.reader_order(order.copy(), bounds, arg_start, arg_code[::-1].copy(), value_node) == []  # in order
     with pytest.raises(TypeError, match="arg_code: expected a 1-d int64 array"):
         plan.reader_order(order.copy(), bounds, arg_start, arg_code.astype(np.int32), value_node)
     with pytest.raises(ValueError, match="batch 0 holds node 7 of 3"):
@@ -37,7 +41,7 @@ def test_reader_order_refuses_bad_arrays():
     with pytest.raises(ValueError, match="node 2 reads an unknown value 9"):
         plan.reader_order(order.copy(), bounds, arg_start, np.array([0, 9]), value_node)
     with pytest.raises(ValueError, match="do not fit"):
-        plan.reader_order(order.copy(), np.array([0, 2]), arg_start, arg_code, value_node)
+        plan.reader_order(order.copy(), np.array([0, 2]), arg_start, arg_code, value_node)   # order has 3
     with pytest.raises(ValueError):     # read-only order: it is sorted in place
         frozen = order.copy()
         frozen.flags.writeable = False
