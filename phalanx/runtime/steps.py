@@ -58,7 +58,7 @@ from ..frontend.value import LazyValue
 from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..ir.signature import ArgKind, Signature
-from ..memory.layout import Layout, output_values
+from ..memory.layout import Layout, _concatenated, output_values
 from ..memory import native
 from ..memory.native import assemble_steps, fill_operands
 from ..schedule.base import Schedule
@@ -101,10 +101,11 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     device = graph.device
     types = op_type_table(graph.sigs, schedule.sids)
     slot = types.slot[np.array(schedule.sids, dtype=np.int64)]
-    sizes = np.fromiter(map(len, batches), dtype=np.int64, count=num)
-    order = np.concatenate(batches)
-    node_start = np.zeros(num + 1, dtype=np.int64)
-    np.add.accumulate(sizes, out=node_start[1:])
+    if layout.order is None:
+        _, order, node_start = _concatenated(graph, batches)
+    else:       # plan_layout made them
+        order, node_start = layout.order, layout.node_start
+    sizes = node_start[1:] - node_start[:-1]
 
     # *** operand lists: one contiguous segment per (batch, operand position), rows in batch order ***
     arity = types.arity[slot]
