@@ -18,10 +18,13 @@ nobody reads go last, in schedule order. For a chain (an LSTM over sentences) th
 reads a prefix of step t's rows in place (sentences that go on come first, in step t+1's order); a
 producer read once per node (an input projection hoisted out of the steps) is laid out step by
 step, so every step reads one slice of it; a tree's left and right children of one depth become
-two slices when one parent batch reads both. First reads are found for the whole flush at once
-(``_first_reads``); then a few numpy calls per batch that has two or more nodes someone reads (a
-batch's order depends on its readers' final rows, so the batches are visited in turn), no
-search: a few microseconds a batch where the planner's strategies cost milliseconds.
+two slices when one parent batch reads both. First reads are found for the whole flush at once,
+then each batch that has two or more nodes someone reads is sorted (a batch's order depends on its
+readers' final rows, so the batches are visited in turn), no search. Natively (memory/_plan.c,
+NOTE: [Native plan]) that is one C pass over the operands and one merge sort per batch not
+already in order (about a microsecond a batch); ``reader_order_numpy`` is the same in whole-flush
+numpy passes (``_first_reads``) plus a few numpy calls per batch, the fallback without the
+extension. Either costs microseconds where the planner's strategies cost milliseconds.
 """
 from __future__ import annotations
 

@@ -22,7 +22,11 @@ Python work, so its cost is a fixed number of calls plus per-entry work done in 
   ``m.nonzero()``): their Python-level wrappers (``np.repeat``, ``np.cumsum``, ``np.flatnonzero``,
   ``np.diff``, ``np.where``) cost 2-4 us a call on small arrays, which a small flush (a fiber
   round of a few nodes) pays dozens of times.
-The per-batch Python loop only slices precomputed lists of operand tuples into Steps.
+What is left per batch, per list or per entry runs in C (memory/_plan.c, NOTE: [Native plan]):
+every list's entries, rows and contiguity in one pass (``_list_reads_native``; ``_list_reads`` is
+its numpy twin), the operand and output tuples (``fill_operands``) and the Steps themselves
+(``assemble_steps``), which only slice the precomputed lists. ``plan_layout`` hands over the
+batches already concatenated (``Layout.order``).
 
 NOTE: [Fused gathers] a batch's gathered operand lists that sit next to each other in its
 operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden] arena) are read
