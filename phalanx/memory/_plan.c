@@ -154,12 +154,15 @@ reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "reader_order: bounds or arg_start do not fit order or arg_code");
         goto done;
     }
-    /* 4 arrays of n, the sorted nodes of one batch, then the sort's items and spare items */
-    int64_t *block = scratch(sizeof(int64_t) * (4 * (size_t)n + (size_t)m + 1) + sizeof(Keyed) * 2 * ((size_t)m + 1));
+    /* 4 arrays of n, the batches sorted (num), the sorted nodes of one batch (m + 1), then the
+     * sort's items and spare items. Nothing below allocates a Python object until the scratch is
+     * no longer used (a collection could run a finalizer that plans again, reusing it). */
+    int64_t *block = scratch(sizeof(int64_t) * (4 * (size_t)n + (size_t)num + (size_t)m + 1)
+                             + sizeof(Keyed) * 2 * ((size_t)m + 1));
     if (block == NULL)
         goto done;
     int64_t *batch_of = block, *row = batch_of + n, *static_of = row + n, *reader_of = static_of + n;
-    int64_t *nodes = reader_of + n;
+    int64_t *sorted = reader_of + n, *nodes = sorted + num, count = 0;
     for (int64_t v = 0; v < n; v++) {
         batch_of[v] = num;
         row[v] = v;
@@ -228,9 +231,6 @@ reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     int64_t width = widest + 1;
     Keyed *keyed = (Keyed *)(nodes + m + 1);
-    result = PyList_New(0);
-    if (result == NULL)
-        goto done;
     for (int64_t b = num - 1; b >= 0; b--) {     /* later batches first: their rows are final */
         int64_t lo = bounds.data[b], k = bounds.data[b + 1] - lo, read = 0;
         if (k < 2)
@@ -255,14 +255,23 @@ reader_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             order.data[lo + i] = nodes[i];
             row[nodes[i]] = i;
         }
-        PyObject *index = PyLong_FromLongLong(b);
-        if (index == NULL || PyList_Append(result, index) < 0) {
-            Py_XDECREF(index);
-            Py_CLEAR(result);
-            goto done;
-        }
-        Py_DECREF(index);
+        sorted[count++] = b;
     }
+    int64_t *ids = PyMem_Malloc(sizeof(int64_t) * (size_t)(count + 1));     /* off the scratch first */
+    if (ids == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(ids, sorted, sizeof(int64_t) * (size_t)count);
+    result = PyList_New(count);
+    for (int64_t i = 0; result != NULL && i < count; i++) {
+        PyObject *index = PyLong_FromLongLong(ids[i]);
+        if (index == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, index);
+    }
+    PyMem_Free(ids);
 done:
     release(&order);
     release(&bounds);
