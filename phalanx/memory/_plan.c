@@ -1,11 +1,12 @@
-/* phalanx.memory._plan: the per-batch loops of the plan stage in C.
+/* phalanx.memory._plan: the plan stage's passes over a flush in C.
  *
- * NOTE: [Native plan] the plan stage (memory/layout.py, runtime/steps.py) is whole-flush numpy
- * passes plus three loops whose work per item is a few array reads and one small Python object:
- * the reader order of each batch, the operand tuples of every list, and one Step per batch.
- * In Python each item costs an interpreter dispatch and numpy's fixed cost on a tiny array (about
- * a microsecond a call); here it costs tens of nanoseconds. memory/native.py holds the Python
- * twins (same behaviour; ``PHALANX_NATIVE=0`` selects them) and picks one or the other.
+ * NOTE: [Native plan] the plan stage (memory/layout.py, runtime/steps.py) was whole-flush numpy
+ * passes plus loops whose work per item is a few array reads and one small Python object: the
+ * reader order of each batch, the entries of every operand list, the fused runs, the operand
+ * tuples, one Step per batch. A numpy pass costs about a microsecond of fixed cost (dozens a
+ * flush), a Python loop an interpreter dispatch per item; here each is one C pass over the flush,
+ * tens of nanoseconds an item. The numpy / Python twins stay (memory/native.py picks one or the
+ * other; ``PHALANX_NATIVE=0`` selects the twins), with the same results (tests compare them).
  *
  *   reader_order(order, bounds, arg_start, arg_code, value_node)
  *       NOTE: [Reader order] for a whole flush: first reads found in one pass over the operands,
@@ -15,6 +16,9 @@
  *              value_aval_id, codes, rows, broken, head, arena)
  *       the entries of every operand list (codes, rows) and per list whether its rows are a slice
  *       (broken), its first row and its arena, filled into the last five arrays.
+ *   gather_runs(gathered, list_batch, list_pos, arena, list_start, rows, host)
+ *       NOTE: [Fused gathers]: the rows of every gathered list, then of every run of them, into
+ *       host; returns (entries, lengths, runs).
  *   fill_operands(target, index, kind, arena, lo, size, views)
  *       target[index[i]] = (kind, arena[i], views[i] or (lo[i], lo[i] + size[i])).
  *   assemble_steps(step_type, batches, sids, sigs, sizes, lists, outs, node_start, operands,
@@ -362,6 +366,96 @@ done:
     return result;
 }
 
+/* *** gather_runs *** */
+
+/* NOTE: [Fused gathers] (runtime/steps.py) of a flush in one pass. gathered[l] (bools): list l is
+ * gathered. Writes into host the rows of every gathered list, list after list, then the rows of
+ * every run (two or more gathered lists of one batch at consecutive positions reading one arena);
+ * returns (entries written, [length of each gathered list, then of each run], [(batch, arena,
+ * first position, number of lists) of each run]). host must hold 2 * len(rows) entries. */
+static PyObject *
+gather_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "gather_runs(gathered, list_batch, list_pos, arena, list_start, rows, host)");
+        return NULL;
+    }
+    Py_buffer flags;
+    IntArray a[6];
+    static const char *names[6] = {"list_batch", "list_pos", "arena", "list_start", "rows", "host"};
+    PyObject *lengths = NULL, *runs = NULL, *result = NULL;
+    int got = 0;
+    if (PyObject_GetBuffer(args[0], &flags, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (flags.itemsize != 1 || flags.ndim > 1 || flags.format == NULL || strchr("?bB", flags.format[0]) == NULL) {
+        PyErr_SetString(PyExc_TypeError, "gathered: expected a 1-d bool array");
+        goto done;
+    }
+    for (; got < 6; got++)
+        if (int_array(args[got + 1], &a[got], got == 5, names[got]) < 0)
+            goto done;
+    const char *gathered = flags.buf;
+    int64_t *list_batch = a[0].data, *list_pos = a[1].data, *arena = a[2].data, *list_start = a[3].data;
+    int64_t *rows = a[4].data, *host = a[5].data, nlists = flags.len, used = 0;
+    if (a[0].len != nlists || a[1].len != nlists || a[2].len != nlists || a[3].len != nlists + 1
+        || list_start[nlists] > a[4].len || a[5].len < 2 * a[4].len) {
+        PyErr_SetString(PyExc_ValueError, "gather_runs: arrays differ in length");
+        goto done;
+    }
+    for (int64_t l = 0; l < nlists; l++)
+        if (list_start[l] < 0 || list_start[l] > list_start[l + 1]) {
+            PyErr_SetString(PyExc_ValueError, "gather_runs: list_start decreases");
+            goto done;
+        }
+    lengths = PyList_New(0);
+    runs = PyList_New(0);
+    if (lengths == NULL || runs == NULL)
+        goto done;
+    for (int64_t l = 0; l < nlists; l++) {
+        if (!gathered[l])
+            continue;
+        int64_t lo = list_start[l], hi = list_start[l + 1];
+        memcpy(host + used, rows + lo, sizeof(int64_t) * (size_t)(hi - lo));
+        used += hi - lo;
+        PyObject *n = PyLong_FromLongLong(hi - lo);
+        if (n == NULL || PyList_Append(lengths, n) < 0) {
+            Py_XDECREF(n);
+            goto done;
+        }
+        Py_DECREF(n);
+    }
+    for (int64_t l = 0; l < nlists;) {
+        int64_t end = l + 1;
+        while (gathered[l] && end < nlists && gathered[end] && list_batch[end] == list_batch[l]
+               && list_pos[end] == list_pos[end - 1] + 1 && arena[end] == arena[l])
+            end++;
+        if (end - l >= 2) {
+            int64_t lo = list_start[l], hi = list_start[end];
+            memcpy(host + used, rows + lo, sizeof(int64_t) * (size_t)(hi - lo));
+            used += hi - lo;
+            PyObject *n = PyLong_FromLongLong(hi - lo);
+            PyObject *run = Py_BuildValue("(LLLL)", (long long)list_batch[l], (long long)arena[l],
+                                          (long long)list_pos[l], (long long)(end - l));
+            if (n == NULL || run == NULL || PyList_Append(lengths, n) < 0 || PyList_Append(runs, run) < 0) {
+                Py_XDECREF(n);
+                Py_XDECREF(run);
+                goto done;
+            }
+            Py_DECREF(n);
+            Py_DECREF(run);
+        }
+        l = end;
+    }
+    result = Py_BuildValue("(LOO)", (long long)used, lengths, runs);
+done:
+    Py_XDECREF(lengths);
+    Py_XDECREF(runs);
+    PyBuffer_Release(&flags);
+    while (got-- > 0)
+        release(&a[got]);
+    return result;
+}
+
 /* *** fill_operands *** */
 
 static PyObject *
@@ -601,6 +695,8 @@ static PyMethodDef plan_methods[] = {
      "NOTE: [Reader order] for a whole flush: sort order in place, return the batches sorted."},
     {"list_reads", (PyCFunction)(void (*)(void))list_reads, METH_FASTCALL,
      "Codes, rows, and per list broken / head / arena of every operand list of a flush."},
+    {"gather_runs", (PyCFunction)(void (*)(void))gather_runs, METH_FASTCALL,
+     "NOTE: [Fused gathers] of a flush: host rows, lengths and runs, in one pass."},
     {"fill_operands", (PyCFunction)(void (*)(void))fill_operands, METH_FASTCALL,
      "target[index[i]] = (kind, arena[i], views[i] or (lo[i], lo[i] + size[i]))."},
     {"assemble_steps", (PyCFunction)(void (*)(void))assemble_steps, METH_FASTCALL,

@@ -11,6 +11,10 @@ the two).
   value_aval_id, codes, rows, broken, head, arena)``: every operand list's entries and whether each
   is a slice, in one pass, filled into the last five arrays. Native only: its twin is
   runtime/steps.py's numpy ``_list_reads`` (``list_reads`` here is then None).
+- ``gather_runs(gathered, list_batch, list_pos, arena, list_start, rows, host)``: NOTE: [Fused
+  gathers] of a flush in one pass: the rows of every gathered list, then of every run, written
+  into ``host``; returns (entries written, lengths, runs as (batch, arena, first position, lists)).
+  Native only: its twin is runtime/steps.py's numpy ``_gather_operands``.
 - ``fill_operands(target, index, kind, arena, lo, size, views)``: ``target[index[i]] = (kind,
   arena[i], views[i])``, or ``(kind, arena[i], (lo[i], lo[i] + size[i]))`` when ``views`` is None;
   ``index`` None means ``i``.
@@ -65,11 +69,11 @@ def _joint(outputs: list) -> "tuple | None":
 
 
 NATIVE = False
-reader_order = list_reads = None
+reader_order = list_reads = gather_runs = None
 fill_operands, assemble_steps = fill_operands_py, assemble_steps_py
 if os.environ.get("PHALANX_NATIVE", "1") != "0":
     try:
-        from ._plan import assemble_steps, fill_operands, list_reads, reader_order  # noqa: F811
+        from ._plan import assemble_steps, fill_operands, gather_runs, list_reads, reader_order  # noqa: F811
         NATIVE = True
     except ImportError:       # the extension was not built (no compiler at install time)
         pass

@@ -137,7 +137,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     fill_operands(operands, sliced.nonzero()[0], SLICE, arena[sliced], heads[sliced], list_lengths[sliced], None)
     fused_of: dict = {}
     if counts.gathers:
-        fused_of = _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
+        fused_of = (_gather_operands if native.gather_runs is None else _gather_operands_native)(
+            gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
                                     device)
     _add_numbers(graph, types, column, codes, list_start, list_lengths, operands, device)
     tensors = (types.kind[column] == int(ArgKind.TENSOR)).nonzero()[0] if types.has_tensors else ()
@@ -251,6 +252,21 @@ def _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, a
                                      (last - first).tolist(), runs, strict=True):
             run = (a, index, tuple(range(f, f + n)))
             out[b] = out[b] + (run,) if b in out else (run,)
+    return out
+
+
+def _gather_operands_native(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
+                            device) -> dict:
+    """``_gather_operands`` with the runs and the host array made in one pass (NOTE: [Native plan])."""
+    host = np.empty(2 * len(rows), dtype=np.int64)
+    used, lengths, runs = native.gather_runs(gathered, list_batch, list_pos, arena, list_start, rows, host)
+    views = _to_device(torch.from_numpy(host[:used]), device).split_with_sizes(lengths)
+    gather_ids = gathered.nonzero()[0]
+    fill_operands(operands, gather_ids, GATHER, arena[gather_ids], None, None, views)
+    out: dict = {}
+    for (b, a, f, n), index in zip(runs, views[len(gather_ids):], strict=True):
+        run = (a, index, tuple(range(f, f + n)))
+        out[b] = out[b] + (run,) if b in out else (run,)
     return out
 
 

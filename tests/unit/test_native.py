@@ -99,13 +99,13 @@ def _models():
 
 
 def _plan_with(graph, schedule, loops):
-    """Layout and steps planned with ``loops`` = (reader_order, list_reads, fill_operands,
-    assemble_steps) in place of memory/native.py's, as plain data."""
-    names = ("reader_order", "list_reads", "fill_operands", "assemble_steps")
+    """Layout and steps planned with ``loops`` = (reader_order, list_reads, gather_runs,
+    fill_operands, assemble_steps) in place of memory/native.py's, as plain data."""
+    names = ("reader_order", "list_reads", "gather_runs", "fill_operands", "assemble_steps")
     saved = [getattr(native, name) for name in names], steps_module.fill_operands, steps_module.assemble_steps
     for name, loop in zip(names, loops, strict=True):
         setattr(native, name, loop)
-    steps_module.fill_operands, steps_module.assemble_steps = loops[2], loops[3]
+    steps_module.fill_operands, steps_module.assemble_steps = loops[3], loops[4]
     try:
         layout = plan_layout(graph, schedule)
         steps, counts = build_steps(graph, schedule, layout)
@@ -117,8 +117,9 @@ def _plan_with(graph, schedule, loops):
             _steps_plain(steps), sorted(vars(counts).items()))
 
 
-NATIVE_LOOPS = (plan.reader_order, plan.list_reads, plan.fill_operands, plan.assemble_steps) if plan else None
-TWINS = (None, None, native.fill_operands_py, native.assemble_steps_py)
+NATIVE_LOOPS = (plan.reader_order, plan.list_reads, plan.gather_runs, plan.fill_operands,
+                plan.assemble_steps) if plan else None
+TWINS = (None, None, None, native.fill_operands_py, native.assemble_steps_py)
 
 
 @settings(max_examples=10, deadline=None)
@@ -141,3 +142,19 @@ def test_assemble_steps_refuses_mismatched_bounds():
     with pytest.raises(ValueError, match="differ in length"):
         plan.assemble_steps(Step, [np.array([0])], (0,), [None], np.array([1]), np.array([0]), np.array([0, 0]),
                             np.array([0, 1]), [], [], np.array([0]), {}, frozenset())
+
+
+def test_gather_runs_fuses_adjacent_lists_of_one_batch_and_arena():
+    # Lists 0, 1: batch 0, positions 0, 1, arena 1: one run. List 2: another arena. List 3: not
+    # gathered. List 4: batch 1 alone.
+    gathered = np.array([True, True, True, False, True])
+    list_batch, list_pos, arena = np.array([0, 0, 0, 0, 1]), np.array([0, 1, 2, 3, 0]), np.array([1, 1, 2, 1, 1])
+    list_start, rows = np.array([0, 2, 4, 6, 8, 9]), np.arange(10, 19)
+    host = np.full(18, -1, dtype=np.int64)
+    used, lengths, runs = plan.gather_runs(gathered, list_batch, list_pos, arena, list_start, rows, host)
+    assert (used, lengths, runs) == (11, [2, 2, 2, 1, 4], [(0, 1, 0, 2)])
+    assert host[:used].tolist() == [10, 11, 12, 13, 14, 15, 18, 10, 11, 12, 13]
+    with pytest.raises(TypeError, match="gathered: expected a 1-d bool array"):
+        plan.gather_runs(gathered.astype(np.int64), list_batch, list_pos, arena, list_start, rows, host)
+    with pytest.raises(ValueError, match="arrays differ in length"):
+        plan.gather_runs(gathered, list_batch, list_pos, arena, list_start, rows, host[:10])
