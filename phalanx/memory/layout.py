@@ -61,7 +61,7 @@ def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) ->
     (NOTE: [Reader order]; ``reorder=False``: in the schedule's own order). Vectorized: a value's
     row is its (batch, output) block's first row in its arena plus its place in the block."""
     value_row = np.full(graph.num_values, -1, dtype=np.int64)
-    batches, order, start = (_reader_order if reorder else _concatenated)(graph, schedule.batches)
+    batches, order, start = _reader_order(graph, schedule.batches) if reorder else concatenated(schedule.batches)
     vids, block_size = _output_blocks(graph, batches, schedule.sids, order, start)
     arena_rows = np.zeros(len(graph.avals), dtype=np.int64)
     if not len(vids):
@@ -88,8 +88,8 @@ def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[n
     return _reader_order(graph, batches)[0]
 
 
-def _concatenated(graph: GraphArrays, batches) -> tuple[tuple, np.ndarray, np.ndarray]:
-    """``batches``, concatenated, and each one's start in that."""
+def concatenated(batches) -> tuple[tuple, np.ndarray, np.ndarray]:
+    """``batches`` as a tuple, the batches concatenated, and each one's start in that."""
     order = np.concatenate(batches) if len(batches) else np.zeros(0, dtype=np.int64)
     start = np.zeros(len(batches) + 1, dtype=np.int64)
     np.add.accumulate(np.fromiter(map(len, batches), dtype=np.int64, count=len(batches)), out=start[1:])
@@ -97,10 +97,10 @@ def _concatenated(graph: GraphArrays, batches) -> tuple[tuple, np.ndarray, np.nd
 
 
 def _reader_order(graph: GraphArrays, batches) -> tuple[tuple, np.ndarray, np.ndarray]:
-    """``reader_order``, with its batches concatenated and their starts (``_concatenated``)."""
+    """``reader_order``, with its batches concatenated and their starts (``concatenated``)."""
     if native.reader_order is None or not batches:
-        return _concatenated(graph, reader_order_numpy(graph, batches))
-    _, order, start = _concatenated(graph, batches)
+        return concatenated(reader_order_numpy(graph, batches))
+    _, order, start = concatenated(batches)
     done = native.reader_order(order, start, graph.arg_start, graph.arg_code, graph.value_node)  # sorts order
     out = list(batches)
     if done:
@@ -183,7 +183,7 @@ def _output_blocks(graph: GraphArrays, batches, sids, order=None, start=None) ->
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     types = op_type_table(graph.sigs, sids)
     if order is None:
-        _, order, start = _concatenated(graph, batches)
+        _, order, start = concatenated(batches)
     sizes = start[1:] - start[:-1]
     first = graph.node_first_value[order]
     if types.single_output:

@@ -62,8 +62,8 @@ from ..frontend.value import LazyValue
 from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..ir.signature import ArgKind, Signature
-from ..memory.layout import Layout, _concatenated, output_values
 from ..memory import native
+from ..memory.layout import Layout, concatenated, output_values
 from ..memory.native import assemble_steps, fill_operands
 from ..schedule.base import Schedule
 from ..stats import ReadCounts
@@ -106,7 +106,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     types = op_type_table(graph.sigs, schedule.sids)
     slot = types.slot[np.array(schedule.sids, dtype=np.int64)]
     if layout.order is None:
-        _, order, node_start = _concatenated(graph, batches)
+        _, order, node_start = concatenated(batches)
     else:       # plan_layout made them
         order, node_start = layout.order, layout.node_start
     sizes = node_start[1:] - node_start[:-1]
@@ -138,8 +138,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     fused_of: dict = {}
     if counts.gathers:
         fused_of = (_gather_operands if native.gather_runs is None else _gather_operands_native)(
-            gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
-                                    device)
+            gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands, device)
     _add_numbers(graph, types, column, codes, list_start, list_lengths, operands, device)
     tensors = (types.kind[column] == int(ArgKind.TENSOR)).nonzero()[0] if types.has_tensors else ()
     if len(tensors):
@@ -171,7 +170,7 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         for k in scattered.tolist():
             outputs[k] = (SCATTER, outputs[k][1], parts[k])
 
-    # *** per-batch assembly: Python slices precomputed lists ***
+    # *** per-batch assembly: slices of the precomputed lists (natively: NOTE: [Native plan]) ***
     outs = np.zeros(num + 1, dtype=np.int64)
     np.add.accumulate(num_out, out=outs[1:])
     steps = assemble_steps(Step, batches, schedule.sids, graph.sigs, sizes, lists, outs, node_start, operands, outputs,
