@@ -18,10 +18,13 @@ nobody reads go last, in schedule order. For a chain (an LSTM over sentences) th
 reads a prefix of step t's rows in place (sentences that go on come first, in step t+1's order); a
 producer read once per node (an input projection hoisted out of the steps) is laid out step by
 step, so every step reads one slice of it; a tree's left and right children of one depth become
-two slices when one parent batch reads both. First reads are found for the whole flush at once
-(``_first_reads``); then a few numpy calls per batch that has two or more nodes someone reads (a
-batch's order depends on its readers' final rows, so the batches are visited in turn), no
-search: a few microseconds a batch where the planner's strategies cost milliseconds.
+two slices when one parent batch reads both. First reads are found for the whole flush at once,
+then each batch that has two or more nodes someone reads is sorted (a batch's order depends on its
+readers' final rows, so the batches are visited in turn), no search. Natively (memory/_plan.c,
+NOTE: [Native plan]) that is one C pass over the operands and one merge sort per batch not
+already in order (about a microsecond a batch); ``reader_order_numpy`` is the same in whole-flush
+numpy passes (``_first_reads``) plus a few numpy calls per batch, the fallback without the
+extension. Either costs microseconds where the planner's strategies cost milliseconds.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import numpy as np
 from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..schedule.base import Schedule
+from . import native
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,12 +44,16 @@ class Layout:
     arena a; ``batches``: the schedule's batches in the node order the layout chose. ``output_vids``:
     ``output_values`` of these batches when the layout computed them, with every (batch, output)
     block in consecutive rows (``plan_layout``; the plan stage then skips recomputing and checking
-    them); None otherwise."""
+    them); None otherwise. ``order`` and ``node_start``: ``batches`` concatenated and each batch's
+    start in it (batch b is ``order[node_start[b]:node_start[b+1]]``) when the layout made them
+    (``plan_layout``), so the steps do not make them again; None otherwise."""
 
     value_row: np.ndarray
     arena_rows: np.ndarray
     batches: tuple[np.ndarray, ...]
     output_vids: np.ndarray | None = None
+    order: np.ndarray | None = None
+    node_start: np.ndarray | None = None
 
 
 def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) -> Layout:
@@ -53,29 +61,58 @@ def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) ->
     (NOTE: [Reader order]; ``reorder=False``: in the schedule's own order). Vectorized: a value's
     row is its (batch, output) block's first row in its arena plus its place in the block."""
     value_row = np.full(graph.num_values, -1, dtype=np.int64)
-    batches = reader_order(graph, schedule.batches) if reorder else schedule.batches
-    vids, block_size = _output_blocks(graph, batches, schedule.sids)
+    batches, order, start = _reader_order(graph, schedule.batches) if reorder else concatenated(schedule.batches)
+    vids, block_size = _output_blocks(graph, batches, schedule.sids, order, start)
     arena_rows = np.zeros(len(graph.avals), dtype=np.int64)
     if not len(vids):
-        return Layout(value_row, arena_rows, batches, output_vids=vids)
+        return Layout(value_row, arena_rows, batches, vids, order, start)
     block_start = np.zeros(len(block_size) + 1, dtype=np.int64)
     np.add.accumulate(block_size, out=block_start[1:])
     block_arena = graph.value_aval_id[vids[block_start[:-1]]]
     arena_rows += np.bincount(block_arena, weights=block_size, minlength=len(graph.avals)).astype(np.int64)
     if arena_rows[block_arena[0]] == len(vids):        # one arena: rows in output order
         value_row[vids] = np.arange(len(vids))
-        return Layout(value_row, arena_rows, batches, output_vids=vids)
+        return Layout(value_row, arena_rows, batches, vids, order, start)
     # Each block's first row: the rows of the blocks before it in its arena.
     block_row = np.zeros(len(block_size), dtype=np.int64)
     for a in arena_rows.nonzero()[0].tolist():
         mine = (block_arena == a).nonzero()[0]
         block_row[mine] = np.add.accumulate(block_size[mine]) - block_size[mine]
     value_row[vids] = np.arange(len(vids)) + (block_row - block_start[:-1]).repeat(block_size)
-    return Layout(value_row, arena_rows, batches, output_vids=vids)
+    return Layout(value_row, arena_rows, batches, vids, order, start)
 
 
 def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """Each batch's nodes ordered by their first reader (NOTE: [Reader order])."""
+    """Each batch's nodes ordered by their first reader (NOTE: [Reader order]): natively in one pass
+    (NOTE: [Native plan] in memory/_plan.c), else ``reader_order_numpy``."""
+    return _reader_order(graph, batches)[0]
+
+
+def concatenated(batches) -> tuple[tuple, np.ndarray, np.ndarray]:
+    """``batches`` as a tuple, the batches concatenated, and each one's start in that."""
+    order = np.concatenate(batches) if len(batches) else np.zeros(0, dtype=np.int64)
+    start = np.zeros(len(batches) + 1, dtype=np.int64)
+    np.add.accumulate(np.fromiter(map(len, batches), dtype=np.int64, count=len(batches)), out=start[1:])
+    return tuple(batches), order, start
+
+
+def _reader_order(graph: GraphArrays, batches) -> tuple[tuple, np.ndarray, np.ndarray]:
+    """``reader_order``, with its batches concatenated and their starts (``concatenated``)."""
+    if native.reader_order is None or not batches:
+        return concatenated(reader_order_numpy(graph, batches))
+    _, order, start = concatenated(batches)
+    done = native.reader_order(order, start, graph.arg_start, graph.arg_code, graph.value_node)  # sorts order
+    out = list(batches)
+    if done:
+        bounds = start.tolist()
+        for b in done:
+            out[b] = order[bounds[b]:bounds[b + 1]]
+    return tuple(out), order, start
+
+
+def reader_order_numpy(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """``reader_order`` in numpy: whole-flush passes, then a few numpy calls per batch that has two
+    or more nodes someone reads (the native twin's reference, and its fallback)."""
     num = len(batches)
     lazy = (graph.arg_code >= 0).nonzero()[0] if num else ()
     if not len(lazy):
@@ -111,6 +148,9 @@ def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[n
     return tuple(out)
 
 
+_POSITIONS = np.arange(4096)
+
+
 def _first_reads(n: int, reader, producer, static, unread: int) -> tuple[np.ndarray, np.ndarray]:
     """Per node, the static key and the reader of its first read: the smallest static key; of two
     reads with the same static key, the later reader (only the readers' final rows could tell them
@@ -130,29 +170,29 @@ def _first_reads(n: int, reader, producer, static, unread: int) -> tuple[np.ndar
     return static_of, reader_of
 
 
-_POSITIONS = np.arange(4096)
-
-
 def output_values(graph: GraphArrays, batches, sids) -> np.ndarray:
     """The values ``batches`` produce, batch by batch, output by output, in each batch's node order:
     one segment of ``len(batch)`` values per (batch, output)."""
     return _output_blocks(graph, batches, sids)[0]
 
 
-def _output_blocks(graph: GraphArrays, batches, sids) -> tuple[np.ndarray, np.ndarray]:
-    """``output_values`` and the size of each of its (batch, output) segments."""
+def _output_blocks(graph: GraphArrays, batches, sids, order=None, start=None) -> tuple[np.ndarray, np.ndarray]:
+    """``output_values`` and the size of each of its (batch, output) segments (``order``, ``start``:
+    ``batches`` concatenated and their starts, made here when not given)."""
     if not batches:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     types = op_type_table(graph.sigs, sids)
-    sizes = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
-    first = graph.node_first_value[np.concatenate(batches)]
+    if order is None:
+        _, order, start = concatenated(batches)
+    sizes = start[1:] - start[:-1]
+    first = graph.node_first_value[order]
     if types.single_output:
         return first, sizes
     # Block (b, k) is output k of batch b's nodes: ``first`` of its nodes, plus k.
     num_out = types.num_out[types.slot[np.array(sids, dtype=np.int64)]]
     block_size = sizes.repeat(num_out)
     block_start = np.add.accumulate(block_size) - block_size
-    node_start = np.add.accumulate(sizes) - sizes
+    node_start = start[:-1]
     k = np.arange(len(block_size)) - (np.add.accumulate(num_out) - num_out).repeat(num_out)
     node = np.arange(int(block_size.sum())) + (node_start.repeat(num_out) - block_start).repeat(block_size)
     return first[node] + k.repeat(block_size), block_size

@@ -22,7 +22,11 @@ Python work, so its cost is a fixed number of calls plus per-entry work done in 
   ``m.nonzero()``): their Python-level wrappers (``np.repeat``, ``np.cumsum``, ``np.flatnonzero``,
   ``np.diff``, ``np.where``) cost 2-4 us a call on small arrays, which a small flush (a fiber
   round of a few nodes) pays dozens of times.
-The per-batch Python loop only slices precomputed lists of operand tuples into Steps.
+What is left per batch, per list or per entry runs in C (memory/_plan.c, NOTE: [Native plan]):
+every list's entries, rows and contiguity in one pass (``_list_reads_native``; ``_list_reads`` is
+its numpy twin), the operand and output tuples (``fill_operands``) and the Steps themselves
+(``assemble_steps``), which only slice the precomputed lists. ``plan_layout`` hands over the
+batches already concatenated (``Layout.order``).
 
 NOTE: [Fused gathers] a batch's gathered operand lists that sit next to each other in its
 operand order and read one arena (a TreeLSTM node's hl, cl, hr, cr: one [hidden] arena) are read
@@ -58,7 +62,9 @@ from ..frontend.value import LazyValue
 from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..ir.signature import ArgKind, Signature
-from ..memory.layout import Layout, output_values
+from ..memory import native
+from ..memory.layout import Layout, concatenated, output_values
+from ..memory.native import assemble_steps, fill_operands
 from ..schedule.base import Schedule
 from ..stats import ReadCounts
 from .ragged import add_ragged_operands
@@ -99,10 +105,11 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     device = graph.device
     types = op_type_table(graph.sigs, schedule.sids)
     slot = types.slot[np.array(schedule.sids, dtype=np.int64)]
-    sizes = np.fromiter(map(len, batches), dtype=np.int64, count=num)
-    order = np.concatenate(batches)
-    node_start = np.zeros(num + 1, dtype=np.int64)
-    np.add.accumulate(sizes, out=node_start[1:])
+    if layout.order is None:
+        _, order, node_start = concatenated(batches)
+    else:       # plan_layout made them
+        order, node_start = layout.order, layout.node_start
+    sizes = node_start[1:] - node_start[:-1]
 
     # *** operand lists: one contiguous segment per (batch, operand position), rows in batch order ***
     arity = types.arity[slot]
@@ -114,16 +121,11 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     list_lengths = sizes[list_batch]
     list_start = np.zeros(len(column) + 1, dtype=np.int64)
     np.add.accumulate(list_lengths, out=list_start[1:])
-    # Entry i of list (b, p) is operand p of the i-th node of batch b: gathered straight in list order.
-    within = np.arange(int(list_start[-1])) - (list_start[:-1] - node_start[list_batch]).repeat(list_lengths)
-    codes = graph.arg_code[graph.arg_start[order][within] + list_pos.repeat(list_lengths)]
-    rows = layout.value_row[np.maximum(codes, 0)]      # immediates' rows are never read (masked below)
+    codes, rows, broken, heads, arena = (_list_reads if native.list_reads is None else _list_reads_native)(
+        graph, layout, order, node_start, list_batch, list_pos, list_lengths, list_start)
     lazy = types.lazy[column]
-    broken = _broken(rows, list_start)
     gathered = lazy & broken
     sliced = lazy & ~broken
-    heads = rows[list_start[:-1]] if len(rows) else np.zeros(0, dtype=np.int64)   # each list's first row
-    arena = graph.value_aval_id[np.maximum(codes[list_start[:-1]] if len(codes) else heads, 0)]
 
     # *** counts ***
     counts.operand_lists, counts.gathers = int(np.count_nonzero(lazy)), int(np.count_nonzero(gathered))
@@ -132,13 +134,11 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
 
     # *** operand tuples, one per list, in list order ***
     operands: list = [None] * len(column)
-    for li, a, lo, size in zip(sliced.nonzero()[0].tolist(), arena[sliced].tolist(), heads[sliced].tolist(),
-                               list_lengths[sliced].tolist(), strict=True):
-        operands[li] = (SLICE, a, (lo, lo + size))
+    fill_operands(operands, sliced.nonzero()[0], SLICE, arena[sliced], heads[sliced], list_lengths[sliced], None)
     fused_of: dict = {}
     if counts.gathers:
-        fused_of = _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
-                                    device)
+        fused_of = (_gather_operands if native.gather_runs is None else _gather_operands_native)(
+            gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands, device)
     _add_numbers(graph, types, column, codes, list_start, list_lengths, operands, device)
     tensors = (types.kind[column] == int(ArgKind.TENSOR)).nonzero()[0] if types.has_tensors else ()
     if len(tensors):
@@ -162,37 +162,49 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
     counts.output_blocks, counts.scattered_outputs = len(out_size), int(np.count_nonzero(out_broken))
     out_lo = out_rows[out_start[:-1]] if len(out_rows) else np.zeros(0, dtype=np.int64)
     out_arena = graph.value_aval_id[vids[out_start[:-1]]] if len(vids) else out_lo
-    outputs: list = [(SLICE, a, (lo, lo + size)) for a, lo, size in
-                     zip(out_arena.tolist(), out_lo.tolist(), out_size.tolist(), strict=True)]
+    outputs: list = [None] * len(out_size)
+    fill_operands(outputs, None, SLICE, out_arena, out_lo, out_size, None)
     if counts.scattered_outputs:
         scattered = out_broken.nonzero()[0]
         parts = _to_device(torch.from_numpy(out_rows), device).split_with_sizes(out_size.tolist())
         for k in scattered.tolist():
             outputs[k] = (SCATTER, outputs[k][1], parts[k])
 
-    # *** per-batch assembly: Python slices precomputed lists ***
-    steps = []
-    sigs = graph.sigs
-    inst_of = graph.node_inst[order]
-    stacked = types.stacked
+    # *** per-batch assembly: slices of the precomputed lists (natively: NOTE: [Native plan]) ***
     outs = np.zeros(num + 1, dtype=np.int64)
     np.add.accumulate(num_out, out=outs[1:])
-    for b, (nodes, sid, size, l0, l1, o0, o1, n0, n1) in enumerate(zip(
-            batches, schedule.sids, sizes.tolist(), lists[:-1].tolist(), lists[1:].tolist(), outs[:-1].tolist(),
-            outs[1:].tolist(), node_start[:-1].tolist(), node_start[1:].tolist(), strict=True)):
-        fused = fused_of.get(b, ())
-        whole = None
-        if len(fused) == 1 and len(fused[0][2]) == l1 - l0 and sid not in stacked:
-            whole = (fused[0][0], fused[0][1], [size] * (l1 - l0))     # NOTE: [Whole reads]
-        outs_b = outputs[o0:o1]
-        steps.append(Step(sigs[sid], nodes, size, operands[l0:l1], outs_b, inst_of[n0:n1], fused, whole,
-                          _joint(outs_b) if o1 - o0 > 1 else None))
+    steps = assemble_steps(Step, batches, schedule.sids, graph.sigs, sizes, lists, outs, node_start, operands, outputs,
+                           graph.node_inst[order], fused_of, types.stacked)     # NOTE: [Native plan]
     if types.ragged:
         add_ragged_operands(graph, steps, layout, device, counts)     # NOTE: [Ragged kernels]
         for step in steps:
             if step.whole is not None and len(step.whole[2]) != len(step.operands):
                 step.whole = None
     return steps, counts
+
+
+def _list_reads(graph, layout, order, node_start, list_batch, list_pos, list_lengths, list_start):
+    """Every operand list's entries, list after list: (operand codes, their rows), and per list
+    whether its rows are NOT a slice (``_broken``), its first row and its arena (immediates' rows
+    and arenas are those of value 0: never read, masked by the caller)."""
+    # Entry i of list (b, p) is operand p of the i-th node of batch b: gathered straight in list order.
+    within = np.arange(int(list_start[-1])) - (list_start[:-1] - node_start[list_batch]).repeat(list_lengths)
+    codes = graph.arg_code[graph.arg_start[order][within] + list_pos.repeat(list_lengths)]
+    rows = layout.value_row[np.maximum(codes, 0)]
+    heads = rows[list_start[:-1]] if len(rows) else np.zeros(0, dtype=np.int64)   # each list's first row
+    arena = graph.value_aval_id[np.maximum(codes[list_start[:-1]] if len(codes) else heads, 0)]
+    return codes, rows, _broken(rows, list_start), heads, arena
+
+
+def _list_reads_native(graph, layout, order, node_start, list_batch, list_pos, list_lengths, list_start):
+    """``_list_reads`` in one pass (NOTE: [Native plan])."""
+    total, num = int(list_start[-1]), len(list_batch)
+    out = np.empty(2 * total + 3 * num, dtype=np.int64)
+    codes, rows, broken = out[:total], out[total:2 * total], out[2 * total:2 * total + num]
+    heads, arena = out[2 * total + num:2 * total + 2 * num], out[2 * total + 2 * num:]
+    native.list_reads(order, node_start, list_batch, list_pos, graph.arg_start, graph.arg_code, layout.value_row,
+                      graph.value_aval_id, codes, rows, broken, heads, arena)
+    return codes, rows, broken != 0, heads, arena
 
 
 def _broken(rows: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -231,8 +243,7 @@ def _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, a
         host = np.concatenate((host, rows[in_run.repeat(list_lengths)]))
         lengths = np.concatenate((lengths, list_start[last] - list_start[first]))
     views = _to_device(torch.from_numpy(host), device).split_with_sizes(lengths.tolist())
-    for li, a, view in zip(gather_ids.tolist(), arena[gather_ids].tolist(), views[:len(gather_ids)], strict=True):
-        operands[li] = (GATHER, a, view)
+    fill_operands(operands, gather_ids, GATHER, arena[gather_ids], None, None, views)
     out: dict = {}
     if len(first):
         runs = views[len(gather_ids):]
@@ -243,17 +254,19 @@ def _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, a
     return out
 
 
-def _joint(outputs: list) -> "tuple | None":
-    """NOTE: [Joint writes]: (arena, lo, hi) if two or more outputs are row slices of one arena,
-    each right after the last."""
-    if len(outputs) < 2 or outputs[0][0] != SLICE:
-        return None
-    _, arena, (lo, hi) = outputs[0]
-    for kind, other, rows in outputs[1:]:
-        if kind != SLICE or other != arena or rows[0] != hi:
-            return None
-        hi = rows[1]
-    return (arena, lo, hi)
+def _gather_operands_native(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
+                            device) -> dict:
+    """``_gather_operands`` with the runs and the host array made in one pass (NOTE: [Native plan])."""
+    host = np.empty(2 * len(rows), dtype=np.int64)
+    used, lengths, runs = native.gather_runs(gathered, list_batch, list_pos, arena, list_start, rows, host)
+    views = _to_device(torch.from_numpy(host[:used]), device).split_with_sizes(lengths)
+    gather_ids = gathered.nonzero()[0]
+    fill_operands(operands, gather_ids, GATHER, arena[gather_ids], None, None, views)
+    out: dict = {}
+    for (b, a, f, n), index in zip(runs, views[len(gather_ids):], strict=True):
+        run = (a, index, tuple(range(f, f + n)))
+        out[b] = out[b] + (run,) if b in out else (run,)
+    return out
 
 
 def _add_numbers(graph, types, column, codes, list_start, list_lengths, operands, device) -> None:

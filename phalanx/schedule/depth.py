@@ -2,7 +2,8 @@
 sinks postponed (NOTE: [Postponed sinks]).
 
 Depth is recorded inline (NOTE: [Inline depth] in ir/graph.py), so nodes at one depth never depend
-on each other and grouping is a single vectorized sort: no frontier, no traversal.
+on each other and grouping is a single vectorized sort (a radix sort of one combined key where
+it fits 16 bits, ``_group_order``): no frontier, no traversal.
 
 NOTE: [Postponed sinks] a node whose values no other node reads (a sink: the classifier on a tree's
 root, a tagger's per-token scorer) may run at any depth from its own to the end of its phase. Pure
@@ -31,17 +32,36 @@ class DepthPolicy(Policy):
         if graph.num_nodes == 0:
             return Schedule((), (), self.name)
         # Depth first: it already orders phases (NOTE: [Phase depth]); phase splits a depth level.
-        order = np.lexsort((graph.node_sig, graph.node_phase, graph.node_depth))
-        sig = graph.node_sig[order]
-        depth = graph.node_depth[order]
-        phase = graph.node_phase[order]
-        cuts = np.flatnonzero((sig[1:] != sig[:-1]) | (depth[1:] != depth[:-1]) | (phase[1:] != phase[:-1])) + 1
+        order, key = _group_order(graph.node_depth, graph.node_phase, graph.node_sig)
+        cuts = (key[1:] != key[:-1]).nonzero()[0] + 1
         bounds = [0, *cuts.tolist(), len(order)]
         # Plain slices: np.split costs several microseconds per piece.
         batches = [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-        sids = sig[bounds[:-1]].tolist()
-        batches, sids = _postpone_sinks(graph, order, bounds, batches, sids, phase[bounds[:-1]].tolist())
+        heads = order[bounds[:-1]]
+        sids = graph.node_sig[heads].tolist()
+        batches, sids = _postpone_sinks(graph, order, bounds, batches, sids, graph.node_phase[heads].tolist())
         return Schedule(tuple(batches), tuple(sids), self.name)
+
+
+def _group_order(depth: np.ndarray, phase: np.ndarray, sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.lexsort((sig, phase, depth))`` and the sorted nodes' group keys (equal exactly when
+    depth, phase and sig are), as ONE stable argsort of a combined key: a radix sort when the key
+    fits 16 bits (a few thousand (depth, phase, op type) groups: ~3x faster than the lexsort's
+    three merge sorts), else a merge sort of int64 keys."""
+    lows = (int(depth.min()), int(phase.min()), int(sig.min()))
+    spans = (int(depth.max()) - lows[0] + 1, int(phase.max()) - lows[1] + 1, int(sig.max()) - lows[2] + 1)
+    groups = spans[0] * spans[1] * spans[2]
+    if groups >= 2 ** 62:       # never in practice: the lexsort, and its keys as a structured compare
+        order = np.lexsort((sig, phase, depth))
+        key = np.zeros(len(order), dtype=np.int64)
+        key[1:] = np.add.accumulate((sig[order][1:] != sig[order][:-1]) | (phase[order][1:] != phase[order][:-1])
+                                    | (depth[order][1:] != depth[order][:-1]))
+        return order, key
+    key = ((depth - lows[0]) * spans[1] + (phase - lows[1])) * spans[2] + (sig - lows[2])
+    if groups <= 2 ** 16:
+        key = key.astype(np.uint16)
+    order = key.argsort(kind="stable")
+    return order, key[order]
 
 
 def _postpone_sinks(graph: GraphArrays, order, bounds, batches: list, sids: list, phases: list):
