@@ -14,8 +14,11 @@ import types
 import torch
 
 from ..errors import UnsupportedOpError
-from ..ir.columns import ValueBase, set_value_type
+from ..ir.columns import ValueBase, set_value_type, stack_values
 from . import recorder as _recorder
+
+
+_STACK = torch.stack
 
 
 class LazyValue(ValueBase):
@@ -24,9 +27,15 @@ class LazyValue(ValueBase):
 
     __slots__ = ()
 
-    # torch's override protocol: torch.tanh(v), F.linear(v, W), torch.cat([v, w]) land here.
+    # torch's override protocol: torch.tanh(v), F.linear(v, W), torch.cat([v, w]) land here. The
+    # commonest, ``torch.stack(xs)`` of lazy values (a lattice node's predecessors), is made natively
+    # (NOTE: [Native ragged stacks] in ir/_columns.c) without the recorder's Python path.
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is _STACK and not kwargs and len(args) == 1:
+            out = stack_values(args[0])
+            if out is not NotImplemented:
+                return out
         return _recorder.active_or_error().record_op(func, args, kwargs or {})
 
     # *** static metadata: answered without recording ***
