@@ -14,7 +14,7 @@ import types
 import torch
 
 from ..errors import UnsupportedOpError
-from ..ir.columns import ValueBase, set_value_type, stack_values
+from ..ir.columns import TorchFunction, ValueBase, set_value_type, stack_values
 from . import recorder as _recorder
 
 
@@ -29,7 +29,8 @@ class LazyValue(ValueBase):
 
     # torch's override protocol: torch.tanh(v), F.linear(v, W), torch.cat([v, w]) land here. The
     # commonest, ``torch.stack(xs)`` of lazy values (a lattice node's predecessors), is made natively
-    # (NOTE: [Native ragged stacks] in ir/_columns.c) without the recorder's Python path.
+    # (NOTE: [Native ragged stacks] in ir/_columns.c) without the recorder's Python path; natively
+    # this whole method is a TorchFunction that does so without a Python frame (set below).
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         if func is _STACK and not kwargs and len(args) == 1:
@@ -186,5 +187,8 @@ for _name in dir(torch.Tensor):
         continue
     if isinstance(inspect.getattr_static(torch.Tensor, _name), (types.FunctionType, types.MethodDescriptorType)):
         setattr(LazyValue, _name, _tensor_method(_name))
+
+if TorchFunction is not None:
+    LazyValue.__torch_function__ = classmethod(TorchFunction(_STACK, LazyValue.__dict__["__torch_function__"].__func__))
 
 set_value_type(LazyValue, torch.Tensor)   # the exact tensor type of per-instance tensor operands

@@ -1276,7 +1276,7 @@ static PyTypeObject CellCallType = {
  * active recorder's graph, of one aval. Anything else (another dim, tensors, values of another
  * graph or aval, no active recorder) is NotImplemented: the recorder's try_stack decides. */
 static PyObject *
-stack_values(PyObject *module, PyObject *xs)
+stack_values_impl(PyObject *xs)
 {
     if (ragged_type == NULL || value_type == NULL || !(PyList_CheckExact(xs) || PyTuple_CheckExact(xs)))
         Py_RETURN_NOTIMPLEMENTED;
@@ -1309,6 +1309,104 @@ stack_values(PyObject *module, PyObject *xs)
     r->top = top;
     return (PyObject *)r;
 }
+
+static PyObject *
+stack_values(PyObject *module, PyObject *xs)
+{
+    return stack_values_impl(xs);
+}
+
+/* *** TorchFunction: LazyValue.__torch_function__ ***
+ *
+ * torch calls a lazy value's ``__torch_function__(cls, func, types, args, kwargs)`` for every torch
+ * function it is passed to. A TorchFunction (wrapped in a classmethod) answers the commonest,
+ * ``torch.stack(xs)`` of lazy values, with stack_values (NOTE: [Native ragged stacks]) without a
+ * Python frame, and hands every other call, and any stack that declines, to ``fallback`` (the
+ * Python body, frontend/value.py) with the same arguments. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *stack;       /* torch.stack */
+    PyObject *fallback;    /* fallback(cls, func, types, args=(), kwargs=None) */
+    vectorcallfunc vectorcall;
+} TorchFunction;
+
+static PyObject *
+torchfunction_vectorcall(TorchFunction *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if ((kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) && nargs >= 4 && nargs <= 5 && args[1] == self->stack
+            && PyTuple_CheckExact(args[3]) && PyTuple_GET_SIZE(args[3]) == 1
+            && (nargs == 4 || args[4] == Py_None || (PyDict_CheckExact(args[4]) && PyDict_GET_SIZE(args[4]) == 0))) {
+        PyObject *out = stack_values_impl(PyTuple_GET_ITEM(args[3], 0));
+        if (out != Py_NotImplemented)
+            return out;       /* the stack, or NULL with an error set */
+        Py_DECREF(out);
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static PyObject *
+torchfunction_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"stack", "fallback", NULL};
+    PyObject *stack, *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:TorchFunction", names, &stack, &fallback))
+        return NULL;
+    TorchFunction *self = (TorchFunction *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->stack = Py_NewRef(stack);
+    self->fallback = Py_NewRef(fallback);
+    self->vectorcall = (vectorcallfunc)torchfunction_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+torchfunction_traverse(TorchFunction *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->stack);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+torchfunction_clear(TorchFunction *self)
+{
+    Py_CLEAR(self->stack);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+torchfunction_dealloc(TorchFunction *self)
+{
+    PyObject_GC_UnTrack(self);
+    torchfunction_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef torchfunction_members[] = {
+    {"fallback", T_OBJECT_EX, offsetof(TorchFunction, fallback), READONLY, "the Python body it defers to"},
+    {"__wrapped__", T_OBJECT_EX, offsetof(TorchFunction, fallback), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TorchFunction, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject TorchFunctionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "phalanx.ir._columns.TorchFunction",
+    .tp_doc = "LazyValue.__torch_function__ with torch.stack of lazy values made natively (ir/_columns.c).",
+    .tp_basicsize = sizeof(TorchFunction),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = torchfunction_new,
+    .tp_dealloc = (destructor)torchfunction_dealloc,
+    .tp_traverse = (traverseproc)torchfunction_traverse,
+    .tp_clear = (inquiry)torchfunction_clear,
+    .tp_members = torchfunction_members,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(TorchFunction, vectorcall),
+};
 
 static PyObject *
 set_ragged_type(PyObject *module, PyObject *cls)
@@ -1409,8 +1507,9 @@ static struct PyModuleDef columns_module = {
 PyMODINIT_FUNC
 PyInit__columns(void)
 {
-    if (PyType_Ready(&ValueBaseType) < 0 || PyType_Ready(&RaggedBaseType) < 0 || PyType_Ready(&ColumnsType) < 0 || PyType_Ready(&CellCallType) < 0
-            || PyType_Ready(&IntColumnType) < 0 || PyType_Ready(&RecorderSlotType) < 0)
+    if (PyType_Ready(&ValueBaseType) < 0 || PyType_Ready(&ColumnsType) < 0 || PyType_Ready(&CellCallType) < 0
+            || PyType_Ready(&IntColumnType) < 0 || PyType_Ready(&RecorderSlotType) < 0
+            || PyType_Ready(&RaggedBaseType) < 0 || PyType_Ready(&TorchFunctionType) < 0)
         return NULL;
     if (!PyThread_tss_is_created(&slot_key) && PyThread_tss_create(&slot_key) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "phalanx.ir._columns: cannot create thread-specific storage");
@@ -1434,6 +1533,7 @@ PyInit__columns(void)
     Py_INCREF(&ColumnsType);
     if (int_key == NULL || float_key == NULL || tensor_key == NULL || ragged_key == NULL
             || PyModule_AddObjectRef(m, "RaggedBase", (PyObject *)&RaggedBaseType) < 0
+            || PyModule_AddObjectRef(m, "TorchFunction", (PyObject *)&TorchFunctionType) < 0
             || PyModule_AddObjectRef(m, "RAGGED_KEY", ragged_key) < 0
             || PyModule_AddObject(m, "ValueBase", (PyObject *)&ValueBaseType) < 0
             || PyModule_AddObject(m, "Columns", (PyObject *)&ColumnsType) < 0

@@ -42,7 +42,8 @@ NATIVE = False
 if os.environ.get("PHALANX_NATIVE", "1") != "0":
     try:
         from ._columns import (FLOAT_KEY, INT_KEY, RAGGED_KEY, TENSOR_KEY, CellCall, Columns, RaggedBase,
-                               RecorderSlot, ValueBase, plain_items, set_ragged_type, set_value_type, stack_values)
+                               RecorderSlot, TorchFunction, ValueBase, plain_items, set_ragged_type, set_value_type,
+                               stack_values)
         NATIVE = True
     except ImportError:       # the extension was not built (no compiler at install time)
         pass
@@ -50,6 +51,7 @@ if os.environ.get("PHALANX_NATIVE", "1") != "0":
 if not NATIVE:
     INT_KEY, FLOAT_KEY, TENSOR_KEY, RAGGED_KEY = object(), object(), object(), object()
     CellCall = None           # cell classes keep their Python __call__ (frontend/cell.py)
+    TorchFunction = None      # LazyValue keeps its Python __torch_function__ (frontend/value.py)
 
     def stack_values(xs):
         """The twin leaves every stack to the recorder (``try_stack``), which makes the same one."""
@@ -191,6 +193,7 @@ def as_array(column):
     return np.frombuffer(column, dtype=np.int64).copy() if len(column) else np.zeros(0, dtype=np.int64)
 
 
-__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "RaggedBase", "RecorderSlot", "ValueBase", "plain_items",
+__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "RaggedBase", "RecorderSlot", "TorchFunction", "ValueBase",
+           "plain_items",
            "INT_KEY", "FLOAT_KEY", "RAGGED_KEY", "TENSOR_KEY", "is_stale", "set_ragged_type", "set_value_type",
            "stack_values"]

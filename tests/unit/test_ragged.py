@@ -507,3 +507,31 @@ def test_lazy_values_of_a_finished_run_are_refused_in_a_stack():
     batcher.record([torch.randn(H)])
     with pytest.raises(phalanx.errors.PhalanxError, match="instance 0: .*finished phalanx run"):
         batcher.record([torch.randn(H)])
+
+
+def test_every_form_of_stack_reaches_the_same_ragged_stack_or_the_ordinary_one():
+    from phalanx.frontend.ragged import RaggedStack
+    from phalanx.frontend.value import LazyValue
+    from phalanx.ir.columns import NATIVE
+
+    if NATIVE:       # natively __torch_function__ is a TorchFunction (ir/_columns.c)
+        assert type(LazyValue.__dict__["__torch_function__"].__func__).__name__ == "TorchFunction"
+    leaf = phalanx.cell(nn.Embedding(20, H))
+    seen = {}
+
+    def fn(inst):
+        xs = [leaf(1), torch.tanh(leaf(2))]
+        forms = {"plain": torch.stack(xs), "tuple": torch.stack(tuple(xs)), "dim kwarg": torch.stack(xs, dim=0),
+                 "dim": torch.stack(xs, 0), "negative dim": torch.stack(xs, -2), "dim 1": torch.stack(xs, 1),
+                 "cat": torch.cat(xs)}
+        seen.update({k: (type(v), tuple(v.shape), getattr(v, "members", None) == tuple(xs)) for k, v in forms.items()})
+        seen["values"] = xs
+        return forms["dim 1"].sum(-1)
+
+    phalanx.Batcher(fn).record([0])
+    for form in ("plain", "tuple", "dim kwarg", "dim", "negative dim"):
+        assert seen[form] == (RaggedStack, (2, H), True), form
+    assert seen["dim 1"] == (LazyValue, (H, 2), False)
+    assert seen["cat"] == (LazyValue, (2 * H,), False)
+    with pytest.raises(phalanx.errors.PhalanxError, match="outside the phalanx run"):
+        torch.stack(seen["values"])
