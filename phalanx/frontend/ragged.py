@@ -4,7 +4,8 @@ cell or reduced over the stacked dim, is ONE op type whatever the number of valu
 NOTE: [Ragged operands] ``torch.stack(xs)`` of k lazy values of one aval E records nothing: it
 returns a ``RaggedStack`` (the k members). Three things can happen to it:
 - it is an argument of a cell: the cell records one node whose op type is keyed by E, not by
-  [k, *E] (``record_ragged_cell``). The node's operand codes are the fixed operands, then the
+  [k, *E] (``record_ragged_cell``; its next calls like it natively, NOTE: [Native ragged stacks]
+  in ir/_columns.c, or by ``record_known_call``). The node's operand codes are the fixed operands, then the
   members of each ragged argument (the graph's operand lists are CSR, so a node may have any
   number; edges and depth see every member). The signature's ``in_kinds`` list the fixed operands
   only; ``meta["ragged"]`` says where the ragged arguments go. ``runtime/ragged.py`` reads each

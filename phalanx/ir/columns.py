@@ -26,6 +26,13 @@ matches. ``split`` is None, or for a cell the recorder may split (NOTE: [Input s
 depth, {kept-operands bit mask: parts or None})``: natively the split is recorded too; the twin
 leaves such calls to the recorder.
 
+A pattern item ``(RAGGED_KEY, element)`` takes a ``RaggedStack`` (frontend/ragged.py; its storage
+is ``RaggedBase``) of this graph whose members have that aval; the node's operands are then the other
+arguments, then the members of each stack in turn, the call's stacks all of one length (NOTE:
+[Native ragged stacks] in _columns.c). ``stack_values(xs)`` makes such a stack of lazy values of the
+active graph natively (the twin: NotImplemented, leaving it to the recorder's ``try_stack``), and
+natively ``TorchFunction`` is ``LazyValue.__torch_function__`` (frontend/value.py).
+
 ``RecorderSlot`` holds the thread's active recorder and fibers hub (NOTE: [Native recorder slot]),
 ``plain_items(items)`` tells whether every item is a plain number, string or None (what
 ``Recorder.lazify`` need not look into).
