@@ -4,7 +4,8 @@ cell or reduced over the stacked dim, is ONE op type whatever the number of valu
 NOTE: [Ragged operands] ``torch.stack(xs)`` of k lazy values of one aval E records nothing: it
 returns a ``RaggedStack`` (the k members). Three things can happen to it:
 - it is an argument of a cell: the cell records one node whose op type is keyed by E, not by
-  [k, *E] (``record_ragged_cell``). The node's operand codes are the fixed operands, then the
+  [k, *E] (``record_ragged_cell``; its next calls like it natively, NOTE: [Native ragged stacks]
+  in ir/_columns.c, or by ``record_known_call``). The node's operand codes are the fixed operands, then the
   members of each ragged argument (the graph's operand lists are CSR, so a node may have any
   number; edges and depth see every member). The signature's ``in_kinds`` list the fixed operands
   only; ``meta["ragged"]`` says where the ragged arguments go. ``runtime/ragged.py`` reads each
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ir.aval import AVal, aval, aval_of
+from ..ir.columns import RAGGED_KEY, RaggedBase, set_ragged_type
 from ..ir.signature import ArgKind, Signature
 
 _RAGGED_CELL, _SEGMENT, _PADDED = object(), object(), object()
@@ -51,24 +53,16 @@ class RaggedSpec:
     lists: tuple[bool, ...] = ()     # per ragged argument: passed as a Python list (else stacked)
 
 
-class RaggedStack:
+class RaggedStack(RaggedBase):
     """``torch.stack`` of k lazy values of one aval, not recorded yet (NOTE: [Ragged operands]).
-    Behaves as the stacked [k, *E] lazy value: any use it does not handle materializes that."""
+    Behaves as the stacked [k, *E] lazy value: any use it does not handle materializes that.
 
-    __slots__ = ("members", "element", "graph", "vids", "top", "_stacked")
+    ``RaggedStack(members, element, graph)``; its storage (``ir/columns.py``'s ``RaggedBase``,
+    native when built) holds ``members``, ``element``, ``graph``, ``vids`` (the members' value ids)
+    and ``top`` (1 + their deepest depth, 0 without members): a cell that reads this stack appends
+    the ids as they are (NOTE: [Ragged fast path], NOTE: [Native ragged stacks] in ir/_columns.c)."""
 
-    def __init__(self, members: tuple, element: AVal, graph, vids: "list | None" = None, top: int = -1):
-        self.members = members
-        self.element = element
-        self.graph = graph
-        # The members' value ids and 1 + their deepest depth (0 without members): a cell that reads
-        # this stack appends them as they are (NOTE: [Ragged fast path]).
-        if vids is None:
-            vids = [m.vid for m in members]
-            top = max((m.depth + 1 for m in members), default=0)
-        self.vids = vids
-        self.top = top
-        self._stacked = None
+    __slots__ = ()
 
     # *** static metadata, as the stacked value's ***
     @property
@@ -379,6 +373,8 @@ def record_ragged_cell(rec, cell, name: str, fn, args: tuple):
         # arguments and values of earlier fiber rounds: the general path, every time).
         rec.ragged_calls[cell] = (sig, tuple(
             _pattern_of(a, positions, ragged, lists, i) for i, a in enumerate(args)))
+        if sig.fast_pattern is not None:
+            rec._register_fast(g, cell, sig)     # its next calls: natively (NOTE: [Native ragged stacks])
     codes, depth = operand_codes(g, fixed)
     for r in ragged:
         codes.extend(r.vids)
@@ -522,8 +518,24 @@ def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: li
     if any(spec.lists):
         sig.meta["batched_lists"] = per_instance_of(fn, spec, unbind_dim=1)
     sig.meta["kernel"] = RaggedKernel(sig)
+    sig.fast_pattern = _native_pattern(key, spec, sig)
     rec.table.add(sig, key)
     return sig
+
+
+def _native_pattern(key: tuple, spec: RaggedSpec, sig: Signature) -> "tuple | None":
+    """The pattern of the cell fast path (``append_call``, ir/columns.py) for a ragged op type: per
+    argument the aval of a lazy value, INT_KEY / FLOAT_KEY for a number, (RAGGED_KEY, element) for a
+    stack; None where the fast path cannot record it (list arguments, tensors, values of earlier
+    rounds, bools, outputs other than a tensor or a plain tuple: the recorder's path takes those)."""
+    fixed_key = key[2]
+    if any(spec.lists) or not (sig.single or sig.plain_tuple):
+        return None
+    if not all(type(k) is AVal or k is _INT_KEY or k is _FLOAT_KEY for k in fixed_key):
+        return None
+    fixed = iter(fixed_key)
+    ragged = dict(zip(spec.positions, spec.elements, strict=True))
+    return tuple((RAGGED_KEY, ragged[i]) if i in ragged else next(fixed) for i in range(spec.num_args))
 
 
 # recorder.py imports this module at its end, so its names exist here (value.py imports recorder).
@@ -534,3 +546,4 @@ from .value import OPERATORS, LazyValue  # noqa: E402
 
 for _name in (*OPERATORS, "__bool__", "__float__", "__int__", "__index__"):
     setattr(RaggedStack, _name, _delegate(_name))
+set_ragged_type(RaggedStack)     # the class the native stack_values makes and append_call reads

@@ -166,6 +166,141 @@ make_value(Py_ssize_t vid, PyObject *aval, Py_ssize_t depth, PyObject *graph)
 }
 
 
+/* *** RaggedBase: the storage of a ragged stack (frontend/ragged.py's RaggedStack) ***
+ *
+ * NOTE: [Native ragged stacks] ``torch.stack(xs)`` of k lazy values of one aval records nothing: it
+ * is a RaggedStack of the k members (NOTE: [Ragged operands] in frontend/ragged.py), and the cell
+ * that reads it records ONE node whose operands are the fixed arguments, then every member. On
+ * the Lattice-GRU that pair (a stack, then a cell) is each character's recording, and in Python it
+ * took four frames for the stack (__torch_function__, record_op, try_stack, __init__) and five for
+ * the cell (the Python __call__, record_cell, record_known_call...). Here ``stack_values(xs)``
+ * makes the stack (one pass over the members) and append_call records the cell call, when its
+ * fast entry's pattern holds (RAGGED_KEY, element) for a stacked argument: such a stack, of this
+ * graph, of that element aval, all stacks of the call of one length.
+ */
+
+static PyTypeObject *ragged_type = NULL;  /* RaggedStack, registered by set_ragged_type */
+static PyObject *ragged_key = NULL;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *members;      /* tuple of lazy values of this graph */
+    PyObject *element;      /* their aval */
+    PyObject *graph;
+    Py_ssize_t top;         /* 1 + the deepest member's depth (0 without members) */
+    PyObject *stacked;      /* the materialized stacked value, or NULL */
+} RaggedBase;
+
+static Py_ssize_t
+members_top(PyObject *members)
+{
+    Py_ssize_t top = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(members); i++) {
+        PyObject *m = PyTuple_GET_ITEM(members, i);
+        if (!PyObject_TypeCheck(m, &ValueBaseType)) {
+            PyErr_Format(PyExc_TypeError, "a ragged stack's members are lazy values, got %R", m);
+            return -1;
+        }
+        if (((ValueBase *)m)->depth >= top)
+            top = ((ValueBase *)m)->depth + 1;
+    }
+    return top;
+}
+
+static PyObject *
+ragged_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* vids is accepted as the Python twin's constructor does, and ignored: read from the members */
+    static char *names[] = {"members", "element", "graph", "vids", "top", NULL};
+    PyObject *members, *element, *graph, *vids = Py_None;
+    Py_ssize_t top = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO|On:RaggedBase", names, &PyTuple_Type, &members, &element,
+                                     &graph, &vids, &top))
+        return NULL;
+    if (top < 0 && (top = members_top(members)) < 0)
+        return NULL;
+    RaggedBase *self = (RaggedBase *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->members = Py_NewRef(members);
+    self->element = Py_NewRef(element);
+    self->graph = Py_NewRef(graph);
+    self->top = top;
+    return (PyObject *)self;
+}
+
+static int
+ragged_traverse(RaggedBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->members);
+    Py_VISIT(self->element);
+    Py_VISIT(self->graph);
+    Py_VISIT(self->stacked);
+    return 0;
+}
+
+static int
+ragged_clear(RaggedBase *self)
+{
+    Py_CLEAR(self->members);
+    Py_CLEAR(self->element);
+    Py_CLEAR(self->graph);
+    Py_CLEAR(self->stacked);
+    return 0;
+}
+
+static void
+ragged_dealloc(RaggedBase *self)
+{
+    /* a subclass's subtype_dealloc calls this, and releases the type itself */
+    PyObject_GC_UnTrack(self);
+    ragged_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+ragged_get_vids(RaggedBase *self, void *closure)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(self->members);
+    PyObject *vids = PyList_New(n);
+    for (Py_ssize_t i = 0; vids != NULL && i < n; i++) {
+        PyObject *vid = PyLong_FromSsize_t(((ValueBase *)PyTuple_GET_ITEM(self->members, i))->vid);
+        if (vid == NULL)
+            Py_CLEAR(vids);
+        else
+            PyList_SET_ITEM(vids, i, vid);
+    }
+    return vids;
+}
+
+static PyGetSetDef ragged_getset[] = {
+    {"vids", (getter)ragged_get_vids, NULL, "the members' value ids (a new list)", NULL},
+    {NULL},
+};
+
+static PyMemberDef ragged_members[] = {
+    {"members", T_OBJECT_EX, offsetof(RaggedBase, members), READONLY, "the stacked lazy values"},
+    {"element", T_OBJECT_EX, offsetof(RaggedBase, element), READONLY, "the members' aval"},
+    {"graph", T_OBJECT_EX, offsetof(RaggedBase, graph), READONLY, "the DataflowGraph of the members"},
+    {"top", T_PYSSIZET, offsetof(RaggedBase, top), READONLY, "1 + the deepest member's depth"},
+    {"_stacked", T_OBJECT, offsetof(RaggedBase, stacked), 0, "the materialized stacked value, or None"},
+    {NULL},
+};
+
+static PyTypeObject RaggedBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "phalanx.ir._columns.RaggedBase",
+    .tp_doc = "Storage of a ragged stack: members, element, graph, top (ir/_columns.c).",
+    .tp_basicsize = sizeof(RaggedBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = ragged_new,
+    .tp_dealloc = (destructor)ragged_dealloc,
+    .tp_traverse = (traverseproc)ragged_traverse,
+    .tp_clear = (inquiry)ragged_clear,
+    .tp_members = ragged_members,
+    .tp_getset = ragged_getset,
+};
+
 /* *** IntColumn: a growable int64 column (list-like, plus the buffer protocol) ***
  *
  * The graph's columns are appended to once per node and turned into numpy arrays once per flush.
@@ -668,11 +803,13 @@ append_split(Columns *self, PyObject *const *args, PyObject *parts, Py_ssize_t d
 /* Do the n arguments match an entry's pattern? 1 (and *depth: 1 + the deepest lazy argument of
  * this graph, 0 without one), 0, or -1 with an error set. Changes nothing. */
 static int
-match_pattern(Columns *self, PyObject *pattern, PyObject *const *args, Py_ssize_t n, Py_ssize_t *depth_out)
+match_pattern(Columns *self, PyObject *pattern, PyObject *const *args, Py_ssize_t n, Py_ssize_t *depth_out,
+              int *ragged_out)
 {
     if (n != PyTuple_GET_SIZE(pattern))
         return 0;
     Py_ssize_t depth = 0;
+    Py_ssize_t k = -1;      /* the length of the call's ragged stacks (NOTE: [Native ragged stacks]) */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *a = args[i];
         PyObject *p = PyTuple_GET_ITEM(pattern, i);
@@ -685,6 +822,19 @@ match_pattern(Columns *self, PyObject *pattern, PyObject *const *args, Py_ssize_
                     depth = v->depth + 1;
                 continue;
             }
+        }
+        if (Py_TYPE(a) == ragged_type) {
+            RaggedBase *r = (RaggedBase *)a;
+            if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 2 || PyTuple_GET_ITEM(p, 0) != ragged_key
+                    || r->element != PyTuple_GET_ITEM(p, 1) || r->graph != (PyObject *)self)
+                return 0;
+            Py_ssize_t len = PyTuple_GET_SIZE(r->members);
+            if (k >= 0 && len != k)
+                return 0;
+            k = len;
+            if (r->top > depth)
+                depth = r->top;
+            continue;
         }
         /* a per-instance tensor operand of this pattern: (TENSOR_KEY, aval) */
         PyObject *tensor_aval = PyTuple_CheckExact(p) && PyTuple_GET_SIZE(p) == 2 && PyTuple_GET_ITEM(p, 0) == tensor_key
@@ -710,6 +860,7 @@ match_pattern(Columns *self, PyObject *pattern, PyObject *const *args, Py_ssize_
         }
     }
     *depth_out = depth;
+    *ragged_out = k >= 0;
     return 1;
 }
 
@@ -734,12 +885,13 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
     }
     /* First pass: find the entry whose pattern every argument matches, changing nothing. */
     Py_ssize_t depth = 0;
+    int ragged = 0;
     for (;;) {
         if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 4) {
             PyErr_SetString(PyExc_TypeError, "a fast_calls entry is (sid, pattern, out_avals, single[, split, next])");
             return NULL;
         }
-        int r = match_pattern(self, PyTuple_GET_ITEM(entry, 1), args, n, &depth);
+        int r = match_pattern(self, PyTuple_GET_ITEM(entry, 1), args, n, &depth, &ragged);
         if (r < 0)
             return NULL;
         if (r > 0)
@@ -785,8 +937,17 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
         result = append_split(self, args, parts, depth);
     } else {
         for (Py_ssize_t i = 0; i < n; i++)
-            if (push_operand(self, args[i]) < 0)
+            if ((!ragged || Py_TYPE(args[i]) != ragged_type) && push_operand(self, args[i]) < 0)
                 goto fail;
+        /* a ragged node's operands: the fixed arguments, then every member of each stack in turn */
+        for (Py_ssize_t i = 0; ragged && i < n; i++) {
+            if (Py_TYPE(args[i]) != ragged_type)
+                continue;
+            PyObject *members = ((RaggedBase *)args[i])->members;
+            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(members); j++)
+                if (column_push(self->arg_code, ((ValueBase *)PyTuple_GET_ITEM(members, j))->vid) < 0)
+                    goto fail;
+        }
         PyObject *out_avals = PyTuple_GET_ITEM(entry, 2);
         Py_ssize_t first = push_node(self, PyTuple_GET_ITEM(entry, 0), depth, PyTuple_GET_SIZE(out_avals));
         if (first < 0)
@@ -1110,6 +1271,155 @@ static PyTypeObject CellCallType = {
     .tp_vectorcall_offset = offsetof(CellCall, vectorcall),
 };
 
+/* stack_values(xs) -> a RaggedStack of xs, or NotImplemented: NOTE: [Native ragged stacks]. The
+ * common ``torch.stack(xs)`` of lazy values: xs a non-empty list or tuple of lazy values of the
+ * active recorder's graph, of one aval. Anything else (another dim, tensors, values of another
+ * graph or aval, no active recorder) is NotImplemented: the recorder's try_stack decides. */
+static PyObject *
+stack_values_impl(PyObject *xs)
+{
+    if (ragged_type == NULL || value_type == NULL || !(PyList_CheckExact(xs) || PyTuple_CheckExact(xs)))
+        Py_RETURN_NOTIMPLEMENTED;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(xs);
+    SlotState *s = slot_state(0);
+    if (n == 0 || s == NULL || s->graph == NULL)
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject **items = PySequence_Fast_ITEMS(xs);
+    PyObject *graph = s->graph, *element = NULL;
+    Py_ssize_t top = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ValueBase *v = (ValueBase *)items[i];
+        if (Py_TYPE(v) != value_type || v->graph != graph || (element != NULL && v->aval != element))
+            Py_RETURN_NOTIMPLEMENTED;
+        element = v->aval;
+        if (v->depth >= top)
+            top = v->depth + 1;
+    }
+    PyObject *members = PyList_CheckExact(xs) ? PyList_AsTuple(xs) : Py_NewRef(xs);
+    if (members == NULL)
+        return NULL;
+    RaggedBase *r = (RaggedBase *)ragged_type->tp_alloc(ragged_type, 0);
+    if (r == NULL) {
+        Py_DECREF(members);
+        return NULL;
+    }
+    r->members = members;
+    r->element = Py_NewRef(element);
+    r->graph = Py_NewRef(graph);
+    r->top = top;
+    return (PyObject *)r;
+}
+
+static PyObject *
+stack_values(PyObject *module, PyObject *xs)
+{
+    return stack_values_impl(xs);
+}
+
+/* *** TorchFunction: LazyValue.__torch_function__ ***
+ *
+ * torch calls a lazy value's ``__torch_function__(cls, func, types, args, kwargs)`` for every torch
+ * function it is passed to. A TorchFunction (wrapped in a classmethod) answers the commonest,
+ * ``torch.stack(xs)`` of lazy values, with stack_values (NOTE: [Native ragged stacks]) without a
+ * Python frame, and hands every other call, and any stack that declines, to ``fallback`` (the
+ * Python body, frontend/value.py) with the same arguments. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *stack;       /* torch.stack */
+    PyObject *fallback;    /* fallback(cls, func, types, args=(), kwargs=None) */
+    vectorcallfunc vectorcall;
+} TorchFunction;
+
+static PyObject *
+torchfunction_vectorcall(TorchFunction *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if ((kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) && nargs >= 4 && nargs <= 5 && args[1] == self->stack
+            && PyTuple_CheckExact(args[3]) && PyTuple_GET_SIZE(args[3]) == 1
+            && (nargs == 4 || args[4] == Py_None || (PyDict_CheckExact(args[4]) && PyDict_GET_SIZE(args[4]) == 0))) {
+        PyObject *out = stack_values_impl(PyTuple_GET_ITEM(args[3], 0));
+        if (out != Py_NotImplemented)
+            return out;       /* the stack, or NULL with an error set */
+        Py_DECREF(out);
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static PyObject *
+torchfunction_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"stack", "fallback", NULL};
+    PyObject *stack, *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:TorchFunction", names, &stack, &fallback))
+        return NULL;
+    TorchFunction *self = (TorchFunction *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->stack = Py_NewRef(stack);
+    self->fallback = Py_NewRef(fallback);
+    self->vectorcall = (vectorcallfunc)torchfunction_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+torchfunction_traverse(TorchFunction *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->stack);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+torchfunction_clear(TorchFunction *self)
+{
+    Py_CLEAR(self->stack);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+torchfunction_dealloc(TorchFunction *self)
+{
+    PyObject_GC_UnTrack(self);
+    torchfunction_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef torchfunction_members[] = {
+    {"fallback", T_OBJECT_EX, offsetof(TorchFunction, fallback), READONLY, "the Python body it defers to"},
+    {"__wrapped__", T_OBJECT_EX, offsetof(TorchFunction, fallback), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TorchFunction, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject TorchFunctionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "phalanx.ir._columns.TorchFunction",
+    .tp_doc = "LazyValue.__torch_function__ with torch.stack of lazy values made natively (ir/_columns.c).",
+    .tp_basicsize = sizeof(TorchFunction),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = torchfunction_new,
+    .tp_dealloc = (destructor)torchfunction_dealloc,
+    .tp_traverse = (traverseproc)torchfunction_traverse,
+    .tp_clear = (inquiry)torchfunction_clear,
+    .tp_members = torchfunction_members,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(TorchFunction, vectorcall),
+};
+
+static PyObject *
+set_ragged_type(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &RaggedBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "set_ragged_type(a subclass of RaggedBase)");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(ragged_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
 /* *** module *** */
 
 static PyObject *
@@ -1179,6 +1489,10 @@ plain_items(PyObject *module, PyObject *items)
 static PyMethodDef module_methods[] = {
     {"plain_items", (PyCFunction)plain_items, METH_O,
      "plain_items(items) -> whether every item is an int, float, bool, str, bytes, complex or None"},
+    {"stack_values", (PyCFunction)stack_values, METH_O,
+     "stack_values(xs) -> a RaggedStack of the lazy values xs, or NotImplemented (NOTE: [Native ragged stacks])"},
+    {"set_ragged_type", (PyCFunction)set_ragged_type, METH_O,
+     "set_ragged_type(cls): the RaggedBase subclass stack_values creates and append_call reads"},
     {"set_value_type", (PyCFunction)(void (*)(void))set_value_type, METH_FASTCALL,
      "set_value_type(value class, tensor class): the ValueBase subclass append_call creates, and the exact "
      "tensor type a per-instance tensor operand has"},
@@ -1194,7 +1508,8 @@ PyMODINIT_FUNC
 PyInit__columns(void)
 {
     if (PyType_Ready(&ValueBaseType) < 0 || PyType_Ready(&ColumnsType) < 0 || PyType_Ready(&CellCallType) < 0
-            || PyType_Ready(&IntColumnType) < 0 || PyType_Ready(&RecorderSlotType) < 0)
+            || PyType_Ready(&IntColumnType) < 0 || PyType_Ready(&RecorderSlotType) < 0
+            || PyType_Ready(&RaggedBaseType) < 0 || PyType_Ready(&TorchFunctionType) < 0)
         return NULL;
     if (!PyThread_tss_is_created(&slot_key) && PyThread_tss_create(&slot_key) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "phalanx.ir._columns: cannot create thread-specific storage");
@@ -1213,9 +1528,13 @@ PyInit__columns(void)
     int_key = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     float_key = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     tensor_key = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    ragged_key = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     Py_INCREF(&ValueBaseType);
     Py_INCREF(&ColumnsType);
-    if (int_key == NULL || float_key == NULL || tensor_key == NULL
+    if (int_key == NULL || float_key == NULL || tensor_key == NULL || ragged_key == NULL
+            || PyModule_AddObjectRef(m, "RaggedBase", (PyObject *)&RaggedBaseType) < 0
+            || PyModule_AddObjectRef(m, "TorchFunction", (PyObject *)&TorchFunctionType) < 0
+            || PyModule_AddObjectRef(m, "RAGGED_KEY", ragged_key) < 0
             || PyModule_AddObject(m, "ValueBase", (PyObject *)&ValueBaseType) < 0
             || PyModule_AddObject(m, "Columns", (PyObject *)&ColumnsType) < 0
             || PyModule_AddObjectRef(m, "CellCall", (PyObject *)&CellCallType) < 0

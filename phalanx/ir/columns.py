@@ -26,6 +26,13 @@ matches. ``split`` is None, or for a cell the recorder may split (NOTE: [Input s
 depth, {kept-operands bit mask: parts or None})``: natively the split is recorded too; the twin
 leaves such calls to the recorder.
 
+A pattern item ``(RAGGED_KEY, element)`` takes a ``RaggedStack`` (frontend/ragged.py; its storage
+is ``RaggedBase``) of this graph whose members have that aval; the node's operands are then the other
+arguments, then the members of each stack in turn, the call's stacks all of one length (NOTE:
+[Native ragged stacks] in _columns.c). ``stack_values(xs)`` makes such a stack of lazy values of the
+active graph natively (the twin: NotImplemented, leaving it to the recorder's ``try_stack``), and
+natively ``TorchFunction`` is ``LazyValue.__torch_function__`` (frontend/value.py).
+
 ``RecorderSlot`` holds the thread's active recorder and fibers hub (NOTE: [Native recorder slot]),
 ``plain_items(items)`` tells whether every item is a plain number, string or None (what
 ``Recorder.lazify`` need not look into).
@@ -41,15 +48,39 @@ import numpy as np
 NATIVE = False
 if os.environ.get("PHALANX_NATIVE", "1") != "0":
     try:
-        from ._columns import (FLOAT_KEY, INT_KEY, TENSOR_KEY, CellCall, Columns, RecorderSlot, ValueBase,
-                               plain_items, set_value_type)
+        from ._columns import (FLOAT_KEY, INT_KEY, RAGGED_KEY, TENSOR_KEY, CellCall, Columns, RaggedBase,
+                               RecorderSlot, TorchFunction, ValueBase, plain_items, set_ragged_type, set_value_type,
+                               stack_values)
         NATIVE = True
     except ImportError:       # the extension was not built (no compiler at install time)
         pass
 
 if not NATIVE:
-    INT_KEY, FLOAT_KEY, TENSOR_KEY = object(), object(), object()
+    INT_KEY, FLOAT_KEY, TENSOR_KEY, RAGGED_KEY = object(), object(), object(), object()
     CellCall = None           # cell classes keep their Python __call__ (frontend/cell.py)
+    TorchFunction = None      # LazyValue keeps its Python __torch_function__ (frontend/value.py)
+
+    def stack_values(xs):
+        """The twin leaves every stack to the recorder (``try_stack``), which makes the same one."""
+        return NotImplemented
+
+    def set_ragged_type(cls) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, RaggedBase)):
+            raise TypeError("set_ragged_type(a subclass of RaggedBase)")
+
+    class RaggedBase:
+        """Storage of a ragged stack (frontend/ragged.py): members, element, graph, vids, top."""
+
+        __slots__ = ("members", "element", "graph", "vids", "top", "_stacked")
+
+        def __init__(self, members: tuple, element, graph, vids=None, top: int = -1):
+            self.members = members
+            self.element = element
+            self.graph = graph
+            # The members' value ids and 1 + their deepest depth (0 without members).
+            self.vids = [m.vid for m in members]
+            self.top = top if top >= 0 else max((m.depth + 1 for m in members), default=0)
+            self._stacked = None
 
     _PLAIN = frozenset((int, float, bool, str, bytes, complex, type(None)))
 
@@ -169,5 +200,7 @@ def as_array(column):
     return np.frombuffer(column, dtype=np.int64).copy() if len(column) else np.zeros(0, dtype=np.int64)
 
 
-__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "RecorderSlot", "ValueBase", "plain_items", "INT_KEY", "FLOAT_KEY", "TENSOR_KEY", "is_stale",
-           "set_value_type"]
+__all__ = ["NATIVE", "as_array", "CellCall", "Columns", "RaggedBase", "RecorderSlot", "TorchFunction", "ValueBase",
+           "plain_items",
+           "INT_KEY", "FLOAT_KEY", "RAGGED_KEY", "TENSOR_KEY", "is_stale", "set_ragged_type", "set_value_type",
+           "stack_values"]

@@ -339,3 +339,199 @@ def test_other_paddings_of_a_stack_record_the_ordinary_stack(pad):
     batcher = assert_matches_eager(model, instances, batcher=phalanx.Batcher(model, profile=True))
     assert_matches_eager(model, instances, params=model.parameters(), train=True)
     assert "op torch.stack" in batcher.stats.per_op and not any("ragged" in n for n in batcher.stats.per_op)
+
+
+# *** NOTE: [Native ragged stacks] (ir/_columns.c): the stack and the cell call that reads it ***
+
+def _lattice(inst):
+    """A lattice as the natural model writes it: a plain tensor h0, then a cell per node reading
+    the stacked states of its predecessors (one of them, node 0, the tensor), plus two-stack calls."""
+    h0, preds_of = inst
+    hs, cs = [h0], [h0]
+    for i, preds in enumerate(preds_of):
+        hs.append(_NODE(i % 20, torch.stack([hs[p] for p in preds])))
+        if len(preds) > 1:
+            h, c = _CHILDSUM(i % 20, torch.stack([hs[p] for p in preds]), torch.stack([cs[p] for p in preds]))
+            hs[-1] = h + hs[-1]
+            cs.append(c)
+        else:
+            cs.append(hs[-1])
+    return hs[-1]
+
+
+_NODE, _CHILDSUM = MeanNode(), ChildSumNode()
+
+
+def _lattices(seed: int, count: int) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        n = int(torch.randint(1, 7, (1,), generator=gen))
+        preds = [sorted({i, *torch.randint(0, i + 1, (2,), generator=gen).tolist()}) for i in range(n)]
+        out.append((torch.randn(H, generator=gen), preds))
+    return out
+
+
+def _without_native_ragged(monkeypatch):
+    from phalanx.frontend import ragged as ragged_frontend, value
+
+    monkeypatch.setattr(value, "stack_values", lambda xs: NotImplemented)
+    monkeypatch.setattr(ragged_frontend, "_native_pattern", lambda key, spec, sig: None)
+
+
+def _graph_columns(graph) -> dict:
+    return {"sig": [graph.sigs[s].name for s in graph.node_sig.tolist()], "depth": graph.node_depth.tolist(),
+            "arg_start": graph.arg_start.tolist(), "arg_code": graph.arg_code.tolist(),
+            "imms": [x.tolist() if isinstance(x, torch.Tensor) else x for x in graph.imms],
+            "values": int(graph.num_values)}
+
+
+def test_native_stacks_record_what_the_python_path_records(monkeypatch):
+    from phalanx.frontend import recorder
+
+    instances = _lattices(0, 5)
+    native = phalanx.Batcher(_lattice)
+    native.record(instances)                    # first call: op types found by the recorder
+    calls = []
+    original = recorder.Recorder.record_cell
+    monkeypatch.setattr(recorder.Recorder, "record_cell",
+                        lambda self, cell, args, kwargs: calls.append(cell) or original(self, cell, args, kwargs))
+    with_native = _graph_columns(native.record(instances))
+    if phalanx.ir.columns.NATIVE:
+        # per graph, each (cell, argument pattern) reaches the Python recorder once, then never
+        assert len(calls) <= 6, len(calls)
+    monkeypatch.undo()
+    _without_native_ragged(monkeypatch)
+    python = phalanx.Batcher(_lattice)
+    python.record(instances)
+    assert _graph_columns(python.record(instances)) == with_native
+    monkeypatch.undo()
+    assert_matches_eager(_lattice, instances, batcher=native)
+    assert_matches_eager(_lattice, instances, params=[*_NODE.parameters(), *_CHILDSUM.parameters()], train=True,
+                         batcher=native)
+    assert_matches_eager(_lattice, [], batcher=native)
+    assert_matches_eager(_lattice, instances[:1], batcher=native)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), count=st.integers(0, 4))
+def test_native_stacks_match_eager_over_random_lattices(seed, count):
+    instances = _lattices(seed, count)
+    assert_matches_eager(_lattice, instances, params=[*_NODE.parameters(), *_CHILDSUM.parameters()], train=True)
+
+
+def test_stack_values_takes_only_lazy_values_of_the_active_graph_with_one_aval():
+    from phalanx.frontend.ragged import RaggedStack
+    from phalanx.frontend.recorder import _SLOT
+    from phalanx.ir.columns import NATIVE, stack_values
+
+    leaf = phalanx.cell(nn.Embedding(20, H))
+    wide = phalanx.cell(nn.Embedding(20, 2 * H))
+    seen = {}
+
+    def fn(inst):
+        a, b, w = leaf(1), torch.tanh(leaf(2)), wide(3)
+        seen["stack"] = stack_values([a, b])
+        seen["tuple"] = stack_values((b,))
+        seen["mixed avals"] = stack_values([a, w])
+        seen["tensor"] = stack_values([a, torch.zeros(H)])
+        seen["empty"] = stack_values([])
+        seen["not a sequence"] = stack_values(a)
+        seen["values"] = (a, b)
+        return a
+
+    phalanx.Batcher(fn).record([0])
+    assert stack_values([seen["values"][0]]) is NotImplemented        # no active recorder
+    assert _SLOT.rec is None
+    for what in ("mixed avals", "tensor", "empty", "not a sequence"):
+        assert seen[what] is NotImplemented, what
+    if not NATIVE:                                                     # the twin leaves stacks to try_stack
+        assert seen["stack"] is NotImplemented
+        return
+    rs, a, b = seen["stack"], *seen["values"]
+    assert type(rs) is RaggedStack and rs.members == (a, b) and rs.element is a.aval and rs.graph is a.graph
+    assert rs.vids == [a.vid, b.vid] and rs.top == max(a.depth, b.depth) + 1 and rs._stacked is None
+    assert type(seen["tuple"]) is RaggedStack and seen["tuple"].members == (b,)
+
+
+def test_a_call_the_native_path_declines_takes_the_python_path(monkeypatch):
+    """Stacks of different lengths in one call, a stack of another element shape, a bool: each is
+    recorded as the Python recorder records it (materialized or its own op type)."""
+    def fn(inst):
+        h0, k = inst
+        hs = [torch.tanh(h0 * (j + 1)) for j in range(3)]
+        out = [_CHILDSUM(1, torch.stack(hs[:2]), torch.stack(hs[:2]))]
+        out.append(_CHILDSUM(2, torch.stack(hs[:k]), torch.stack(hs[:2]))[0])     # lengths k and 2
+        out.append(_mix(True, torch.stack(hs[:k]), []))
+        out.append(_mix(0.5, torch.stack(hs[:k]), []))
+        out.append(_NODE(3, torch.stack(hs[:k])))
+        return torch.stack([o if type(o) is not tuple else o[0] for o in out]).sum(0)
+
+    instances = [(torch.randn(H), k) for k in (1, 2, 1, 2)]
+    batcher = phalanx.Batcher(fn)
+    batcher.record(instances)
+    native = _graph_columns(batcher.record(instances))
+    _without_native_ragged(monkeypatch)
+    python = phalanx.Batcher(fn)
+    python.record(instances)
+    assert _graph_columns(python.record(instances)) == native
+    monkeypatch.undo()
+    assert_matches_eager(fn, instances, params=[*_CHILDSUM.parameters()], train=True, batcher=batcher)
+
+
+def test_a_stack_of_the_wrong_shape_names_the_instance_and_the_shapes():
+    def fn(inst):
+        h, width = inst
+        hs = [torch.tanh(h * (j + 1)) for j in range(2)]
+        return _NODE(1, torch.stack(hs))
+
+    batcher = phalanx.Batcher(fn)
+    good = [(torch.randn(H), H), (torch.randn(H), H)]
+    batcher.record(good)                                # the cell's native entry exists
+    with pytest.raises(phalanx.errors.PhalanxError, match=r"instance 1: cell MeanNode.*\[k, float32\[7\]\]"):
+        batcher.record([good[0], (torch.randn(H + 1), H + 1), good[1]])
+    with pytest.raises(phalanx.errors.PhalanxError, match=r"instance 1: op torch\.stack .*float32\[6\], float32\[2\]"):
+        phalanx.Batcher(lambda inst: _NODE(1, torch.stack([torch.tanh(inst[0]), torch.tanh(inst[0][:inst[1]])]))).record(
+            [(torch.randn(H), H), (torch.randn(H), 2)])
+
+
+def test_lazy_values_of_a_finished_run_are_refused_in_a_stack():
+    kept = []
+
+    def fn(inst):
+        h = torch.tanh(inst)
+        kept.append(h)
+        return _NODE(1, torch.stack([h, *kept[:1]]))
+
+    batcher = phalanx.Batcher(fn)
+    batcher.record([torch.randn(H)])
+    with pytest.raises(phalanx.errors.PhalanxError, match="instance 0: .*finished phalanx run"):
+        batcher.record([torch.randn(H)])
+
+
+def test_every_form_of_stack_reaches_the_same_ragged_stack_or_the_ordinary_one():
+    from phalanx.frontend.ragged import RaggedStack
+    from phalanx.frontend.value import LazyValue
+    from phalanx.ir.columns import NATIVE
+
+    if NATIVE:       # natively __torch_function__ is a TorchFunction (ir/_columns.c)
+        assert type(LazyValue.__dict__["__torch_function__"].__func__).__name__ == "TorchFunction"
+    leaf = phalanx.cell(nn.Embedding(20, H))
+    seen = {}
+
+    def fn(inst):
+        xs = [leaf(1), torch.tanh(leaf(2))]
+        forms = {"plain": torch.stack(xs), "tuple": torch.stack(tuple(xs)), "dim kwarg": torch.stack(xs, dim=0),
+                 "dim": torch.stack(xs, 0), "negative dim": torch.stack(xs, -2), "dim 1": torch.stack(xs, 1),
+                 "cat": torch.cat(xs)}
+        seen.update({k: (type(v), tuple(v.shape), getattr(v, "members", None) == tuple(xs)) for k, v in forms.items()})
+        seen["values"] = xs
+        return forms["dim 1"].sum(-1)
+
+    phalanx.Batcher(fn).record([0])
+    for form in ("plain", "tuple", "dim kwarg", "dim", "negative dim"):
+        assert seen[form] == (RaggedStack, (2, H), True), form
+    assert seen["dim 1"] == (LazyValue, (H, 2), False)
+    assert seen["cat"] == (LazyValue, (2 * H,), False)
+    with pytest.raises(phalanx.errors.PhalanxError, match="outside the phalanx run"):
+        torch.stack(seen["values"])
