@@ -26,7 +26,7 @@ from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
 from .memory.planner import plan_memory, verify_plan
 from .runtime.fibers import Hub
-from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
+from .runtime.executor import ArenaPool, FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
 from .runtime.params import FlushParams
 from .schedule import format_schedule, make_policy, verify_schedule
 from .schedule.base import Policy
@@ -104,6 +104,7 @@ class Batcher:
         self.stats = Stats(policy=self.policy.name)
         self.reuse = None if reuse is False else RecordingCache() if reuse is True else RecordingCache(reuse)
         self._lock = threading.Lock()
+        self._arena_pool = ArenaPool()      # NOTE: [Arena pool] (runtime/executor.py)
 
     def __call__(self, instances: Iterable[Any]) -> list:
         if not self._lock.acquire(blocking=False):
@@ -199,12 +200,13 @@ class Batcher:
     def _run(self, graph, layout, steps, result_index: list, stats: Stats) -> list:
         """Execute the steps; returns the rows ``result_index`` names, one tensor per entry
         (autograd-connected through one FlushFunction when gradients are needed)."""
-        arenas = allocate_arenas(graph, layout)
         params = FlushParams(graph, self.table.modules(), _instance_tensors(graph)) if torch.is_grad_enabled() else None
         if params is not None and params.inputs:
             stats.training = True
-            run = TrainingRun(steps, arenas, result_index, params, stats, self.profile)
+            run = TrainingRun(steps, allocate_arenas(graph, layout), result_index, params, stats, self.profile)
             return list(FlushFunction.apply(run, *params.inputs))
+        # NOTE: [Arena pool] (runtime/executor.py): these arenas die with this call; results are copies
+        arenas = self._arena_pool.allocate(graph, layout)
         run_inference(steps, arenas, stats if self.profile else None)
         return [arenas[a].index_select(0, idx) for a, idx in result_index]
 
