@@ -171,6 +171,42 @@ class CellProgram:
             run = self.inference or self._inference_program()
         return tuple(run(size, *params, *hoisted, *operands))
 
+    def bind(self) -> "Callable | None":
+        """NOTE: [Bound programs] a no_grad flush calls a program once per batch of its op type, and
+        each ``__call__`` re-checks what cannot change inside a flush, which runs no user code
+        between batches: the parameters' dtypes and shapes, the hoisted values' cache key (a tuple
+        per parameter), which variant a ``consume`` / ``into`` asks for. ``bind`` does that once and
+        returns ``run(operands, size, consume, into)`` with ``__call__``'s no_grad contract (``into``
+        as ``direct_outputs()`` says); None where every call must go through ``__call__`` (grad
+        mode, a compiled program, parameters that changed shape)."""
+        if torch.is_grad_enabled() or self.compiled is not None:
+            return None
+        params = self.params()
+        if self.param_key != self._param_key(params):
+            return None
+        prefix = (*params, *(self.hoist.get(params) if self.hoist is not None else ()))
+        plain = self.inference or self._inference_program()
+        consuming = self._variant(True, False)[0] if self.consumable else plain
+        direct = self.direct_outputs()
+        into_plain = into_consuming = None
+        if direct is not None:
+            into_plain = self._variant(False, True)[0]
+            into_consuming = self._variant(True, True) if self.consumable else (into_plain, direct)
+            into_consuming = into_consuming[0] if into_consuming[1] == direct else None
+        arity, slow = len(self.in_avals), self.__call__
+
+        def run(operands, size, consume=False, into=None):
+            if size == 0 or len(operands) != arity:
+                return slow(operands, size, consume, into)
+            if into is not None:
+                program = into_consuming if consume else into_plain
+                if program is None:
+                    return slow(operands, size, consume, into)
+                return program(size, *prefix, *operands, *[b for b in into if b is not None])
+            return (consuming if consume else plain)(size, *prefix, *operands)
+
+        return run
+
     def direct_outputs(self) -> "tuple[bool, ...] | None":
         """Which outputs the no_grad program can compute straight into a caller's buffer (NOTE:
         [Direct outputs]); None when none can, or when calls may run another program."""
