@@ -254,11 +254,38 @@ def _result_rows(graph, layout, outputs) -> tuple[list, dict]:
 def _assemble(outputs, arena_of: dict, tensors: list, result_index: list, per_row_views: bool) -> list:
     """Per-instance results in the user's structures. With autograd, one ``select`` view per result
     (not ``unbind``), so users may modify a result in place, as eagerly."""
-    per_arena = {a: iter([t[i] for i in range(len(t))] if per_row_views else t.unbind(0))
-                 for (a, _), t in zip(result_index, tensors, strict=True)}
+    rows_of = [[t[i] for i in range(len(t))] if per_row_views else t.unbind(0) for t in tensors]
+    if len(rows_of) == 1:
+        return _assemble_in_order(outputs, rows_of[0])
+    per_arena = {a: iter(rows) for (a, _), rows in zip(result_index, rows_of, strict=True)}
     results = []
     for leaves, rebuild in outputs:
         vals = [next(per_arena[arena_of[x.vid]]) if type(x) is LazyValue else x for x in leaves]
+        results.append(rebuild(vals))
+    return results
+
+
+def _assemble_in_order(outputs, rows) -> list:
+    """Every result row in one arena, in leaf order (``_result_rows``): an instance whose leaves are all
+    lazy takes the next ``len(leaves)`` rows as one slice, with no per-leaf lookup (a tagger's 1,500
+    per-token logits)."""
+    results, at = [], 0
+    lazy = {LazyValue}
+    for leaves, rebuild in outputs:
+        n = len(leaves)
+        if n == 1 and type(leaves[0]) is LazyValue:
+            vals = [rows[at]]
+            at += 1
+        elif n and set(map(type, leaves)) == lazy:
+            vals = list(rows[at:at + n])
+            at += n
+        else:
+            vals = []
+            for x in leaves:
+                if type(x) is LazyValue:
+                    x = rows[at]
+                    at += 1
+                vals.append(x)
         results.append(rebuild(vals))
     return results
 

@@ -73,14 +73,16 @@ class ArenaPool:
     SLACK = 1.25
 
     def __init__(self):
-        self.buffers: dict = {}     # (shape, dtype, device, k-th arena of that kind) -> tensor
+        self.buffers: dict = {}     # (shape, dtype, device, inference mode, k-th arena of that kind) -> tensor
 
     def allocate(self, graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
         arenas, seen = [], {}
         device, buffers = graph.device, self.buffers
+        # tensors made under inference_mode may not be written outside it: each mode its own buffers
+        inference = torch.is_inference_mode_enabled()
         for a, n in zip(graph.avals, layout.arena_rows, strict=True):
             n = int(n)
-            kind = (a.shape, a.dtype, device)
+            kind = (a.shape, a.dtype, device, inference)
             k = seen[kind] = seen.get(kind, -1) + 1
             key = (*kind, k)
             buf = buffers.get(key)
