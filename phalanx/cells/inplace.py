@@ -36,6 +36,8 @@ import operator
 import torch
 from torch import fx
 
+from .sparse import row_sparse_embedding
+
 _ATEN = torch.ops.aten
 # Views whose schema carries no alias annotation.
 _UNANNOTATED_VIEWS = {_ATEN._unsafe_view.default, _ATEN.unsafe_split.Tensor, _ATEN.unsafe_split_with_sizes.default,
@@ -243,8 +245,9 @@ def direct_calls(graph: fx.Graph) -> int:
 # (``squeeze`` / ``unsqueeze`` / ``view``) and computed once for that output alone, the no_grad
 # program takes a buffer for it (after the operands) and computes the op into it with ``out=``: the
 # executor passes the output's arena rows (reshaped to the op's result only where its shape
-# differs). The ops: GEMMs, ``cat``, ``index_select`` and the elementwise ops of the in-place
-# rewrite, in either form. An op the rewrite made in place (``a.mul_(b)``, an LSTM's
+# differs). The ops: GEMMs, ``cat``, ``index_select``, an embedding lookup of one index per row
+# (its forward is ``index_select`` of the weight) and the elementwise ops of the in-place rewrite,
+# in either form. An op the rewrite made in place (``a.mul_(b)``, an LSTM's
 # ``h = o * tanh(c)`` into its gate buffer) prefers the caller's buffer: ``torch.mul(a, b,
 # out=rows)`` computes the same values with the same kernel, and leaves ``a`` as it was, which is
 # safe because the rewrite already proved that nothing after the op reads ``a``'s region except
@@ -263,10 +266,23 @@ _ORDER_VIEWS = {torch.squeeze, torch.unsqueeze}
 _ORDER_METHODS = {"view", "reshape"}
 
 
+def _embedding_rows(node: fx.Node) -> bool:
+    """An embedding lookup of one index per row (also the row-sparse one of cells/sparse.py): its
+    forward is ``index_select`` of the weight, which has an ``out=`` form (padding_idx,
+    scale_grad_by_freq and sparse only change its gradient)."""
+    if node.op != "call_function" or node.target not in (torch.embedding, row_sparse_embedding) or len(node.args) < 2:
+        return False
+    weight, indices = node.args[0], node.args[1]
+    w, i = (getattr(n, "meta", {}).get("val") for n in (weight, indices))
+    return isinstance(w, torch.Tensor) and isinstance(i, torch.Tensor) and w.dim() == 2 and i.dim() == 1
+
+
 def _out_function(node: fx.Node):
     """The ``out=`` function computing ``node``'s values, or None."""
     if "out" in node.kwargs:
         return None
+    if _embedding_rows(node):
+        return torch.index_select
     if node.op == "call_function":
         return node.target if node.target in _OUT_FORMS else _FUNCTION_OUT.get(node.target)
     if node.op == "call_method":
@@ -312,6 +328,8 @@ def outputs_into(graph: fx.Graph, out_avals: tuple) -> "tuple[bool, ...] | None"
             with graph.inserting_before(node):
                 target = graph.call_method("view", (buffer, [-1, *node.meta["val"].shape[1:]]))
         fn = _out_function(node)
+        if _embedding_rows(node):
+            node.args = (node.args[0], 0, node.args[1])
         node.op, node.target, node.kwargs = "call_function", fn, {**node.kwargs, "out": target}
     graph.lint()
     return tuple(direct)

@@ -391,3 +391,28 @@ def _direct_check(fn, examples, size, seed):
 @given(recipe=st.lists(STEP, min_size=1, max_size=8), seed=st.integers(0, 1000))
 def test_random_elementwise_programs_into_buffers_match(recipe, seed):
     _direct_check(_program(recipe), [torch.zeros(2 * H), torch.zeros(2 * H)], 3, seed)
+
+
+class Lookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, H, padding_idx=0)
+
+    def forward(self, word):
+        return self.embed(word)
+
+
+@pytest.mark.parametrize("sparse_grads", [True, False])
+def test_an_embedding_lookup_is_read_into_the_buffer(sparse_grads):
+    # one index per row: the lookup is an index_select of the weight, into the caller's rows
+    torch.manual_seed(5)
+    cell = Lookup()
+    examples = [torch.tensor(3)]
+    program = compile_cell(cell.forward, cell, avals(examples), options=CellOptions(sparse_grads=sparse_grads))
+    assert program.direct_outputs() == (True,)
+    words = torch.tensor([4, 0, 10, 4, 7])
+    arena = torch.full((7, H), float("nan"))
+    with torch.no_grad():
+        program([words], 5, into=[arena[2:7]])
+    assert torch.equal(arena[2:7], cell.embed.weight.detach()[words]) and arena[:2].isnan().all()
+    assert_inference_matches_autograd(program, [words], 5)
