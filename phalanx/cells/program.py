@@ -186,24 +186,24 @@ class CellProgram:
             return None
         prefix = (*params, *(self.hoist.get(params) if self.hoist is not None else ()))
         plain = self.inference or self._inference_program()
-        consuming = self._variant(True, False)[0] if self.consumable else plain
         direct = self.direct_outputs()
-        into_plain = into_consuming = None
-        if direct is not None:
-            into_plain = self._variant(False, True)[0]
-            into_consuming = self._variant(True, True) if self.consumable else (into_plain, direct)
-            into_consuming = into_consuming[0] if into_consuming[1] == direct else None
-        arity, slow = len(self.in_avals), self.__call__
+        into_plain = self._variant(False, True)[0] if direct is not None else None
+        arity, slow, variant, consumable = len(self.in_avals), self.__call__, self._variant, bool(self.consumable)
 
         def run(operands, size, consume=False, into=None):
             if size == 0 or len(operands) != arity:
                 return slow(operands, size, consume, into)
             if into is not None:
-                program = into_consuming if consume else into_plain
-                if program is None:
-                    return slow(operands, size, consume, into)
+                if consume and consumable:      # built on first use, like __call__'s
+                    program, got = variant(True, True)
+                    if got != direct:
+                        return slow(operands, size, consume, into)
+                else:
+                    program = into_plain
+                    if program is None:
+                        return slow(operands, size, consume, into)
                 return program(size, *prefix, *operands, *[b for b in into if b is not None])
-            return (consuming if consume else plain)(size, *prefix, *operands)
+            return (variant(True, False)[0] if consume and consumable else plain)(size, *prefix, *operands)
 
         return run
 
