@@ -26,7 +26,7 @@ from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
 from .memory.planner import plan_memory, verify_plan
 from .runtime.fibers import Hub
-from .runtime.executor import FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
+from .runtime.executor import ArenaPool, FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
 from .runtime.params import FlushParams
 from .schedule import format_schedule, make_policy, verify_schedule
 from .schedule.base import Policy
@@ -109,6 +109,7 @@ class Batcher:
         self.reuse = (None if reuse is False else RecordingCache(max_calls=max_calls) if reuse is True
                       else RecordingCache(reuse, max_calls))
         self._lock = threading.Lock()
+        self._arena_pool = ArenaPool()      # NOTE: [Arena pool] (runtime/executor.py)
 
     def __call__(self, instances: Iterable[Any]) -> list:
         if not self._lock.acquire(blocking=False):
@@ -215,12 +216,13 @@ class Batcher:
     def _run(self, graph, layout, steps, result_index: list, stats: Stats) -> list:
         """Execute the steps; returns the rows ``result_index`` names, one tensor per entry
         (autograd-connected through one FlushFunction when gradients are needed)."""
-        arenas = allocate_arenas(graph, layout)
         params = FlushParams(graph, self.table.modules(), _instance_tensors(graph)) if torch.is_grad_enabled() else None
         if params is not None and params.inputs:
             stats.training = True
-            run = TrainingRun(steps, arenas, result_index, params, stats, self.profile)
+            run = TrainingRun(steps, allocate_arenas(graph, layout), result_index, params, stats, self.profile)
             return list(FlushFunction.apply(run, *params.inputs))
+        # NOTE: [Arena pool] (runtime/executor.py): these arenas die with this call; results are copies
+        arenas = self._arena_pool.allocate(graph, layout)
         run_inference(steps, arenas, stats if self.profile else None)
         return [arenas[a].index_select(0, idx) for a, idx in result_index]
 
@@ -274,11 +276,38 @@ def _result_rows(graph, layout, outputs) -> tuple[list, dict]:
 def _assemble(outputs, arena_of: dict, tensors: list, result_index: list, per_row_views: bool) -> list:
     """Per-instance results in the user's structures. With autograd, one ``select`` view per result
     (not ``unbind``), so users may modify a result in place, as eagerly."""
-    per_arena = {a: iter([t[i] for i in range(len(t))] if per_row_views else t.unbind(0))
-                 for (a, _), t in zip(result_index, tensors, strict=True)}
+    rows_of = [[t[i] for i in range(len(t))] if per_row_views else t.unbind(0) for t in tensors]
+    if len(rows_of) == 1:
+        return _assemble_in_order(outputs, rows_of[0])
+    per_arena = {a: iter(rows) for (a, _), rows in zip(result_index, rows_of, strict=True)}
     results = []
     for leaves, rebuild in outputs:
         vals = [next(per_arena[arena_of[x.vid]]) if type(x) is LazyValue else x for x in leaves]
+        results.append(rebuild(vals))
+    return results
+
+
+def _assemble_in_order(outputs, rows) -> list:
+    """Every result row in one arena, in leaf order (``_result_rows``): an instance whose leaves are all
+    lazy takes the next ``len(leaves)`` rows as one slice, with no per-leaf lookup (a tagger's 1,500
+    per-token logits)."""
+    results, at = [], 0
+    lazy = {LazyValue}
+    for leaves, rebuild in outputs:
+        n = len(leaves)
+        if n == 1 and type(leaves[0]) is LazyValue:
+            vals = [rows[at]]
+            at += 1
+        elif n and set(map(type, leaves)) == lazy:
+            vals = list(rows[at:at + n])
+            at += n
+        else:
+            vals = []
+            for x in leaves:
+                if type(x) is LazyValue:
+                    x = rows[at]
+                    at += 1
+                vals.append(x)
         results.append(rebuild(vals))
     return results
 

@@ -36,6 +36,8 @@ import operator
 import torch
 from torch import fx
 
+from .sparse import row_sparse_embedding
+
 _ATEN = torch.ops.aten
 # Views whose schema carries no alias annotation.
 _UNANNOTATED_VIEWS = {_ATEN._unsafe_view.default, _ATEN.unsafe_split.Tensor, _ATEN.unsafe_split_with_sizes.default,
@@ -238,29 +240,51 @@ def direct_calls(graph: fx.Graph) -> int:
 
 
 # NOTE: [Direct outputs] a batch's outputs are copied into their arena rows after the program made
-# them (an LSTM's input projections for every token: megabytes, into fresh pages). Where an output
-# is the result of a GEMM, ``cat`` or ``index_select`` (also an ``addmm_`` the in-place rewrite
-# made), seen through order-keeping views only (``squeeze`` / ``unsqueeze`` / ``view``) and computed
-# once for that output alone, the no_grad program takes a buffer for it (after the operands) and
-# computes the op into it with ``out=``, shaped as the op's result: the executor passes the output's
-# arena rows. Every later reader of the op's result reads the buffer, with the same values (the
-# in-place rule already made sure nothing reads the op's target region as it was before); same
-# kernel, same values, no copy. Elementwise results (an LSTM step's h and c) stay with the joint
-# write: their ``out=`` form over strided gate pieces plus a buffer per output cost more per step
-# than the one ``cat`` they save (measured: TreeLSTM at hidden 64 ran slower).
-_OUT_FORMS = {torch.addmm, torch.mm, torch.bmm, torch.cat, torch.index_select}
+# them (an LSTM's input projections for every token: megabytes; its h and c every step). Where an
+# output is the result of an op with an ``out=`` form, seen through order-keeping views only
+# (``squeeze`` / ``unsqueeze`` / ``view``) and computed once for that output alone, the no_grad
+# program takes a buffer for it (after the operands) and computes the op into it with ``out=``: the
+# executor passes the output's arena rows (reshaped to the op's result only where its shape
+# differs). The ops: GEMMs, ``cat``, ``index_select``, an embedding lookup of one index per row
+# (its forward is ``index_select`` of the weight) and the elementwise ops of the in-place rewrite,
+# in either form. An op the rewrite made in place (``a.mul_(b)``, an LSTM's
+# ``h = o * tanh(c)`` into its gate buffer) prefers the caller's buffer: ``torch.mul(a, b,
+# out=rows)`` computes the same values with the same kernel, and leaves ``a`` as it was, which is
+# safe because the rewrite already proved that nothing after the op reads ``a``'s region except
+# through the op's result, and every such reader now reads the buffer. Same values, no copy and no
+# Python write per output (measured: the same kernel time as the in-place form, the executor's
+# ``cat`` into the arena saved). An output no op of the program computes (an operand or a
+# parameter seen through views) keeps the copy.
+_OUT_FORMS = {torch.addmm, torch.mm, torch.bmm, torch.cat, torch.index_select,
+              torch.mul, torch.add, torch.sub, torch.div,
+              torch.sigmoid, torch.tanh, torch.exp, torch.neg}      # (``torch.relu`` has no out= form)
 # in-place forms (after the rewrite and direct calls) -> the function that writes ``out=`` instead
-_METHOD_OUT = {"addmm_": torch.addmm}
+_FUNCTION_OUT = {torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh, torch.exp_: torch.exp, torch.neg_: torch.neg}
+_METHOD_OUT = {"addmm_": torch.addmm, "mul_": torch.mul, "add_": torch.add, "sub_": torch.sub, "div_": torch.div,
+               "mul": torch.mul, "add": torch.add}
 _ORDER_VIEWS = {torch.squeeze, torch.unsqueeze}
 _ORDER_METHODS = {"view", "reshape"}
+
+
+def _embedding_rows(node: fx.Node) -> bool:
+    """An embedding lookup of one index per row (also the row-sparse one of cells/sparse.py): its
+    forward is ``index_select`` of the weight, which has an ``out=`` form (padding_idx,
+    scale_grad_by_freq and sparse only change its gradient)."""
+    if node.op != "call_function" or node.target not in (torch.embedding, row_sparse_embedding) or len(node.args) < 2:
+        return False
+    weight, indices = node.args[0], node.args[1]
+    w, i = (getattr(n, "meta", {}).get("val") for n in (weight, indices))
+    return isinstance(w, torch.Tensor) and isinstance(i, torch.Tensor) and w.dim() == 2 and i.dim() == 1
 
 
 def _out_function(node: fx.Node):
     """The ``out=`` function computing ``node``'s values, or None."""
     if "out" in node.kwargs:
         return None
+    if _embedding_rows(node):
+        return torch.index_select
     if node.op == "call_function":
-        return node.target if node.target in _OUT_FORMS else None
+        return node.target if node.target in _OUT_FORMS else _FUNCTION_OUT.get(node.target)
     if node.op == "call_method":
         return _METHOD_OUT.get(node.target)
     return None
@@ -299,10 +323,13 @@ def outputs_into(graph: fx.Graph, out_avals: tuple) -> "tuple[bool, ...] | None"
                 buffers[k] = graph.placeholder(f"into_{k}")
     for k, buffer in buffers.items():
         node = sources[k]
-        shape = [-1, *node.meta["val"].shape[1:]]
-        with graph.inserting_before(node):
-            target = graph.call_method("view", (buffer, shape))
+        target = buffer
+        if tuple(node.meta["val"].shape[1:]) != tuple(out_avals[k].shape):
+            with graph.inserting_before(node):
+                target = graph.call_method("view", (buffer, [-1, *node.meta["val"].shape[1:]]))
         fn = _out_function(node)
+        if _embedding_rows(node):
+            node.args = (node.args[0], 0, node.args[1])
         node.op, node.target, node.kwargs = "call_function", fn, {**node.kwargs, "out": target}
     graph.lint()
     return tuple(direct)

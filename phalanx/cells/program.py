@@ -171,6 +171,42 @@ class CellProgram:
             run = self.inference or self._inference_program()
         return tuple(run(size, *params, *hoisted, *operands))
 
+    def bind(self) -> "Callable | None":
+        """NOTE: [Bound programs] a no_grad flush calls a program once per batch of its op type, and
+        each ``__call__`` re-checks what cannot change inside a flush, which runs no user code
+        between batches: the parameters' dtypes and shapes, the hoisted values' cache key (a tuple
+        per parameter), which variant a ``consume`` / ``into`` asks for. ``bind`` does that once and
+        returns ``run(operands, size, consume, into)`` with ``__call__``'s no_grad contract (``into``
+        as ``direct_outputs()`` says); None where every call must go through ``__call__`` (grad
+        mode, a compiled program, parameters that changed shape)."""
+        if torch.is_grad_enabled() or self.compiled is not None:
+            return None
+        params = self.params()
+        if self.param_key != self._param_key(params):
+            return None
+        prefix = (*params, *(self.hoist.get(params) if self.hoist is not None else ()))
+        plain = self.inference or self._inference_program()
+        direct = self.direct_outputs()
+        into_plain = self._variant(False, True)[0] if direct is not None else None
+        arity, slow, variant, consumable = len(self.in_avals), self.__call__, self._variant, bool(self.consumable)
+
+        def run(operands, size, consume=False, into=None):
+            if size == 0 or len(operands) != arity:
+                return slow(operands, size, consume, into)
+            if into is not None:
+                if consume and consumable:      # built on first use, like __call__'s
+                    program, got = variant(True, True)
+                    if got != direct:
+                        return slow(operands, size, consume, into)
+                else:
+                    program = into_plain
+                    if program is None:
+                        return slow(operands, size, consume, into)
+                return program(size, *prefix, *operands, *[b for b in into if b is not None])
+            return (variant(True, False)[0] if consume and consumable else plain)(size, *prefix, *operands)
+
+        return run
+
     def direct_outputs(self) -> "tuple[bool, ...] | None":
         """Which outputs the no_grad program can compute straight into a caller's buffer (NOTE:
         [Direct outputs]); None when none can, or when calls may run another program."""

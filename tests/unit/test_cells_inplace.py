@@ -333,16 +333,86 @@ def test_an_output_returned_twice_is_not_direct():
 
 
 def test_an_output_read_again_and_seen_through_views_lands_in_the_buffer():
-    # t (one addmm) is returned through a view and read again by the sigmoid, whose elementwise
-    # result keeps its own memory
+    # t (one addmm) is returned through a view and read again by the sigmoid and the mul, whose
+    # elementwise results land in buffers of their own
     cell = Reuse(lambda t: (t.unsqueeze(0).view(2, -1), torch.sigmoid(t), t.mul(2.0)))
     program = compile_cell(cell.forward, cell, avals([torch.zeros(H)]))
-    assert program.direct_outputs() == (True, False, False)
+    assert program.direct_outputs() == (True, True, True)
     operands = random_operands([torch.zeros(H)], 3, torch.Generator().manual_seed(7))
-    buffer = torch.empty(3, 2, H // 2)
+    buffers = [torch.empty(3, 2, H // 2), torch.empty(3, H), torch.empty(3, H)]
     with torch.no_grad():
         want = program(operands, 3)
-        got = program(operands, 3, into=[buffer, None, None])
-    assert torch.equal(buffer, want[0])
-    for g, w in zip(got[1:], want[1:], strict=True):
-        assert torch.equal(g, w)
+        program(operands, 3, into=buffers)
+    for b, w in zip(buffers, want, strict=True):
+        assert torch.equal(b, w)
+
+
+def test_an_in_place_output_prefers_the_callers_buffer():
+    # the LSTM step's h and c: the in-place rewrite writes them into the gate buffer, the direct
+    # program computes them into the caller's rows instead, with the same values
+    torch.manual_seed(3)
+    cell = LSTMStep(4, H)
+    examples = [torch.zeros(4), torch.zeros(H), torch.zeros(H)]
+    program = compile_cell(cell._phalanx_fn(), cell, avals(examples))
+    assert program.direct_outputs() == (True, True)
+    run = program._variant(False, True)[0]
+    calls = {n.target: n.kwargs.get("out") for n in run.__self__.graph.nodes if n.op == "call_function"}
+    assert calls.get(torch.mul) is not None and calls.get(torch.add) is not None
+    operands = [o.detach() for o in random_operands(examples, 5, torch.Generator().manual_seed(4))]
+    arena = torch.full((12, H), float("nan"))
+    with torch.no_grad():
+        want = program(operands, 5)
+        program(operands, 5, into=[arena[1:6], arena[6:11]])
+    assert torch.equal(arena[1:6], want[0]) and torch.equal(arena[6:11], want[1])
+    assert arena[0].isnan().all() and arena[11].isnan().all()
+    assert_program_matches_cell(program, cell, operands, 5)
+
+
+def _direct_check(fn, examples, size, seed):
+    """Every output the direct program writes into a buffer equals the plain no_grad program's."""
+    program = compile_cell(fn, None, avals(examples))
+    direct = program.direct_outputs()
+    if direct is None:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    operands = [o.detach() for o in random_operands(examples, size, gen)]
+    before = [o.clone() for o in operands]
+    with torch.no_grad():
+        want = program(operands, size)
+        buffers = [torch.full_like(w, float("nan")) if d else None for w, d in zip(want, direct, strict=True)]
+        got = program(operands, size, into=buffers)
+    for o, b in zip(operands, before, strict=True):
+        assert torch.equal(o, b), "the direct program overwrote an operand"
+    for w, g, b in zip(want, got, buffers, strict=True):
+        assert torch.equal(b if b is not None else g, w)
+
+
+@settings(max_examples=40, deadline=None)
+@given(recipe=st.lists(STEP, min_size=1, max_size=8), seed=st.integers(0, 1000))
+def test_random_elementwise_programs_into_buffers_match(recipe, seed):
+    _direct_check(_program(recipe), [torch.zeros(2 * H), torch.zeros(2 * H)], 3, seed)
+
+
+class Lookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, H, padding_idx=0)
+
+    def forward(self, word):
+        return self.embed(word)
+
+
+@pytest.mark.parametrize("sparse_grads", [True, False])
+def test_an_embedding_lookup_is_read_into_the_buffer(sparse_grads):
+    # one index per row: the lookup is an index_select of the weight, into the caller's rows
+    torch.manual_seed(5)
+    cell = Lookup()
+    examples = [torch.tensor(3)]
+    program = compile_cell(cell.forward, cell, avals(examples), options=CellOptions(sparse_grads=sparse_grads))
+    assert program.direct_outputs() == (True,)
+    words = torch.tensor([4, 0, 10, 4, 7])
+    arena = torch.full((7, H), float("nan"))
+    with torch.no_grad():
+        program([words], 5, into=[arena[2:7]])
+    assert torch.equal(arena[2:7], cell.embed.weight.detach()[words]) and arena[:2].isnan().all()
+    assert_inference_matches_autograd(program, [words], 5)

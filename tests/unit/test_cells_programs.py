@@ -108,3 +108,39 @@ def test_programs_match_on_random_batches(compiled_zoo, name, size, seed):
     cell, examples, program = compiled_zoo[name]
     operands = random_operands(examples, size, torch.Generator().manual_seed(seed))
     assert_program_matches_cell(program, cell, operands, size)
+
+
+# *** NOTE: [Bound programs]: one no_grad flush binds a program once; every call equals __call__ ***
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_a_bound_program_equals_its_calls(name):
+    torch.manual_seed(0)
+    factory, examples = ZOO[name]
+    cell = factory()
+    program = compile_cell(cell._phalanx_fn(), cell, avals(examples))
+    if name == "LSTMStep":
+        program.consumable = frozenset({0})      # as a split cell's rest: its first operand may be consumed
+    assert program.bind() is None                # grad mode: every call goes through __call__
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        run = program.bind()
+        direct = program.direct_outputs()
+        for size in (0, 1, 4):
+            operands = [o.detach() for o in random_operands(examples, size, gen)]
+            want = program(operands, size)
+            for consume in (False, True):
+                got = run([o.clone() for o in operands], size, consume)
+                assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+                if direct is not None:
+                    into = [torch.full_like(w, float("nan")) if d else None for w, d in zip(want, direct, strict=True)]
+                    got = run([o.clone() for o in operands], size, consume, into)
+                    for w, g, b in zip(want, got, into, strict=True):
+                        assert torch.equal(b if b is not None else g, w)
+        # a parameter changed in place (an optimizer step between flushes): the next bind sees it
+        with torch.no_grad():
+            for p in cell.parameters():
+                if p.is_floating_point():
+                    p.mul_(0.5)
+        operands = [o.detach() for o in random_operands(examples, 3, gen)]
+        fresh = program.bind()([o.clone() for o in operands], 3)
+        assert all(torch.equal(g, w) for g, w in zip(fresh, program(operands, 3), strict=True))

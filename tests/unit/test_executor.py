@@ -305,3 +305,70 @@ def test_whole_reads_with_an_operand_the_cell_ignores_match_eager():
     assert any(step.whole is not None for step in steps)
     assert_matches_eager(fn, instances, batcher=batcher)
     assert_matches_eager(fn, instances, params=[t for inst in instances for t in inst], train=True, batcher=batcher)
+
+
+# *** NOTE: [Arena pool]: inference flushes of one Batcher reuse the last flush's arena buffers ***
+
+def _tagger_and_sentences():
+    from phalanx.models.tagger import BiLSTMTagger
+
+    torch.manual_seed(0)
+    model = BiLSTMTagger(20, 6, embed_dim=4, num_tags=5).eval()
+    gen = torch.Generator().manual_seed(1)
+
+    def sentences(lengths):
+        return [torch.randint(0, 20, (n,), generator=gen) for n in lengths]
+    return model, sentences
+
+
+def test_pooled_arenas_are_reused_and_earlier_results_survive_later_calls():
+    model, sentences = _tagger_and_sentences()
+    batcher = phalanx.Batcher(model.forward, cells=True)
+    with torch.no_grad():
+        first_in = sentences([4, 6, 3, 5])
+        first = batcher(first_in)
+        kept = [[t.clone() for t in r] for r in first]
+        pointers = {k: b.data_ptr() for k, b in batcher._arena_pool.buffers.items()}
+        assert pointers
+        second_in = sentences([2, 5, 4, 1])        # fewer rows: every arena fits the kept buffers
+        second = batcher(second_in)
+        assert {k: b.data_ptr() for k, b in batcher._arena_pool.buffers.items() if k in pointers} == pointers
+        third = batcher(sentences([9, 7, 8, 9, 6]))     # more rows: buffers grow
+    for r, k in zip(first, kept, strict=True):       # results are copies, never arena rows
+        for t, c in zip(r, k, strict=True):
+            assert torch.equal(t, c)
+    for got, words in zip(second, second_in, strict=True):
+        for g, e in zip(got, model.forward(words), strict=True):
+            torch.testing.assert_close(g, e)
+    assert len(third) == 5
+    assert_matches_eager(model.forward, sentences([3, 1, 7]), batcher=batcher)
+
+
+def test_arena_pool_takes_leading_rows_and_grows_with_slack():
+    from types import SimpleNamespace
+
+    from phalanx.ir.aval import AVal
+    from phalanx.runtime.executor import ArenaPool
+
+    avals = [AVal((3,), torch.float32), AVal((3,), torch.float32), AVal((), torch.int64)]
+    graph = SimpleNamespace(avals=avals, device=torch.device("cpu"))
+    pool = ArenaPool()
+    a = pool.allocate(graph, SimpleNamespace(arena_rows=[4, 2, 5]))
+    assert [tuple(t.shape) for t in a] == [(4, 3), (2, 3), (5,)] and [t.dtype for t in a[1:]] == [torch.float32,
+                                                                                                   torch.int64]
+    assert a[0].data_ptr() != a[1].data_ptr()        # two arenas of one kind get two buffers
+    b = pool.allocate(graph, SimpleNamespace(arena_rows=[5, 1, 2]))
+    assert b[0].data_ptr() == a[0].data_ptr() and b[2].data_ptr() == a[2].data_ptr()   # within the slack
+    c = pool.allocate(graph, SimpleNamespace(arena_rows=[40, 2, 5]))
+    assert c[0].shape == (40, 3) and c[1].data_ptr() == a[1].data_ptr()
+    pool.release()
+    assert not pool.buffers
+
+
+def test_pooled_arenas_of_inference_mode_never_serve_a_no_grad_call():
+    # tensors made under inference_mode cannot be written outside it (and the other way round is
+    # kept apart too): alternating modes on one Batcher must keep working and matching eager
+    model, sentences = _tagger_and_sentences()
+    batcher = phalanx.Batcher(model.forward, cells=True)
+    for mode in ("inference_mode", "no_grad", "inference_mode", "no_grad"):
+        assert_matches_eager(model.forward, sentences([3, 5, 2]), batcher=batcher, grad_mode=mode)
