@@ -174,6 +174,16 @@ class Batcher:
                 print(format_schedule(graph, schedule))
         return results
 
+    def release_memory(self) -> None:
+        """Drop what this Batcher keeps between calls to run faster: the arena buffers of its last
+        inference flush (NOTE: [Arena pool], runtime/executor.py) and, with ``reuse``, the cached
+        recordings and plans (NOTE: [Recording reuse], [Plan reuse]). The next call works as usual,
+        paying once more for what was dropped. Op types and their kernels are kept."""
+        self._arena_pool.release()
+        if self.reuse is not None:
+            self.reuse.blocks.clear()
+            self.reuse.calls.clear()
+
     def _device(self) -> torch.device:
         return self.device if self.device is not None else model_device(self.table.root)
 

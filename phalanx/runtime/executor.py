@@ -67,8 +67,10 @@ class ArenaPool:
     arenas as the leading rows of buffers kept from the last flush, grown (with some slack) when a
     flush needs more rows. Rows are still written before they are read (NOTE: [Single-assignment
     arenas]), so stale contents are never seen. Training arenas live on in the backward and fiber
-    rounds' arenas are their results: those keep ``allocate_arenas``. The cost: a Batcher holds its
-    largest flush's arenas between calls (``release``)."""
+    rounds' arenas are their results: those keep ``allocate_arenas``. The cost: a Batcher holds
+    buffers of the value kinds (shape, dtype) its last inference flush used, each as large as the
+    largest flush that used it, and drops other kinds, so a model whose value shapes keep changing
+    does not accumulate buffers; ``Batcher.release_memory()`` drops them all."""
 
     SLACK = 1.25
 
@@ -89,6 +91,9 @@ class ArenaPool:
             if buf is None or len(buf) < n:
                 buf = buffers[key] = torch.empty((int(n * self.SLACK) + 1, *a.shape), dtype=a.dtype, device=device)
             arenas.append(buf[:n])
+        if len(buffers) > len(arenas):      # kinds (shape, dtype, ...) this flush did not use: not kept
+            for key in [key for key in buffers if key[:4] not in seen]:
+                del buffers[key]
         return arenas
 
     def release(self) -> None:
