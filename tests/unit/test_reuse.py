@@ -347,3 +347,20 @@ def test_an_empty_call_with_reuse():
     m = treelstm()
     b = phalanx.Batcher(m, reuse=True)
     assert b([]) == [] and b([]) == []
+
+
+@pytest.mark.parametrize("cells", [False, True])
+def test_every_zoo_model_reruns_its_plan_to_the_eager_results(cells):
+    for name in MODELS:
+        m = model(name)
+        fn = _forward_fn(name, m)
+        xs = instances(name, 4, [3, 1, 4])
+        b = phalanx.Batcher(fn, reuse=True, cells=cells, verify=True)
+        b(xs)
+        for _ in range(2):
+            assert_matches_eager(fn, xs, batcher=b)
+            assert b.stats.plan_reused, name
+        trainer = phalanx.Batcher(m.loss, reuse=True, cells=cells, verify=True)
+        trainer(xs)
+        assert_matches_eager(m.loss, xs, params=list(m.parameters()), train=True, batcher=trainer)
+        assert trainer.stats.plan_reused, name
