@@ -181,8 +181,7 @@ class Batcher:
         paying once more for what was dropped. Op types and their kernels are kept."""
         self._arena_pool.release()
         if self.reuse is not None:
-            self.reuse.blocks.clear()
-            self.reuse.calls.clear()
+            self.reuse.clear()
 
     def _device(self) -> torch.device:
         return self.device if self.device is not None else model_device(self.table.root)

@@ -107,17 +107,26 @@ class RecordingCache:
         """The training flags this call records under (a block of other flags is recorded again)."""
         self.flags = tuple(m.training for m in table.modules())
 
-    def lookup(self, instance, table) -> Block | None:
-        """The block of ``instance`` if it can be replayed in this call (the table does not change
-        during a call, so this check holds until the call ends)."""
+    def clear(self) -> None:
+        self.blocks.clear()
+        self.calls.clear()
+
+    def _block(self, instance) -> Block | None:
+        """The block stored for ``instance`` under this call's training flags."""
         block = self.blocks.get(id(instance))
         if block is None or block.instance is not instance or block.flags != self.flags:
             return None
-        sigs = table.sigs
-        for sig in block.sigs:
-            if sig.sid >= len(sigs) or sigs[sig.sid] is not sig:
-                del self.blocks[id(instance)]       # its op type left the table: record it again
-                return None
+        return block
+
+    def lookup(self, instance, table) -> Block | None:
+        """The block of ``instance`` if it can be replayed in this call (the table does not change
+        during a call, so this check holds until the call ends)."""
+        block = self._block(instance)
+        if block is None:
+            return None
+        if not _in_table(block.sigs, table):
+            del self.blocks[id(instance)]       # its op type left the table: record it again
+            return None
         sids = tuple(sig.sid for sig in block.sigs)
         if sids != block.sids:                       # renumbered by an eviction
             block.node_sig = _renumber(block.node_sig, block.sids, sids)
@@ -134,10 +143,9 @@ class RecordingCache:
         plan = self.calls.get(key)
         if plan is None:
             return None
-        sigs = table.sigs
         if (plan.flags != self.flags or plan.options != options
                 or any(a is not b for a, b in zip(plan.instances, instances, strict=True))
-                or any(sig.sid >= len(sigs) or sigs[sig.sid] is not sig for sig in plan.sigs)
+                or not _in_table(plan.sigs, table)
                 or tuple(sig.sid for sig in plan.sigs) != plan.sids):      # renumbered by an eviction
             del self.calls[key]
             return None
@@ -149,11 +157,8 @@ class RecordingCache:
         a function of the blocks: no fibers, no instance reading another's values)."""
         if not self.max_calls or not instances:
             return
-        blocks = self.blocks
-        for instance in instances:
-            block = blocks.get(id(instance))
-            if block is None or block.instance is not instance or block.flags != self.flags:
-                return
+        if any(self._block(instance) is None for instance in instances):
+            return
         key = tuple(map(id, instances))
         self.calls[key] = CallPlan(list(instances), self.flags, options, graph, outputs, planned)
         self.calls.move_to_end(key)
@@ -213,6 +218,13 @@ class RecordingCache:
             self.blocks.move_to_end(id(instance))
         while len(self.blocks) > self.max_instances:
             self.blocks.popitem(last=False)
+
+
+def _in_table(sigs: tuple, table) -> bool:
+    """Is every op type of ``sigs`` still in the table (a structure change clears it; an eviction may
+    drop some)?"""
+    current = table.sigs
+    return all(sig.sid < len(current) and current[sig.sid] is sig for sig in sigs)
 
 
 def _renumber(node_sig: np.ndarray, old: tuple, new: tuple) -> np.ndarray:

@@ -14,11 +14,8 @@ import types
 import torch
 
 from ..errors import UnsupportedOpError
-from ..ir.columns import TorchFunction, ValueBase, set_value_type, stack_values
+from ..ir.columns import TorchFunction, ValueBase, set_value_type
 from . import recorder as _recorder
-
-
-_STACK = torch.stack
 
 
 class LazyValue(ValueBase):
@@ -28,15 +25,12 @@ class LazyValue(ValueBase):
     __slots__ = ()
 
     # torch's override protocol: torch.tanh(v), F.linear(v, W), torch.cat([v, w]) land here. The
-    # commonest, ``torch.stack(xs)`` of lazy values (a lattice node's predecessors), is made natively
-    # (NOTE: [Native ragged stacks] in ir/_columns.c) without the recorder's Python path; natively
-    # this whole method is a TorchFunction that does so without a Python frame (set below).
+    # commonest, ``torch.stack(xs)`` of lazy values (a lattice node's predecessors): natively this
+    # method is wrapped in a TorchFunction (set below) that makes the stack without a Python frame
+    # (NOTE: [Native ragged stacks] in ir/_columns.c) and calls this body for everything else; the
+    # recorder's ``try_stack`` makes the same stack without the extension.
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is _STACK and not kwargs and len(args) == 1:
-            out = stack_values(args[0])
-            if out is not NotImplemented:
-                return out
         return _recorder.active_or_error().record_op(func, args, kwargs or {})
 
     # *** static metadata: answered without recording ***
@@ -189,6 +183,6 @@ for _name in dir(torch.Tensor):
         setattr(LazyValue, _name, _tensor_method(_name))
 
 if TorchFunction is not None:
-    LazyValue.__torch_function__ = classmethod(TorchFunction(_STACK, LazyValue.__dict__["__torch_function__"].__func__))
+    LazyValue.__torch_function__ = classmethod(TorchFunction(torch.stack, LazyValue.__dict__["__torch_function__"].__func__))
 
 set_value_type(LazyValue, torch.Tensor)   # the exact tensor type of per-instance tensor operands

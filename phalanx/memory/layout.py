@@ -117,10 +117,8 @@ def reader_order_numpy(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> t
     lazy = (graph.arg_code >= 0).nonzero()[0] if num else ()
     if not len(lazy):
         return tuple(batches)
-    sizes = np.fromiter(map(len, batches), dtype=np.int64, count=num)
-    order = np.concatenate(batches)
-    start = np.zeros(num + 1, dtype=np.int64)
-    np.add.accumulate(sizes, out=start[1:])
+    _, order, start = concatenated(batches)
+    sizes = start[1:] - start[:-1]
     n = graph.num_nodes
     batch_of = np.full(n, num, dtype=np.int64)
     batch_of[order] = np.arange(num).repeat(sizes)

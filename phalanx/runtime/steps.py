@@ -244,14 +244,11 @@ def _gather_operands(gathered, list_batch, list_pos, list_lengths, list_start, a
         lengths = np.concatenate((lengths, list_start[last] - list_start[first]))
     views = _to_device(torch.from_numpy(host), device).split_with_sizes(lengths.tolist())
     fill_operands(operands, gather_ids, GATHER, arena[gather_ids], None, None, views)
-    out: dict = {}
-    if len(first):
-        runs = views[len(gather_ids):]
-        for b, a, f, n, index in zip(list_batch[first].tolist(), arena[first].tolist(), list_pos[first].tolist(),
-                                     (last - first).tolist(), runs, strict=True):
-            run = (a, index, tuple(range(f, f + n)))
-            out[b] = out[b] + (run,) if b in out else (run,)
-    return out
+    if not len(first):
+        return {}
+    runs = zip(list_batch[first].tolist(), arena[first].tolist(), list_pos[first].tolist(), (last - first).tolist(),
+               strict=True)
+    return _runs_by_batch(runs, views[len(gather_ids):])
 
 
 def _gather_operands_native(gathered, list_batch, list_pos, list_lengths, list_start, arena, rows, operands,
@@ -262,8 +259,14 @@ def _gather_operands_native(gathered, list_batch, list_pos, list_lengths, list_s
     views = _to_device(torch.from_numpy(host[:used]), device).split_with_sizes(lengths)
     gather_ids = gathered.nonzero()[0]
     fill_operands(operands, gather_ids, GATHER, arena[gather_ids], None, None, views)
+    return _runs_by_batch(runs, views[len(gather_ids):])
+
+
+def _runs_by_batch(runs, indices) -> dict:
+    """``{batch: ((arena, index, positions), ...)}`` from runs (batch, arena, first position, lists)
+    and their index tensors."""
     out: dict = {}
-    for (b, a, f, n), index in zip(runs, views[len(gather_ids):], strict=True):
+    for (b, a, f, n), index in zip(runs, indices, strict=True):
         run = (a, index, tuple(range(f, f + n)))
         out[b] = out[b] + (run,) if b in out else (run,)
     return out
