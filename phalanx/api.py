@@ -128,7 +128,9 @@ class Batcher:
         reuse, known = self.reuse, None
         if reuse is not None:
             reuse.begin_call(table)
-            options = (self.policy, self.plan, self.plan_objective, self._device())
+            # a plan made under inference_mode holds inference tensors (indices, numbers) that
+            # autograd may not save: each mode its own plans
+            options = (self.policy, self.plan, self.plan_objective, self._device(), torch.is_inference_mode_enabled())
             known = reuse.call_plan(instances, table, options)
         if known is not None:       # NOTE: [Plan reuse]: this very mini-batch ran before
             graph, outputs, planned = known.graph, known.outputs, known.planned

@@ -27,7 +27,8 @@ and steps (a ``CallPlan``) are a function of the blocks, the op types, the polic
 options, none of which changed, so the call skips recording, scheduling and planning and only
 executes. Steps hold index tensors and the instances' own tensors, never arenas or values (those
 are allocated per run), so one plan runs any number of times. A plan is kept while the op types it
-names are in the table, under the training flags, policy object and plan options it was made with;
+names are in the table, under the training flags, policy object, plan options and inference mode
+(its index tensors are inference tensors if it was made under ``torch.inference_mode``) it was made with;
 the least recently used is dropped past ``max_calls``. ``stats.plan_reused`` says it happened.
 """
 from __future__ import annotations
@@ -77,7 +78,7 @@ class CallPlan:
     def __init__(self, instances, flags, options, graph, outputs, planned):
         self.instances = instances      # held: their ids are the key
         self.flags = flags
-        self.options = options          # (policy object, plan options) it was planned with
+        self.options = options          # (policy object, plan options, device, inference mode) it was planned with
         self.sids = tuple(graph.used_sids.tolist())
         self.sigs = tuple(graph.sigs[s] for s in self.sids)
         self.graph = graph

@@ -364,3 +364,21 @@ def test_every_zoo_model_reruns_its_plan_to_the_eager_results(cells):
         trainer(xs)
         assert_matches_eager(m.loss, xs, params=list(m.parameters()), train=True, batcher=trainer)
         assert trainer.stats.plan_reused, name
+
+
+def test_a_plan_made_under_inference_mode_never_serves_a_training_call():
+    # its index and number tensors are inference tensors, which autograd may not save
+    torch.manual_seed(0)
+    m = BiLSTMTagger(VOCAB, hidden=8, embed_dim=5)
+    rng = np.random.default_rng(4)
+    xs = [(w := rng.integers(0, VOCAB, size=n).tolist(), rng.integers(0, 5, size=len(w)).tolist())
+          for n in (3, 1, 5)]
+    for cells in (False, True):
+        b = phalanx.Batcher(m.loss, reuse=True, cells=cells, verify=True)
+        with torch.inference_mode():
+            b(xs), b(xs)
+        assert b.stats.plan_reused
+        assert_matches_eager(m.loss, xs, params=list(m.parameters()), train=True, batcher=b)
+        assert not b.stats.plan_reused
+        assert_matches_eager(m.loss, xs, params=list(m.parameters()), train=True, batcher=b)
+        assert b.stats.plan_reused
