@@ -91,7 +91,8 @@ def _bench(args) -> int:
     else:
         p = payloads[0]
         title = (f"{p['model']} {mode}, hidden {p['hidden']}, batch {p['batch_size']}, {settings.threads} thread(s), "
-                 f"median over {report.rounds(p)}")
+                 f"median over {report.rounds(p)}; paired: median of manual/this over steps run back "
+                 f"to back")
         report.print_tables(p["rows"], title, settings.train, console)
         if p["schedules"]:
             console.print(report.schedule_table(f"{p['model']}: batches over the same {p['batches']} mini-batches",

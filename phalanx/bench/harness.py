@@ -186,9 +186,20 @@ def measure(workload: Workload, impls: list[Impl], train: bool, repeats: int, pr
                     progress(impl.name)
 
 
+def paired_ratio(base: list, this: list) -> "float | None":
+    """Median over timed steps of base / this, each pair measured back to back on the same
+    mini-batch (``measure`` runs the implementations round-robin): a machine whose speed drifts
+    moves both sides of a pair alike, so this is steadier than the ratio of the two medians.
+    None when the two were not timed step for step (per-instance loops skip later rounds)."""
+    if not base or len(base) != len(this):
+        return None
+    return statistics.median(b / t for b, t in zip(base, this, strict=True))
+
+
 def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[dict]:
     rows = []
     base = {impl.name: statistics.median(impl.seconds) for impl in impls if impl.seconds}
+    manual = next((impl for impl in impls if impl.name == workload.baseline_name), None)
     for impl in impls:
         note = getattr(impl.peer, "note", None)
         if note is not None:            # a peer that failed: its note, and no times even if some ran
@@ -197,6 +208,7 @@ def summarize(workload: Workload, impls: list[Impl], batch_size: int) -> list[di
         seconds = base[impl.name]
         row = {"impl": impl.name, "seconds_per_batch": seconds, "instances_per_s": batch_size / seconds,
                "vs_eager": base["eager"] / seconds, "vs_manual": base[workload.baseline_name] / seconds,
+               "vs_manual_paired": paired_ratio(manual.seconds if manual else [], impl.seconds),
                "samples": len(impl.seconds)}
         if impl.losses:
             # Same weights, batches and SGD steps: every implementation's loss sequence must agree.

@@ -32,13 +32,15 @@ def tables(title: str, rows: list[dict], train: bool) -> list[Table]:
     """Three narrow tables of bench rows: throughput (every implementation, peers included),
     batching (phalanx rows) and the time split per stage (phalanx rows, ms per mini-batch)."""
     peers = any(r["impl"].startswith("dynet") for r in rows)
-    speed = _table(title, ["impl", "inst/s", "ms/batch", "vs eager", "vs manual"] + (["vs DyNet"] if peers else []))
+    speed = _table(title, ["impl", "inst/s", "ms", "vs eager", "vs manual", "paired"]
+                   + (["vs DyNet"] if peers else []))
     for r in rows:
         if "seconds_per_batch" not in r:
-            speed.add_row(escape(r["impl"]), "-", "-", "-", "-", *(["-"] if peers else []))
+            speed.add_row(escape(r["impl"]), "-", "-", "-", "-", "-", *(["-"] if peers else []))
             continue
         speed.add_row(escape(r["impl"]), f"{r['instances_per_s']:.0f}", f"{1e3 * r['seconds_per_batch']:.1f}",
-                      _ratio(r, "vs_eager"), _ratio(r, "vs_manual"), *([_ratio(r, "vs_dynet")] if peers else []))
+                      _ratio(r, "vs_eager"), _ratio(r, "vs_manual"), _ratio(r, "vs_manual_paired"),
+                      *([_ratio(r, "vs_dynet")] if peers else []))
     batched = [r for r in rows if "batches" in r]
     batching = _table("batches and operand reads",
                       ["impl", "batches", "bound", "in place", "gathers", "rec us/node"])
