@@ -21,7 +21,7 @@ dimension at the same position ``d`` is computed without it when
 
 Anything else (an op not listed, an operand of another shape, a split along ``d``) leaves the whole
 set as it was. Every new shape is checked by running the rewritten ops on the trace's fake values
-(it must be the old shape without ``d``) before the graph is touched.
+(it must be the old shape and strides without ``d``) before the graph is touched.
 """
 from __future__ import annotations
 
@@ -203,9 +203,15 @@ def _new_args(node: fx.Node, d: int) -> tuple:
     return tuple(args)
 
 
+def _same_layout(new, shape: tuple, stride: tuple, dtype) -> bool:
+    return isinstance(new, torch.Tensor) and tuple(new.shape) == shape and tuple(new.stride()) == stride \
+        and new.dtype == dtype
+
+
 def _plan(entries, members, exits, d: int, order: dict) -> "dict | None":
-    """New (args, val) per member, from the fake values without ``d``; None if a shape is not the old one
-    without ``d`` (the rule is then not what the ops do: leave the graph alone)."""
+    """New (args, val) per member, from the fake values without ``d``; None unless every value is
+    the old one without ``d``: its shape and dtype, and its strides (so a later view of an exit sees
+    the layout it saw before). Otherwise the rule is not what the ops do: leave the graph alone."""
     vals = {e: _val(e.args[0]) for e in entries}
     planned = {}
     for node in sorted(members, key=order.__getitem__):
@@ -218,16 +224,16 @@ def _plan(entries, members, exits, d: int, order: dict) -> "dict | None":
         except Exception:  # noqa: BLE001  (an op that does not take the new shapes: no rewrite)
             return None
         old = node.meta.get("val")
-        if isinstance(old, (list, tuple)):
-            if not isinstance(new, (list, tuple)) or len(new) != len(old) or any(
-                    tuple(n.shape) != _without(o.shape, d) or n.dtype != o.dtype for n, o in zip(new, old, strict=True)):
-                return None
-        elif not isinstance(new, torch.Tensor) or tuple(new.shape) != _without(old.shape, d) or new.dtype != old.dtype:
+        olds, news = (old, new) if isinstance(old, (list, tuple)) else ((old,), (new,))
+        if not isinstance(news, (list, tuple)) or len(news) != len(olds) or not all(
+                _same_layout(n, _without(o.shape, d), _without(o.stride(), d), o.dtype)
+                for n, o in zip(news, olds, strict=True)):
             return None
         vals[node] = new
         planned[node] = (args, new)
     for e in exits:
-        if tuple(vals[e.args[0]].shape) != tuple(_val(e).shape):
+        x = _val(e)
+        if not _same_layout(vals[e.args[0]], tuple(x.shape), tuple(x.stride()), x.dtype):
             return None
     return planned
 

@@ -420,7 +420,11 @@ def test_direct_steps_run_every_batch_after_an_op_types_first(inference_mode, mo
     batcher = phalanx.Batcher(model.forward, cells=True)
     general = []
     run_step = executor._run_step
-    monkeypatch.setattr(executor, "_run_step", lambda step, *a, **k: (general.append(step.sig.sid), run_step(step, *a, **k)))
+
+    def counted(step, *args, **kwargs):
+        general.append(step.sig.sid)
+        return run_step(step, *args, **kwargs)
+    monkeypatch.setattr(executor, "_run_step", counted)
     xs = sentences([4, 7, 2, 1, 6])
     assert_matches_eager(model.forward, xs, batcher=batcher)
     # each op type's first batch binds its kernel; every later batch of a cell whose outputs are
