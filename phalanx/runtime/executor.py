@@ -244,6 +244,14 @@ def _output_grad(output, garenas) -> torch.Tensor:
     return garenas[arena].index_select(0, rows)
 
 
+# NOTE: [Inference-mode flush] a no_grad flush runs its steps under ``torch.inference_mode``: ops
+# skip autograd's dispatch and views skip version-counter / view bookkeeping (measured: ~4% of the
+# tagger's execution at hidden 8, per-batch time). What it makes are inference tensors, which must
+# never reach the user (autograd may not save them; they cannot be written outside inference_mode).
+# They do not: the arenas are allocated outside it (normal tensors, written in place), an output is
+# copied into its arena instead of adopted as the arena (``_write``'s ``adopt``), and results are
+# read from the arenas afterwards, outside it (``Batcher._run``'s copies, fiber rounds' rows). Values
+# cached during a flush are keyed by the mode (hoisted values: NOTE: [Hoist cache key]).
 INFERENCE_MODE = True
 
 
@@ -255,7 +263,7 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     cells/inplace.py). Once an op type's first batch has run (probing and binding its kernel), its
     later batches skip ``_call``'s per-batch decisions: the program and its parameter prefix come
     from ``CellProgram.direct_call`` once per flush, and a batch is its operand reads, its output
-    rows and one call. Other steps take the general path."""
+    rows and one call. Other steps take the general path. Under NOTE: [Inference-mode flush]."""
     kernels: dict = {}
     direct: dict = {}       # op type -> NOTE: [Direct steps] entry, or False where there is none
     inference = INFERENCE_MODE and not torch.is_inference_mode_enabled()
