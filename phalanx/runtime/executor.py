@@ -309,8 +309,11 @@ def _direct_entry(sig: Signature, entry: "tuple | None"):
 
 
 def _run_direct(step: Step, arenas: list, found: tuple) -> bool:
-    """One batch by NOTE: [Direct steps]; False (nothing done) where an output is scattered."""
+    """One batch by NOTE: [Direct steps]; False (nothing done) where an output is scattered or the
+    batch is empty (the program's contract is size >= 1)."""
     kernel, prefix, program, consuming, consumes = found
+    if not step.size:
+        return False
     into = [arenas[a][r[0]:r[1]] for kind, a, r in step.outputs if kind == SLICE]
     if len(into) != len(step.outputs):
         return False
