@@ -244,14 +244,18 @@ def _output_grad(output, garenas) -> torch.Tensor:
     return garenas[arena].index_select(0, rows)
 
 
-# NOTE: [Inference-mode flush] a no_grad flush runs its steps under ``torch.inference_mode``: ops
-# skip autograd's dispatch and views skip version-counter / view bookkeeping (measured: ~4% of the
-# tagger's execution at hidden 8, per-batch time). What it makes are inference tensors, which must
-# never reach the user (autograd may not save them; they cannot be written outside inference_mode).
-# They do not: the arenas are allocated outside it (normal tensors, written in place), an output is
-# copied into its arena instead of adopted as the arena (``_write``'s ``adopt``), and results are
-# read from the arenas afterwards, outside it (``Batcher._run``'s copies, fiber rounds' rows). Values
-# cached during a flush are keyed by the mode (hoisted values: NOTE: [Hoist cache key]).
+# NOTE: [Inference-mode flush] a no_grad flush whose every op type is a traced cell program runs its
+# steps under ``torch.inference_mode``: ops skip autograd's dispatch and views skip version-counter
+# / view bookkeeping (measured: ~3.5% of the tagger's execution at hidden 8, ~1% at 64). What it
+# makes are inference tensors, which must never reach the user (autograd may not save them; they
+# cannot be written outside inference_mode). They do not: the arenas are allocated outside it
+# (normal tensors, written in place), an output is copied into its arena instead of adopted as the
+# arena (``_write``'s ``adopt``), and results are read from the arenas afterwards, outside it
+# (``Batcher._run``'s copies, fiber rounds' rows). Values cached during a flush are keyed by the
+# mode (hoisted values: NOTE: [Hoist cache key]). Only traced programs: they run aten ops and
+# nothing else, where a native, vmap or ragged kernel, a probe or a vmap-mode cell runs the user's
+# own code, which may keep a tensor it makes (an attention map saved for inspection) and must get
+# the normal tensor it would get under no_grad.
 INFERENCE_MODE = True
 
 
@@ -266,7 +270,7 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     rows and one call. Other steps take the general path. Under NOTE: [Inference-mode flush]."""
     kernels: dict = {}
     direct: dict = {}       # op type -> NOTE: [Direct steps] entry, or False where there is none
-    inference = INFERENCE_MODE and not torch.is_inference_mode_enabled()
+    inference = INFERENCE_MODE and not torch.is_inference_mode_enabled() and _only_traced_programs(steps)
     with torch.inference_mode() if inference else torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
@@ -277,6 +281,26 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
                     direct[step.sig.sid] = _direct_entry(step.sig, kernels.get(step.sig.sid))
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
+
+
+def _only_traced_programs(steps: list[Step]) -> bool:
+    """Does no user code run in these steps (NOTE: [Inference-mode flush])? Every op type's kernel is
+    a traced, uncompiled cell program: aten ops only, no probing. (A cell's first flush, before its
+    program is traced, runs under no_grad.)"""
+    seen: set = set()
+    for step in steps:
+        sig = step.sig
+        if sig.sid in seen:
+            continue
+        seen.add(sig.sid)
+        meta = sig.meta
+        if "kernel" in meta:
+            program = getattr(meta["kernel"], "program", None)
+        else:       # an ahead-of-time cell's program, once traced (this never traces or probes)
+            program = meta["aot"].programs.get(_flags(sig)) if "aot" in meta else None
+        if program is None or program.mode != "traced" or program.compiled is not None or "ragged" in meta:
+            return False
+    return True
 
 
 def _run_step(step: Step, arenas: list, kernels: dict, adopt: bool = True) -> None:

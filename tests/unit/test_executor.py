@@ -457,17 +457,70 @@ def test_inference_results_are_normal_tensors_that_later_autograd_and_training_a
         assert_matches_eager(model.forward, xs, batcher=batcher, grad_mode=mode)
 
 
-def test_fiber_rounds_under_inference_mode_hand_back_normal_tensors():
-    from tests.unit.test_fibers import Walker, inputs
+class _StepCell(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.score = nn.Linear(4, 1)
 
+    def forward(self, h):
+        h = torch.tanh(self.lin(h)) + 0.1
+        return h, self.score(h)
+
+
+class _Roller(nn.Module):
+    """Steps a state while a cell's score is positive: fiber rounds whose every op type is a cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = phalanx.cell(nn.Embedding(10, 4))
+        self.step = phalanx.cell(_StepCell())
+
+    def forward(self, word):
+        h, score = self.step(self.embed(torch.tensor(word)))
+        n = 0
+        while score.item() > 0 and n < 5:
+            h, score = self.step(h)
+            n += 1
+        return h * (n + 1)
+
+
+def test_fiber_rounds_under_inference_mode_hand_back_normal_tensors(monkeypatch):
+    from phalanx.runtime import executor
+
+    modes = []
+    only_traced = executor._only_traced_programs
+    monkeypatch.setattr(executor, "_only_traced_programs", lambda steps: modes.append(only_traced(steps)) or modes[-1])
     torch.manual_seed(0)
-    model = Walker()
-    xs = inputs(3, 6)
-    batcher = assert_matches_eager(model, xs)
+    model = _Roller()
+    words = list(range(10))
+    batcher = phalanx.Batcher(model, cells=True)
+    assert_matches_eager(model, words, batcher=batcher)
     with torch.no_grad():
-        results = batcher(xs)
-    assert batcher.stats.fibers and not any(t.is_inference() for t in results)
+        results = batcher(words)
+    assert batcher.stats.fibers and True in modes       # some round ran under inference_mode
+    assert not any(t.is_inference() for t in results)
     weight = torch.ones(4, requires_grad=True)
     sum((t * weight).sum() for t in results).backward()
     assert weight.grad is not None
-    assert_matches_eager(model, xs, params=list(model.parameters()), train=True, batcher=batcher)
+    results[0].add_(1)
+    assert_matches_eager(model, words, params=list(model.parameters()), train=True, batcher=batcher)
+
+
+def test_user_code_run_by_a_flush_never_sees_inference_mode():
+    # a native kernel runs the user's own function, which may keep what it makes: those must be
+    # the normal tensors no_grad gives (NOTE: [Inference-mode flush]: traced programs only)
+    kept = []
+
+    @phalanx.cell
+    def squash(x):
+        y = torch.tanh(x) * 2
+        kept.append(y)
+        return y
+
+    xs = [torch.randn(3) for _ in range(4)]
+    batcher = assert_matches_eager(squash, xs)
+    kept.clear()
+    with torch.no_grad():
+        batcher(xs)
+    assert kept and not any(t.is_inference() for t in kept)
