@@ -1,4 +1,4 @@
-"""Same-process A/B of two phalanx checkouts on the TreeLSTM workload, against ``manual``.
+"""Same-process A/B of two phalanx checkouts on the TreeLSTM or BiLSTM tagger workload, against ``manual``.
 
 On a shared, noisy machine, timings from separate processes cannot be compared: this runs the
 manual baseline, a base checkout and this checkout in ONE process, interleaved mini-batch by
@@ -7,7 +7,7 @@ phalanx's stage split. The base checkout is any directory holding a ``phalanx`` 
 ``git archive <commit> | tar -x -C DIR``); it is copied to a temporary directory as the package
 ``phalanx_base`` (every import inside phalanx is relative, so both coexist).
 
-    python -m phalanx.bench.ab DIR --hidden 64 [--train] [--reps 6] [--policy depth]
+    python -m phalanx.bench.ab DIR --hidden 64 [--model treelstm|tagger] [--cells] [--train] [--reps 6]
 """
 from __future__ import annotations
 
@@ -49,18 +49,21 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--policy", default="depth")
     parser.add_argument("--train", action="store_true")
+    parser.add_argument("--model", choices=("treelstm", "tagger"), default="treelstm")
+    parser.add_argument("--cells", action="store_true", help="Batcher(cells=True) for both checkouts")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     base, base_workloads = load_base(args.base)
-    ours = this_workloads.treelstm(args.batch_size, args.hidden, args.batches)
-    theirs = base_workloads.treelstm(args.batch_size, args.hidden, args.batches)
+    ours = getattr(this_workloads, args.model)(args.batch_size, args.hidden, args.batches)
+    theirs = getattr(base_workloads, args.model)(args.batch_size, args.hidden, args.batches)
     impls = []      # (name, run, workload, batcher or None, optimizer)
     model = ours.copy_model().train(args.train)
     run, owner = ours.manual(model, args.train)
     impls.append(("manual", run, ours, None, owner))
     for name, package, workload in (("base", base, theirs), ("this", phalanx, ours)):
         model = workload.copy_model().train(args.train)
-        batcher = package.Batcher(workload.phalanx_fn(model, args.train), policy=args.policy)
+        options = {"cells": True} if args.cells else {}
+        batcher = package.Batcher(workload.phalanx_fn(model, args.train), policy=args.policy, **options)
         impls.append((name, batcher, workload, batcher, model))
     optimizers = {name: make_optimizer([p for p in owner.parameters() if p.requires_grad])
                   for name, _, _, _, owner in impls}
@@ -89,7 +92,7 @@ def main(argv=None) -> None:
     median = {n: statistics.median(v) for n, v in seconds.items()}
     least = {n: min(v) for n, v in seconds.items()}
     mode = "train" if args.train else "inference"
-    print(f"treelstm hidden {args.hidden}, batch {args.batch_size}, {mode}, policy {args.policy}, {args.reps} rounds "
+    print(f"{args.model} hidden {args.hidden}{', cells' if args.cells else ''}, batch {args.batch_size}, {mode}, policy {args.policy}, {args.reps} rounds "
           f"x {len(ours.batches)} mini-batches; ms per mini-batch (CPU time): median (min), ratio to manual")
     for name in seconds:
         line = (f"  {name:7s} {median[name] * 1e3:8.2f} ({least[name] * 1e3:7.2f})  x{median['manual'] / median[name]:.3f}"

@@ -18,6 +18,7 @@ from .simplify import drop_shape_round_trips, fuse_gate_activations
 from .program import CellProgram, HoistCache, ParamReader, graph_program
 from .sparse import rewrite_embeddings
 from .split import dependence, split_graph
+from .unit_dims import drop_unit_dims
 from .trace import CAPTURED_HINT, TracedCell, explicit_tensors, trace_cell
 
 
@@ -80,6 +81,7 @@ def _build(traced: TracedCell, options: CellOptions, reader: ParamReader) -> Cel
         graph = hoisting.main_graph(graph, outputs, shared, 1 + num_params)
         info["hoisted"] = len(outputs)
     graph.eliminate_dead_code()
+    info["unit_dims"] = drop_unit_dims(graph)       # NOTE: [Unit dimensions]
     if options.merge:
         info["fused_gates"] = fuse_gate_activations(graph)     # NOTE: [Fused gate activations]
     info["ops"] = sum(1 for n in graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload))

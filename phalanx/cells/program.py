@@ -207,6 +207,26 @@ class CellProgram:
 
         return run
 
+    def direct_call(self, consume: bool) -> "tuple[Callable, tuple] | None":
+        """NOTE: [Bound programs] for an op type whose every output the no_grad program computes
+        into the caller's buffers (NOTE: [Direct outputs]): ``(program, prefix)`` such that
+        ``program(size, *prefix, *operands, *buffers)`` (size >= 1, one buffer per output) is a
+        ``run(operands, size, consume, buffers)`` of ``bind``'s without its per-call checks. None
+        where that does not hold (grad mode, compiled, parameters that changed shape, some output
+        not direct)."""
+        if torch.is_grad_enabled() or self.compiled is not None:
+            return None
+        params = self.params()
+        if self.param_key != self._param_key(params):
+            return None
+        direct = self.direct_outputs()
+        if direct is None or not all(direct):
+            return None
+        program, got = self._variant(consume and bool(self.consumable), True)
+        if got != direct:
+            return None
+        return program, (*params, *(self.hoist.get(params) if self.hoist is not None else ()))
+
     def direct_outputs(self) -> "tuple[bool, ...] | None":
         """Which outputs the no_grad program can compute straight into a caller's buffer (NOTE:
         [Direct outputs]); None when none can, or when calls may run another program."""

@@ -244,25 +244,123 @@ def _output_grad(output, garenas) -> torch.Tensor:
     return garenas[arena].index_select(0, rows)
 
 
+# NOTE: [Inference-mode flush] a no_grad flush whose every op type is a traced cell program runs its
+# steps under ``torch.inference_mode``: ops skip autograd's dispatch and views skip version-counter
+# / view bookkeeping (measured: ~3.5% of the tagger's execution at hidden 8, ~1% at 64). What it
+# makes are inference tensors, which must never reach the user (autograd may not save them; they
+# cannot be written outside inference_mode). They do not: the arenas are allocated outside it
+# (normal tensors, written in place), an output is copied into its arena instead of adopted as the
+# arena (``_write``'s ``adopt``), and results are read from the arenas afterwards, outside it
+# (``Batcher._run``'s copies, fiber rounds' rows). Values cached during a flush are keyed by the
+# mode (hoisted values: NOTE: [Hoist cache key]). Only traced programs: they run aten ops and
+# nothing else, where a native, vmap or ragged kernel, a probe or a vmap-mode cell runs the user's
+# own code, which may keep a tensor it makes (an attention map saved for inspection) and must get
+# the normal tensor it would get under no_grad.
+INFERENCE_MODE = True
+
+
 def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -> None:
-    """Run every step under no_grad. ``profile``: a Stats whose per-op times are filled in."""
+    """Run every step without autograd. ``profile``: a Stats whose per-op times are filled in.
+
+    NOTE: [Direct steps] most batches of a long chain (an LSTM step per position) are an op type
+    whose cell program computes every output straight into its arena rows (NOTE: [Direct outputs],
+    cells/inplace.py). Once an op type's first batch has run (probing and binding its kernel), its
+    later batches skip ``_call``'s per-batch decisions: the program and its parameter prefix come
+    from ``CellProgram.direct_call`` once per flush, and a batch is its operand reads, its output
+    rows and one call. Other steps take the general path. Under NOTE: [Inference-mode flush]."""
     kernels: dict = {}
-    with torch.no_grad():
+    direct: dict = {}       # op type -> NOTE: [Direct steps] entry, or False where there is none
+    inference = INFERENCE_MODE and not torch.is_inference_mode_enabled() and _only_traced_programs(steps)
+    with torch.inference_mode() if inference else torch.no_grad():
         for step in steps:
             start = time.perf_counter() if profile is not None else 0.0
-            whole = step.whole
-            meta = step.sig.meta
-            if whole is not None:       # NOTE: [Whole reads]: fresh operands, the kernel's to keep
-                outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels,
-                             "consumes" in meta and "ragged" not in meta, arenas)
-            else:
-                outs = _stacked_reads(step, arenas) if "stack_dim" in meta else None
-                if outs is None:
-                    outs = _call(step, _read_all(step, arenas), kernels, _consumable(step, meta), arenas)
-            if outs is not None:
-                _write(step, outs, arenas, adopt=True)
+            found = direct.get(step.sig.sid)
+            if not (found and _run_direct(step, arenas, found)):
+                _run_step(step, arenas, kernels, adopt=not inference)
+                if found is None:
+                    direct[step.sig.sid] = _direct_entry(step.sig, kernels.get(step.sig.sid))
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
+
+
+def _only_traced_programs(steps: list[Step]) -> bool:
+    """Does no user code run in these steps (NOTE: [Inference-mode flush])? Every op type's kernel is
+    a traced, uncompiled cell program: aten ops only, no probing. (A cell's first flush, before its
+    program is traced, runs under no_grad.)"""
+    seen: set = set()
+    for step in steps:
+        sig = step.sig
+        if sig.sid in seen:
+            continue
+        seen.add(sig.sid)
+        meta = sig.meta
+        if "kernel" in meta:
+            program = getattr(meta["kernel"], "program", None)
+        else:       # an ahead-of-time cell's program, once traced (this never traces or probes)
+            program = meta["aot"].programs.get(_flags(sig)) if "aot" in meta else None
+        if program is None or program.mode != "traced" or program.compiled is not None or "ragged" in meta:
+            return False
+    return True
+
+
+def _run_step(step: Step, arenas: list, kernels: dict, adopt: bool = True) -> None:
+    whole = step.whole
+    meta = step.sig.meta
+    if whole is not None:       # NOTE: [Whole reads]: fresh operands, the kernel's to keep
+        outs = _call(step, arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]), kernels,
+                     "consumes" in meta and "ragged" not in meta, arenas)
+    else:
+        outs = _stacked_reads(step, arenas) if "stack_dim" in meta else None
+        if outs is None:
+            outs = _call(step, _read_all(step, arenas), kernels, _consumable(step, meta), arenas)
+    if outs is not None:
+        _write(step, outs, arenas, adopt)
+
+
+def _direct_entry(sig: Signature, entry: "tuple | None"):
+    """(kernel, prefix, program, consuming program or None, consumed positions) for NOTE: [Direct
+    steps], or False."""
+    if entry is None or entry[1] is None or not entry[3] or "ragged" in sig.meta or "stack_dim" in sig.meta:
+        return False
+    kernel = entry[0]
+    program = kernel.program
+    plain = program.direct_call(False)
+    if plain is None:
+        return False
+    consumes = tuple(sig.meta.get("consumes", ())) if program.consumable else ()
+    consuming = program.direct_call(True) if consumes else None
+    return kernel, plain[1], plain[0], consuming[0] if consuming is not None else None, consumes
+
+
+def _run_direct(step: Step, arenas: list, found: tuple) -> bool:
+    """One batch by NOTE: [Direct steps]; False (nothing done) where an output is scattered or the
+    batch is empty (the program's contract is size >= 1)."""
+    kernel, prefix, program, consuming, consumes = found
+    if not step.size:
+        return False
+    into = [arenas[a][r[0]:r[1]] for kind, a, r in step.outputs if kind == SLICE]
+    if len(into) != len(step.outputs):
+        return False
+    whole = step.whole
+    if whole is not None:       # NOTE: [Whole reads]: fresh operands, the kernel's to keep
+        operands = arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2])
+        if consumes:
+            program = consuming
+    else:
+        operands = _read_all(step, arenas) if step.fused else \
+            [arenas[w][p[0]:p[1]] if k == SLICE else _read((k, w, p), arenas) for k, w, p in step.operands]
+        if consumes and all(step.operands[p][0] <= GATHER for p in consumes):     # as _consumable
+            program = consuming
+    try:
+        program(step.size, *prefix, *operands, *into)
+    except PhalanxError:
+        raise
+    except Exception as e:
+        if is_data_dependent(e):
+            raise data_dependent_error(step.sig, e) from e
+        raise _localize(step, list(operands), e) from e
+    kernel.calls += 1
+    return True
 
 
 def _stacked_reads(step: Step, arenas: list) -> "tuple | None":

@@ -1,4 +1,5 @@
 """Executor edge cases: mixed dtypes, non-differentiable outputs, reuse across calls."""
+import pytest
 import torch
 from torch import nn
 
@@ -406,3 +407,120 @@ def test_pooled_arenas_of_inference_mode_never_serve_a_no_grad_call():
     batcher = phalanx.Batcher(model.forward, cells=True)
     for mode in ("inference_mode", "no_grad", "inference_mode", "no_grad"):
         assert_matches_eager(model.forward, sentences([3, 5, 2]), batcher=batcher, grad_mode=mode)
+
+
+# *** NOTE: [Direct steps]; an inference flush runs under inference_mode, its results stay normal ***
+
+@pytest.mark.parametrize("inference_mode", [False, True])
+def test_direct_steps_run_every_batch_after_an_op_types_first(inference_mode, monkeypatch):
+    from phalanx.runtime import executor
+
+    monkeypatch.setattr(executor, "INFERENCE_MODE", inference_mode)
+    model, sentences = _tagger_and_sentences()
+    batcher = phalanx.Batcher(model.forward, cells=True)
+    general = []
+    run_step = executor._run_step
+
+    def counted(step, *args, **kwargs):
+        general.append(step.sig.sid)
+        return run_step(step, *args, **kwargs)
+    monkeypatch.setattr(executor, "_run_step", counted)
+    xs = sentences([4, 7, 2, 1, 6])
+    assert_matches_eager(model.forward, xs, batcher=batcher)
+    # each op type's first batch binds its kernel; every later batch of a cell whose outputs are
+    # all direct skips the general path
+    assert len(general) == len(set(general)) < batcher.stats.batches
+    general.clear()
+    assert_matches_eager(model.forward, sentences([3]), batcher=batcher)
+    assert_matches_eager(model.forward, [], batcher=batcher)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_inference_results_are_normal_tensors_that_later_autograd_and_training_accept(reuse):
+    from torch.utils._pytree import tree_leaves
+
+    model, sentences = _tagger_and_sentences()
+    batcher = phalanx.Batcher(model.forward, cells=True, reuse=reuse)
+    xs = sentences([3, 5, 2, 1])
+    with torch.no_grad():
+        results = batcher(xs)
+    flat = [t for t in tree_leaves(results) if isinstance(t, torch.Tensor)]
+    assert flat and not any(t.is_inference() for t in flat)
+    weight = torch.ones(flat[0].shape[-1], requires_grad=True)
+    sum((t * weight).sum() for t in flat).backward()        # saved for backward: no inference tensor
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()
+    flat[0].add_(1)                                          # and writable outside inference_mode
+    # the same mini-batch trains next (its plan reused where reuse is on), then evaluates again
+    assert_matches_eager(model.forward, xs, params=list(model.parameters()), train=True, batcher=batcher)
+    assert_matches_eager(model.forward, xs, batcher=batcher)
+    for mode in ("inference_mode", "no_grad"):
+        assert_matches_eager(model.forward, xs, batcher=batcher, grad_mode=mode)
+
+
+class _StepCell(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.score = nn.Linear(4, 1)
+
+    def forward(self, h):
+        h = torch.tanh(self.lin(h)) + 0.1
+        return h, self.score(h)
+
+
+class _Roller(nn.Module):
+    """Steps a state while a cell's score is positive: fiber rounds whose every op type is a cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = phalanx.cell(nn.Embedding(10, 4))
+        self.step = phalanx.cell(_StepCell())
+
+    def forward(self, word):
+        h, score = self.step(self.embed(torch.tensor(word)))
+        n = 0
+        while score.item() > 0 and n < 5:
+            h, score = self.step(h)
+            n += 1
+        return h * (n + 1)
+
+
+def test_fiber_rounds_under_inference_mode_hand_back_normal_tensors(monkeypatch):
+    from phalanx.runtime import executor
+
+    modes = []
+    only_traced = executor._only_traced_programs
+    monkeypatch.setattr(executor, "_only_traced_programs", lambda steps: modes.append(only_traced(steps)) or modes[-1])
+    torch.manual_seed(0)
+    model = _Roller()
+    words = list(range(10))
+    batcher = phalanx.Batcher(model, cells=True)
+    assert_matches_eager(model, words, batcher=batcher)
+    with torch.no_grad():
+        results = batcher(words)
+    assert batcher.stats.fibers and True in modes       # some round ran under inference_mode
+    assert not any(t.is_inference() for t in results)
+    weight = torch.ones(4, requires_grad=True)
+    sum((t * weight).sum() for t in results).backward()
+    assert weight.grad is not None
+    results[0].add_(1)
+    assert_matches_eager(model, words, params=list(model.parameters()), train=True, batcher=batcher)
+
+
+def test_user_code_run_by_a_flush_never_sees_inference_mode():
+    # a native kernel runs the user's own function, which may keep what it makes: those must be
+    # the normal tensors no_grad gives (NOTE: [Inference-mode flush]: traced programs only)
+    kept = []
+
+    @phalanx.cell
+    def squash(x):
+        y = torch.tanh(x) * 2
+        kept.append(y)
+        return y
+
+    xs = [torch.randn(3) for _ in range(4)]
+    batcher = assert_matches_eager(squash, xs)
+    kept.clear()
+    with torch.no_grad():
+        batcher(xs)
+    assert kept and not any(t.is_inference() for t in kept)
