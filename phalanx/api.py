@@ -58,11 +58,12 @@ class Batcher:
     - ``cells``: the ahead-of-time cell analysis (phalanx/cells): ``True`` traces every cell once
       per op type into a batched aten program (hoisting, merged matmuls, the input split of NOTE:
       [Input split], row-sparse embedding gradients) and refuses a data-dependent cell while
-      recording; a ``CellOptions`` turns single optimizations off. ``False`` (default) runs the
-      cell's own code on stacked rows, checked once per op type by the taint-tracked probe
-      (runtime/kernels.py); the traced programs now tie or beat it in our CPU runs (README,
-      Results) but stay opt-in until that holds over repeated runs. A cell that cannot be traced
-      is probed either way.
+      recording; a ``CellOptions`` turns single optimizations off. The default (``True``) since
+      session 8: across the zoo the traced programs tie or beat the probed kernels in same-process
+      runs (README, "Cells by default"). ``False`` runs the cell's own code on stacked rows,
+      checked once per op type by the taint-tracked probe (runtime/kernels.py): no tracing cost at
+      the first call of a cell (~0.1-0.5 s per op type). A cell that cannot be traced (a closure
+      tensor, an op make_fx cannot follow) is probed either way.
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
     - ``reuse``: ``True`` (or the number of instances to keep, default 65536) replays the recording
@@ -92,7 +93,7 @@ class Batcher:
     def __init__(self, fn: Callable[[Any], Any], *, policy: "str | Policy" = "depth", verify: bool | None = None,
                  lazy_inputs: bool = True, plan: "str | bool" = False, plan_objective: str = "bytes", profile: bool = False,
                  max_signatures: int = 4096, table: SignatureTable | None = None,
-                 device: "str | torch.device | None" = None, cells: "CellOptions | bool" = False,
+                 device: "str | torch.device | None" = None, cells: "CellOptions | bool" = True,
                  reuse: "bool | int" = False, reuse_plans: bool = True):
         self.fn = fn
         self.device = torch.device(device) if device is not None else None

@@ -275,9 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "auto, instance, producer, pqtree")
     bench.add_argument("--plan-objective", default="bytes", choices=["bytes", "lists"],
                        help="planner objective: bytes read in place, or operand lists read in place")
-    bench.add_argument("--cells", nargs="+", default=["off"], choices=["off", "on"],
-                       help="Batcher(cells=...) to compare: off (the cells' own code, default) and/or on (traced "
-                       "programs: input split, hoisting, merged matmuls, in-place inference); 'on' rows end in +cells")
+    bench.add_argument("--cells", nargs="+", default=["on"], choices=["off", "on"],
+                       help="Batcher(cells=...) to compare: on (traced programs: input split, hoisting, merged "
+                       "matmuls, in-place inference; the default) and/or off (the cells' own code on stacked rows, "
+                       "checked by the probe); 'off' rows end in +probe")
     bench.add_argument("--reuse", nargs="+", default=["off"], choices=["off", "on", "plans"],
                        help="Batcher(reuse=...) to compare: on replays each instance's recording from an earlier "
                        "epoch (every batch is seen once before timing; reuse_plans=False, as for shuffled "

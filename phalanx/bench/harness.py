@@ -100,7 +100,7 @@ def make_optimizer(params) -> torch.optim.Optimizer:
 
 
 def build_impls(workload: Workload, policies: list, train: bool, plans=(False,), objective: str = "bytes",
-                cells=(False,), reuse=(False,)) -> list[Impl]:
+                cells=(True,), reuse=(False,)) -> list[Impl]:
     impls = []
 
     def make(name, build=None, policy=None, plan=False, traced=False, reused=False):
@@ -125,7 +125,7 @@ def build_impls(workload: Workload, policies: list, train: bool, plans=(False,),
             for traced in cells:
                 for reused in reuse:
                     suffix = (f"+plan:{plan}" + ("" if objective == "bytes" else f"/{objective}")) if plan else ""
-                    suffix += ("+cells" if traced else "") + ("+reuse" if reused else "") + (
+                    suffix += ("" if traced else "+probe") + ("+reuse" if reused else "") + (
                         "+plans" if reused == "plans" else "")
                     make(f"phalanx[{getattr(policy, 'name', policy)}{suffix}]", policy=policy, plan=plan,
                          traced=traced, reused=reused)

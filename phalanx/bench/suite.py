@@ -26,7 +26,7 @@ class Settings:
     policies: tuple[str, ...] = ("depth", "agenda", "fsm")
     plans: tuple = (False,)
     plan_objective: str = "bytes"
-    cells: tuple[bool, ...] = (False,)
+    cells: tuple[bool, ...] = (True,)
     reuse: tuple = (False,)          # False, True (recordings) or "plans" (recordings and plans)
     train: bool = False
     seed: int = 0

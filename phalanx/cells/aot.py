@@ -79,7 +79,9 @@ class AotCell:
 # NOTE: [Shared traces] tracing costs ~0.1 s per make_fx pass (four per program), so programs are
 # shared between cells of the same *structure*: the same module class and forward, the same plain
 # attributes (sizes, flags, eps, strings) and training flags in every submodule, parameters and
-# buffers of the same names, shapes, dtypes and devices, no hooks, the same operand avals and
+# buffers of the same names, shapes, dtypes, devices and requires_grad, tied the same way (a traced
+# program reads each distinct tensor once: a program traced with ``b.weight is a.weight`` has no
+# input for ``b.weight``, and must never serve an untied module), no hooks, the same operand avals and
 # options. The six layers of a transformer, a forward and a backward LSTM, and every fresh model of
 # the same configuration (tests, restarts) then trace once per process. A program reads its
 # parameters through its own ParamReader, so a shared graph never mixes two modules' weights. A
@@ -99,6 +101,7 @@ def _plain(value) -> bool:
 def structure_key(module: nn.Module):
     """The structural fingerprint of NOTE: [Shared traces], or None when the module cannot share."""
     parts = []
+    first_seen: dict = {}           # id(tensor) -> (module, name) of its first appearance: ties
     for name, m in module.named_modules():
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None):
             return None
@@ -111,7 +114,8 @@ def structure_key(module: nn.Module):
             if not _plain(v):
                 return None
             attrs.append((k, repr(v)))
-        tensors = tuple((k, tuple(t.shape), t.dtype, t.device.type, t.device.index)
+        tensors = tuple((k, tuple(t.shape), t.dtype, t.device.type, t.device.index, t.requires_grad,
+                         first_seen.setdefault(id(t), (name, k)))
                         for k, t in (*m._parameters.items(), *m._buffers.items()) if t is not None)
         parts.append((name, type(m), m.training, tuple(sorted(attrs)), tensors))
     return tuple(parts)

@@ -182,6 +182,46 @@ def test_same_structure_shares_a_trace_but_not_weights():
     assert structure_key(c.internal) is None                             # hooks: never shared
 
 
+
+class TwoLinears(nn.Module):
+    def __init__(self, dim=3):
+        super().__init__()
+        self.a, self.b = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, h, x):
+        return torch.tanh(self.a(h) + self.b(x))
+
+
+class TiedChain(nn.Module):
+    def __init__(self, tied: bool, frozen: bool):
+        super().__init__()
+        self.mix = phalanx.cell(TwoLinears)()
+        if tied:
+            self.mix.b.weight = self.mix.a.weight
+        self.mix.a.bias.requires_grad_(not frozen)
+
+    def forward(self, inst):
+        h, xs = inst
+        for x in xs:
+            h = self.mix(h, x)
+        return h
+
+
+@pytest.mark.parametrize("first", [(True, False), (False, True), (True, True)])
+def test_tied_or_frozen_parameters_never_share_a_trace_with_other_ones(first):
+    """A program traced with ``b.weight is a.weight`` reads one weight: an untied model of the same
+    class served by it would silently use ``a.weight`` for ``b`` (wrong outputs, no gradient for
+    ``b.weight``). Ties and requires_grad are part of the structure key."""
+    gen = torch.Generator().manual_seed(3)
+    instances = [(torch.randn(3, generator=gen), [torch.randn(3, generator=gen) for _ in range(1 + k % 3)])
+                 for k in range(5)]
+    torch.manual_seed(0)
+    earlier, plain = TiedChain(*first), TiedChain(False, False)
+    assert structure_key(earlier.mix) != structure_key(plain.mix)
+    for model in (earlier, plain):
+        params = [p for p in model.parameters() if p.requires_grad]
+        assert_matches_eager(model, instances, params=params, train=True, batcher=phalanx.Batcher(model, cells=True))
+
 def test_gradient_penalty_through_traced_cells():
     """create_graph=True re-runs the flush with dense, differentiable embedding gradients."""
     torch.manual_seed(0)

@@ -48,15 +48,15 @@ def test_fsm_schedules_op_types_the_held_out_batches_lack_greedily(monkeypatch):
     assert [r["impl"] for r in payload["rows"]] == ["eager", "manual", "phalanx[fsm]"]
 
 
-def test_cells_rows_run_traced_programs_beside_the_default():
+def test_probe_rows_run_the_cells_own_code_beside_the_default():
     settings = suite.Settings(hidden=8, batches=1, repeats=1, policies=("depth",), cells=(False, True))
     payload = suite.run_workload("treelstm", 3, settings)
-    assert {r["impl"] for r in payload["rows"]} == {"eager", "manual", "phalanx[depth]", "phalanx[depth+cells]"}
+    assert {r["impl"] for r in payload["rows"]} == {"eager", "manual", "phalanx[depth+probe]", "phalanx[depth]"}
     from phalanx.bench import harness, workloads
 
     impls = harness.build_impls(workloads.WORKLOADS["treelstm"](3, 8, 1), ["depth"], False, cells=[False, True])
     traced = {impl.name: impl.batcher.table.cells is not None for impl in impls if impl.batcher is not None}
-    assert traced == {"phalanx[depth]": False, "phalanx[depth+cells]": True}
+    assert traced == {"phalanx[depth+probe]": False, "phalanx[depth]": True}
 
 
 def test_reuse_rows_replay_every_timed_batch_and_are_never_the_headline():
