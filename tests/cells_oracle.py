@@ -61,7 +61,8 @@ def assert_program_matches_cell(program, cell: nn.Module, operands: list[torch.T
 
 def assert_inference_matches_autograd(program, operands: list[torch.Tensor], size: int) -> None:
     """Under no_grad a program may overwrite its own temporaries (NOTE: [In-place inference]): it
-    must give the autograd program's values bit for bit and leave every operand as it was."""
+    must give the autograd program's values bit for bit (true of the cells tested with it; a
+    GRUCell's in-place gate ops differ by an ulp, see the NOTE) and leave every operand as it was."""
     before = [o.detach().clone() for o in operands]
     with torch.no_grad():
         quiet = program(operands, size)

@@ -20,7 +20,7 @@ class CellOptions:
     - ``split``: allow ``CellProgram.auto_split`` to cut the cell into a prefix over some operands
       and the rest (the recorder decides where; see ``split.py``).
     - ``inplace``: under no_grad, elementwise ops overwrite the program's own temporaries instead of
-      allocating (NOTE: [In-place inference] in inplace.py; the same values bit for bit).
+      allocating (NOTE: [In-place inference] in inplace.py; the same values within an ulp).
     - ``compile``: ``torch.compile`` (Inductor) the batched program with a dynamic batch size. Off by
       default: on CPU it was measured at 0.8-1.1x of the plain program (GEMM-bound); for the GPU.
     - ``sparse_grads``: embedding lookups give row-sparse weight gradients (indices + rows), not a
