@@ -322,6 +322,23 @@ def _batch_grad(outputs: list, inputs: list, grad_outputs: list) -> tuple:
     return _ENGINE.run_backward(tuple(outputs), tuple(grad_outputs), True, False, tuple(inputs), True, False)
 
 
+def _begin_flush(steps: list[Step]) -> None:
+    """Announce a training flush to the traced programs it runs (NOTE: [Hoist cache key],
+    cells/program.py): their hoisted values (a transposed or concatenated weight and its autograd
+    graph) are then computed once per flush and op type, not once per batch. Only programs whose
+    kernel is known already (their first flush still computes per batch)."""
+    seen = set()
+    for step in steps:
+        sig = step.sig
+        if sig.sid in seen:
+            continue
+        seen.add(sig.sid)
+        for kernel in (sig.meta.get("kernel"), *sig.kernels.values()):
+            program = getattr(kernel, "program", None)
+            if program is not None:
+                program.begin_flush()
+
+
 class TrainingRun:
     """State shared by the forward and backward of one flush (see NOTE: [Batched backward])."""
 
@@ -362,13 +379,15 @@ class TrainingRun:
         return operands
 
     def forward(self) -> tuple[torch.Tensor, ...]:
-        arenas, saved = self.arenas, self.saved
+        arenas, saved, take = self.arenas, self.saved, self.params.gemms.take
+        _begin_flush(self.steps)
         with torch.enable_grad(), _identity_saved_tensor_hooks(), self.params:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 operands = self._operands(step)
                 outs = _call(step, operands, self.kernels)
-                saved.append((operands, outs))
+                # NOTE: [Deferred GEMM gradients]: the batch's deferred GEMMs (entry, X_b, out_b)
+                saved.append((operands, outs, take()))
                 _write(step, [o.detach() for o in outs], arenas)     # no autograd record, no no_grad block
                 if self.profile is not None:
                     self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
@@ -409,7 +428,7 @@ class TrainingRun:
             else:
                 input_grads[i], owned[i] = acc + g, True
 
-        for step, (operands, outs) in zip(reversed(self.steps), reversed(self.saved), strict=True):
+        for step, (operands, outs, deferred) in zip(reversed(self.steps), reversed(self.saved), strict=True):
             step_start = time.perf_counter() if self.profile is not None else 0.0
             out_list, gout_list = [], []
             for output, out in zip(step.outputs, outs, strict=True):
@@ -420,7 +439,7 @@ class TrainingRun:
                 continue
             wrt = self.params.wrt.get(step.sig.sid, ())
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]
-            if not wrt_ops and not wrt:
+            if not wrt_ops and not wrt and not deferred:
                 continue
             rows = op_rows = None
             if skip_zero_rows:
@@ -431,10 +450,20 @@ class TrainingRun:
                     continue
                 if not bool(live.all()):
                     rows = live.nonzero().squeeze(1)
-                    operands, out_list, gout_list, op_rows = self._rerun_rows(step, operands, rows, gout_list)
+                    operands, out_list, gout_list, op_rows, deferred = self._rerun_rows(step, operands, rows,
+                                                                                         gout_list)
             # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
-            grads_all = _batch_grad(out_list, [operands[p] for p in wrt_ops] + [t for _, t in wrt], gout_list)
+            # The deferred GEMMs' outputs are inputs too: the engine captures their G_b there.
+            inputs = [operands[p] for p in wrt_ops]
+            inputs += [t for _, t in wrt]
+            if deferred:
+                inputs += [out for _, _, out in deferred]
+            grads_all = _batch_grad(out_list, inputs, gout_list)
             n_ops, op_grads = len(wrt_ops), grads_all[:len(wrt_ops)]
+            if deferred:
+                for (entry, x, _), g in zip(deferred, grads_all[n_ops + len(wrt):], strict=True):
+                    if g is not None:
+                        entry.add(x, g)
             whole = step.whole
             if whole is not None and rows is None and n_ops == len(operands) and all(g is not None for g in op_grads):
                 # NOTE: [Whole reads]: the operands' gradients go back with the index that read them,
@@ -445,7 +474,7 @@ class TrainingRun:
                 if g is not None:
                     self._add_operand_grad(step.operands[p], g, garenas, rows if op_rows is None else op_rows[p],
                                            accumulate)
-            for (k, _), g in zip(wrt, grads_all[n_ops:], strict=True):
+            for (k, _), g in zip(wrt, grads_all[n_ops:n_ops + len(wrt)], strict=True):
                 if g is not None:
                     accumulate(k, g)
             if self.profile is not None:
@@ -466,7 +495,7 @@ class TrainingRun:
         with torch.enable_grad(), self.params:
             outs = _call(sub_step, sub, self.kernels)
         out_list = [o for o in outs if o.requires_grad]
-        return sub, out_list, [g.index_select(0, rows) for g in gout_list], op_rows
+        return sub, out_list, [g.index_select(0, rows) for g in gout_list], op_rows, self.params.gemms.take()
 
     def _add_operand_grad(self, op, g, garenas, rows, accumulate) -> None:
         kind, where, payload = op
