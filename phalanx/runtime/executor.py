@@ -38,7 +38,9 @@ is used only then.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+
 import torch
 
 from ..cells.sparse import dense_gradients
@@ -339,13 +341,68 @@ def _begin_flush(steps: list[Step]) -> None:
                 program.begin_flush()
 
 
+class TrainingBuffers:
+    """NOTE: [Training buffers] a training flush's arenas (written in its forward, read until its
+    backward ends) and its backward's gradient arenas are large and, allocated fresh, are fresh
+    pages every flush: the first write of every row faults its page in (a TreeLSTM at hidden 256
+    zeroed its gradient arenas at a third of memset speed). A Batcher keeps a few such buffers
+    instead. Unlike an inference flush's (NOTE: [Arena pool]), a training flush's arenas outlive
+    the call that made them, for as long as its backward may still run: so a buffer is *checked
+    out* by the flush that takes it and comes back only when that flush's backward has finished
+    (``TrainingRun.backward``; gradient arenas at the end of their backward pass). A flush whose
+    backward never runs (evaluation with grad on, an exception) never gives its buffers back: they
+    die with it, and the next flush takes others or new ones. Two flushes forward before either
+    backward each hold their own. Stale rows are never seen: arena rows are written before they
+    are read (NOTE: [Single-assignment arenas]) and gradient arenas are zeroed when taken. The
+    cost: up to ``KEEP`` idle buffers per Batcher, each as large as the largest flush that used it
+    (``Batcher.release_memory()`` drops them). Thread-safe: a backward may run on another thread."""
+
+    SLACK = 1.25
+    KEEP = 8
+
+    def __init__(self):
+        self.free: list[torch.Tensor] = []     # idle buffers, oldest first
+        self._lock = threading.Lock()
+
+    def take(self, rows: int, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+        """A [rows, *shape] tensor: leading rows of an idle buffer (the smallest that fits), or new."""
+        with self._lock:
+            best = None
+            for i, buf in enumerate(self.free):
+                if (buf.shape[1:] == shape and buf.dtype == dtype and buf.device == device and len(buf) >= rows
+                        and (best is None or len(buf) < len(self.free[best]))):
+                    best = i
+            if best is not None:
+                return self.free.pop(best)[:rows]
+        return torch.empty((int(rows * self.SLACK) + 1, *shape), dtype=dtype, device=device)[:rows]
+
+    def arenas(self, graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
+        return [self.take(int(n), a.shape, a.dtype, graph.device)
+                for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
+
+    def give_back(self, tensors) -> None:
+        """The buffers under ``tensors`` (from ``take``) are idle again; keeps the ``KEEP`` newest."""
+        with self._lock:
+            for t in tensors:
+                if t is not None:
+                    self.free.append(t if t._base is None else t._base)
+            del self.free[:-self.KEEP]
+
+    def release(self) -> None:
+        with self._lock:
+            self.free.clear()
+
+
 class TrainingRun:
-    """State shared by the forward and backward of one flush (see NOTE: [Batched backward])."""
+    """State shared by the forward and backward of one flush (see NOTE: [Batched backward]).
+    ``buffers``: where ``arenas`` came from and go back to after the backward (NOTE: [Training
+    buffers]); None: arenas of their own, gradient arenas fresh."""
 
     def __init__(self, steps: list[Step], arenas: list[torch.Tensor], result_index: list,
-                 params: FlushParams, stats=None, profile: bool = False):
+                 params: FlushParams, stats=None, profile: bool = False, buffers: "TrainingBuffers | None" = None):
         self.steps = steps
         self.arenas = arenas
+        self.buffers = buffers
         self.result_index = result_index      # [(arena, index tensor)] for each Function output
         self.params = params
         self.saved: list = []
@@ -403,13 +460,20 @@ class TrainingRun:
             # NOTE: [Rows the loss does not use]
             input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=True))
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
+        if self.buffers is not None:      # NOTE: [Training buffers]: nothing reads the arenas any more
+            self.buffers.give_back(self.arenas)
+            self.arenas = [a[:0] for a in self.arenas]
         if self.stats is not None:
             self.stats.backward_s += time.perf_counter() - start   # fibers: summed over rounds
         return tuple(input_grads)
 
     def _backward_pass(self, grads, skip_zero_rows: bool) -> list:
-        arenas, inputs = self.arenas, self.params.inputs
-        garenas = [torch.zeros_like(a) if a.is_floating_point() else None for a in arenas]
+        arenas, inputs, buffers = self.arenas, self.params.inputs, self.buffers
+        if buffers is None:
+            garenas = [torch.zeros_like(a) if a.is_floating_point() else None for a in arenas]
+        else:       # NOTE: [Training buffers]
+            garenas = [buffers.take(len(a), a.shape[1:], a.dtype, a.device).zero_() if a.is_floating_point() else None
+                       for a in arenas]
         for (arena, idx), g in zip(self.result_index, grads, strict=True):
             if g is not None and garenas[arena] is not None:
                 garenas[arena].index_add_(0, idx, g)
@@ -481,6 +545,14 @@ class TrainingRun:
                 self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - step_start, "backward_s")
         for k, g in self.params.weight_gradients():     # NOTE: [Deferred weight gradients]
             accumulate(k, g)
+        if buffers is not None:
+            # A gradient the engine passed straight through (a cell returning an operand) may be a
+            # view of a gradient arena: the user keeps it, the buffer goes back (NOTE: [Training buffers]).
+            pooled = {g.untyped_storage().data_ptr() for g in garenas if g is not None}
+            for i, g in enumerate(input_grads):
+                if g is not None and not g.is_sparse and g.untyped_storage().data_ptr() in pooled:
+                    input_grads[i] = g.clone()
+            buffers.give_back(garenas)
         return input_grads
 
     def _rerun_rows(self, step: Step, operands: list, rows: torch.Tensor, gout_list: list):
