@@ -92,6 +92,18 @@ class _Deferred:
         self.gs.append(grad)
 
 
+def _weight_gradient(entry: _Deferred, xs: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
+    """The one GEMM, laid out like the weight: a hoisted ``W = p.t()`` (a transposed view) gets
+    ``(G^T X)^T``, whose transpose back to ``p`` is contiguous; otherwise the parameter's gradient
+    would arrive transposed and ``AccumulateGrad`` would copy it into the parameter's layout."""
+    if entry.linear:
+        return gs.t().mm(xs)
+    weight = entry.weight
+    if weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous():
+        return gs.t().mm(xs).t()
+    return xs.t().mm(gs)
+
+
 def _broadcast_bias(bias) -> bool:
     """A bias that every row shares (its gradient is the sum of all rows' output gradients)."""
     return isinstance(bias, torch.Tensor) and bias.requires_grad and (
@@ -160,7 +172,7 @@ class DeferredGemms:
                 continue
             xs, gs = stacked_rows(entry.xs, 0), stacked_rows(entry.gs, 1)
             sources.append(entry.weight)
-            grads.append(gs.t().mm(xs) if entry.linear else xs.t().mm(gs))
+            grads.append(_weight_gradient(entry, xs, gs))
             if entry.bias is not None:
                 sources.append(entry.bias)
                 grads.append(gs.sum_to_size(entry.bias.shape))

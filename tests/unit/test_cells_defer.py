@@ -166,3 +166,17 @@ def test_stacked_rows_buffer_is_reused_and_never_returned_under_grad():
     grad_parts = [p.clone().requires_grad_() for p in parts]
     fresh = defer.stacked_rows(grad_parts, 0)              # autograd needs a recorded cat
     assert fresh.requires_grad and fresh.data_ptr() != first.data_ptr()
+
+
+def test_deferred_weight_gradients_come_back_in_the_parameters_layout():
+    # A traced program's GEMM reads the hoisted W = p.t(); its one GEMM is computed so that the
+    # gradient reaching p is contiguous (AccumulateGrad would otherwise copy it), and equal to eager's.
+    torch.manual_seed(6)
+    model = Chain()
+    instances = _instances(6, grad=False)
+    weights = [model.affine.lin.weight, model.gate.lin.weight]
+    expected = torch.autograd.grad(weighted_total([model(x) for x in instances]), weights)
+    got = torch.autograd.grad(weighted_total(phalanx.Batcher(model, cells=True)(instances)), weights)
+    for g, e in zip(got, expected, strict=True):
+        assert g.is_contiguous()
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
