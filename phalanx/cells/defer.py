@@ -175,7 +175,8 @@ class DeferredGemms:
             grads.append(_weight_gradient(entry, xs, gs))
             if entry.bias is not None:
                 sources.append(entry.bias)
-                grads.append(gs.sum_to_size(entry.bias.shape))
+                # sum(0) first: a fresh tensor, never the stacked-rows buffer itself
+                grads.append(gs.sum(0, keepdim=True).sum_to_size(entry.bias.shape))
             entry.xs.clear()
             entry.gs.clear()
         through = []

@@ -180,3 +180,46 @@ def test_deferred_weight_gradients_come_back_in_the_parameters_layout():
     for g, e in zip(got, expected, strict=True):
         assert g.is_contiguous()
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@phalanx.cell
+class Biased(nn.Module):
+    """``h @ W + b`` with a bias of any broadcasting shape (a 1-d one is fused into an addmm)."""
+
+    def __init__(self, bias_shape, dim=3):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(dim, dim) / 2)
+        self.b = nn.Parameter(torch.randn(bias_shape))
+
+    def forward(self, h):
+        return torch.tanh(h @ self.w + self.b)
+
+
+class BiasedChain(nn.Module):
+    def __init__(self, bias_shape):
+        super().__init__()
+        self.step = Biased(bias_shape)
+
+    def forward(self, inst):
+        h, xs = inst
+        for x in xs:
+            h = self.step(h) * x
+        return h
+
+
+@pytest.mark.parametrize("bias_shape", [(3,), (1, 3), (), (1, 1)])
+def test_a_deferred_shared_bias_of_any_broadcasting_shape_matches_eager(bias_shape, monkeypatch):
+    biases = []
+    original = defer.DeferredGemms.gradients
+
+    def spy(self, targets):
+        biases.extend(e.bias is not None for e in self.entries.values() if e.gs)
+        return original(self, targets)
+
+    monkeypatch.setattr(defer.DeferredGemms, "gradients", spy)
+    torch.manual_seed(7)
+    model = BiasedChain(bias_shape)
+    assert_matches_eager(model, _instances(7), params=list(model.parameters()), train=True,
+                         batcher=phalanx.Batcher(model, cells=True, verify=True))
+    if bias_shape == (3,):                 # fused into the addmm (other shapes stay an mm and an add)
+        assert biases and all(biases)      # the GEMM was deferred, its bias with it
