@@ -354,26 +354,29 @@ class TrainingBuffers:
     die with it, and the next flush takes others or new ones. Two flushes forward before either
     backward each hold their own. Stale rows are never seen: arena rows are written before they
     are read (NOTE: [Single-assignment arenas]) and gradient arenas are zeroed when taken. The
-    cost: up to ``KEEP`` idle buffers per Batcher, each as large as the largest flush that used it
-    (``Batcher.release_memory()`` drops them). Thread-safe: a backward may run on another thread."""
+    cost: up to ``KEEP`` idle buffers of each of the ``KINDS`` row kinds last given back, per
+    Batcher, each as large as the largest flush that used it (``Batcher.release_memory()`` drops
+    them). Thread-safe: a backward may run on another thread."""
 
     SLACK = 1.25
-    KEEP = 8
+    KEEP = 4            # idle buffers per kind (row shape, dtype, device)
+    KINDS = 8           # kinds kept, the most recently given back
 
     def __init__(self):
-        self.free: list[torch.Tensor] = []     # idle buffers, oldest first
+        self.free: dict[tuple, list[torch.Tensor]] = {}     # kind -> idle buffers; kinds oldest first
         self._lock = threading.Lock()
 
     def take(self, rows: int, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
         """A [rows, *shape] tensor: leading rows of an idle buffer (the smallest that fits), or new."""
         with self._lock:
-            best = None
-            for i, buf in enumerate(self.free):
-                if (buf.shape[1:] == shape and buf.dtype == dtype and buf.device == device and len(buf) >= rows
-                        and (best is None or len(buf) < len(self.free[best]))):
-                    best = i
-            if best is not None:
-                return self.free.pop(best)[:rows]
+            idle = self.free.get((tuple(shape), dtype, device))
+            if idle:
+                best = None
+                for i, buf in enumerate(idle):
+                    if len(buf) >= rows and (best is None or len(buf) < len(idle[best])):
+                        best = i
+                if best is not None:
+                    return idle.pop(best)[:rows]
         return torch.empty((int(rows * self.SLACK) + 1, *shape), dtype=dtype, device=device)[:rows]
 
     def arenas(self, graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
@@ -381,12 +384,24 @@ class TrainingBuffers:
                 for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
 
     def give_back(self, tensors) -> None:
-        """The buffers under ``tensors`` (from ``take``) are idle again; keeps the ``KEEP`` newest."""
+        """The buffers under ``tensors`` (from ``take``) are idle again."""
         with self._lock:
+            free = self.free
             for t in tensors:
-                if t is not None:
-                    self.free.append(t if t._base is None else t._base)
-            del self.free[:-self.KEEP]
+                if t is None:
+                    continue
+                buf = t if t._base is None else t._base
+                kind = (tuple(buf.shape[1:]), buf.dtype, buf.device)
+                idle = free.pop(kind, None) or []
+                idle.append(buf)
+                free[kind] = idle[-self.KEEP:]          # re-inserted: the most recent kind
+            while len(free) > self.KINDS:
+                del free[next(iter(free))]
+
+    def idle(self) -> list[torch.Tensor]:
+        """Every idle buffer (tests, debugging)."""
+        with self._lock:
+            return [buf for bufs in self.free.values() for buf in bufs]
 
     def release(self) -> None:
         with self._lock:

@@ -474,22 +474,22 @@ def test_training_buffers_come_back_after_backward_only(cells):
     batcher = phalanx.Batcher(model, cells=cells, verify=True)
     buffers = batcher._training_buffers
     weighted_total(batcher(_chains(3))).backward()
-    idle = list(buffers.free)
+    idle = buffers.idle()
     assert idle                                              # arenas and gradient arenas came back
     kept = batcher(_chains(4))                               # a forward whose backward never runs
-    assert len(buffers.free) < len(idle)                     # it holds the buffers it took
-    held = {b.data_ptr() for b in idle} - {b.data_ptr() for b in buffers.free}
+    assert len(buffers.idle()) < len(idle)                   # it holds the buffers it took
+    held = {b.data_ptr() for b in idle} - {b.data_ptr() for b in buffers.idle()}
     del kept
     instances = _chains(5)
     expected = _eager_grads(model, instances)
     out = batcher(instances)
-    assert len(buffers.free) <= buffers.KEEP
+    assert len(buffers.idle()) <= buffers.KEEP * buffers.KINDS
     weighted_total(out).backward()
     for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-5)
-    assert held.isdisjoint(b.data_ptr() for b in buffers.free)   # never given back: died with the flush
+    assert held.isdisjoint(b.data_ptr() for b in buffers.idle())   # never given back: died with the flush
     batcher.release_memory()
-    assert buffers.free == []
+    assert buffers.idle() == []
 
 
 def test_a_gradient_that_is_a_gradient_arena_view_survives_the_next_backward():
