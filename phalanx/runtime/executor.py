@@ -380,8 +380,10 @@ class TrainingBuffers:
         return torch.empty((int(rows * self.SLACK) + 1, *shape), dtype=dtype, device=device)[:rows]
 
     def arenas(self, graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
-        return [self.take(int(n), a.shape, a.dtype, graph.device)
-                for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
+        device = torch.device(graph.device)
+        if device.type != "cpu" and device.index is None:      # as tensors name it ("cuda" -> "cuda:0")
+            device = torch.empty(0, device=device).device
+        return [self.take(int(n), a.shape, a.dtype, device) for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
 
     def give_back(self, tensors) -> None:
         """The buffers under ``tensors`` (from ``take``) are idle again."""
