@@ -469,13 +469,15 @@ class TrainingRun:
 
     def backward(self, grads) -> tuple:
         start = time.perf_counter()
-        input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=False))
+        raw = self._backward_pass(grads, skip_zero_rows=False)
         # A sum is finite if every entry is (an overflowing sum of finite entries only takes the
-        # slow path, which is as correct): one pass per gradient instead of isfinite's several.
-        sums = [g.sum() for g in input_grads if g is not None and not g.is_sparse]
+        # slow path, which is as correct): one pass per gradient instead of isfinite's several. A
+        # row-sparse gradient is checked on its values, before ``finish`` densifies it.
+        sums = [(g._values() if g.is_sparse else g).sum() for g in raw if g is not None]
         if sums and not bool(torch.isfinite(torch.stack(sums)).all()):   # one device-to-host read
             # NOTE: [Rows the loss does not use]
-            input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=True))
+            raw = self._backward_pass(grads, skip_zero_rows=True)
+        input_grads = self.params.finish(raw)
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
         if self.buffers is not None:      # NOTE: [Training buffers]: nothing reads the arenas any more
             self.buffers.give_back(self.arenas)

@@ -223,3 +223,20 @@ def test_a_deferred_shared_bias_of_any_broadcasting_shape_matches_eager(bias_sha
                          batcher=phalanx.Batcher(model, cells=True, verify=True))
     if bias_shape == (3,):                 # fused into the addmm (other shapes stay an mm and an add)
         assert biases and all(biases)      # the GEMM was deferred, its bias with it
+
+
+def test_an_unused_tree_with_a_nan_embedding_row_under_traced_cells():
+    # Row-sparse embedding gradients (checked on their values before they are densified) and the
+    # deferred X^T G, which meets the NaN rows: the slow path must give the other trees' gradients.
+    from tests.unit.test_state_changes import make_model, poisoned_batch
+
+    model = make_model()
+    batch = poisoned_batch(model)
+    weighted_total([model(t) for t in batch[1:]]).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    outs = phalanx.Batcher(model, cells=True, verify=True)(batch)
+    assert torch.isnan(outs[0]).all()
+    weighted_total(outs[1:]).backward()
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-5)
