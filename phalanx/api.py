@@ -26,7 +26,7 @@ from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
 from .memory.planner import plan_memory, verify_plan
 from .runtime.fibers import Hub
-from .runtime.executor import ArenaPool, FlushFunction, TrainingRun, allocate_arenas, build_steps, run_inference
+from .runtime.executor import ArenaPool, FlushFunction, TrainingBuffers, TrainingRun, build_steps, run_inference
 from .runtime.params import FlushParams
 from .schedule import format_schedule, make_policy, verify_schedule
 from .schedule.base import Policy
@@ -111,6 +111,7 @@ class Batcher:
                       else RecordingCache(reuse, max_calls))
         self._lock = threading.Lock()
         self._arena_pool = ArenaPool()      # NOTE: [Arena pool] (runtime/executor.py)
+        self._training_buffers = TrainingBuffers()      # NOTE: [Training buffers] (runtime/executor.py)
 
     def __call__(self, instances: Iterable[Any]) -> list:
         if not self._lock.acquire(blocking=False):
@@ -183,6 +184,7 @@ class Batcher:
         recordings and plans (NOTE: [Recording reuse], [Plan reuse]). The next call works as usual,
         paying once more for what was dropped. Op types and their kernels are kept."""
         self._arena_pool.release()
+        self._training_buffers.release()
         if self.reuse is not None:
             self.reuse.clear()
 
@@ -231,7 +233,8 @@ class Batcher:
         params = FlushParams(graph, self.table.modules(), _instance_tensors(graph)) if torch.is_grad_enabled() else None
         if params is not None and params.inputs:
             stats.training = True
-            run = TrainingRun(steps, allocate_arenas(graph, layout), result_index, params, stats, self.profile)
+            buffers = self._training_buffers
+            run = TrainingRun(steps, buffers.arenas(graph, layout), result_index, params, stats, self.profile, buffers)
             return list(FlushFunction.apply(run, *params.inputs))
         # NOTE: [Arena pool] (runtime/executor.py): these arenas die with this call; results are copies
         arenas = self._arena_pool.allocate(graph, layout)

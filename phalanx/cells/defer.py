@@ -1,22 +1,34 @@
-"""Deferred weight gradients for traced programs (the traced form of NOTE: [Deferred weight
-gradients] in runtime/params.py).
+"""Deferred weight gradients for traced programs and plain ``nn.Linear`` modules in a training flush.
 
-NOTE: [Deferred GEMM gradients] in training, a traced cell's GEMM ``addmm(b, X, W)`` whose ``W`` is a
-parameter or a hoisted value (a transposed or concatenated weight) gets, in every batch's backward,
-the gradient ``X_b^T G_b``: a GEMM with a thin inner dimension (the batch's rows) and a
+NOTE: [Deferred GEMM gradients] in training, a GEMM ``addmm(b, X, W)`` whose ``W`` is a parameter
+or a hoisted value (a transposed or concatenated weight) gets, in every batch's backward, the
+gradient ``X_b^T G_b``: a GEMM with a thin inner dimension (the batch's rows) and a
 parameter-sized output, added into the sum batch after batch. In the training program such a GEMM
-calls ``deferred_addmm`` instead: inside a training flush (``deferring``), its backward returns the
-gradients of ``X`` and ``b`` only and keeps ``(X_b, G_b)``; at the end of the flush's backward,
-``DeferredGemms.gradients`` computes ``cat(X)^T cat(G)`` for each such ``W`` in ONE GEMM and sends it
-back through the hoisting (``W`` is a view or concatenation of parameter aliases) to the
-parameters. Outside a training flush (the per-instance checks, a plain call of the program) it is
-the ordinary ``addmm``.
+calls ``deferred_addmm`` instead (and a plain ``nn.Linear`` whose weight is aliased calls
+``DeferredGemms.linear``, NOTE: [Deferred weight gradients] in runtime/params.py): inside a training
+flush (``deferring``) it computes the same GEMM on the DETACHED weight (and on a detached bias when
+the bias is shared too: ``deferred_addmm_shared_bias``) and records ``(X_b, out_b)``. The flush's
+batched backward asks the engine, in the batch's one ``run_backward``, for the gradient reaching
+``out_b`` as well (``G_b``; the engine captures it there, so autograd computes only ``X``'s
+gradient); at the end of the backward pass ``DeferredGemms.gradients`` computes ``cat(X)^T cat(G)``
+(and the bias's ``sum(cat(G))``) for each such weight in ONE GEMM and sends it back through the
+hoisting (``W`` is a view or concatenation of parameter aliases) to the parameters. No Python
+autograd Function runs per batch, forward or backward. A GEMM whose output would not require grad
+without its weight (nothing to capture ``G_b`` from), outside a training flush, without grad or
+under a functorch transform is the ordinary one, its weight gradient taken per batch by autograd.
+
+NOTE: [Stacked rows buffer] the rows of every batch's ``X_b`` (and ``G_b``) are concatenated once
+per flush and weight; a fresh ``[all rows x width]`` tensor is fresh pages, faulted in by the copy
+every flush. They are concatenated instead into a buffer kept per thread (grown with slack) that
+lives only inside ``gradients``: the GEMM reads it and returns a fresh tensor, and nothing else
+ever sees it, so no later flush can overwrite rows an earlier backward still needs.
 """
 from __future__ import annotations
 
 import threading
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 _ATEN = torch.ops.aten
@@ -29,59 +41,163 @@ class _Active(threading.local):
 _ACTIVE = _Active()
 
 
-def stacked_rows(tensors: list) -> torch.Tensor:
+class _RowsBuffer(threading.local):
+    """NOTE: [Stacked rows buffer]: per thread, per dtype and device, two flat buffers (X's rows, G's rows)."""
+
+    SLACK = 1.25
+
+    def __init__(self):
+        self.buffers: dict = {}
+
+    def take(self, key, numel: int, dtype, device) -> torch.Tensor:
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = self.buffers[key] = torch.empty(int(numel * self.SLACK) + 1, dtype=dtype, device=device)
+        return buf
+
+
+_ROWS = _RowsBuffer()
+
+
+def stacked_rows(tensors: list, slot: "int | None" = None) -> torch.Tensor:
     """The tensors' rows (every dimension but the last flattened), one after another: one ``cat``,
-    or the only tensor itself (no copy for a weight one batch reads, a TreeLSTM's leaves)."""
+    or the only tensor itself (no copy for a weight one batch reads, a TreeLSTM's leaves). With
+    ``slot`` (0 or 1), the cat goes into this thread's buffer for that slot (NOTE: [Stacked rows
+    buffer]): the result is valid only until the next call with that slot on this thread."""
     flat = [t.reshape(-1, t.shape[-1]) for t in tensors]
-    return flat[0] if len(flat) == 1 else torch.cat(flat)
+    if len(flat) == 1:
+        return flat[0]
+    first = flat[0]
+    if slot is None or torch.is_grad_enabled() and any(t.requires_grad for t in flat):
+        return torch.cat(flat)      # out= does not record autograd
+    rows = sum(len(t) for t in flat)
+    width = first.shape[1]
+    buf = _ROWS.take((slot, first.dtype, first.device), rows * width, first.dtype, first.device)
+    return torch.cat(flat, out=buf[:rows * width].view(rows, width))
+
+
+class _Deferred:
+    """One deferred weight of a flush: the weight (and bias) tensors the gradients go back through,
+    the GEMM's orientation, and the batches' ``(X_b, G_b)`` rows of the current backward pass."""
+
+    __slots__ = ("weight", "bias", "linear", "xs", "gs")
+
+    def __init__(self, weight: torch.Tensor, bias: "torch.Tensor | None", linear: bool):
+        self.weight, self.bias, self.linear = weight, bias, linear   # linear: W is [out, in] (F.linear)
+        self.xs: list = []
+        self.gs: list = []
+
+    def add(self, x: torch.Tensor, grad: torch.Tensor) -> None:
+        self.xs.append(x)
+        self.gs.append(grad)
+
+
+def _weight_gradient(entry: _Deferred, xs: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
+    """The one GEMM, laid out like the weight: a hoisted ``W = p.t()`` (a transposed view) gets
+    ``(G^T X)^T``, whose transpose back to ``p`` is contiguous; otherwise the parameter's gradient
+    would arrive transposed and ``AccumulateGrad`` would copy it into the parameter's layout."""
+    if entry.linear:
+        return gs.t().mm(xs)
+    weight = entry.weight
+    if weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous():
+        return gs.t().mm(xs).t()
+    return xs.t().mm(gs)
+
+
+def _broadcast_bias(bias) -> bool:
+    """A bias that every row shares (its gradient is the sum of all rows' output gradients)."""
+    return isinstance(bias, torch.Tensor) and bias.requires_grad and (
+        bias.dim() < 2 or (bias.dim() == 2 and bias.shape[0] == 1))
 
 
 class DeferredGemms:
-    """The ``(X_b, G_b)`` pairs of one training flush, per deferred weight tensor."""
+    """The deferred GEMMs of one training flush (NOTE: [Deferred GEMM gradients]): ``record`` in the
+    forward, ``take`` per batch (the executor's), ``(entry, X_b, G_b)`` via ``entry.add`` in the
+    backward, one GEMM per weight in ``gradients``."""
 
     def __init__(self):
-        self.pending: dict[tuple, tuple[torch.Tensor, list]] = {}
+        self.entries: dict[tuple, _Deferred] = {}   # (weight's memory, bias's, linear) -> entry
+        self.recorded: list = []                    # (entry, X_b, out_b) of the batch running now
 
-    def add(self, weight: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> None:
-        # Keyed by memory, not identity: each batch's backward unpacks its saved weight as a new
-        # tensor object (same storage, same autograd history).
-        key = (weight.untyped_storage().data_ptr(), weight.storage_offset(), tuple(weight.shape), weight.stride())
-        entry = self.pending.get(key)
+    def _record(self, weight, bias, linear: bool, x, out) -> None:
+        # Keyed by memory, not identity: a program called outside an announced flush recomputes its
+        # hoisted values (new tensor objects over the same memory, NOTE: [Hoist cache key]).
+        key = (weight.data_ptr(), weight.shape, weight.stride(), 0 if bias is None else bias.data_ptr(), linear)
+        entry = self.entries.get(key)
         if entry is None:
-            entry = self.pending[key] = (weight, [])
-        entry[1].append((x, grad))
+            entry = self.entries[key] = _Deferred(weight, bias, linear)
+        self.recorded.append((entry, x, out))
+
+    def addmm(self, bias, x, weight, shared_bias: bool):
+        defer_bias = shared_bias and _broadcast_bias(bias)
+        if not (x.requires_grad or (not defer_bias and isinstance(bias, torch.Tensor) and bias.requires_grad)):
+            return torch.addmm(bias, x, weight)         # its output would not require grad: no G_b to capture
+        out = torch.addmm(bias.detach() if defer_bias else bias, x, weight.detach())
+        self._record(weight, bias if defer_bias else None, False, x, out)
+        return out
+
+    def linear(self, x, weight, bias):
+        defer_bias = bias is not None and _broadcast_bias(bias)
+        if not (x.requires_grad or (bias is not None and not defer_bias and bias.requires_grad)):
+            return F.linear(x, weight, bias)
+        out = F.linear(x, weight.detach(), bias.detach() if defer_bias else bias)
+        self._record(weight, bias if defer_bias else None, True, x, out)
+        return out
+
+    def take(self) -> list:
+        """The records of the batch that just ran (the executor keeps them with the batch)."""
+        taken = self.recorded
+        if taken:
+            self.recorded = []
+        return taken
 
     def clear(self) -> None:
-        self.pending.clear()
+        """Drop the pairs of a backward pass (a second pass starts over)."""
+        for entry in self.entries.values():
+            entry.xs.clear()
+            entry.gs.clear()
 
-    def gradients(self, wrt: dict):
-        """(input position, gradient) pairs for the tensors the flush differentiates (``wrt``: per op
-        type, (position, tensor) pairs) from every deferred weight's one GEMM, sent back through the
-        weight's own graph; empties."""
-        if not self.pending:
+    def counts(self) -> dict:
+        """Per entry key, how many batches' pairs are pending (tests, debugging)."""
+        return {key: len(entry.gs) for key, entry in self.entries.items() if entry.gs}
+
+    def gradients(self, targets: dict):
+        """(input position, gradient) pairs from every deferred weight's one GEMM (and bias's one
+        sum), for ``targets`` (id(tensor) -> (position, tensor): what the flush differentiates);
+        a weight that is a target itself (an alias) directly, others back through their own graph
+        (hoisting); empties."""
+        sources, grads = [], []
+        for entry in self.entries.values():
+            if not entry.gs:
+                continue
+            xs, gs = stacked_rows(entry.xs, 0), stacked_rows(entry.gs, 1)
+            sources.append(entry.weight)
+            grads.append(_weight_gradient(entry, xs, gs))
+            if entry.bias is not None:
+                sources.append(entry.bias)
+                # sum(0) first: a fresh tensor, never the stacked-rows buffer itself
+                grads.append(gs.sum(0, keepdim=True).sum_to_size(entry.bias.shape))
+            entry.xs.clear()
+            entry.gs.clear()
+        through = []
+        for t, g in zip(sources, grads, strict=True):
+            found = targets.get(id(t))
+            if found is not None:
+                yield found[0], g
+            else:
+                through.append((t, g))
+        if not through or not targets:
             return
-        pending, self.pending = self.pending, {}
-        targets, seen = [], set()
-        for pairs in wrt.values():
-            for k, t in pairs:
-                if id(t) not in seen:
-                    seen.add(id(t))
-                    targets.append((k, t))
-        if not targets:
-            return
-        weights, grads = [], []
-        for weight, pairs in pending.values():
-            xs, gs = stacked_rows([x for x, _ in pairs]), stacked_rows([g for _, g in pairs])
-            weights.append(weight)
-            grads.append(xs.t().mm(gs))
-        found = torch.autograd.grad(weights, [t for _, t in targets], grads, allow_unused=True, retain_graph=True)
-        for (k, _), g in zip(targets, found, strict=True):
+        wanted = list(targets.values())
+        found = torch.autograd.grad([t for t, _ in through], [t for _, t in wanted], [g for _, g in through],
+                                    allow_unused=True, retain_graph=True)
+        for (k, _), g in zip(wanted, found, strict=True):
             if g is not None:
                 yield k, g
 
 
 class deferring:
-    """Within: traced training programs defer their weight gradients into ``gemms``."""
+    """Within: traced training programs and swapped Linears defer their weight gradients into ``gemms``."""
 
     def __init__(self, gemms: DeferredGemms):
         self.gemms = gemms
@@ -95,44 +211,42 @@ class deferring:
         return False
 
 
-class _DeferredAddmm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, bias, x, weight, gemms):
-        ctx.save_for_backward(x, weight)
-        ctx.bias_shape = bias.shape
-        ctx.gemms = gemms
-        return torch.addmm(bias, x, weight)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        if ctx.needs_input_grad[2]:
-            ctx.gemms.add(weight, x, grad)
-        grad_x = grad.mm(weight.t()) if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum_to_size(ctx.bias_shape) if ctx.needs_input_grad[0] else None
-        return grad_bias, grad_x, None, None
+def _active() -> "DeferredGemms | None":
+    gemms = _ACTIVE.gemms
+    if gemms is None or not torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return None
+    return gemms
 
 
 def deferred_addmm(bias, x, weight):
     """``addmm(bias, x, weight)``, its weight gradient deferred inside a training flush."""
-    gemms = _ACTIVE.gemms
-    if gemms is None or not torch.is_grad_enabled() or not weight.requires_grad \
-            or torch._C._functorch.peek_interpreter_stack() is not None:
+    gemms = _active()
+    if gemms is None or not weight.requires_grad or type(x) is not torch.Tensor:
         return torch.addmm(bias, x, weight)
-    return _DeferredAddmm.apply(bias, x, weight, gemms)
+    return gemms.addmm(bias, x, weight, False)
+
+
+def deferred_addmm_shared_bias(bias, x, weight):
+    """``deferred_addmm`` whose bias is a parameter or hoisted value too: its gradient is deferred as well."""
+    gemms = _active()
+    if gemms is None or not weight.requires_grad or type(x) is not torch.Tensor:
+        return torch.addmm(bias, x, weight)
+    return gemms.addmm(bias, x, weight, True)
 
 
 def defer_gemms(graph: fx.Graph, shared: set) -> int:
     """Point every plain ``addmm(b, X, W)`` of ``graph`` whose ``W`` is in ``shared`` (parameter or
-    hoisted placeholders) and whose ``X`` is not to ``deferred_addmm``; how many."""
+    hoisted placeholders) and whose ``X`` is not to ``deferred_addmm`` (``deferred_addmm_shared_bias``
+    when ``b`` is in ``shared`` too); how many."""
     done = 0
     for node in graph.nodes:
         if (node.op == "call_function" and node.target is _ATEN.addmm.default and not node.kwargs
                 and len(node.args) == 3 and node.args[2] in shared and node.args[1] not in shared):
-            node.target = deferred_addmm
+            node.target = deferred_addmm_shared_bias if node.args[0] in shared else deferred_addmm
             done += 1
     graph.lint()
     return done
 
 
-__all__ = ["DeferredGemms", "deferring", "deferred_addmm", "defer_gemms", "stacked_rows"]
+__all__ = ["DeferredGemms", "deferring", "deferred_addmm", "deferred_addmm_shared_bias", "defer_gemms",
+           "stacked_rows"]

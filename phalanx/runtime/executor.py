@@ -38,7 +38,9 @@ is used only then.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+
 import torch
 
 from ..cells.sparse import dense_gradients
@@ -420,13 +422,102 @@ def _batch_grad(outputs: list, inputs: list, grad_outputs: list) -> tuple:
     return _ENGINE.run_backward(tuple(outputs), tuple(grad_outputs), True, False, tuple(inputs), True, False)
 
 
+def _begin_flush(steps: list[Step]) -> None:
+    """Announce a training flush to the traced programs it runs (NOTE: [Hoist cache key],
+    cells/program.py): their hoisted values (a transposed or concatenated weight and its autograd
+    graph) are then computed once per flush and op type, not once per batch. Only programs whose
+    kernel is known already (their first flush still computes per batch)."""
+    seen = set()
+    for step in steps:
+        sig = step.sig
+        if sig.sid in seen:
+            continue
+        seen.add(sig.sid)
+        for kernel in (sig.meta.get("kernel"), *sig.kernels.values()):
+            program = getattr(kernel, "program", None)
+            if program is not None:
+                program.begin_flush()
+
+
+class TrainingBuffers:
+    """NOTE: [Training buffers] a training flush's arenas (written in its forward, read until its
+    backward ends) and its backward's gradient arenas are large and, allocated fresh, are fresh
+    pages every flush: the first write of every row faults its page in (a TreeLSTM at hidden 256
+    zeroed its gradient arenas at a third of memset speed). A Batcher keeps a few such buffers
+    instead. Unlike an inference flush's (NOTE: [Arena pool]), a training flush's arenas outlive
+    the call that made them, for as long as its backward may still run: so a buffer is *checked
+    out* by the flush that takes it and comes back only when that flush's backward has finished
+    (``TrainingRun.backward``; gradient arenas at the end of their backward pass). A flush whose
+    backward never runs (evaluation with grad on, an exception) never gives its buffers back: they
+    die with it, and the next flush takes others or new ones. Two flushes forward before either
+    backward each hold their own. Stale rows are never seen: arena rows are written before they
+    are read (NOTE: [Single-assignment arenas]) and gradient arenas are zeroed when taken. The
+    cost: up to ``KEEP`` idle buffers of each of the ``KINDS`` row kinds last given back, per
+    Batcher, each as large as the largest flush that used it (``Batcher.release_memory()`` drops
+    them). Thread-safe: a backward may run on another thread."""
+
+    SLACK = 1.25
+    KEEP = 4            # idle buffers per kind (row shape, dtype, device)
+    KINDS = 8           # kinds kept, the most recently given back
+
+    def __init__(self):
+        self.free: dict[tuple, list[torch.Tensor]] = {}     # kind -> idle buffers; kinds oldest first
+        self._lock = threading.Lock()
+
+    def take(self, rows: int, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+        """A [rows, *shape] tensor: leading rows of an idle buffer (the smallest that fits), or new."""
+        with self._lock:
+            idle = self.free.get((tuple(shape), dtype, device))
+            if idle:
+                best = None
+                for i, buf in enumerate(idle):
+                    if len(buf) >= rows and (best is None or len(buf) < len(idle[best])):
+                        best = i
+                if best is not None:
+                    return idle.pop(best)[:rows]
+        return torch.empty((int(rows * self.SLACK) + 1, *shape), dtype=dtype, device=device)[:rows]
+
+    def arenas(self, graph: GraphArrays, layout: Layout) -> list[torch.Tensor]:
+        device = torch.device(graph.device)
+        if device.type != "cpu" and device.index is None:      # as tensors name it ("cuda" -> "cuda:0")
+            device = torch.empty(0, device=device).device
+        return [self.take(int(n), a.shape, a.dtype, device) for a, n in zip(graph.avals, layout.arena_rows, strict=True)]
+
+    def give_back(self, tensors) -> None:
+        """The buffers under ``tensors`` (from ``take``) are idle again."""
+        with self._lock:
+            free = self.free
+            for t in tensors:
+                if t is None:
+                    continue
+                buf = t if t._base is None else t._base
+                kind = (tuple(buf.shape[1:]), buf.dtype, buf.device)
+                idle = free.pop(kind, None) or []
+                idle.append(buf)
+                free[kind] = idle[-self.KEEP:]          # re-inserted: the most recent kind
+            while len(free) > self.KINDS:
+                del free[next(iter(free))]
+
+    def idle(self) -> list[torch.Tensor]:
+        """Every idle buffer (tests, debugging)."""
+        with self._lock:
+            return [buf for bufs in self.free.values() for buf in bufs]
+
+    def release(self) -> None:
+        with self._lock:
+            self.free.clear()
+
+
 class TrainingRun:
-    """State shared by the forward and backward of one flush (see NOTE: [Batched backward])."""
+    """State shared by the forward and backward of one flush (see NOTE: [Batched backward]).
+    ``buffers``: where ``arenas`` came from and go back to after the backward (NOTE: [Training
+    buffers]); None: arenas of their own, gradient arenas fresh."""
 
     def __init__(self, steps: list[Step], arenas: list[torch.Tensor], result_index: list,
-                 params: FlushParams, stats=None, profile: bool = False):
+                 params: FlushParams, stats=None, profile: bool = False, buffers: "TrainingBuffers | None" = None):
         self.steps = steps
         self.arenas = arenas
+        self.buffers = buffers
         self.result_index = result_index      # [(arena, index tensor)] for each Function output
         self.params = params
         self.saved: list = []
@@ -460,13 +551,15 @@ class TrainingRun:
         return operands
 
     def forward(self) -> tuple[torch.Tensor, ...]:
-        arenas, saved = self.arenas, self.saved
+        arenas, saved, take = self.arenas, self.saved, self.params.gemms.take
+        _begin_flush(self.steps)
         with torch.enable_grad(), _identity_saved_tensor_hooks(), self.params:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 operands = self._operands(step)
                 outs = _call(step, operands, self.kernels)
-                saved.append((operands, outs))
+                # NOTE: [Deferred GEMM gradients]: the batch's deferred GEMMs (entry, X_b, out_b)
+                saved.append((operands, outs, take()))
                 _write(step, [o.detach() for o in outs], arenas)     # no autograd record, no no_grad block
                 if self.profile is not None:
                     self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
@@ -474,21 +567,30 @@ class TrainingRun:
 
     def backward(self, grads) -> tuple:
         start = time.perf_counter()
-        input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=False))
+        raw = self._backward_pass(grads, skip_zero_rows=False)
         # A sum is finite if every entry is (an overflowing sum of finite entries only takes the
-        # slow path, which is as correct): one pass per gradient instead of isfinite's several.
-        sums = [g.sum() for g in input_grads if g is not None and not g.is_sparse]
+        # slow path, which is as correct): one pass per gradient instead of isfinite's several. A
+        # row-sparse gradient is checked on its values, before ``finish`` densifies it.
+        sums = [(g._values() if g.is_sparse else g).sum() for g in raw if g is not None]
         if sums and not bool(torch.isfinite(torch.stack(sums)).all()):   # one device-to-host read
             # NOTE: [Rows the loss does not use]
-            input_grads = self.params.finish(self._backward_pass(grads, skip_zero_rows=True))
+            raw = self._backward_pass(grads, skip_zero_rows=True)
+        input_grads = self.params.finish(raw)
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
+        if self.buffers is not None:      # NOTE: [Training buffers]: nothing reads the arenas any more
+            self.buffers.give_back(self.arenas)
+            self.arenas = [a[:0] for a in self.arenas]
         if self.stats is not None:
             self.stats.backward_s += time.perf_counter() - start   # fibers: summed over rounds
         return tuple(input_grads)
 
     def _backward_pass(self, grads, skip_zero_rows: bool) -> list:
-        arenas, inputs = self.arenas, self.params.inputs
-        garenas = [torch.zeros_like(a) if a.is_floating_point() else None for a in arenas]
+        arenas, inputs, buffers = self.arenas, self.params.inputs, self.buffers
+        if buffers is None:
+            garenas = [torch.zeros_like(a) if a.is_floating_point() else None for a in arenas]
+        else:       # NOTE: [Training buffers]
+            garenas = [buffers.take(len(a), a.shape[1:], a.dtype, a.device).zero_() if a.is_floating_point() else None
+                       for a in arenas]
         for (arena, idx), g in zip(self.result_index, grads, strict=True):
             if g is not None and garenas[arena] is not None:
                 garenas[arena].index_add_(0, idx, g)
@@ -507,7 +609,7 @@ class TrainingRun:
             else:
                 input_grads[i], owned[i] = acc + g, True
 
-        for step, (operands, outs) in zip(reversed(self.steps), reversed(self.saved), strict=True):
+        for step, (operands, outs, deferred) in zip(reversed(self.steps), reversed(self.saved), strict=True):
             step_start = time.perf_counter() if self.profile is not None else 0.0
             out_list, gout_list = [], []
             for output, out in zip(step.outputs, outs, strict=True):
@@ -518,7 +620,7 @@ class TrainingRun:
                 continue
             wrt = self.params.wrt.get(step.sig.sid, ())
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]
-            if not wrt_ops and not wrt:
+            if not wrt_ops and not wrt and not deferred:
                 continue
             rows = op_rows = None
             if skip_zero_rows:
@@ -529,10 +631,20 @@ class TrainingRun:
                     continue
                 if not bool(live.all()):
                     rows = live.nonzero().squeeze(1)
-                    operands, out_list, gout_list, op_rows = self._rerun_rows(step, operands, rows, gout_list)
+                    operands, out_list, gout_list, op_rows, deferred = self._rerun_rows(step, operands, rows,
+                                                                                         gout_list)
             # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
-            grads_all = _batch_grad(out_list, [operands[p] for p in wrt_ops] + [t for _, t in wrt], gout_list)
+            # The deferred GEMMs' outputs are inputs too: the engine captures their G_b there.
+            inputs = [operands[p] for p in wrt_ops]
+            inputs += [t for _, t in wrt]
+            if deferred:
+                inputs += [out for _, _, out in deferred]
+            grads_all = _batch_grad(out_list, inputs, gout_list)
             n_ops, op_grads = len(wrt_ops), grads_all[:len(wrt_ops)]
+            if deferred:
+                for (entry, x, _), g in zip(deferred, grads_all[n_ops + len(wrt):], strict=True):
+                    if g is not None:
+                        entry.add(x, g)
             whole = step.whole
             if whole is not None and rows is None and n_ops == len(operands) and all(g is not None for g in op_grads):
                 # NOTE: [Whole reads]: the operands' gradients go back with the index that read them,
@@ -543,13 +655,21 @@ class TrainingRun:
                 if g is not None:
                     self._add_operand_grad(step.operands[p], g, garenas, rows if op_rows is None else op_rows[p],
                                            accumulate)
-            for (k, _), g in zip(wrt, grads_all[n_ops:], strict=True):
+            for (k, _), g in zip(wrt, grads_all[n_ops:n_ops + len(wrt)], strict=True):
                 if g is not None:
                     accumulate(k, g)
             if self.profile is not None:
                 self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - step_start, "backward_s")
         for k, g in self.params.weight_gradients():     # NOTE: [Deferred weight gradients]
             accumulate(k, g)
+        if buffers is not None:
+            # A gradient the engine passed straight through (a cell returning an operand) may be a
+            # view of a gradient arena: the user keeps it, the buffer goes back (NOTE: [Training buffers]).
+            pooled = {g.untyped_storage().data_ptr() for g in garenas if g is not None}
+            for i, g in enumerate(input_grads):
+                if g is not None and not g.is_sparse and g.untyped_storage().data_ptr() in pooled:
+                    input_grads[i] = g.clone()
+            buffers.give_back(garenas)
         return input_grads
 
     def _rerun_rows(self, step: Step, operands: list, rows: torch.Tensor, gout_list: list):
@@ -564,7 +684,7 @@ class TrainingRun:
         with torch.enable_grad(), self.params:
             outs = _call(sub_step, sub, self.kernels)
         out_list = [o for o in outs if o.requires_grad]
-        return sub, out_list, [g.index_select(0, rows) for g in gout_list], op_rows
+        return sub, out_list, [g.index_select(0, rows) for g in gout_list], op_rows, self.params.gemms.take()
 
     def _add_operand_grad(self, op, g, garenas, rows, accumulate) -> None:
         kind, where, payload = op

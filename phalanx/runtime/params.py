@@ -18,11 +18,13 @@ gradient is taken with respect to the tensor itself (its own hooks, if any, run 
 NOTE: [Deferred weight gradients] a weight read by every batch of a flush gets one gradient per
 batch, ``G_b^T X_b``: a GEMM with a thin inner dimension whose parameter-sized output is then added
 into the sum, batch after batch. For a plain ``nn.Linear`` whose weight is aliased, the flush's
-forward instead runs ``DeferredLinear``: its backward computes only the input's gradient and keeps
-``(G_b, X_b)``; at the end of the backward pass ``weight_gradients`` computes the weight's and
-bias's gradients for all batches at once, ``cat(G)^T cat(X)`` in ONE GEMM. Only inside the flush's
-own training forward (the aliases are swapped in), never under a functorch transform (vmap
-kernels) or without grad (probes); any other use of the module is the plain ``F.linear``.
+forward instead runs ``DeferredGemms.linear``: ``F.linear`` on the detached weight and bias that
+records ``(X_b, out_b)``; the batched backward captures ``G_b`` at ``out_b`` and at its end
+``weight_gradients`` computes the weight's and bias's gradients for all batches at once,
+``cat(G)^T cat(X)`` in ONE GEMM (the mechanism of NOTE: [Deferred GEMM gradients], cells/defer.py).
+Only inside the flush's own training forward (the aliases are swapped in), never under a functorch
+transform (vmap kernels) or without grad (probes); any other use of the module is the plain
+``F.linear``.
 
 The swap mutates the owning modules while a flush's forward runs: another thread running the same
 model eagerly at that moment reads the aliases (same values, but its graph does not reach the real
@@ -34,7 +36,7 @@ import torch
 
 import torch.nn.functional as F
 
-from ..cells.defer import DeferredGemms, deferring, stacked_rows
+from ..cells.defer import DeferredGemms, deferring
 from ..cells.sparse import densify
 from ..frontend.recorder import SUBSTITUTION
 
@@ -42,29 +44,12 @@ from ..frontend.recorder import SUBSTITUTION
 DEFER_WEIGHT_GRADIENTS = True
 
 
-class DeferredLinear(torch.autograd.Function):
-    """``F.linear(x, weight, bias)`` whose weight and bias gradients are left to the flush: backward
-    returns the input's gradient and appends ``(grad_output, x)`` to ``pending``."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, pending):
-        ctx.save_for_backward(x, weight)
-        ctx.pending = pending
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        ctx.pending.append((grad, x))
-        return (grad.matmul(weight) if ctx.needs_input_grad[0] else None), None, None, None
-
-
-def _deferred_forward(module: torch.nn.Linear, pending: list):
+def _deferred_forward(module: torch.nn.Linear, gemms: DeferredGemms):
     def forward(x):
         # Only on plain tensors: a ragged kernel's member rows (runtime/ragged.py) and other
         # tensor-likes handle F.linear themselves.
         if type(x) is torch.Tensor and torch.is_grad_enabled() and torch._C._functorch.peek_interpreter_stack() is None:
-            return DeferredLinear.apply(x, module.weight, module.bias, pending)
+            return gemms.linear(x, module.weight, module.bias)
         return F.linear(x, module.weight, module.bias)
     return forward
 
@@ -97,13 +82,14 @@ class FlushParams:
         self.slots = [(m, name, p) for m in modules for name, p in m._parameters.items()
                       if p is not None and id(p) in self.aliases]
         self._saved_subst = None
-        # NOTE: [Deferred weight gradients]: (module, pending (grad, x) pairs) per plain nn.Linear
-        # whose weight is aliased; a frozen bias is simply not differentiated.
-        self.deferred = [(m, []) for m in modules
+        # NOTE: [Deferred GEMM gradients] (cells/defer.py): the traced programs' weight GEMMs and
+        # (NOTE: [Deferred weight gradients]) every plain nn.Linear whose weight is aliased.
+        self.gemms = DeferredGemms()
+        self.deferred = [m for m in modules
                          if DEFER_WEIGHT_GRADIENTS and type(m) is torch.nn.Linear and id(m.weight) in self.aliases
                          and "forward" not in m.__dict__]
-        # NOTE: [Deferred GEMM gradients] (cells/defer.py): the traced programs' weight GEMMs.
-        self.gemms = DeferredGemms()
+        # id(tensor differentiated) -> (input position, tensor): where deferred gradients go
+        self.targets = {id(t): (k, t) for pairs in self.wrt.values() for k, t in pairs}
         self._deferring = deferring(self.gemms)
         # Parameters the user asked sparse gradients for (nn.Embedding(sparse=True)) keep them.
         self.sparse_ok = {id(m.weight) for m in modules if isinstance(m, torch.nn.Embedding) and m.sparse}
@@ -127,30 +113,18 @@ class FlushParams:
         return k
 
     def weight_gradients(self):
-        """(input position, gradient) of every deferred weight and bias, from the ``(grad, x)`` pairs
-        the backward pass collected (NOTE: [Deferred weight gradients]); empties the lists."""
-        for m, pending in self.deferred:
-            if not pending:
-                continue
-            grads, xs = stacked_rows([g for g, _ in pending]), stacked_rows([x for _, x in pending])
-            pending.clear()
-            yield self.position[id(m.weight)], grads.t().mm(xs)
-            if m.bias is not None and id(m.bias) in self.aliases:
-                yield self.position[id(m.bias)], grads.sum(0)
-
-        # NOTE: [Deferred GEMM gradients]: traced programs' weights, back through their hoisting
-        yield from self.gemms.gradients(self.wrt)
+        """(input position, gradient) of every deferred weight and bias, from the ``(X_b, G_b)``
+        pairs the backward pass collected (NOTE: [Deferred weight gradients]); empties them."""
+        return self.gemms.gradients(self.targets)
 
     def clear_pending(self) -> None:
-        for _, pending in self.deferred:
-            pending.clear()
         self.gemms.clear()
 
     def __enter__(self) -> "FlushParams":
         for m, name, p in self.slots:
             m._parameters[name] = self.aliases[id(p)]
-        for m, pending in self.deferred:
-            m.__dict__["forward"] = _deferred_forward(m, pending)
+        for m in self.deferred:
+            m.__dict__["forward"] = _deferred_forward(m, self.gemms)
         self._saved_subst, SUBSTITUTION.aliases = SUBSTITUTION.aliases, self.aliases
         self._deferring.__enter__()
         return self
@@ -158,7 +132,7 @@ class FlushParams:
     def __exit__(self, *exc) -> None:
         for m, name, p in self.slots:
             m._parameters[name] = p
-        for m, _ in self.deferred:
+        for m in self.deferred:
             m.__dict__.pop("forward", None)
         SUBSTITUTION.aliases = self._saved_subst
         self._deferring.__exit__()

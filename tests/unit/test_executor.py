@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import phalanx
-from tests.oracle import assert_matches_eager
+from tests.oracle import assert_matches_eager, weighted_total
 
 
 @phalanx.cell
@@ -524,3 +524,107 @@ def test_user_code_run_by_a_flush_never_sees_inference_mode():
     with torch.no_grad():
         batcher(xs)
     assert kept and not any(t.is_inference() for t in kept)
+
+
+# *** NOTE: [Training buffers]: a training flush's arenas are checked out until its backward ends ***
+
+@phalanx.cell
+class _Step(nn.Module):
+    def __init__(self, dim=3):
+        super().__init__()
+        self.lin = nn.Linear(2 * dim, dim)
+
+    def forward(self, h, x):
+        # h * ...: the batch's backward reads the operand h itself (mul saves it), an arena view
+        return h * torch.tanh(self.lin(torch.cat([h, x], dim=-1)))
+
+
+class _Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.step = _Step()
+
+    def forward(self, inst):
+        h, xs = inst
+        for x in xs:
+            h = self.step(h, x)
+        return h
+
+
+def _chains(seed, n=4):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(3, generator=gen), [torch.randn(3, generator=gen) for _ in range(1 + (k + seed) % 4)])
+            for k in range(n)]
+
+
+def _eager_grads(model, instances) -> list:
+    model.zero_grad(set_to_none=True)
+    weighted_total([model(x) for x in instances]).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("cells", [False, True])
+@pytest.mark.parametrize("order", ["first_backward_first", "second_backward_first"])
+def test_two_training_forwards_then_both_backwards_match_eager(cells, order):
+    # Each flush holds its own arenas until its backward: the second forward must not take (and
+    # overwrite) the first's, whose backward still reads them.
+    torch.manual_seed(9)
+    model = _Chain()
+    batcher = phalanx.Batcher(model, cells=cells, verify=True)
+    first_in, second_in = _chains(1, 5), _chains(2, 3)
+    weighted_total(batcher(first_in)).backward()            # buffers are now idle in the Batcher
+    expected = [_eager_grads(model, first_in), _eager_grads(model, second_in)]
+    totals = [weighted_total(batcher(first_in)), weighted_total(batcher(second_in))]
+    for k in ((0, 1) if order == "first_backward_first" else (1, 0)):
+        model.zero_grad(set_to_none=True)
+        totals[k].backward()
+        for p, e in zip(model.parameters(), expected[k], strict=True):
+            torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cells", [False, True])
+def test_training_buffers_come_back_after_backward_only(cells):
+    torch.manual_seed(10)
+    model = _Chain()
+    batcher = phalanx.Batcher(model, cells=cells, verify=True)
+    buffers = batcher._training_buffers
+    weighted_total(batcher(_chains(3))).backward()
+    idle = buffers.idle()
+    assert idle                                              # arenas and gradient arenas came back
+    kept = batcher(_chains(4))                               # a forward whose backward never runs
+    assert len(buffers.idle()) < len(idle)                   # it holds the buffers it took
+    held = {b.data_ptr() for b in idle} - {b.data_ptr() for b in buffers.idle()}
+    del kept
+    instances = _chains(5)
+    expected = _eager_grads(model, instances)
+    out = batcher(instances)
+    assert len(buffers.idle()) <= buffers.KEEP * buffers.KINDS
+    weighted_total(out).backward()
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-5)
+    assert held.isdisjoint(b.data_ptr() for b in buffers.idle())   # never given back: died with the flush
+    batcher.release_memory()
+    assert buffers.idle() == []
+
+
+def test_a_gradient_that_is_a_gradient_arena_view_survives_the_next_backward():
+    # The sum's backward hands the output gradient (rows of a pooled gradient arena) straight to
+    # both per-instance operands; the gradient the user keeps must not be that buffer.
+    @phalanx.cell
+    def add(a, b):
+        return a + b
+
+    def fn(inst):
+        return add(*inst)
+
+    batcher = phalanx.Batcher(fn, verify=True)
+    first = [(torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True))]
+    got = torch.autograd.grad(weighted_total(batcher(first)), first[0])     # as the flush returns them
+    kept = [g.clone() for g in got]
+    second = [(torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True))]     # the same rows
+    (weighted_total(batcher(second)) * 3).backward()
+    for g, k in zip(got, kept, strict=True):
+        torch.testing.assert_close(g, k)
+    assert_matches_eager(fn, second, params=[t for inst in second for t in inst], train=True, batcher=batcher)
