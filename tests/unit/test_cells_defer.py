@@ -108,6 +108,11 @@ def test_an_unused_instance_with_nan_does_not_poison_deferred_gradients(cells):
     model = Chain()
     instances = _instances(4, grad=False)
     instances[0][0][1] = float("nan")
+    _assert_the_nan_instance_stays_apart(model, instances, cells)
+
+
+def _assert_the_nan_instance_stays_apart(model, instances, cells) -> None:
+    """Instance 0 gives NaN; a loss over the others gets eager's gradients, as if it were not there."""
     weighted_total([model(x) for x in instances[1:]]).backward()
     expected = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
@@ -231,12 +236,4 @@ def test_an_unused_tree_with_a_nan_embedding_row_under_traced_cells():
     from tests.unit.test_state_changes import make_model, poisoned_batch
 
     model = make_model()
-    batch = poisoned_batch(model)
-    weighted_total([model(t) for t in batch[1:]]).backward()
-    expected = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    outs = phalanx.Batcher(model, cells=True, verify=True)(batch)
-    assert torch.isnan(outs[0]).all()
-    weighted_total(outs[1:]).backward()
-    for p, e in zip(model.parameters(), expected, strict=True):
-        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-5)
+    _assert_the_nan_instance_stays_apart(model, poisoned_batch(model), cells=True)
