@@ -31,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"{'model':24s} {'probe ms':>9s} {'cells ms':>9s} {'probe/cells (paired)':>21s}")
     for name in args.models:
-        w = getattr(workloads, name)(args.batch_size, workloads.design_hidden(name), 2)
+        w = workloads.WORKLOADS[name](args.batch_size, workloads.design_hidden(name), 2)
         if args.train and w.decides:
             continue
         runs = {}
