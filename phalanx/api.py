@@ -60,7 +60,7 @@ class Batcher:
       [Input split], row-sparse embedding gradients) and refuses a data-dependent cell while
       recording; a ``CellOptions`` turns single optimizations off. The default (``True``) since
       session 8: in same-process runs over the zoo the traced programs are 1.07-1.59x faster than
-      the probed kernels on eight models and within 5% on the other six (README, "Cells by
+      the probed kernels on six models and within 5% on the other eight (README, "Cells by
       default"), and they decide batching by analysis, not by a sample. ``False`` runs the cell's own code on stacked rows,
       checked once per op type by the taint-tracked probe (runtime/kernels.py): no tracing cost at
       the first call of a cell (~0.1-0.5 s per op type). A cell that cannot be traced (a closure
