@@ -6,10 +6,13 @@ the same contract as ``BatchedKernel`` (``mode``, ``__call__(operands, size) -> 
 executor runs it unchanged, forward and batched backward (parameter gradients reach the module's
 tensors because the program reads them at every call).
 
-What the runtime integration still has to do (the lead's part): build the kernel in
-``Recorder._new_signature`` where the callee module is known; call ``program.begin_flush()`` once
-per flush; ``densify`` parameter gradients the Function returns when ``sparse_grads`` is on (autograd
-would otherwise store a sparse ``.grad`` that Adam rejects); and let ``auto_split`` record a prefix node.
+Where the runtime meets it: the recorder traces a cell's program when it first sees the op type
+(cells/aot.py ``AotCell``, where the callee module is known) and records an input split's prefix
+node (``auto_split``, the recorder's NOTE: [Input split]); a training flush announces each program
+once (``program.begin_flush()``, executor ``_begin_flush``: hoisted values computed once per
+flush); and ``FlushParams.finish`` (runtime/params.py) densifies a row-sparse parameter gradient
+unless the user's own embedding is sparse (autograd would otherwise store a sparse ``.grad`` that
+Adam rejects).
 """
 from __future__ import annotations
 
