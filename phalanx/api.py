@@ -61,9 +61,9 @@ class Batcher:
       recording; a ``CellOptions`` turns single optimizations off. The default (``True``) since
       session 8: in same-process runs over the zoo the traced programs are 1.07-1.59x faster than
       the probed kernels on six models and within 5% on the other eight (README, "Cells by
-      default"), and they decide batching by analysis, not by a sample. ``False`` runs the cell's own code on stacked rows,
-      checked once per op type by the taint-tracked probe (runtime/kernels.py): no tracing cost at
-      the first call of a cell (~0.1-0.5 s per op type). A cell that cannot be traced (a closure
+      default"), and they decide batching by analysis, not by a sample. ``False`` runs the cell's
+      own code on stacked rows, checked once per op type by the taint-tracked probe
+      (runtime/kernels.py): no tracing cost at the first call of a cell (~0.1-0.5 s per op type). A cell that cannot be traced (a closure
       tensor, an op make_fx cannot follow) is probed either way.
     - ``lazy_inputs``: tensors inside an instance (the instance itself, or inside tuples / lists /
       dicts) reach ``fn`` as lazy values, so code with no cell batches too (default True).
@@ -235,7 +235,7 @@ class Batcher:
         if params is not None and params.inputs:
             stats.training = True
             buffers = self._training_buffers
-            run = TrainingRun(steps, buffers.arenas(graph, layout), result_index, params, stats, self.profile, buffers)
+            run = TrainingRun(steps, buffers.arenas(graph, layout), result_index, params, buffers, stats, self.profile)
             return list(FlushFunction.apply(run, *params.inputs))
         # NOTE: [Arena pool] (runtime/executor.py): these arenas die with this call; results are copies
         arenas = self._arena_pool.allocate(graph, layout)

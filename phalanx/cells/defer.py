@@ -7,7 +7,7 @@ parameter-sized output, added into the sum batch after batch. In the training pr
 calls ``deferred_addmm`` instead (and a plain ``nn.Linear`` whose weight is aliased calls
 ``DeferredGemms.linear``, NOTE: [Deferred weight gradients] in runtime/params.py): inside a training
 flush (``deferring``) it computes the same GEMM on the DETACHED weight (and on a detached bias when
-the bias is shared too: ``deferred_addmm_shared_bias``) and records ``(X_b, out_b)``. The flush's
+the bias is shared too: ``shared_bias``) and records ``(X_b, out_b)``. The flush's
 batched backward asks the engine, in the batch's one ``run_backward``, for the gradient reaching
 ``out_b`` as well (``G_b``; the engine captures it there, so autograd computes only ``X``'s
 gradient); at the end of the backward pass ``DeferredGemms.gradients`` computes ``cat(X)^T cat(G)``
@@ -218,35 +218,29 @@ def _active() -> "DeferredGemms | None":
     return gemms
 
 
-def deferred_addmm(bias, x, weight):
-    """``addmm(bias, x, weight)``, its weight gradient deferred inside a training flush."""
+def deferred_addmm(bias, x, weight, shared_bias: bool = False):
+    """``addmm(bias, x, weight)``, its weight gradient deferred inside a training flush; with
+    ``shared_bias`` (the bias is a parameter or hoisted value too) the bias's gradient as well."""
     gemms = _active()
     if gemms is None or not weight.requires_grad or type(x) is not torch.Tensor:
         return torch.addmm(bias, x, weight)
-    return gemms.addmm(bias, x, weight, False)
-
-
-def deferred_addmm_shared_bias(bias, x, weight):
-    """``deferred_addmm`` whose bias is a parameter or hoisted value too: its gradient is deferred as well."""
-    gemms = _active()
-    if gemms is None or not weight.requires_grad or type(x) is not torch.Tensor:
-        return torch.addmm(bias, x, weight)
-    return gemms.addmm(bias, x, weight, True)
+    return gemms.addmm(bias, x, weight, shared_bias)
 
 
 def defer_gemms(graph: fx.Graph, shared: set) -> int:
     """Point every plain ``addmm(b, X, W)`` of ``graph`` whose ``W`` is in ``shared`` (parameter or
-    hoisted placeholders) and whose ``X`` is not to ``deferred_addmm`` (``deferred_addmm_shared_bias``
-    when ``b`` is in ``shared`` too); how many."""
+    hoisted placeholders) and whose ``X`` is not to ``deferred_addmm`` (with ``shared_bias`` when ``b``
+    is in ``shared`` too); how many."""
     done = 0
     for node in graph.nodes:
         if (node.op == "call_function" and node.target is _ATEN.addmm.default and not node.kwargs
                 and len(node.args) == 3 and node.args[2] in shared and node.args[1] not in shared):
-            node.target = deferred_addmm_shared_bias if node.args[0] in shared else deferred_addmm
+            node.target = deferred_addmm
+            if node.args[0] in shared:
+                node.args = (*node.args, True)
             done += 1
     graph.lint()
     return done
 
 
-__all__ = ["DeferredGemms", "deferring", "deferred_addmm", "deferred_addmm_shared_bias", "defer_gemms",
-           "stacked_rows"]
+__all__ = ["DeferredGemms", "deferring", "deferred_addmm", "defer_gemms", "stacked_rows"]

@@ -179,12 +179,9 @@ class CellProgram:
         returns ``run(operands, size, consume, into)`` with ``__call__``'s no_grad contract (``into``
         as ``direct_outputs()`` says); None where every call must go through ``__call__`` (grad
         mode, a compiled program, parameters that changed shape)."""
-        if torch.is_grad_enabled() or self.compiled is not None:
+        prefix = self._bound_prefix()
+        if prefix is None:
             return None
-        params = self.params()
-        if self.param_key != self._param_key(params):
-            return None
-        prefix = (*params, *(self.hoist.get(params) if self.hoist is not None else ()))
         plain = self.inference or self._inference_program()
         direct = self.direct_outputs()
         into_plain = self._variant(False, True)[0] if direct is not None else None
@@ -214,10 +211,8 @@ class CellProgram:
         ``run(operands, size, consume, buffers)`` of ``bind``'s without its per-call checks. None
         where that does not hold (grad mode, compiled, parameters that changed shape, some output
         not direct)."""
-        if torch.is_grad_enabled() or self.compiled is not None:
-            return None
-        params = self.params()
-        if self.param_key != self._param_key(params):
+        prefix = self._bound_prefix()
+        if prefix is None:
             return None
         direct = self.direct_outputs()
         if direct is None or not all(direct):
@@ -225,7 +220,18 @@ class CellProgram:
         program, got = self._variant(consume and bool(self.consumable), True)
         if got != direct:
             return None
-        return program, (*params, *(self.hoist.get(params) if self.hoist is not None else ()))
+        return program, prefix
+
+    def _bound_prefix(self) -> "tuple | None":
+        """The leading arguments of a no_grad program call (parameters, then hoisted values), checked
+        once for a flush; None where every call must go through ``__call__`` (grad mode, a compiled
+        program, parameters that changed shape)."""
+        if torch.is_grad_enabled() or self.compiled is not None:
+            return None
+        params = self.params()
+        if self.param_key != self._param_key(params):
+            return None
+        return (*params, *(self.hoist.get(params) if self.hoist is not None else ()))
 
     def direct_outputs(self) -> "tuple[bool, ...] | None":
         """Which outputs the no_grad program can compute straight into a caller's buffer (NOTE:

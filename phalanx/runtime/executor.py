@@ -289,12 +289,7 @@ def _only_traced_programs(steps: list[Step]) -> bool:
     """Does no user code run in these steps (NOTE: [Inference-mode flush])? Every op type's kernel is
     a traced, uncompiled cell program: aten ops only, no probing. (A cell's first flush, before its
     program is traced, runs under no_grad.)"""
-    seen: set = set()
-    for step in steps:
-        sig = step.sig
-        if sig.sid in seen:
-            continue
-        seen.add(sig.sid)
+    for sig in _op_types(steps):
         meta = sig.meta
         if "kernel" in meta:
             program = getattr(meta["kernel"], "program", None)
@@ -303,6 +298,11 @@ def _only_traced_programs(steps: list[Step]) -> bool:
         if program is None or program.mode != "traced" or program.compiled is not None or "ragged" in meta:
             return False
     return True
+
+
+def _op_types(steps: list[Step]):
+    """Each op type of ``steps`` once, in order of first batch."""
+    return {step.sig.sid: step.sig for step in steps}.values()
 
 
 def _run_step(step: Step, arenas: list, kernels: dict, adopt: bool = True) -> None:
@@ -427,12 +427,7 @@ def _begin_flush(steps: list[Step]) -> None:
     cells/program.py): their hoisted values (a transposed or concatenated weight and its autograd
     graph) are then computed once per flush and op type, not once per batch. Only programs whose
     kernel is known already (their first flush still computes per batch)."""
-    seen = set()
-    for step in steps:
-        sig = step.sig
-        if sig.sid in seen:
-            continue
-        seen.add(sig.sid)
+    for sig in _op_types(steps):
         for kernel in (sig.meta.get("kernel"), *sig.kernels.values()):
             program = getattr(kernel, "program", None)
             if program is not None:
@@ -510,11 +505,11 @@ class TrainingBuffers:
 
 class TrainingRun:
     """State shared by the forward and backward of one flush (see NOTE: [Batched backward]).
-    ``buffers``: where ``arenas`` came from and go back to after the backward (NOTE: [Training
-    buffers]); None: arenas of their own, gradient arenas fresh."""
+    ``buffers``: where ``arenas`` came from and go back to after the backward, and where the
+    gradient arenas come from (NOTE: [Training buffers])."""
 
     def __init__(self, steps: list[Step], arenas: list[torch.Tensor], result_index: list,
-                 params: FlushParams, stats=None, profile: bool = False, buffers: "TrainingBuffers | None" = None):
+                 params: FlushParams, buffers: TrainingBuffers, stats=None, profile: bool = False):
         self.steps = steps
         self.arenas = arenas
         self.buffers = buffers
@@ -577,20 +572,16 @@ class TrainingRun:
             raw = self._backward_pass(grads, skip_zero_rows=True)
         input_grads = self.params.finish(raw)
         self.saved = []   # the per-batch graphs are freed: a second backward is an error
-        if self.buffers is not None:      # NOTE: [Training buffers]: nothing reads the arenas any more
-            self.buffers.give_back(self.arenas)
-            self.arenas = [a[:0] for a in self.arenas]
+        self.buffers.give_back(self.arenas)      # NOTE: [Training buffers]: nothing reads them any more
+        self.arenas = [a[:0] for a in self.arenas]
         if self.stats is not None:
             self.stats.backward_s += time.perf_counter() - start   # fibers: summed over rounds
         return tuple(input_grads)
 
     def _backward_pass(self, grads, skip_zero_rows: bool) -> list:
         arenas, inputs, buffers = self.arenas, self.params.inputs, self.buffers
-        if buffers is None:
-            garenas = [torch.zeros_like(a) if a.is_floating_point() else None for a in arenas]
-        else:       # NOTE: [Training buffers]
-            garenas = [buffers.take(len(a), a.shape[1:], a.dtype, a.device).zero_() if a.is_floating_point() else None
-                       for a in arenas]
+        garenas = [buffers.take(len(a), a.shape[1:], a.dtype, a.device).zero_() if a.is_floating_point() else None
+                   for a in arenas]         # NOTE: [Training buffers]
         for (arena, idx), g in zip(self.result_index, grads, strict=True):
             if g is not None and garenas[arena] is not None:
                 garenas[arena].index_add_(0, idx, g)
@@ -662,14 +653,13 @@ class TrainingRun:
                 self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - step_start, "backward_s")
         for k, g in self.params.weight_gradients():     # NOTE: [Deferred weight gradients]
             accumulate(k, g)
-        if buffers is not None:
-            # A gradient the engine passed straight through (a cell returning an operand) may be a
-            # view of a gradient arena: the user keeps it, the buffer goes back (NOTE: [Training buffers]).
-            pooled = {g.untyped_storage().data_ptr() for g in garenas if g is not None}
-            for i, g in enumerate(input_grads):
-                if g is not None and not g.is_sparse and g.untyped_storage().data_ptr() in pooled:
-                    input_grads[i] = g.clone()
-            buffers.give_back(garenas)
+        # A gradient the engine passed straight through (a cell returning an operand) may be a view
+        # of a gradient arena: the user keeps it, the buffer goes back (NOTE: [Training buffers]).
+        pooled = {g.untyped_storage().data_ptr() for g in garenas if g is not None}
+        for i, g in enumerate(input_grads):
+            if g is not None and not g.is_sparse and g.untyped_storage().data_ptr() in pooled:
+                input_grads[i] = g.clone()
+        buffers.give_back(garenas)
         return input_grads
 
     def _rerun_rows(self, step: Step, operands: list, rows: torch.Tensor, gout_list: list):

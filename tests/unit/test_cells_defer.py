@@ -151,7 +151,7 @@ def test_double_backward_and_checkpoint_with_deferred_gemms(cells):
 
 def test_gemm_outside_a_training_flush_is_the_plain_one():
     x, w, b = torch.randn(4, 3, requires_grad=True), torch.randn(3, 2, requires_grad=True), torch.randn(2)
-    out = defer.deferred_addmm_shared_bias(b, x, w)
+    out = defer.deferred_addmm(b, x, w, True)
     torch.testing.assert_close(out, torch.addmm(b, x, w))
     out.sum().backward()
     assert w.grad is not None          # autograd's own weight gradient: nothing was deferred

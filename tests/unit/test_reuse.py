@@ -252,12 +252,17 @@ def test_the_same_mini_batch_again_reuses_its_plan_and_matches_eager():
     assert b.stats.batches > 0 and b.stats.nodes == phalanx.Batcher(m).record(xs).num_nodes
 
 
+
+def _tagged(seed: int, lengths) -> list:
+    """(word ids, tag ids) sentences of the given lengths."""
+    rng = np.random.default_rng(seed)
+    return [(w := rng.integers(0, VOCAB, size=n).tolist(), rng.integers(0, 5, size=len(w)).tolist())
+            for n in lengths]
+
 def test_reused_plans_train_and_follow_optimizer_steps():
     torch.manual_seed(0)
     m = BiLSTMTagger(VOCAB, hidden=8, embed_dim=5)
-    rng = np.random.default_rng(3)
-    xs = [(w := rng.integers(0, VOCAB, size=n).tolist(), rng.integers(0, 5, size=len(w)).tolist())
-          for n in (3, 1, 5)]
+    xs = _tagged(3, (3, 1, 5))
     b = phalanx.Batcher(m.loss, reuse=True, cells=True, verify=True)
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
     for step in range(3):
@@ -370,9 +375,7 @@ def test_a_plan_made_under_inference_mode_never_serves_a_training_call():
     # its index and number tensors are inference tensors, which autograd may not save
     torch.manual_seed(0)
     m = BiLSTMTagger(VOCAB, hidden=8, embed_dim=5)
-    rng = np.random.default_rng(4)
-    xs = [(w := rng.integers(0, VOCAB, size=n).tolist(), rng.integers(0, 5, size=len(w)).tolist())
-          for n in (3, 1, 5)]
+    xs = _tagged(4, (3, 1, 5))
     for cells in (False, True):
         b = phalanx.Batcher(m.loss, reuse=True, cells=cells, verify=True)
         with torch.inference_mode():
