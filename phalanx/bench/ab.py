@@ -1,4 +1,4 @@
-"""Same-process A/B of two phalanx checkouts on the TreeLSTM or BiLSTM tagger workload, against ``manual``.
+"""Same-process A/B of two phalanx checkouts on one benchmark workload, against its baseline (``manual``).
 
 On a shared, noisy machine, timings from separate processes cannot be compared: this runs the
 manual baseline, a base checkout and this checkout in ONE process, interleaved mini-batch by
@@ -7,7 +7,7 @@ phalanx's stage split. The base checkout is any directory holding a ``phalanx`` 
 ``git archive <commit> | tar -x -C DIR``); it is copied to a temporary directory as the package
 ``phalanx_base`` (every import inside phalanx is relative, so both coexist).
 
-    python -m phalanx.bench.ab DIR --hidden 64 [--model treelstm|tagger] [--cells] [--train] [--reps 6]
+    python -m phalanx.bench.ab DIR --hidden 64 [--model treelstm|tagger|lattice_gru_synthetic|...] [--cells] [--train] [--reps 6]
 """
 from __future__ import annotations
 
@@ -49,13 +49,13 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--policy", default="depth")
     parser.add_argument("--train", action="store_true")
-    parser.add_argument("--model", choices=("treelstm", "tagger"), default="treelstm")
+    parser.add_argument("--model", choices=sorted(this_workloads.WORKLOADS), default="treelstm")
     parser.add_argument("--cells", action="store_true", help="Batcher(cells=True) for both checkouts")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     base, base_workloads = load_base(args.base)
-    ours = getattr(this_workloads, args.model)(args.batch_size, args.hidden, args.batches)
-    theirs = getattr(base_workloads, args.model)(args.batch_size, args.hidden, args.batches)
+    ours = this_workloads.WORKLOADS[args.model](args.batch_size, args.hidden, args.batches)
+    theirs = base_workloads.WORKLOADS[args.model](args.batch_size, args.hidden, args.batches)
     impls = []      # (name, run, workload, batcher or None, optimizer)
     model = ours.copy_model().train(args.train)
     run, owner = ours.manual(model, args.train)

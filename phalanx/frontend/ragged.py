@@ -518,6 +518,8 @@ def _new_ragged_signature(rec, key, cell, name: str, fn, fixed: list, ragged: li
     if any(spec.lists):
         sig.meta["batched_lists"] = per_instance_of(fn, spec, unbind_dim=1)
     sig.meta["kernel"] = RaggedKernel(sig)
+    if rec.table.cells is not None and sig.meta["batching"] == "auto":
+        sig.meta["cell_options"] = rec.table.cells     # NOTE: [Reduced ragged programs]
     sig.fast_pattern = _native_pattern(key, spec, sig)
     rec.table.add(sig, key)
     return sig

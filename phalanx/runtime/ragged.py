@@ -255,9 +255,13 @@ class RaggedKernel:
         self.segment: dict = {}          # training flags -> the segment kernel matched the oracle
         self.by_arity: dict = {}         # k -> the ordinary signature of arity k (its own kernels)
         self.hoist: dict = {}            # training flags -> hoisting agreed on the first batch (NOTE: [Hoisted inputs])
+        self.reduced: dict = {}          # training flags -> ReducedForm, or False (NOTE: [Reduced ragged programs])
+        self.reduced_errors: dict = {}   # training flags -> why there is no reduced form (``phalanx explain``)
 
     @property
     def mode(self) -> str:
+        if self.reduced and all(self.reduced.values()):
+            return "ragged-reduced"
         return "ragged-" + ("segment" if all(self.segment.values()) and self.segment else "grouped")
 
     def __call__(self, operands: list, size: int) -> tuple:
@@ -267,12 +271,23 @@ class RaggedKernel:
         values, offsets = ragged[0::2], ragged[1::2]
         seg, counts = offsets_info(offsets[0], len(values[0]))
         flags = tuple(m.training for m in sig.modules)
+        divisor = getattr(offsets[0], "_phalanx_segments", (None, None, counts))[2]
+        hoist = getattr(offsets[0], "_phalanx_hoist", None)
+        # The reduced form checks its first batch against the other kernels (a second run of the
+        # batch), as hoisting below does: modules in eval mode only, no autograd.
+        if not any(flags) and not torch.is_grad_enabled() and "cell_options" in sig.meta:
+            out = self._reduced(fixed, values, offsets[0], seg, counts, divisor, size, flags, hoist)
+            if out is not None:
+                return out
+        return self._probed(fixed, values, offsets[0], seg, counts, divisor, size, flags, hoist)
+
+    def _probed(self, fixed, values, offsets, seg, counts, divisor, size, flags, hoist) -> tuple:
+        """The segment kernel where it matched the per-instance function on probe rows, else the
+        grouped one."""
         use_segment = self.segment.get(flags)
         if use_segment is None:
-            use_segment = self.segment[flags] = self._probe(fixed, values, offsets[0], counts, size, flags)
+            use_segment = self.segment[flags] = self._probe(fixed, values, offsets, counts, size, flags)
         if use_segment:
-            divisor = getattr(offsets[0], "_phalanx_segments", (None, None, counts))[2]
-            hoist = getattr(offsets[0], "_phalanx_hoist", None)
             # Hoisting runs the first batch twice (plain and hoisted): only for modules in eval mode,
             # where a second run has no effect (no batch-norm statistics, no dropout draws).
             if hoist is not None and not any(flags) and self.hoist.get(flags, True) and not torch.is_grad_enabled():
@@ -280,7 +295,48 @@ class RaggedKernel:
                 if out is not None:
                     return out
             return self._segmented(fixed, values, seg, divisor, size)
-        return self._grouped(fixed, values, offsets[0], counts, size, flags)
+        return self._grouped(fixed, values, offsets, counts, size, flags)
+
+    def _reduced(self, fixed, values, offsets, seg, counts, divisor, size, flags, hoist) -> "tuple | None":
+        """NOTE: [Reduced ragged programs] (cells/reduced.py): one segment sum per ragged argument,
+        then the cell's traced program of the sums; None where the op type has no reduced form."""
+        form = self.reduced.get(flags)
+        if form is None:            # the first batch: trace, and keep the form only if it agrees
+            from ..cells.reduced import reduced_form
+
+            plain = self._probed(fixed, values, offsets, seg, counts, divisor, size, flags, hoist)
+            try:
+                form = reduced_form(self.sig, flags, self.sig.meta["cell_options"], values[0].device)
+                if not _matches(self._run_reduced(form, fixed, values, seg, divisor, size, hoist), plain):
+                    raise BatchExecutionError("its result differs from the probed kernel's on the first batch")
+            except Exception as e:  # noqa: BLE001  (no reduced form: the segment kernel serves, reason kept)
+                self.reduced_errors[flags] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                form = False
+            self.reduced[flags] = form
+            return plain
+        if form is False:
+            return None
+        return self._run_reduced(form, fixed, values, seg, divisor, size, hoist)
+
+    def _run_reduced(self, form, fixed, values, seg, divisor, size, hoist) -> tuple:
+        totals = [segment_sum(v, seg, size) for v in values]
+        divisors = [_count_column(divisor, t) for t in totals]
+        split = form.split
+        if split is None or hoist is None:
+            return form.program([*fixed, *totals, *divisors], size)
+        # The prefix (a node's input projection, say) over every row of the op type in this flush,
+        # once: one GEMM instead of one per batch (NOTE: [Hoisted inputs] does the same for the
+        # cell's own code).
+        inputs, lo, hi = hoist
+        key = ("reduced", id(self))
+        found = inputs.results.get(key)
+        if found is None:
+            full = [inputs.numbers[p] for p in form.numbers]
+            rest = split.rest
+            found = inputs.results[key] = (split.prefix(full, len(full[0])), rest.bind() or rest)
+        prefix_outs, rest = found
+        others = [f for i, f in enumerate(fixed) if i not in form.numbers]
+        return rest([*(o[lo:hi] for o in prefix_outs), *others, *totals, *divisors], size)
 
     def _hoisted(self, fixed, values, seg, divisor, size, flags, hoist) -> "tuple | None":
         """The segment kernel with the op type's number operands as HoistedRows (NOTE: [Hoisted

@@ -1,5 +1,9 @@
 """Hoisted inputs (runtime/hoisted.py, NOTE: [Hoisted inputs]): in inference, the part of a
-ragged cell that reads only its number operands runs once per flush; results equal eager."""
+ragged cell that reads only its number operands runs once per flush; results equal eager.
+
+These Batchers run the cell's own code (``cells=False``): with traced cells, a cell that only
+reduces its ragged argument takes NOTE: [Reduced ragged programs] instead (the same nodes under it:
+tests/unit/test_cells_reduced.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,7 +131,7 @@ def _ragged_kernels(batcher) -> list:
 def test_rnn_cells_hoist_their_input_projection_and_match_eager(kind, grad_mode, flushes):
     torch.manual_seed(0)
     model = Lattice(RnnNode(kind)).eval()
-    batcher = phalanx.Batcher(model, verify=True)
+    batcher = phalanx.Batcher(model, verify=True, cells=False)
     for _ in range(2):                   # the first call decides; the second runs hoisted throughout
         assert_matches_eager(model, INSTANCES, batcher=batcher, grad_mode=grad_mode)
     assert [list(k.hoist.values()) for k in _ragged_kernels(batcher)] == [[True]]
@@ -143,7 +147,7 @@ def test_rnn_cells_hoist_their_input_projection_and_match_eager(kind, grad_mode,
 def test_a_cell_without_biases_hoists_too():
     torch.manual_seed(0)
     model = Lattice(RnnNode("gru", bias=False)).eval()
-    batcher = phalanx.Batcher(model, verify=True)
+    batcher = phalanx.Batcher(model, verify=True, cells=False)
     for _ in range(2):
         assert_matches_eager(model, INSTANCES, batcher=batcher)
     assert all(True in k.hoist.values() for k in _ragged_kernels(batcher))
@@ -158,7 +162,7 @@ def test_what_cannot_be_hoisted_runs_per_batch_and_matches(node, hoisted, flushe
     # with max_norm renormalizes its table in place: both stay in the per-batch run.
     torch.manual_seed(0)
     model = Lattice(node()).eval()
-    batcher = phalanx.Batcher(model, verify=True)
+    batcher = phalanx.Batcher(model, verify=True, cells=False)
     for _ in range(2):
         assert_matches_eager(model, INSTANCES, batcher=batcher)
     assert _hoisted_calls(flushes[-1]) == hoisted          # neither F.linear nor gru_cell
