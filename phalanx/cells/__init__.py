@@ -22,6 +22,8 @@ Interface for the runtime (``Signature.kernel`` is the swap point)::
 - ``split.py``: the prefix that reads only some operands, for a lower-depth node (NOTE: [Split rule]).
 - ``sparse.py``: embedding lookups with row-sparse weight gradients; ``densify`` once per flush.
 - ``ragged.py``: variable-length operand lists (CSR) reduced per segment (NOTE: [Ragged cells]).
+- ``reduced.py``: a ragged cell that only sums or averages its ragged argument, traced as an ordinary
+  cell of the segment sums (NOTE: [Reduced ragged programs]).
 - ``program.py``: ``CellProgram`` (call convention, hoist cache, optional ``torch.compile``).
 - ``options.py``: ``CellOptions``, one ablation switch per optimization.
 
