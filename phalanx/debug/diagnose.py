@@ -127,6 +127,16 @@ def untraced_cells(graph, per_op: dict) -> list[Finding]:
     for sid in graph.used_sids.tolist():
         sig = graph.sigs[sid]
         aot = sig.meta.get("aot")
+        reduced = getattr(sig.meta.get("kernel"), "reduced_errors", None)    # a ragged op type's
+        if reduced:
+            reason = next(iter(reduced.values()))
+            seconds, batches = _op_seconds(per_op, sig.name)
+            findings.append(Finding(
+                "untraced-cell", seconds,
+                f"{sig.name} has no reduced form ({reason}); {1e3 * seconds:.2f} ms per mini-batch over "
+                f"{batches} batches running the cell's own code on segments",
+                "use the stacked ragged argument only through .sum / .mean over its stacked dim "
+                "(NOTE: [Reduced ragged programs]) so the cell is traced"))
         if aot is None or not aot.errors:
             continue
         reason = next(iter(aot.errors.values()))

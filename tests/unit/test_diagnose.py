@@ -142,3 +142,27 @@ def test_reports_a_cell_that_could_not_be_traced():
         findings = phalanx.Batcher(lambda x: scaled(x), cells=True).explain([torch.randn(DIM) for _ in range(4)]).findings
     untraced = [f for f in findings if f.kind == "untraced-cell"]
     assert len(untraced) == 1 and "cell scaled" in untraced[0].message and "closure" in untraced[0].message
+
+
+@pytest.mark.parametrize("per_member", [True, False])
+def test_reports_a_ragged_cell_without_a_reduced_form(per_member):
+    # NOTE: [Reduced ragged programs]: a cell that uses each member of its stacked argument (not
+    # only its sum or mean) keeps the segment kernel; the diagnosis says why.
+    @phalanx.cell
+    def pool(hs):
+        return (torch.sigmoid(hs) if per_member else hs).sum(-2)
+
+    embed = Embed()
+
+    def fn(n):
+        return pool(torch.stack([embed(k) for k in range(n)]))
+
+    batcher = phalanx.Batcher(fn)
+    with torch.no_grad():
+        findings = batcher.explain([2, 3, 4, 5]).findings
+    ragged = [f for f in findings if f.kind == "untraced-cell" and "reduced form" in f.message]
+    assert len(ragged) == int(per_member)
+    modes = {s.meta["kernel"].mode for s in batcher.table.sigs if "ragged" in s.meta}
+    assert modes == ({"ragged-segment"} if per_member else {"ragged-reduced"})
+    if per_member:
+        assert "sigmoid" in ragged[0].message
