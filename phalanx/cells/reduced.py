@@ -8,7 +8,8 @@ ragged dim are the placeholders ``total`` and ``total / count``), so it gets eve
 traced program has (batched once at trace time, hoisted weights, in-place inference, the input
 split: NOTE: [Split rule]). The runtime (runtime/ragged.py ``RaggedKernel``) then runs a batch as
 one segment sum per ragged argument (``index_add``) and the traced program, instead of the cell's
-own Python on duck-typed rows (NOTE: [Ragged kernels]).
+own Python on duck-typed rows (NOTE: [Ragged kernels]). In training the program runs whole per
+batch (the prefix over the flush is an inference hoist), under autograd like any traced program.
 
 The rule is proven at trace time, not sampled: the stand-in has no shape, no items and no other
 method, so a cell that does anything else with its ragged argument (child-sum's per-child forget

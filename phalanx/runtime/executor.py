@@ -432,6 +432,8 @@ def _begin_flush(steps: list[Step]) -> None:
             program = getattr(kernel, "program", None)
             if program is not None:
                 program.begin_flush()
+            elif hasattr(kernel, "begin_flush"):    # a ragged op type's reduced programs
+                kernel.begin_flush()
 
 
 class TrainingBuffers:
@@ -597,8 +599,8 @@ class TrainingRun:
                 input_grads[i] = g
             elif owned[i] and (g.is_sparse or not acc.is_sparse):
                 acc.add_(g)
-            else:
-                input_grads[i], owned[i] = acc + g, True
+            else:       # dense + sparse (not sparse + dense: torch refuses that order)
+                input_grads[i], owned[i] = (g + acc if acc.is_sparse and not g.is_sparse else acc + g), True
 
         for step, (operands, outs, deferred) in zip(reversed(self.steps), reversed(self.saved), strict=True):
             step_start = time.perf_counter() if self.profile is not None else 0.0

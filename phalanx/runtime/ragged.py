@@ -247,6 +247,10 @@ class RaggedList(list):
     __len__ = __iter__ = __getitem__ = __bool__ = __contains__ = __reversed__ = _refuse
 
 
+def _has_buffers(modules) -> bool:
+    return any(True for m in modules for _ in m.buffers(recurse=False))
+
+
 class RaggedKernel:
     """The batched kernel of a ragged cell op type (NOTE: [Ragged kernels])."""
 
@@ -273,13 +277,18 @@ class RaggedKernel:
         flags = tuple(m.training for m in sig.modules)
         divisor = getattr(offsets[0], "_phalanx_segments", (None, None, counts))[2]
         hoist = getattr(offsets[0], "_phalanx_hoist", None)
-        # The reduced form checks its first batch against the other kernels (a second run of the
-        # batch), as hoisting below does: modules in eval mode only, no autograd.
-        if not any(flags) and not torch.is_grad_enabled() and "cell_options" in sig.meta:
+        if "cell_options" in sig.meta and (not any(flags) or not _has_buffers(sig.modules)):
             out = self._reduced(fixed, values, offsets[0], seg, counts, divisor, size, flags, hoist)
             if out is not None:
                 return out
         return self._probed(fixed, values, offsets[0], seg, counts, divisor, size, flags, hoist)
+
+    def begin_flush(self) -> None:
+        """A training flush starts (executor ``_begin_flush``): the reduced programs' hoisted values
+        are then computed once per flush."""
+        for form in self.reduced.values():
+            if form:
+                form.program.begin_flush()
 
     def _probed(self, fixed, values, offsets, seg, counts, divisor, size, flags, hoist) -> tuple:
         """The segment kernel where it matched the per-instance function on probe rows, else the
@@ -301,13 +310,21 @@ class RaggedKernel:
         """NOTE: [Reduced ragged programs] (cells/reduced.py): one segment sum per ragged argument,
         then the cell's traced program of the sums; None where the op type has no reduced form."""
         form = self.reduced.get(flags)
-        if form is None:            # the first batch: trace, and keep the form only if it agrees
+        if torch.is_grad_enabled():
+            hoist = None        # NOTE: [Hoisted inputs] is for inference; in training the program runs whole
+        if form is None:
+            # The first batch: trace, and keep the form only if it agrees with the probed kernel's
+            # result, which this batch returns. The check runs the batch a second time, without
+            # autograd: never for modules in training mode that hold buffers (batch-norm statistics
+            # would move twice); dropout draws differ, so such a cell keeps the probed kernel.
             from ..cells.reduced import reduced_form
 
             plain = self._probed(fixed, values, offsets, seg, counts, divisor, size, flags, hoist)
             try:
                 form = reduced_form(self.sig, flags, self.sig.meta["cell_options"], values[0].device)
-                if not _matches(self._run_reduced(form, fixed, values, seg, divisor, size, hoist), plain):
+                with torch.no_grad():
+                    got = self._run_reduced(form, fixed, values, seg, divisor, size, hoist)
+                if not _matches(got, plain):
                     raise BatchExecutionError("its result differs from the probed kernel's on the first batch")
             except Exception as e:  # noqa: BLE001  (no reduced form: the segment kernel serves, reason kept)
                 self.reduced_errors[flags] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

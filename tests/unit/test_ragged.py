@@ -122,11 +122,12 @@ def test_every_arity_is_one_op_type_and_matches_eager(form, cells):
     assert_matches_eager(model, instances, params=model.parameters(), train=True, batcher=batcher)
 
 
-@pytest.mark.parametrize("form, mode", [("mean", "ragged-segment"), ("childsum", "ragged-segment"),
+@pytest.mark.parametrize("form, mode", [("mean", "ragged-reduced"), ("childsum", "ragged-segment"),
                                         ("list", "ragged-grouped"), ("sum", "segment-sum"),
                                         ("segment_mean", "segment-mean")])
 def test_kernel_mode(form, mode):
-    # The lattice and child-sum cells run their own code once per batch on segments; a list body
+    # The lattice cell runs as its traced reduced form (NOTE: [Reduced ragged programs]), the
+    # child-sum cell its own code once per batch on segments; a list body
     # that branches on its length runs once per arity present (still one batch in the schedule).
     torch.manual_seed(0)
     model = Net(form)
