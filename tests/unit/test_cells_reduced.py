@@ -14,19 +14,7 @@ import phalanx
 from phalanx.models.lattice import LatticeRNN
 from phalanx.data.synthetic import random_lattices
 from tests.oracle import assert_matches_eager
-
-H = 6
-
-
-@phalanx.cell
-class MeanNode(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(20, H)
-        self.gru = nn.GRUCell(H, H)
-
-    def forward(self, word, hs):
-        return self.gru(self.embed(word), hs.mean(-2))
+from tests.unit.test_ragged import H, MeanNode
 
 
 @phalanx.cell
