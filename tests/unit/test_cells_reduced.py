@@ -158,15 +158,16 @@ def test_the_prefix_runs_once_per_flush_and_new_weights_are_read():
     assert_matches_eager(model, BATCH, batcher=batcher)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(batch=st.lists(st.lists(st.integers(1, 8), min_size=1, max_size=5), min_size=0, max_size=4),
-       by_word=st.booleans())
-def test_random_arities_match_eager(batch, by_word):
+       by_word=st.booleans(), train=st.booleans())
+def test_random_arities_match_eager(batch, by_word, train):
     torch.manual_seed(0)
-    model = Net(MeanNode() if by_word else SumAndMeanNode(), by_word).eval()
+    model = Net(MeanNode() if by_word else SumAndMeanNode(), by_word).train(train)
     batcher = phalanx.Batcher(model, verify=True)
-    assert_matches_eager(model, batch, batcher=batcher)
-    assert_matches_eager(model, batch, batcher=batcher)
+    params = model.parameters() if train else ()
+    assert_matches_eager(model, batch, params=params, train=train, batcher=batcher)
+    assert_matches_eager(model, batch, params=model.parameters() if train else (), train=train, batcher=batcher)
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
@@ -179,13 +180,15 @@ def test_lattice_models_run_reduced(kind):
     assert {k.mode for k in _ragged_kernels(batcher)} == {"ragged-reduced"}
 
 
-@pytest.mark.parametrize("node", ["gru", "lstm", "tanh", "relu", "no-bias", "computed-weight", "max-norm", "in-place"])
+# (test_hoisted's max-norm embedding is left out: its trace fails only after vmap's per-row fallback
+# for embedding_renorm, ~5 s; KeepdimNode and PerMemberNode above cover a cell without a reduced form)
+@pytest.mark.parametrize("node", ["gru", "lstm", "tanh", "relu", "no-bias", "computed-weight", "in-place"])
 def test_the_hoisting_tests_nodes_match_eager_reduced_or_not(node):
     from tests.unit.test_hoisted import INSTANCES, InPlaceNode, Lattice, RnnNode, ScaledNode
 
     torch.manual_seed(0)
     made = {"no-bias": lambda: RnnNode("gru", bias=False), "computed-weight": ScaledNode,
-            "max-norm": lambda: RnnNode("gru", max_norm=1.0), "in-place": InPlaceNode}.get(node, lambda: RnnNode(node))
+            "in-place": InPlaceNode}.get(node, lambda: RnnNode(node))
     model = Lattice(made()).eval()
     batcher = phalanx.Batcher(model, verify=True)
     for _ in range(2):
