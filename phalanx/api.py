@@ -10,6 +10,8 @@ import dataclasses
 import threading
 import time
 import weakref
+from itertools import chain
+from operator import attrgetter
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -272,24 +274,34 @@ def _instance_tensors(graph) -> list[torch.Tensor]:
     return list(found.values())
 
 
-def _result_rows(graph, layout, outputs) -> tuple[list, dict]:
-    """The rows every instance's results live in: one index tensor per arena, and each leaf's arena."""
-    # One Python pass collects the lazy leaves; arenas, rows and the split by arena are numpy.
-    vids = np.array([leaf.vid for leaves, _ in outputs for leaf in leaves if type(leaf) is LazyValue], dtype=np.int64)
+def _result_rows(graph, layout, outputs) -> tuple[list, "dict | None"]:
+    """The rows every instance's results live in: one index tensor per arena, and each leaf's arena
+    (None when every row is in one arena: ``_assemble`` then needs no per-leaf lookup)."""
+    # C-level passes over the leaves (a tagger has ~1,500 per mini-batch); arenas, rows and the
+    # split by arena are numpy.
+    leaves = list(chain.from_iterable(leaves for leaves, _ in outputs))
+    if _ALL_LAZY.issuperset(map(type, leaves)):
+        vids = np.fromiter(map(_VID, leaves), dtype=np.int64, count=len(leaves))
+    else:
+        vids = np.fromiter((leaf.vid for leaf in leaves if type(leaf) is LazyValue), dtype=np.int64)
     if not len(vids):
-        return [], {}
+        return [], None
     arena = graph.value_aval_id[vids]
     rows = torch.from_numpy(layout.value_row[vids]).to(graph.device)
-    arena_of = dict(zip(vids.tolist(), arena.tolist()))
     if (arena == arena[0]).all():
-        return [(int(arena[0]), rows)], arena_of
+        return [(int(arena[0]), rows)], None
+    arena_of = dict(zip(vids.tolist(), arena.tolist()))
     # Arenas in order of first use (``_assemble`` walks each arena's rows in leaf order).
     firsts = np.unique(arena, return_index=True)[1]
     return [(int(arena[i]), rows[torch.from_numpy(np.flatnonzero(arena == arena[i]))])
             for i in np.sort(firsts)], arena_of
 
 
-def _assemble(outputs, arena_of: dict, tensors: list, result_index: list, per_row_views: bool) -> list:
+_VID = attrgetter("vid")
+_ALL_LAZY = frozenset((LazyValue,))
+
+
+def _assemble(outputs, arena_of: "dict | None", tensors: list, result_index: list, per_row_views: bool) -> list:
     """Per-instance results in the user's structures. With autograd, one ``select`` view per result
     (not ``unbind``), so users may modify a result in place, as eagerly."""
     rows_of = [[t[i] for i in range(len(t))] if per_row_views else t.unbind(0) for t in tensors]
