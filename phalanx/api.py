@@ -304,10 +304,10 @@ def _result_rows(graph, layout, outputs) -> tuple[list, list]:
         row = _Row(int(arena[0]))
         return index, [(rebuild, len(leaves)) if _ALL_LAZY.issuperset(map(type, leaves)) else
                        (rebuild, [row if type(x) is LazyValue else x for x in leaves]) for leaves, rebuild in outputs]
-    rows_of = dict(zip(vids.tolist(), map(_Row, arena.tolist())))
+    slot_of = dict(zip(vids.tolist(), map(_Row, arena.tolist())))
     firsts = np.unique(arena, return_index=True)[1]
     index = [(int(arena[i]), rows[torch.from_numpy(np.flatnonzero(arena == arena[i]))]) for i in np.sort(firsts)]
-    return index, [(rebuild, [rows_of[x.vid] if type(x) is LazyValue else x for x in leaves])
+    return index, [(rebuild, [slot_of[x.vid] if type(x) is LazyValue else x for x in leaves])
                    for leaves, rebuild in outputs]
 
 
