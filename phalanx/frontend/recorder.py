@@ -201,8 +201,8 @@ class Recorder:
     # *** cells ***
     def record_cell(self, cell, args: tuple, kwargs: dict):
         """A cell call that ``append_call`` (the fast path, ir/columns.py) declined: the first call of
-        the cell in this graph, other avals, kwargs, tensors, a new split mask (and every split in the
-        Python twin). Resolves the op type and registers the cell's fast entry, so the next call like
+        the cell with this table (NOTE: [Warm recorder caches]), other avals, kwargs, tensors, a new
+        split mask (and every split in the Python twin). Resolves the op type and registers the cell's fast entry, so the next call like
         it takes the fast path."""
         if kwargs:
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
