@@ -10,6 +10,8 @@ import dataclasses
 import threading
 import time
 import weakref
+from itertools import chain
+from operator import attrgetter
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -128,7 +130,7 @@ class Batcher:
         table = self.table
         table.begin_call()          # NOTE: [What an op type may cache] (ir/signature.py)
         t0 = time.perf_counter()
-        reuse, known = self.reuse, None
+        reuse, known, hub = self.reuse, None, None
         if reuse is not None:
             reuse.begin_call(table)
             # a plan made under inference_mode holds inference tensors (indices, numbers) that
@@ -164,9 +166,11 @@ class Batcher:
         stats.op_types = len(graph.used_sids)
         schedule, layout, steps, counts = planned
         t3 = time.perf_counter()
-        result_index, arena_of = _result_rows(graph, layout, outputs)
+        result_index, slots = _result_rows(graph, layout, outputs)
+        # The lazy values die here (NOTE: [Result slots]), not after the run.
+        outputs = hub = None
         tensors = self._run(graph, layout, steps, result_index, stats)
-        results = _assemble(outputs, arena_of, tensors, result_index, per_row_views=stats.training)
+        results = _assemble(slots, tensors, result_index, per_row_views=stats.training)
         t4 = time.perf_counter()
         table.end_call(graph.used_sids.tolist())
         stats.batches = len(schedule)
@@ -272,55 +276,77 @@ def _instance_tensors(graph) -> list[torch.Tensor]:
     return list(found.values())
 
 
-def _result_rows(graph, layout, outputs) -> tuple[list, dict]:
-    """The rows every instance's results live in: one index tensor per arena, and each leaf's arena."""
-    # One Python pass collects the lazy leaves; arenas, rows and the split by arena are numpy.
-    vids = np.array([leaf.vid for leaves, _ in outputs for leaf in leaves if type(leaf) is LazyValue], dtype=np.int64)
+def _result_rows(graph, layout, outputs) -> tuple[list, list]:
+    """The rows every instance's results live in (one index tensor per arena, arenas in order of
+    first use) and each instance's result slots.
+
+    NOTE: [Result slots] an instance's slots are ``(rebuild, n)`` when its ``n`` leaves are all
+    lazy and every result row is in one arena (its results are the next ``n`` rows, in leaf order),
+    else ``(rebuild, leaves)`` with each lazy leaf replaced by the ``_Row`` of its arena. Slots hold
+    no lazy values, so a call drops its ~1,500 (a tagger's per-token logits) before it runs: the
+    collector passes during the run and the result views (whose allocations trigger them) no longer
+    walk them."""
+    # C-level passes over the leaves; arenas, rows and the split by arena are numpy.
+    leaves = list(chain.from_iterable(leaves for leaves, _ in outputs))
+    all_lazy = _ALL_LAZY.issuperset(map(type, leaves))
+    if all_lazy:
+        vids = np.fromiter(map(_VID, leaves), dtype=np.int64, count=len(leaves))
+    else:
+        vids = np.fromiter((leaf.vid for leaf in leaves if type(leaf) is LazyValue), dtype=np.int64)
     if not len(vids):
-        return [], {}
+        return [], [(rebuild, list(leaves)) for leaves, rebuild in outputs]
     arena = graph.value_aval_id[vids]
     rows = torch.from_numpy(layout.value_row[vids]).to(graph.device)
-    arena_of = dict(zip(vids.tolist(), arena.tolist()))
     if (arena == arena[0]).all():
-        return [(int(arena[0]), rows)], arena_of
-    # Arenas in order of first use (``_assemble`` walks each arena's rows in leaf order).
+        index = [(int(arena[0]), rows)]
+        if all_lazy:
+            return index, [(rebuild, len(leaves)) for leaves, rebuild in outputs]
+        row = _Row(int(arena[0]))
+        return index, [(rebuild, len(leaves)) if _ALL_LAZY.issuperset(map(type, leaves)) else
+                       (rebuild, [row if type(x) is LazyValue else x for x in leaves]) for leaves, rebuild in outputs]
+    slot_of = dict(zip(vids.tolist(), map(_Row, arena.tolist())))
     firsts = np.unique(arena, return_index=True)[1]
-    return [(int(arena[i]), rows[torch.from_numpy(np.flatnonzero(arena == arena[i]))])
-            for i in np.sort(firsts)], arena_of
+    index = [(int(arena[i]), rows[torch.from_numpy(np.flatnonzero(arena == arena[i]))]) for i in np.sort(firsts)]
+    return index, [(rebuild, [slot_of[x.vid] if type(x) is LazyValue else x for x in leaves])
+                   for leaves, rebuild in outputs]
 
 
-def _assemble(outputs, arena_of: dict, tensors: list, result_index: list, per_row_views: bool) -> list:
+_VID = attrgetter("vid")
+_ALL_LAZY = frozenset((LazyValue,))
+
+
+class _Row:
+    """A lazy leaf's slot: the next row of arena ``arena`` (NOTE: [Result slots])."""
+
+    __slots__ = ("arena",)
+
+    def __init__(self, arena: int):
+        self.arena = arena
+
+
+def _assemble(slots: list, tensors: list, result_index: list, per_row_views: bool) -> list:
     """Per-instance results in the user's structures. With autograd, one ``select`` view per result
     (not ``unbind``), so users may modify a result in place, as eagerly."""
     rows_of = [[t[i] for i in range(len(t))] if per_row_views else t.unbind(0) for t in tensors]
     if len(rows_of) == 1:
-        return _assemble_in_order(outputs, rows_of[0])
+        return _assemble_in_order(slots, rows_of[0])
     per_arena = {a: iter(rows) for (a, _), rows in zip(result_index, rows_of, strict=True)}
-    results = []
-    for leaves, rebuild in outputs:
-        vals = [next(per_arena[arena_of[x.vid]]) if type(x) is LazyValue else x for x in leaves]
-        results.append(rebuild(vals))
-    return results
+    return [rebuild([next(per_arena[x.arena]) if type(x) is _Row else x for x in leaves])
+            for rebuild, leaves in slots]
 
 
-def _assemble_in_order(outputs, rows) -> list:
-    """Every result row in one arena, in leaf order (``_result_rows``): an instance whose leaves are all
-    lazy takes the next ``len(leaves)`` rows as one slice, with no per-leaf lookup (a tagger's 1,500
-    per-token logits)."""
+def _assemble_in_order(slots: list, rows) -> list:
+    """Every result row in one arena, in leaf order (``_result_rows``): an instance whose leaves are
+    all lazy takes the next ``n`` rows as one slice, with no per-leaf lookup."""
     results, at = [], 0
-    lazy = {LazyValue}
-    for leaves, rebuild in outputs:
-        n = len(leaves)
-        if n == 1 and type(leaves[0]) is LazyValue:
-            vals = [rows[at]]
-            at += 1
-        elif n and set(map(type, leaves)) == lazy:
-            vals = list(rows[at:at + n])
-            at += n
+    for rebuild, leaves in slots:
+        if type(leaves) is int:
+            vals = [rows[at]] if leaves == 1 else list(rows[at:at + leaves])
+            at += leaves
         else:
             vals = []
             for x in leaves:
-                if type(x) is LazyValue:
+                if type(x) is _Row:
                     x = rows[at]
                     at += 1
                 vals.append(x)

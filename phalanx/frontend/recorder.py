@@ -21,6 +21,7 @@ from ..ir.signature import ArgKind, Signature, SignatureTable
 from ..rules import shifted_call, stacked_dim
 from .capture import run_capturing
 from .input_split import INPUT_DEPTH, attach_program, split_signatures
+from .warm import caches_for
 
 # This thread's active Recorder (``rec``) and, while a Batcher call runs its instances as fibers, its
 # runtime/fibers.Hub (``hub``): per thread like a threading.local; natively read by the cell call
@@ -174,10 +175,15 @@ class Recorder:
         self.graph.run = run              # the fibers run (a token): values of its earlier rounds may be read
         # The fast path of a cell call (frontend/cell.py): native when built (NOTE: [Native columns]).
         self.append_call = self.graph.append_call
-        self.last_sig: dict = {}          # cell -> the signature of its last all-lazy call (split cells)
-        self.splits: dict = {}            # (signature, kept operands) -> (prefix, rest, others) | None
-        self.split_masks: dict = {}       # signature -> {kept-operands bit mask: native split parts | None}
-        self.ragged_calls: dict = {}      # cell -> its last ragged op type and pattern (frontend/ragged.py)
+        # Per cell and op type: what the previous Recorder of this table learned on the Python path
+        # (frontend/warm.py, NOTE: [Warm recorder caches]); the fast entries go into the new graph.
+        self.caches = caches = caches_for(table, self.graph.device)
+        self.last_sig = caches.last_sig           # cell -> the signature of its last all-lazy call (split cells)
+        self.splits = caches.splits               # (signature, kept operands) -> (prefix, rest, others) | None
+        self.split_masks = caches.split_masks     # signature -> {kept-operands bit mask: native split parts | None}
+        self.ragged_calls = caches.ragged_calls   # cell -> its last ragged op type and pattern (frontend/ragged.py)
+        if caches.fast_calls:
+            self.graph.fast_calls.update(caches.fast_calls)
         self.inst = 0
         self.phase = 0
         self.phase_base = 0
@@ -195,8 +201,8 @@ class Recorder:
     # *** cells ***
     def record_cell(self, cell, args: tuple, kwargs: dict):
         """A cell call that ``append_call`` (the fast path, ir/columns.py) declined: the first call of
-        the cell in this graph, other avals, kwargs, tensors, a new split mask (and every split in the
-        Python twin). Resolves the op type and registers the cell's fast entry, so the next call like
+        the cell with this table (NOTE: [Warm recorder caches]), other avals, kwargs, tensors, a new
+        split mask (and every split in the Python twin). Resolves the op type and registers the cell's fast entry, so the next call like
         it takes the fast path."""
         if kwargs:
             return self._record_general(cell, cell._phalanx_name, cell._phalanx_fn(), args, kwargs,
@@ -299,7 +305,8 @@ class Recorder:
         chained = None
         for e in reversed(older):
             chained = (*e, chained)
-        g.fast_calls[cell] = (*entry, split, chained)
+        g.fast_calls[cell] = self.caches.fast_calls[cell] = (*entry, split, chained)
+        self.caches.watch(sig)
 
     def _record_split(self, g, sig: Signature, mark: int, args: tuple, depth: int):
         """NOTE: [Input split] the part of an ahead-of-time cell that reads only *input-like*
@@ -326,13 +333,19 @@ class Recorder:
         keep = tuple(keep)
         parts = self.splits.get((sig, keep), _NO_SPLIT)
         if parts is _NO_SPLIT:
-            # Training flags are fixed during a call, so one lookup per (op type, operands) and call.
+            # Training flags are fixed during a call; kept across calls while they hold (frontend/warm.py).
             flags = tuple(m.training for m in sig.modules)
             parts = self.splits[(sig, keep)] = split_signatures(self.table, sig, flags, keep)
-            masks = self.split_masks.get(sig)
-            if masks is not None:       # what the native fast path records for this mask from now on
+            self.caches.flags[sig] = flags
+            self.caches.watch(sig, *(parts[:2] if parts is not None else ()))
+        masks = self.split_masks.get(sig)
+        if masks is not None:
+            # What the native fast path records for this mask from now on: set here, as the cell's
+            # fast entry may have been registered after its first split (a new op type's first call).
+            bit = sum(1 << i for i in keep)
+            if bit not in masks:
                 prefix, rest, others = parts if parts is not None else (None, None, None)
-                masks[sum(1 << i for i in keep)] = None if parts is None else (
+                masks[bit] = None if parts is None else (
                     prefix.sid, prefix.out_avals, keep, rest.sid, rest.out_avals, rest.single, others)
         if parts is None:
             return self._append_node(g, sig, depth)

@@ -100,8 +100,9 @@ class DataflowGraph(Columns):
         num_out = sig_num_out[node_sig] if len(node_sig) else np.zeros(0, np.int64)
         node_first_value = np.concatenate(([0], np.cumsum(num_out)[:-1])) if len(node_sig) else num_out
         value_node = np.repeat(np.arange(len(node_sig)), num_out)
-        k = np.arange(self.num_values) - node_first_value[value_node]
-        value_aval_id = sig_out_flat[sig_out_start[node_sig[value_node]] + k] if self.num_values else k
+        # Value v of node n is output v - first(n) of n's sig: one gather per node, not three per value.
+        offset = np.repeat(sig_out_start[node_sig] - node_first_value, num_out)
+        value_aval_id = sig_out_flat[offset + np.arange(self.num_values)] if self.num_values else offset
         return GraphArrays(
             sigs=sigs,
             node_sig=node_sig,

@@ -123,6 +123,7 @@ class SignatureTable:
         # class (a forward and a backward LSTM) have distinct, process-stable descriptions.
         self.paths: dict[int, str] = {}
         self._refresh_paths()
+        self.recorder_caches = None     # what the last Recorder learned (NOTE: [Warm recorder caches])
 
     @property
     def root(self):

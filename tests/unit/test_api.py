@@ -67,3 +67,19 @@ def test_a_training_result_may_be_modified_in_place_and_backpropagates():
                                      list(lin.parameters()))
     for p, w in zip(lin.parameters(), want_grads, strict=True):
         torch.testing.assert_close(p.grad, w)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_results_with_concrete_leaves_beside_rows_of_one_arena(train):
+    # NOTE: [Result slots]: every lazy leaf in one arena, some instances' results also holding plain
+    # tensors (and some holding no lazy leaf at all): each gets its rows in order, the rest as is.
+    torch.manual_seed(3)
+    lin = nn.Linear(2, 2)
+
+    def fn(x):
+        if x.shape[0] == 1:
+            return {"constant": torch.ones(2)}
+        return (lin(x[0]), torch.full((2,), 7.0), torch.tanh(lin(x[1])))
+
+    xs = [torch.randn(n, 2) for n in (2, 1, 3, 2, 1)]
+    assert_matches_eager(fn, xs, params=list(lin.parameters()), train=train)
