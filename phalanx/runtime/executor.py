@@ -49,6 +49,7 @@ from ..ir.graph import GraphArrays
 from ..ir.signature import Signature
 from ..memory.layout import Layout
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
+from .distinct import MIN_ROWS, distinct_rows, sum_rows, write_rows
 from .params import FlushParams
 from .ragged import ragged_row, ragged_subset
 # Re-exported: runtime/ragged.py, debug/ and tests read the plan's names from here.
@@ -552,10 +553,17 @@ class TrainingRun:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 operands = self._operands(step)
-                outs = _call(step, operands, self.kernels)
-                # NOTE: [Deferred GEMM gradients]: the batch's deferred GEMMs (entry, X_b, out_b)
-                saved.append((operands, outs, take()))
-                _write(step, [o.detach() for o in outs], arenas)     # no autograd record, no no_grad block
+                found = distinct_rows(step, operands, _flags(step.sig)) if step.size >= MIN_ROWS else None
+                if found is None:
+                    outs = _call(step, operands, self.kernels)
+                    # NOTE: [Deferred GEMM gradients]: the batch's deferred GEMMs (entry, X_b, out_b)
+                    saved.append((operands, outs, take(), None))
+                    _write(step, [o.detach() for o in outs], arenas)     # no autograd record, no no_grad block
+                else:       # NOTE: [Distinct rows]: the kernel runs on the distinct rows only
+                    distinct, operands = found
+                    outs = _call(distinct.step, operands, self.kernels)
+                    saved.append((operands, outs, take(), distinct))
+                    write_rows(step, outs, distinct.inverse, arenas)
                 if self.profile is not None:
                     self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
         return tuple(arenas[a].index_select(0, idx) for a, idx in self.result_index)
@@ -600,7 +608,7 @@ class TrainingRun:
             else:
                 input_grads[i], owned[i] = acc + g, True
 
-        for step, (operands, outs, deferred) in zip(reversed(self.steps), reversed(self.saved), strict=True):
+        for step, (operands, outs, deferred, distinct) in zip(reversed(self.steps), reversed(self.saved), strict=True):
             step_start = time.perf_counter() if self.profile is not None else 0.0
             out_list, gout_list = [], []
             for output, out in zip(step.outputs, outs, strict=True):
@@ -609,6 +617,9 @@ class TrainingRun:
                     gout_list.append(_output_grad(output, garenas))
             if not out_list:
                 continue
+            if distinct is not None:        # NOTE: [Distinct rows]: repeated rows' gradients summed
+                gout_list = [sum_rows(g, distinct.inverse, distinct.step.size) for g in gout_list]
+                step = distinct.step
             wrt = self.params.wrt.get(step.sig.sid, ())
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]
             if not wrt_ops and not wrt and not deferred:
