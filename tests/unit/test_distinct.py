@@ -10,6 +10,7 @@ from phalanx.models import TreeLSTM
 from phalanx.runtime import distinct as distinct_mod
 from phalanx.runtime import executor
 from tests.oracle import assert_matches_eager, weighted_total
+from tests.property import test_zoo_oracle as zoo
 
 VOCAB = 10
 
@@ -144,3 +145,19 @@ def _graph(op) -> fx.Graph:
                                       (torch.ops.aten.add_.Tensor, False)])
 def test_only_graphs_without_random_or_mutating_ops_are_pure(op, pure):
     assert distinct_mod._pure_graph(_graph(op)) is pure
+
+
+ZOO = ["childsum", "treegru", "mvrnn", "twotype", "nested", "lattice_gru", "lattice_lstm", "dag"]
+
+
+# The zoo models with a number-only cell (a leaf or an embedding) batched over enough rows to repeat.
+REPEATING = {"treegru", "mvrnn", "twotype", "nested"}
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_models_train_like_eager_with_batches_big_enough_to_repeat_rows(applied, name):
+    # instances large enough over the zoo's 30-word vocabulary that number-only batches repeat rows
+    m = zoo.model(name)
+    assert_matches_eager(m.loss, zoo.instances(name, 0, [10] * 5), params=m.parameters(), train=True,
+                         batcher=phalanx.Batcher(m.loss, verify=True))
+    assert bool(applied) == (name in REPEATING)
