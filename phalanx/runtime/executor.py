@@ -617,23 +617,24 @@ class TrainingRun:
                     gout_list.append(_output_grad(output, garenas))
             if not out_list:
                 continue
-            if distinct is not None:        # NOTE: [Distinct rows]: repeated rows' gradients summed
-                gout_list = [sum_rows(g, distinct.inverse, distinct.step.size) for g in gout_list]
-                step = distinct.step
+            ran = step          # the batch its kernel ran: on its distinct rows only (NOTE: [Distinct rows])
+            if distinct is not None:
+                ran = distinct.step
+                gout_list = [sum_rows(g, distinct.inverse, ran.size) for g in gout_list]
             wrt = self.params.wrt.get(step.sig.sid, ())
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]
             if not wrt_ops and not wrt and not deferred:
                 continue
             rows = op_rows = None
             if skip_zero_rows:
-                live = torch.zeros(step.size, dtype=torch.bool, device=out_list[0].device)
+                live = torch.zeros(ran.size, dtype=torch.bool, device=out_list[0].device)
                 for g in gout_list:
-                    live |= g.reshape(step.size, -1).ne(0).any(1)
+                    live |= g.reshape(ran.size, -1).ne(0).any(1)
                 if not bool(live.any()):
                     continue
                 if not bool(live.all()):
                     rows = live.nonzero().squeeze(1)
-                    operands, out_list, gout_list, op_rows, deferred = self._rerun_rows(step, operands, rows,
+                    operands, out_list, gout_list, op_rows, deferred = self._rerun_rows(ran, operands, rows,
                                                                                          gout_list)
             # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
             # The deferred GEMMs' outputs are inputs too: the engine captures their G_b there.
