@@ -49,7 +49,7 @@ from ..ir.graph import GraphArrays
 from ..ir.signature import Signature
 from ..memory.layout import Layout
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
-from .distinct import MIN_ROWS, distinct_rows, sum_rows, write_rows
+from .distinct import MIN_ROWS, RowClasses, distinct_rows, sum_rows, write_rows
 from .params import FlushParams
 from .ragged import ragged_row, ragged_subset
 # Re-exported: runtime/ragged.py, debug/ and tests read the plan's names from here.
@@ -548,12 +548,13 @@ class TrainingRun:
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         arenas, saved, take = self.arenas, self.saved, self.params.gemms.take
+        classes = RowClasses()      # NOTE: [Row classes]
         _begin_flush(self.steps)
         with torch.enable_grad(), _identity_saved_tensor_hooks(), self.params:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 operands = self._operands(step)
-                found = distinct_rows(step, operands, _flags(step.sig)) if step.size >= MIN_ROWS else None
+                found = distinct_rows(step, operands, _flags(step.sig), classes) if step.size >= MIN_ROWS else None
                 if found is None:
                     outs = _call(step, operands, self.kernels)
                     # NOTE: [Deferred GEMM gradients]: the batch's deferred GEMMs (entry, X_b, out_b)
@@ -564,6 +565,7 @@ class TrainingRun:
                     outs = _call(distinct.step, operands, self.kernels)
                     saved.append((operands, outs, take(), distinct))
                     write_rows(step, outs, distinct.inverse, arenas)
+                    classes.assign(step, distinct.inverse, distinct.step.size, arenas)
                 if self.profile is not None:
                     self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
         return tuple(arenas[a].index_select(0, idx) for a, idx in self.result_index)
@@ -617,9 +619,9 @@ class TrainingRun:
                     gout_list.append(_output_grad(output, garenas))
             if not out_list:
                 continue
-            ran = step          # the batch its kernel ran: on its distinct rows only (NOTE: [Distinct rows])
+            ran, first = step, None     # the batch its kernel ran: on its distinct rows only (NOTE: [Distinct rows])
             if distinct is not None:
-                ran = distinct.step
+                ran, first = distinct.step, distinct.first
                 gout_list = [sum_rows(g, distinct.inverse, ran.size) for g in gout_list]
             wrt = self.params.wrt.get(step.sig.sid, ())
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]
@@ -648,6 +650,8 @@ class TrainingRun:
                 for (entry, x, _), g in zip(deferred, grads_all[n_ops + len(wrt):], strict=True):
                     if g is not None:
                         entry.add(x, g)
+            if first is not None:       # NOTE: [Row classes]: each distinct row's gradient to the row it was read from
+                rows = first if rows is None else first.index_select(0, rows)
             whole = step.whole
             if whole is not None and rows is None and n_ops == len(operands) and all(g is not None for g in op_grads):
                 # NOTE: [Whole reads]: the operands' gradients go back with the index that read them,

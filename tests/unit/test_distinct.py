@@ -6,7 +6,7 @@ from torch import fx, nn
 
 import phalanx
 from phalanx.data import synthetic
-from phalanx.models import TreeLSTM
+from phalanx.models import BiLSTMTagger, TreeLSTM
 from phalanx.runtime import distinct as distinct_mod
 from phalanx.runtime import executor
 from tests.oracle import assert_matches_eager, weighted_total
@@ -15,15 +15,22 @@ from tests.property import test_zoo_oracle as zoo
 VOCAB = 10
 
 
+class Seen(list):
+    def __init__(self):
+        super().__init__()
+        self.lazy = []
+
+
 @pytest.fixture
 def applied(monkeypatch):
-    """(batch size, distinct rows) of every batch the training forward ran on its distinct rows."""
-    seen = []
+    """(batch size, distinct rows) of every batch the training forward ran on its distinct rows;
+    ``seen.lazy``: those whose operands were arena rows (NOTE: [Row classes])."""
+    seen = Seen()
 
-    def spy(step, operands, flags):
-        found = distinct_mod.distinct_rows(step, operands, flags)
+    def spy(step, operands, flags, classes):
+        found = distinct_mod.distinct_rows(step, operands, flags, classes)
         if found is not None:
-            seen.append((step.size, found[0].step.size))
+            (seen if found[0].first is None else seen.lazy).append((step.size, found[0].step.size))
         return found
 
     monkeypatch.setattr(executor, "distinct_rows", spy)
@@ -161,3 +168,16 @@ def test_zoo_models_train_like_eager_with_batches_big_enough_to_repeat_rows(appl
     assert_matches_eager(m.loss, zoo.instances(name, 0, [10] * 5), params=m.parameters(), train=True,
                          batcher=phalanx.Batcher(m.loss, verify=True))
     assert bool(applied) == (name in REPEATING)
+
+
+def test_a_tagger_projects_each_distinct_word_once_and_matches_eager(applied):
+    # NOTE: [Row classes]: the embeddings' batch runs on distinct words; the LSTM input projections
+    # read only its rows, so they run on distinct words too, their gradients summed back
+    torch.manual_seed(3)
+    model = BiLSTMTagger(VOCAB, 8, embed_dim=6)
+    rng = torch.Generator().manual_seed(0)
+    sentences = [(torch.randint(0, VOCAB, (n,), generator=rng).tolist(), torch.randint(0, 5, (n,), generator=rng).tolist())
+                 for n in (14, 12, 15, 10, 13)]
+    assert_matches_eager(model.loss, sentences, params=list(model.parameters()), train=True,
+                         batcher=phalanx.Batcher(model.loss, verify=True))
+    assert applied and applied.lazy and all(count <= VOCAB for _, count in applied.lazy)
