@@ -176,8 +176,8 @@ def test_a_tagger_projects_each_distinct_word_once_and_matches_eager(applied):
     torch.manual_seed(3)
     model = BiLSTMTagger(VOCAB, 8, embed_dim=6)
     rng = torch.Generator().manual_seed(0)
-    sentences = [(torch.randint(0, VOCAB, (n,), generator=rng).tolist(), torch.randint(0, 5, (n,), generator=rng).tolist())
-                 for n in (14, 12, 15, 10, 13)]
+    sentences = [(torch.randint(0, VOCAB, (n,), generator=rng).tolist(),
+                  torch.randint(0, 5, (n,), generator=rng).tolist()) for n in (14, 12, 15, 10, 13)]
     assert_matches_eager(model.loss, sentences, params=list(model.parameters()), train=True,
                          batcher=phalanx.Batcher(model.loss, verify=True))
     assert applied and applied.lazy and all(count <= VOCAB for _, count in applied.lazy)
