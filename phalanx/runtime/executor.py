@@ -49,6 +49,7 @@ from ..ir.graph import GraphArrays
 from ..ir.signature import Signature
 from ..memory.layout import Layout
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
+from .distinct import MIN_ROWS, RowClasses, distinct_rows, sum_rows, write_rows
 from .params import FlushParams
 from .ragged import ragged_row, ragged_subset
 # Re-exported: runtime/ragged.py, debug/ and tests read the plan's names from here.
@@ -549,15 +550,24 @@ class TrainingRun:
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         arenas, saved, take = self.arenas, self.saved, self.params.gemms.take
+        classes = RowClasses()      # NOTE: [Row classes]
         _begin_flush(self.steps)
         with torch.enable_grad(), _identity_saved_tensor_hooks(), self.params:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 operands = self._operands(step)
-                outs = _call(step, operands, self.kernels)
-                # NOTE: [Deferred GEMM gradients]: the batch's deferred GEMMs (entry, X_b, out_b)
-                saved.append((operands, outs, take()))
-                _write(step, [o.detach() for o in outs], arenas)     # no autograd record, no no_grad block
+                found = distinct_rows(step, operands, _flags(step.sig), classes) if step.size >= MIN_ROWS else None
+                if found is None:
+                    outs = _call(step, operands, self.kernels)
+                    # NOTE: [Deferred GEMM gradients]: the batch's deferred GEMMs (entry, X_b, out_b)
+                    saved.append((operands, outs, take(), None))
+                    _write(step, [o.detach() for o in outs], arenas)     # no autograd record, no no_grad block
+                else:       # NOTE: [Distinct rows]: the kernel runs on the distinct rows only
+                    distinct, operands = found
+                    outs = _call(distinct.step, operands, self.kernels)
+                    saved.append((operands, outs, take(), distinct))
+                    write_rows(step, outs, distinct.inverse, arenas)
+                    classes.assign(step, distinct.inverse, distinct.step.size, arenas)
                 if self.profile is not None:
                     self.profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
         return tuple(arenas[a].index_select(0, idx) for a, idx in self.result_index)
@@ -602,7 +612,7 @@ class TrainingRun:
             else:       # dense + sparse (not sparse + dense: torch refuses that order)
                 input_grads[i], owned[i] = (g + acc if acc.is_sparse and not g.is_sparse else acc + g), True
 
-        for step, (operands, outs, deferred) in zip(reversed(self.steps), reversed(self.saved), strict=True):
+        for step, (operands, outs, deferred, distinct) in zip(reversed(self.steps), reversed(self.saved), strict=True):
             step_start = time.perf_counter() if self.profile is not None else 0.0
             out_list, gout_list = [], []
             for output, out in zip(step.outputs, outs, strict=True):
@@ -611,20 +621,24 @@ class TrainingRun:
                     gout_list.append(_output_grad(output, garenas))
             if not out_list:
                 continue
+            ran, first = step, None     # the batch its kernel ran: on its distinct rows only (NOTE: [Distinct rows])
+            if distinct is not None:
+                ran, first = distinct.step, distinct.first
+                gout_list = [sum_rows(g, distinct.inverse, ran.size) for g in gout_list]
             wrt = self.params.wrt.get(step.sig.sid, ())
             wrt_ops = [p for p, t in enumerate(operands) if t.requires_grad]
             if not wrt_ops and not wrt and not deferred:
                 continue
             rows = op_rows = None
             if skip_zero_rows:
-                live = torch.zeros(step.size, dtype=torch.bool, device=out_list[0].device)
+                live = torch.zeros(ran.size, dtype=torch.bool, device=out_list[0].device)
                 for g in gout_list:
-                    live |= g.reshape(step.size, -1).ne(0).any(1)
+                    live |= g.reshape(ran.size, -1).ne(0).any(1)
                 if not bool(live.any()):
                     continue
                 if not bool(live.all()):
                     rows = live.nonzero().squeeze(1)
-                    operands, out_list, gout_list, op_rows, deferred = self._rerun_rows(step, operands, rows,
+                    operands, out_list, gout_list, op_rows, deferred = self._rerun_rows(ran, operands, rows,
                                                                                          gout_list)
             # retain_graph: the slow path of NOTE: [Rows the loss does not use] may walk it again.
             # The deferred GEMMs' outputs are inputs too: the engine captures their G_b there.
@@ -638,6 +652,8 @@ class TrainingRun:
                 for (entry, x, _), g in zip(deferred, grads_all[n_ops + len(wrt):], strict=True):
                     if g is not None:
                         entry.add(x, g)
+            if first is not None:       # NOTE: [Row classes]: each distinct row's gradient to the row it was read from
+                rows = first if rows is None else first.index_select(0, rows)
             whole = step.whole
             if whole is not None and rows is None and n_ops == len(operands) and all(g is not None for g in op_grads):
                 # NOTE: [Whole reads]: the operands' gradients go back with the index that read them,
