@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from ..errors import CellTraceError
+from ..frontend.swap_gate import GATE
 from ..ir.aval import AVal, aval_of
 from ..ir.signature import ArgKind
 from . import hoist as hoisting
@@ -147,8 +148,9 @@ def _vmap_program(name, fn, module, in_avals, options, reader) -> CellProgram:
 
         def call(*flat):
             params, operands = flat[:len(names)], flat[len(names):]
-            out = torch.func.functional_call(wrapper, {"cell." + n: p for n, p in zip(names, params, strict=True)},
-                                             tuple(operands))
+            with GATE.swapping():       # NOTE: [Swapped parameters]
+                out = torch.func.functional_call(wrapper, {"cell." + n: p for n, p in zip(names, params, strict=True)},
+                                                 tuple(operands))
             leaves, holder["spec"] = tree_flatten(out)
             return tuple(leaves)
     else:

@@ -31,6 +31,7 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch.utils._pytree import tree_flatten
 
 from ..errors import CellDataDependentError, CellTraceError
+from ..frontend.swap_gate import GATE
 from ..ir.aval import AVal, aval_of
 
 _TRACE_SIZES = (1009, 1013, 1019)
@@ -86,8 +87,9 @@ def _flat_call(fn: Callable, module: nn.Module | None, names: list[str], holder:
         if wrapper is None:
             out = fn(*operands)
         else:
-            out = torch.func.functional_call(wrapper, {"cell." + n: p for n, p in zip(names, params, strict=True)},
-                                             tuple(operands))
+            with GATE.swapping():       # NOTE: [Swapped parameters]
+                out = torch.func.functional_call(wrapper, {"cell." + n: p for n, p in zip(names, params, strict=True)},
+                                                 tuple(operands))
         leaves, spec = tree_flatten(out)
         if not all(isinstance(x, torch.Tensor) for x in leaves):
             raise CellTraceError(f"returns {out!r}, not a structure of tensors")

@@ -15,6 +15,7 @@ from torch import nn
 from ..ir.columns import CellCall
 from . import recorder as _recorder
 from .recorder import _SLOT
+from .swap_gate import GATE
 
 _BATCHING_MODES = ("auto", "vmap", "native")
 
@@ -63,7 +64,11 @@ def _function_cell_call(self, *args, **kwargs):
 def _module_cell_call(self, *args, **kwargs):
     rec = _SLOT.rec
     if rec is None:
-        return nn.Module.__call__(self, *_convert_numbers(args, self), **kwargs)
+        count = GATE.enter_eager()      # NOTE: [Swapped parameters]
+        try:
+            return nn.Module.__call__(self, *_convert_numbers(args, self), **kwargs)
+        finally:
+            GATE.exit_eager(count)
     return rec.record_cell(self, args, kwargs)
 
 
