@@ -29,6 +29,8 @@ VARIANTS = {
     "no-inplace": CellOptions(inplace=False),
     "dense-grads": CellOptions(sparse_grads=False),
     "no-defer": CellOptions(defer_grads=False),
+    "no-reduce": CellOptions(reduce_ragged=False),
+    "no-distinct": CellOptions(distinct_rows=False),
     "all-off": CellOptions.all_off(),
     "untraced": False,
 }

@@ -28,6 +28,11 @@ class CellOptions:
     - ``defer_grads``: in training, a GEMM over a weight (a parameter or a hoisted value) leaves its
       weight gradient to the end of the flush, one GEMM over every batch's rows instead of one per
       batch (NOTE: [Deferred GEMM gradients] in defer.py).
+    - ``reduce_ragged``: a ragged cell that only sums or averages its stacked argument runs as segment
+      sums plus its traced program (NOTE: [Reduced ragged programs] in reduced.py); off: the cell's
+      own code on segments (runtime/ragged.py).
+    - ``distinct_rows``: in training, a batch that reads only numbers (or rows of such batches) runs
+      once per distinct row (NOTE: [Distinct rows] in runtime/distinct.py).
     """
 
     trace: bool = True
@@ -38,11 +43,13 @@ class CellOptions:
     compile: bool = False
     sparse_grads: bool = True
     defer_grads: bool = True
+    reduce_ragged: bool = True
+    distinct_rows: bool = True
 
     @classmethod
     def all_off(cls) -> CellOptions:
         return cls(trace=True, hoist=False, merge=False, split=False, inplace=False, compile=False,
-                   sparse_grads=False, defer_grads=False)
+                   sparse_grads=False, defer_grads=False, reduce_ragged=False, distinct_rows=False)
 
     @classmethod
     def resolve(cls, cells: "CellOptions | bool | None") -> "CellOptions | None":

@@ -74,7 +74,7 @@ def pure(sig: Signature, flags: tuple) -> bool:
     if "ragged" in sig.meta or "stack_dim" in sig.meta:
         return False
     program = _program(sig, flags)
-    if program is None or program.mode != "traced" or program.graph is None:
+    if program is None or program.mode != "traced" or program.graph is None or not program.options.distinct_rows:
         return False
     found = _PURE.get(program)
     if found is None:

@@ -277,7 +277,8 @@ class RaggedKernel:
         flags = tuple(m.training for m in sig.modules)
         divisor = getattr(offsets[0], "_phalanx_segments", (None, None, counts))[2]
         hoist = getattr(offsets[0], "_phalanx_hoist", None)
-        if "cell_options" in sig.meta and (not any(flags) or not _has_buffers(sig.modules)):
+        options = sig.meta.get("cell_options")
+        if options is not None and options.reduce_ragged and (not any(flags) or not _has_buffers(sig.modules)):
             out = self._reduced(fixed, values, offsets[0], seg, counts, divisor, size, flags, hoist)
             if out is not None:
                 return out

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import phalanx
+from phalanx.cells import CellOptions
 from phalanx.models.lattice import LatticeRNN
 from phalanx.data.synthetic import random_lattices
 from tests.oracle import assert_matches_eager
@@ -102,11 +103,13 @@ def test_any_other_use_of_the_ragged_argument_keeps_the_segment_kernel(node, rea
     assert reason in why
 
 
-def test_without_cells_there_is_no_reduced_form():
+@pytest.mark.parametrize("cells", [False, CellOptions(reduce_ragged=False)], ids=["probe", "switched-off"])
+def test_without_cells_or_with_the_switch_off_there_is_no_reduced_form(cells):
     torch.manual_seed(0)
     model = Net(MeanNode(), True).eval()
-    batcher = phalanx.Batcher(model, cells=False)
+    batcher = phalanx.Batcher(model, cells=cells)
     assert_matches_eager(model, BATCH, batcher=batcher)
+    assert_matches_eager(model, BATCH, params=model.parameters(), train=True, batcher=batcher)
     (kernel,) = _ragged_kernels(batcher)
     assert kernel.reduced == {} and kernel.mode == "ragged-segment"
 

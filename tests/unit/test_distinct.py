@@ -59,6 +59,15 @@ def test_repeated_leaves_run_once_per_word_and_match_eager_across_optimizer_step
     assert leaves and all(count <= VOCAB for _, count in leaves)
 
 
+def test_the_switch_turns_it_off(applied):
+    from phalanx.cells import CellOptions
+
+    model = make_model()
+    batcher = phalanx.Batcher(model, cells=CellOptions(distinct_rows=False), verify=True)
+    assert_matches_eager(model, trees(0), params=list(model.parameters()), train=True, batcher=batcher)
+    assert not applied and not applied.lazy
+
+
 def test_sparse_embedding_keeps_a_sparse_gradient(applied):
     model = make_model()
     model.leaf.embed = nn.Embedding(VOCAB, 6, sparse=True)
