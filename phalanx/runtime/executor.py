@@ -43,6 +43,7 @@ import time
 
 import torch
 
+from ..cells.group import grouped_program
 from ..cells.sparse import dense_gradients
 from ..errors import BatchExecutionError, PhalanxError
 from ..ir.graph import GraphArrays
@@ -274,8 +275,16 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     direct: dict = {}       # op type -> NOTE: [Direct steps] entry, or False where there is none
     inference = INFERENCE_MODE and not torch.is_inference_mode_enabled() and _only_traced_programs(steps)
     with torch.inference_mode() if inference else torch.no_grad():
-        for step in steps:
+        b, num = 0, len(steps)
+        while b < num:
+            step = steps[b]
             start = time.perf_counter() if profile is not None else 0.0
+            if step.group and _run_group(steps, b, arenas, direct):     # NOTE: [Op-type groups]
+                if profile is not None:
+                    members = steps[b:b + step.group + 1]
+                    profile.add_op_time(step.sig.name, sum(s.size for s in members), time.perf_counter() - start)
+                b += step.group + 1
+                continue
             found = direct.get(step.sig.sid)
             if not (found and _run_direct(step, arenas, found)):
                 _run_step(step, arenas, kernels, adopt=not inference)
@@ -283,6 +292,7 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
                     direct[step.sig.sid] = _direct_entry(step.sig, kernels.get(step.sig.sid))
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
+            b += 1
 
 
 def _only_traced_programs(steps: list[Step]) -> bool:
@@ -363,6 +373,83 @@ def _run_direct(step: Step, arenas: list, found: tuple) -> bool:
         raise _localize(step, list(operands), e) from e
     kernel.calls += 1
     return True
+
+
+def _run_group(steps: list, b: int, arenas: list, direct: dict) -> bool:
+    """Steps ``b .. b + steps[b].group`` (twin op types at one depth) as one batch by NOTE: [Op-type
+    groups] (cells/group.py); False (nothing done) where that does not apply: a member's op type has
+    no direct entry yet (its first batch binds it), an output is scattered, or the members' rows of
+    an output are not one slice."""
+    members = steps[b:b + steps[b].group + 1]
+    found = [direct.get(s.sig.sid) for s in members]
+    if not all(found):
+        return False
+    head = members[0]
+    into = []
+    for k, (kind, arena, rows) in enumerate(head.outputs):
+        hi = rows[1]
+        for m in members[1:]:
+            o = m.outputs[k]
+            if kind != SLICE or o[0] != SLICE or o[1] != arena or o[2][0] != hi:
+                return False
+            hi = o[2][1]
+        into.append(arenas[arena][rows[0]:hi])
+    offs, total = [0], 0
+    for m in members:
+        total += m.size
+        offs.append(total)
+    # Per operand position: one slice over every member's rows where they are adjacent, else each one's read.
+    operands, joined = [], []
+    for p, (kind, arena, rows) in enumerate(head.operands):
+        hi = rows[1] if kind == SLICE else -1
+        for m in members[1:]:
+            o = m.operands[p]
+            if hi < 0 or o[0] != SLICE or o[1] != arena or o[2][0] != hi or m.whole is not None or m.fused:
+                hi = -1
+                break
+            hi = o[2][1]
+        if hi >= 0 and head.whole is None and not head.fused:
+            operands.append(arenas[arena][rows[0]:hi])
+            joined.append(True)
+        else:
+            operands.append(None)
+            joined.append(False)
+    if not all(joined):
+        reads = [_direct_operands(m, arenas) for m in members]
+        for p, j in enumerate(joined):
+            if not j:
+                operands[p] = [r[p] for r in reads]
+    program = found[0][0].program
+    consumes = found[0][4]
+    consume = bool(consumes) and all(joined[p] for p in consumes)
+    run = grouped_program(program, consume, tuple(joined), len(members))
+    if run is None:
+        return False
+    try:
+        run(total, offs, [f[1] for f in found], operands, into)
+    except PhalanxError:
+        raise
+    except Exception as e:
+        if is_data_dependent(e):
+            raise data_dependent_error(head.sig, e) from e
+        for m in members:       # name the instance whose own call fails, if one does
+            err = _localize(m, list(_direct_operands(m, arenas)), e)
+            if getattr(err, "instance", None) is not None:
+                raise err from e
+        raise _localize(head, list(_direct_operands(head, arenas)), e) from e
+    for f in found:
+        f[0].calls += 1
+    return True
+
+
+def _direct_operands(step: Step, arenas: list) -> list:
+    """A step's operands as ``_run_direct`` reads them."""
+    whole = step.whole
+    if whole is not None:
+        return list(arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]))
+    if step.fused:
+        return _read_all(step, arenas)
+    return [arenas[w][p[0]:p[1]] if k == SLICE else _read((k, w, p), arenas) for k, w, p in step.operands]
 
 
 def _stacked_reads(step: Step, arenas: list) -> "tuple | None":
