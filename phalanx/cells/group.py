@@ -6,7 +6,7 @@ backward step, the layers of a stack, any k cells of one structure) trace to one
 (NOTE: [Shared traces] in aot.py) and differ only in the parameter prefix of the call
 (``program(size, *params, *hoisted, *operands, *buffers)``). At one depth their batches are
 independent, so they may run as one batch over the members' rows concatenated, member by member
-(segment i = rows ``offs[i]:offs[i+1]``):
+(segment i: the ``sizes[i]`` rows after the segments before it):
 
 - an op reading a parameter or hoisted value (a GEMM with the member's weight, a per-member bias)
   runs once per member on its segments, writing into its segment of one buffer (``out=``, or in
@@ -52,10 +52,12 @@ def group_key(program) -> "tuple | None":
 
 
 def grouped_program(program, consume: bool, joined: tuple, members: int):
-    """``run(total, offs, prefixes, operands, buffers)`` for ``members`` twins of ``program``: operand p
-    is one tensor over every member's rows where ``joined[p]``, else a list of per-member tensors;
-    ``prefixes[i]``: member i's ``direct_call`` prefix; ``buffers``: one tensor per output over
-    every member's rows. None where the program cannot be grouped (see the NOTE)."""
+    """``run(total, sizes, prefixes, operands, buffers, scratch)`` for ``members`` twins of ``program``:
+    operand p is one tensor over every member's rows where ``joined[p]``, else a list of per-member
+    tensors; ``prefixes[i]``: member i's ``direct_call`` prefix; ``buffers``: one tensor per output
+    over every member's rows; ``scratch(site, rows, shape, dtype, device)``: an uninitialized tensor for
+    a temporary written member by member (``Scratch``). None where the program cannot be grouped
+    (see the NOTE)."""
     cache = program.info.setdefault("grouped", {})
     key = (consume, joined, members)
     if key not in cache:
@@ -72,6 +74,23 @@ def grouped_program(program, consume: bool, joined: tuple, members: int):
 
 class _Refused(Exception):
     pass
+
+
+class Scratch:
+    """Temporaries of grouped programs for one flush, kept between its batches: a fresh large tensor
+    is fresh pages, faulted in at its first write (NOTE: [Arena pool] in runtime/executor.py), every
+    batch again. A temporary dies with its program call (the outputs are computed into the arena
+    rows), and batches run one after another, so each allocation site reuses one buffer."""
+
+    def __init__(self):
+        self.buffers: dict = {}
+
+    def __call__(self, site: int, rows: int, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+        key = (site, shape, dtype, device)
+        buf = self.buffers.get(key)
+        if buf is None or len(buf) < rows:
+            buf = self.buffers[key] = torch.empty((rows, *shape), dtype=dtype, device=device)
+        return buf[:rows]
 
 
 def _batch_size(placeholders: list) -> int:
@@ -110,7 +129,15 @@ def _generate(graph: fx.Graph, num_leading: int, arity: int, joined: tuple, memb
     expr: dict = {}     # node -> Python expression (joined / other) or list of per-member expressions
     names: dict = {"torch": torch, "operator": operator}
     lines: list[str] = []
-    segs = [f"offs[{i}]:offs[{i + 1}]" for i in range(members)]
+    segments: dict = {}     # joined expression -> the name of its per-member pieces (one split)
+
+    def segment(joined_expr: str, member: int) -> str:
+        name = segments.get(joined_expr)
+        if name is None:
+            name = segments[joined_expr] = f"s{len(segments)}"
+            lines.append(f"{name} = {joined_expr}.split_with_sizes(sizes)")
+        return f"{name}[{member}]"
+    sites = 0       # temporaries written member by member: each its own scratch buffer
 
     for j, node in enumerate(placeholders):
         if j == 0:
@@ -135,13 +162,13 @@ def _generate(graph: fx.Graph, num_leading: int, arity: int, joined: tuple, memb
         if isinstance(a, fx.Node):
             k = kind[a]
             if k == _SIZE:
-                return "total" if member is None else f"(offs[{member + 1}] - offs[{member}])"
+                return "total" if member is None else f"sizes[{member}]"
             if k in (_MEMBER, _SPLIT):
                 return expr[a][member]
             if member is not None and k == _JOINED:
                 if a not in rows and not _row_value(a, batch):
                     raise _Refused
-                return f"{expr[a]}[{segs[member]}]"
+                return segment(expr[a], member)
             return expr[a]
         if isinstance(a, (list, tuple)):
             inner = ", ".join(render(x, member) for x in a)
@@ -180,7 +207,7 @@ def _generate(graph: fx.Graph, num_leading: int, arity: int, joined: tuple, memb
         if isinstance(out, fx.Node) and kind[out] == _JOINED:
             # written into its segments of a joined buffer: the result is that buffer
             for i in range(members):
-                lines.append(call(node, i, f"{expr[out]}[{segs[i]}]"))
+                lines.append(call(node, i, segment(expr[out], i)))
             kind[node], expr[node] = _JOINED, expr[out]
         elif _in_place(node) and isinstance(first, fx.Node) and kind[first] == _JOINED:
             for i in range(members):
@@ -188,10 +215,11 @@ def _generate(graph: fx.Graph, num_leading: int, arity: int, joined: tuple, memb
             kind[node], expr[node] = _JOINED, expr[first]
         elif node.op == "call_function" and not _in_place(node) and _row_value(node, batch) and _has_out(node.target):
             val = node.meta["val"]
-            lines.append(f"{name} = torch.empty((total, *{tuple(val.shape[1:])!r}), dtype={target_name(val.dtype)}, "
-                         f"device=buffers[0].device)")
+            lines.append(f"{name} = scratch({sites}, total, {tuple(val.shape[1:])!r}, {target_name(val.dtype)}, "
+                         f"buffers[0].device)")
+            sites += 1
             for i in range(members):
-                lines.append(call(node, i, f"{name}[{segs[i]}]"))
+                lines.append(call(node, i, segment(name, i)))
             kind[node], expr[node] = _JOINED, name
         else:
             for i in range(members):
@@ -200,7 +228,7 @@ def _generate(graph: fx.Graph, num_leading: int, arity: int, joined: tuple, memb
     if not any(n.op == "placeholder" for n in placeholders[num_leading + arity:]):
         raise _Refused
     body = "\n    ".join(lines) if lines else "pass"
-    source = f"def run(total, offs, prefixes, operands, buffers):\n    {body}\n"
+    source = f"def run(total, sizes, prefixes, operands, buffers, scratch):\n    {body}\n"
     code = compile(source, "<phalanx op-type group>", "exec")
     exec(code, names)       # noqa: S102  (our own generated straight-line code)
     run = names["run"]

@@ -66,7 +66,7 @@ def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) ->
     batches, order, start = _reader_order(graph, schedule.batches) if reorder else concatenated(schedule.batches)
     vids, block_size = _output_blocks(graph, batches, schedule.sids, order, start)
     arena_rows = np.zeros(len(graph.avals), dtype=np.int64)
-    groups = group_runs(graph, schedule)
+    groups = group_runs(graph, schedule, order, start)
     if not len(vids):
         return Layout(value_row, arena_rows, batches, vids, order, start)
     block_start = np.zeros(len(block_size) + 1, dtype=np.int64)
@@ -94,10 +94,15 @@ def _group_blocks(graph: GraphArrays, sids, groups, num_blocks: int) -> np.ndarr
     num_out = types.num_out[types.slot[np.array(sids, dtype=np.int64)]]
     first = np.zeros(len(num_out) + 1, dtype=np.int64)      # batch b's blocks: first[b]:first[b+1]
     np.add.accumulate(num_out, out=first[1:])
+    head, members = np.array(groups, dtype=np.int64).T
+    outs = num_out[head]                # every member of a run has its head's outputs
+    count = members * outs
+    lo = first[head]
+    # Position i of a run's blocks is output i // members of member i % members.
+    i = np.arange(int(count.sum())) - (np.add.accumulate(count) - count).repeat(count)
+    m, k = members.repeat(count), outs.repeat(count)
     seq = np.arange(num_blocks)
-    for b, members in groups:
-        lo, hi = int(first[b]), int(first[b + members])
-        seq[lo:hi] = np.arange(lo, hi).reshape(members, -1).T.ravel()
+    seq[lo.repeat(count) + i] = lo.repeat(count) + (i % m) * k + i // m
     return seq
 
 

@@ -43,7 +43,7 @@ import time
 
 import torch
 
-from ..cells.group import grouped_program
+from ..cells.group import Scratch, grouped_program
 from ..cells.sparse import dense_gradients
 from ..errors import BatchExecutionError, PhalanxError
 from ..ir.graph import GraphArrays
@@ -274,12 +274,13 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     kernels: dict = {}
     direct: dict = {}       # op type -> NOTE: [Direct steps] entry, or False where there is none
     inference = INFERENCE_MODE and not torch.is_inference_mode_enabled() and _only_traced_programs(steps)
+    scratch = Scratch()     # temporaries of grouped batches (NOTE: [Op-type groups])
     with torch.inference_mode() if inference else torch.no_grad():
         b, num = 0, len(steps)
         while b < num:
             step = steps[b]
             start = time.perf_counter() if profile is not None else 0.0
-            if step.group and _run_group(steps, b, arenas, direct):     # NOTE: [Op-type groups]
+            if step.group and _run_group(steps, b, arenas, direct, scratch):     # NOTE: [Op-type groups]
                 if profile is not None:
                     members = steps[b:b + step.group + 1]
                     profile.add_op_time(step.sig.name, sum(s.size for s in members), time.perf_counter() - start)
@@ -375,70 +376,68 @@ def _run_direct(step: Step, arenas: list, found: tuple) -> bool:
     return True
 
 
-def _run_group(steps: list, b: int, arenas: list, direct: dict) -> bool:
+def _run_group(steps: list, b: int, arenas: list, direct: dict, scratch: Scratch) -> bool:
     """Steps ``b .. b + steps[b].group`` (twin op types at one depth) as one batch by NOTE: [Op-type
     groups] (cells/group.py); False (nothing done) where that does not apply: a member's op type has
     no direct entry yet (its first batch binds it), an output is scattered, or the members' rows of
     an output are not one slice."""
-    members = steps[b:b + steps[b].group + 1]
-    found = [direct.get(s.sig.sid) for s in members]
-    if not all(found):
-        return False
-    head = members[0]
+    head = steps[b]
+    members = steps[b:b + head.group + 1]
+    prefixes = []
+    for m in members:
+        f = direct.get(m.sig.sid)
+        if not f:
+            return False
+        prefixes.append(f[1])
     into = []
     for k, (kind, arena, rows) in enumerate(head.outputs):
         hi = rows[1]
         for m in members[1:]:
-            o = m.outputs[k]
-            if kind != SLICE or o[0] != SLICE or o[1] != arena or o[2][0] != hi:
+            kind_m, arena_m, rows_m = m.outputs[k]
+            if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
                 return False
-            hi = o[2][1]
+            hi = rows_m[1]
+        if kind != SLICE:
+            return False
         into.append(arenas[arena][rows[0]:hi])
-    offs, total = [0], 0
-    for m in members:
-        total += m.size
-        offs.append(total)
-    # Per operand position: one slice over every member's rows where they are adjacent, else each one's read.
+    sizes = [m.size for m in members]
+    # Per operand: one slice over every member's rows where they are adjacent, else each one's read.
     operands, joined = [], []
     for p, (kind, arena, rows) in enumerate(head.operands):
         hi = rows[1] if kind == SLICE else -1
         for m in members[1:]:
-            o = m.operands[p]
-            if hi < 0 or o[0] != SLICE or o[1] != arena or o[2][0] != hi or m.whole is not None or m.fused:
+            kind_m, arena_m, rows_m = m.operands[p]
+            if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
                 hi = -1
                 break
-            hi = o[2][1]
-        if hi >= 0 and head.whole is None and not head.fused:
+            hi = rows_m[1]
+        if hi >= 0:
             operands.append(arenas[arena][rows[0]:hi])
             joined.append(True)
         else:
-            operands.append(None)
+            operands.append([_read(m.operands[p], arenas) for m in members])
             joined.append(False)
-    if not all(joined):
-        reads = [_direct_operands(m, arenas) for m in members]
-        for p, j in enumerate(joined):
-            if not j:
-                operands[p] = [r[p] for r in reads]
-    program = found[0][0].program
-    consumes = found[0][4]
-    consume = bool(consumes) and all(joined[p] for p in consumes)
-    run = grouped_program(program, consume, tuple(joined), len(members))
+    entry = direct[head.sig.sid]
+    consume = True
+    for p in entry[4] or (None,):
+        consume = consume and p is not None and joined[p]
+    run = grouped_program(entry[0].program, consume, tuple(joined), len(members))
     if run is None:
         return False
     try:
-        run(total, offs, [f[1] for f in found], operands, into)
+        run(into[0].shape[0], sizes, prefixes, operands, into, scratch)
     except PhalanxError:
         raise
     except Exception as e:
         if is_data_dependent(e):
             raise data_dependent_error(head.sig, e) from e
         for m in members:       # name the instance whose own call fails, if one does
-            err = _localize(m, list(_direct_operands(m, arenas)), e)
+            err = _localize(m, _direct_operands(m, arenas), e)
             if getattr(err, "instance", None) is not None:
                 raise err from e
-        raise _localize(head, list(_direct_operands(head, arenas)), e) from e
-    for f in found:
-        f[0].calls += 1
+        raise _localize(head, _direct_operands(head, arenas), e) from e
+    for m in members:
+        direct[m.sig.sid][0].calls += 1
     return True
 
 

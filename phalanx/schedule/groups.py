@@ -16,35 +16,45 @@ from ..ir.graph import GraphArrays
 from .base import Schedule
 
 
-def group_runs(graph: GraphArrays, schedule: Schedule) -> tuple[tuple[int, int], ...]:
-    """``(first batch, members)`` per run of two or more twin batches at one depth, in schedule order."""
+def concatenated(batches) -> tuple[np.ndarray, np.ndarray]:
+    order = np.concatenate(batches)
+    start = np.zeros(len(batches) + 1, dtype=np.int64)
+    np.add.accumulate(np.fromiter(map(len, batches), dtype=np.int64, count=len(batches)), out=start[1:])
+    return order, start
+
+
+def group_runs(graph: GraphArrays, schedule: Schedule, order: "np.ndarray | None" = None,
+               start: "np.ndarray | None" = None) -> tuple[tuple[int, int], ...]:
+    """``(first batch, members)`` per run of two or more twin batches at one depth, in schedule order
+    (``order``, ``start``: the batches concatenated and their starts, when the caller has them)."""
     if len(schedule) < 2 or torch.is_grad_enabled():
         return ()
-    keys = {}
-    for sid in set(schedule.sids):
-        keys[sid] = _key(graph.sigs[sid])
-    if len({k for k in keys.values() if k is not None}) == len([k for k in keys.values() if k is not None]):
+    # Each op type's group: the first op type of its key, or -1 (never grouped).
+    used = sorted(set(schedule.sids))
+    group = np.full(max(used) + 1, -1, dtype=np.int64)
+    first: dict = {}
+    for sid in used:
+        key = _key(graph.sigs[sid])
+        if key is not None:
+            group[sid] = first.setdefault(key, sid)
+    if len(first) == int(np.count_nonzero(group >= 0)):
         return ()       # no two op types share a key
-    runs, depth = [], graph.node_depth
-    b, num = 0, len(schedule)
-    sids, batches = schedule.sids, schedule.batches
-    while b < num:
-        key = keys[sids[b]]
-        end = b + 1
-        if key is not None and _one_depth(depth, batches[b]):
-            level = depth[batches[b][0]]
-            while (end < num and keys[sids[end]] == key and sids[end] not in sids[b:end]
-                   and _one_depth(depth, batches[end]) and depth[batches[end][0]] == level):
-                end += 1
-        if end - b > 1:
-            runs.append((b, end - b))
-        b = end
-    return tuple(runs)
-
-
-def _one_depth(depth: np.ndarray, nodes: np.ndarray) -> bool:
-    d = depth[nodes]
-    return len(d) > 0 and d.min() == d.max()
+    if order is None:
+        order, start = concatenated(schedule.batches)
+    gid = group[np.array(schedule.sids, dtype=np.int64)]
+    sizes = start[1:] - start[:-1]
+    if not sizes.all():
+        return ()       # an empty batch (never made by a policy): no groups
+    depth = graph.node_depth[order]
+    low, high = np.minimum.reduceat(depth, start[:-1]), np.maximum.reduceat(depth, start[:-1])
+    # Batch b joins the run of batch b - 1: same group, both at one depth, the same one.
+    joins = (gid[1:] >= 0) & (gid[1:] == gid[:-1]) & (low[1:] == high[1:]) & (low[:-1] == high[:-1]) & \
+        (low[1:] == low[:-1])
+    if not joins.any():
+        return ()
+    edges = np.diff(np.concatenate(([0], joins.astype(np.int8), [0])))
+    heads, ends = (edges == 1).nonzero()[0], (edges == -1).nonzero()[0]
+    return tuple(zip(heads.tolist(), (ends - heads + 1).tolist(), strict=True))
 
 
 def _key(sig) -> "tuple | None":
