@@ -29,6 +29,7 @@ VARIANTS = {
     "no-inplace": CellOptions(inplace=False),
     "dense-grads": CellOptions(sparse_grads=False),
     "no-defer": CellOptions(defer_grads=False),
+    "no-group": CellOptions(group=False),
     "all-off": CellOptions.all_off(),
     "untraced": False,
 }

@@ -20,7 +20,8 @@ from ..oracle import assert_matches_eager
 
 SWITCHES = {"default": True, "no-split": CellOptions(split=False), "no-hoist": CellOptions(hoist=False),
             "no-merge": CellOptions(merge=False), "dense-grads": CellOptions(sparse_grads=False),
-            "no-defer": CellOptions(defer_grads=False), "all-off": CellOptions.all_off(), "probe": False}
+            "no-defer": CellOptions(defer_grads=False), "no-group": CellOptions(group=False),
+            "all-off": CellOptions.all_off(), "probe": False}
 
 
 def _sentences(lengths, seed=0, vocab=20, tags=5):
