@@ -280,7 +280,7 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
         while b < num:
             step = steps[b]
             start = time.perf_counter() if profile is not None else 0.0
-            if step.group and _run_group(steps, b, arenas, direct, scratch):     # NOTE: [Op-type groups]
+            if step.group and _run_group(steps, b, arenas, kernels, direct, scratch):     # NOTE: [Op-type groups]
                 if profile is not None:
                     members = steps[b:b + step.group + 1]
                     profile.add_op_time(step.sig.name, sum(s.size for s in members), time.perf_counter() - start)
@@ -376,16 +376,18 @@ def _run_direct(step: Step, arenas: list, found: tuple) -> bool:
     return True
 
 
-def _run_group(steps: list, b: int, arenas: list, direct: dict, scratch: Scratch) -> bool:
+def _run_group(steps: list, b: int, arenas: list, kernels: dict, direct: dict, scratch: Scratch) -> bool:
     """Steps ``b .. b + steps[b].group`` (twin op types at one depth) as one batch by NOTE: [Op-type
-    groups] (cells/group.py); False (nothing done) where that does not apply: a member's op type has
-    no direct entry yet (its first batch binds it), an output is scattered, or the members' rows of
-    an output are not one slice."""
+    groups] (cells/group.py); False (nothing done) where that does not apply: a member's op type
+    has no direct step (NOTE: [Direct steps]) or no program yet, an output is scattered, or the
+    members' rows of an output are not one slice."""
     head = steps[b]
     members = steps[b:b + head.group + 1]
     prefixes = []
     for m in members:
         f = direct.get(m.sig.sid)
+        if f is None:
+            f = _bind_direct(m, arenas, kernels, direct)
         if not f:
             return False
         prefixes.append(f[1])
@@ -439,6 +441,23 @@ def _run_group(steps: list, b: int, arenas: list, direct: dict, scratch: Scratch
     for m in members:
         direct[m.sig.sid][0].calls += 1
     return True
+
+
+def _bind_direct(step: Step, arenas: list, kernels: dict, direct: dict):
+    """The NOTE: [Direct steps] entry of a group member's op type before its first batch of the flush
+    has run, where its kernel needs no probe (a traced program); None where it does (the general
+    path binds it)."""
+    sig = step.sig
+    flags = _flags(sig)
+    meta = sig.meta
+    if sig.kernels.get(flags) is None and "kernel" not in meta and (
+            "aot" not in meta or meta["aot"].program(flags) is None):
+        return None
+    entry = kernels.get(sig.sid)
+    if entry is None:
+        entry = kernels[sig.sid] = _kernel_entry(kernel_for(sig, (), step.size, flags), arenas)
+    found = direct[sig.sid] = _direct_entry(sig, entry)
+    return found
 
 
 def _direct_operands(step: Step, arenas: list) -> list:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..cells.group import group_key
 from ..ir.graph import GraphArrays
 from .base import Schedule
 
@@ -29,44 +30,63 @@ def group_runs(graph: GraphArrays, schedule: Schedule, order: "np.ndarray | None
     (``order``, ``start``: the batches concatenated and their starts, when the caller has them)."""
     if len(schedule) < 2 or torch.is_grad_enabled():
         return ()
-    # Each op type's group: the first op type of its key, or -1 (never grouped).
-    used = sorted(set(schedule.sids))
+    group = op_type_groups(graph, sorted(set(schedule.sids)))
+    if group is None:
+        return ()
+    if order is None:
+        order, start = concatenated(schedule.batches)
+    heads = start[:-1]
+    if (start[1:] == heads).any():
+        return ()       # an empty batch (never made by a policy): no groups
+    depth = graph.node_depth[order]
+    level = np.maximum.reduceat(depth, heads)
+    # A batch's code: (group, depth) when it is at one depth and has a group, else a code of its own.
+    code = group[np.array(schedule.sids, dtype=np.int64)] * (int(level.max()) + 1) + level
+    code[(np.minimum.reduceat(depth, heads) != level) | (code < 0)] = -1
+    joins = (code[1:] == code[:-1]) & (code[1:] >= 0)     # batch b + 1 joins batch b's run
+    if not joins.any():
+        return ()
+    edges = np.diff(joins, prepend=False, append=False).nonzero()[0]
+    heads, ends = edges[::2], edges[1::2]
+    return tuple(zip(heads.tolist(), (ends - heads + 1).tolist(), strict=True))
+
+
+def op_type_groups(graph: GraphArrays, used) -> "np.ndarray | None":
+    """Per op type (indexed by sid, up to the largest of ``used``): the first op type of ``used``
+    with its group key, or -1 (never grouped); None when no two op types of ``used`` share a key."""
     group = np.full(max(used) + 1, -1, dtype=np.int64)
     first: dict = {}
     for sid in used:
         key = _key(graph.sigs[sid])
         if key is not None:
             group[sid] = first.setdefault(key, sid)
-    if len(first) == int(np.count_nonzero(group >= 0)):
-        return ()       # no two op types share a key
-    if order is None:
-        order, start = concatenated(schedule.batches)
-    gid = group[np.array(schedule.sids, dtype=np.int64)]
-    sizes = start[1:] - start[:-1]
-    if not sizes.all():
-        return ()       # an empty batch (never made by a policy): no groups
-    depth = graph.node_depth[order]
-    low, high = np.minimum.reduceat(depth, start[:-1]), np.maximum.reduceat(depth, start[:-1])
-    # Batch b joins the run of batch b - 1: same group, both at one depth, the same one.
-    joins = (gid[1:] >= 0) & (gid[1:] == gid[:-1]) & (low[1:] == high[1:]) & (low[:-1] == high[:-1]) & \
-        (low[1:] == low[:-1])
-    if not joins.any():
-        return ()
-    edges = np.diff(np.concatenate(([0], joins.astype(np.int8), [0])))
-    heads, ends = (edges == 1).nonzero()[0], (edges == -1).nonzero()[0]
-    return tuple(zip(heads.tolist(), (ends - heads + 1).tolist(), strict=True))
+    return None if len(first) == int(np.count_nonzero(group >= 0)) else group
+
+
+def twin_rank(graph: GraphArrays) -> "np.ndarray | None":
+    """A renumbering of the op types (sid -> rank) that keeps every group's op types consecutive,
+    for a policy that orders the batches of one depth by op type (the depth policy) to put twins
+    next to each other (``group_runs`` finds adjacent runs only); None where nothing would group."""
+    if torch.is_grad_enabled() or graph.num_nodes == 0:
+        return None
+    used = graph.used_sids.tolist()
+    group = op_type_groups(graph, used)
+    if group is None:
+        return None
+    ranked = sorted(used, key=lambda sid: (int(group[sid]) if group[sid] >= 0 else sid, sid))
+    rank = np.zeros(len(group), dtype=np.int64)
+    rank[ranked] = np.arange(len(ranked))
+    return rank
 
 
 def _key(sig) -> "tuple | None":
-    from ..cells.group import group_key
-
     meta = sig.meta
     if "ragged" in meta or "stack_dim" in meta:
         return None
     if "kernel" in meta:
         program = getattr(meta["kernel"], "program", None)
     elif "aot" in meta:
-        program = meta["aot"].programs.get(tuple(m.training for m in sig.modules))
+        program = meta["aot"].programs.get(tuple([m.training for m in sig.modules]))
     else:
         return None
     return group_key(program) if program is not None else None

@@ -262,3 +262,49 @@ def test_grouped_program_matches_members_one_by_one():
             run(sum(sizes), sizes, [c[1] for c in calls], ops, out, Scratch())
             for got, want in zip(out, expected, strict=True):
                 torch.testing.assert_close(got, want)
+
+
+@phalanx.cell
+class Mix(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(DIM, DIM)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x))
+
+
+class Interleaved(nn.Module):
+    """Two chains per instance, cell ``a`` and cell ``b``; between their first calls another cell
+    type is recorded, so by recording order the twins are not neighbours at a depth."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.a, self.mix, self.b = Embed(), Step(), Mix(), Step()
+        self.register_buffer("h0", torch.zeros(HIDDEN), persistent=False)
+
+    def forward(self, words):
+        xs = [self.embed(w) for w in words]
+        h = c = self.h0
+        mixed = []
+        for x in xs:
+            h, c = self.a(x, h, c)
+            mixed.append(self.mix(x))
+        g = d = self.h0
+        for x in mixed:
+            g, d = self.b(x, g, d)
+        return h, g
+
+
+def test_depth_policy_puts_twins_side_by_side(monkeypatch):
+    torch.manual_seed(0)
+    model = Interleaved().eval()
+    sentences = [[1, 2, 3], [4, 5, 6, 7], [8]]
+    counting = Counting(monkeypatch)
+    batcher = phalanx.Batcher(model, verify=True)
+    for _ in range(2):
+        assert_matches_eager(model, sentences, batcher=batcher)
+    graph, schedule, runs = _runs(batcher, sentences)
+    names = [graph.sigs[s].name for s in schedule.sids]
+    assert runs and all(len({names[i] for i in range(b, b + m)}) == 1 for b, m in runs)
+    assert counting.ran > 0
