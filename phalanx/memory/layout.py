@@ -7,7 +7,8 @@ writes its outputs to consecutive rows, in the batch's node order, so a batch's 
 ``copy_`` into a slice.
 
 ``plan_layout`` assigns rows in schedule order, each batch's nodes in *reader order* (NOTE: [Reader
-order]). The memory planner (memory/planner.py, ``plan=``) can instead search node orders and arena
+order]); in an inference flush the blocks of a run of twin batches (NOTE: [Op-type groups],
+cells/group.py) go output by output, member by member, so each output of the run is one slice. The memory planner (memory/planner.py, ``plan=``) can instead search node orders and arena
 orders so more operand lists read a slice; it produces the same Layout type.
 
 NOTE: [Reader order] A batch's rows are read by later batches; a read is a slice (no gather) when

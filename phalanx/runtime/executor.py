@@ -270,7 +270,9 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     cells/inplace.py). Once an op type's first batch has run (probing and binding its kernel), its
     later batches skip ``_call``'s per-batch decisions: the program and its parameter prefix come
     from ``CellProgram.direct_call`` once per flush, and a batch is its operand reads, its output
-    rows and one call. Other steps take the general path. Under NOTE: [Inference-mode flush]."""
+    rows and one call. Other steps take the general path. A step heading a run of twin batches
+    (``step.group``) runs the run as one batch where it can (NOTE: [Op-type groups], cells/group.py).
+    Under NOTE: [Inference-mode flush]."""
     kernels: dict = {}
     direct: dict = {}       # op type -> NOTE: [Direct steps] entry, or False where there is none
     inference = INFERENCE_MODE and not torch.is_inference_mode_enabled() and _only_traced_programs(steps)
