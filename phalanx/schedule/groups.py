@@ -30,7 +30,7 @@ def group_runs(graph: GraphArrays, schedule: Schedule, order: "np.ndarray | None
     (``order``, ``start``: the batches concatenated and their starts, when the caller has them)."""
     if len(schedule) < 2 or torch.is_grad_enabled():
         return ()
-    group = op_type_groups(graph, sorted(set(schedule.sids)))
+    group = op_type_groups(graph, graph.used_sids.tolist())
     if group is None:
         return ()
     if order is None:
@@ -53,14 +53,21 @@ def group_runs(graph: GraphArrays, schedule: Schedule, order: "np.ndarray | None
 
 def op_type_groups(graph: GraphArrays, used) -> "np.ndarray | None":
     """Per op type (indexed by sid, up to the largest of ``used``): the first op type of ``used``
-    with its group key, or -1 (never grouped); None when no two op types of ``used`` share a key."""
+    with its group key, or -1 (never grouped); None when no two op types of ``used`` share a key.
+    Kept on the graph for the flush's next stage (the schedule asks, then the layout)."""
+    used = tuple(used)
+    cached = graph.__dict__.get("_op_type_groups")
+    if cached is not None and cached[0] == used:
+        return cached[1]
     group = np.full(max(used) + 1, -1, dtype=np.int64)
     first: dict = {}
     for sid in used:
         key = _key(graph.sigs[sid])
         if key is not None:
             group[sid] = first.setdefault(key, sid)
-    return None if len(first) == int(np.count_nonzero(group >= 0)) else group
+    found = None if len(first) == int(np.count_nonzero(group >= 0)) else group
+    graph.__dict__["_op_type_groups"] = (used, found)
+    return found
 
 
 def twin_rank(graph: GraphArrays) -> "np.ndarray | None":
