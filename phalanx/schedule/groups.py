@@ -46,7 +46,9 @@ def group_runs(graph: GraphArrays, schedule: Schedule, order: "np.ndarray | None
     joins = (code[1:] == code[:-1]) & (code[1:] >= 0)     # batch b + 1 joins batch b's run
     if not joins.any():
         return ()
-    edges = np.diff(joins, prepend=False, append=False).nonzero()[0]
+    padded = np.zeros(len(joins) + 2, dtype=bool)
+    padded[1:-1] = joins
+    edges = (padded[1:] != padded[:-1]).nonzero()[0]        # where runs of joins start and end
     heads, ends = edges[::2], edges[1::2]
     return tuple(zip(heads.tolist(), (ends - heads + 1).tolist(), strict=True))
 
