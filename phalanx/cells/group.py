@@ -206,6 +206,8 @@ def _generate(graph: fx.Graph, num_leading: int, arity: int, joined: tuple, memb
         out = node.kwargs.get("out")
         if isinstance(out, fx.Node) and kind[out] == _JOINED:
             # written into its segments of a joined buffer: the result is that buffer
+            if out not in rows and not _row_value(out, batch):
+                raise _Refused
             for i in range(members):
                 lines.append(call(node, i, segment(expr[out], i)))
             kind[node], expr[node] = _JOINED, expr[out]
