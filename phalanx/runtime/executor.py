@@ -422,9 +422,8 @@ def _run_group(steps: list, b: int, arenas: list, kernels: dict, direct: dict, s
             operands.append([_read(m.operands[p], arenas) for m in members])
             joined.append(False)
     entry = direct[head.sig.sid]
-    consume = True
-    for p in entry[4] or (None,):
-        consume = consume and p is not None and joined[p]
+    # NOTE: [Consumed operands]: only a joined slice (rows nothing else reads) may be overwritten
+    consume = bool(entry[4]) and all(joined[p] for p in entry[4])
     run = grouped_program(entry[0].program, consume, tuple(joined), len(members))
     if run is None:
         return False
