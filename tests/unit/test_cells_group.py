@@ -41,17 +41,30 @@ class Step(nn.Module):
         return self.lstm(x, (h, c))
 
 
+@phalanx.cell
+class GruStep(nn.Module):
+    """A GRU step: its program interleaves per-member GEMMs with parameter-free gate math."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRUCell(DIM, HIDDEN)
+
+    def forward(self, x, h, c):
+        h = self.gru(x, h)
+        return h, torch.tanh(c + h)
+
+
 class Chains(nn.Module):
     """An instance is a list of chains; a chain is a list of (cell index, word): position t of the
-    chain runs cell ``c<index>`` on the word, so cells mix along a chain and across chains.
+    chain runs cell ``c<index>`` (a ``step``) on the word, so cells mix along a chain and across chains.
     ``tie``: ``"module"`` makes ``c1`` a second name for ``c0``; ``"weight"`` gives ``c1`` ``c0``'s
     recurrent weight (one Parameter, two modules)."""
 
-    def __init__(self, cells: int, tie: "str | None" = None):
+    def __init__(self, cells: int, tie: "str | None" = None, step=Step):
         super().__init__()
         self.embed = Embed()
         for i in range(cells):
-            setattr(self, f"c{i}", Step())
+            setattr(self, f"c{i}", step())
         if tie == "module" and cells > 1:
             self.c1 = self.c0
         elif tie == "weight" and cells > 1:
@@ -142,10 +155,11 @@ def test_zero_and_one_instance(num):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cells=st.integers(1, 3), tie=st.sampled_from([None, "module", "weight"]), num=st.integers(0, 5),
-       seed=st.integers(0, 2 ** 16), policy=st.sampled_from(["depth", "agenda"]))
-def test_random_chains_match_eager(cells, tie, num, seed, policy):
+       seed=st.integers(0, 2 ** 16), policy=st.sampled_from(["depth", "agenda"]),
+       step=st.sampled_from([Step, GruStep]))
+def test_random_chains_match_eager(cells, tie, num, seed, policy, step):
     torch.manual_seed(seed)
-    model = Chains(cells, tie)
+    model = Chains(cells, tie, step)
     instances = _instances(torch.Generator().manual_seed(seed), cells, num)
     batcher = phalanx.Batcher(model, policy=policy, verify=True)
     for _ in range(2):      # the second call groups (the first binds the programs)
@@ -307,4 +321,15 @@ def test_depth_policy_puts_twins_side_by_side(monkeypatch):
     graph, schedule, runs = _runs(batcher, sentences)
     names = [graph.sigs[s].name for s in schedule.sids]
     assert runs and all(len({names[i] for i in range(b, b + m)}) == 1 for b, m in runs)
+    assert counting.ran > 0
+
+
+def test_gru_twins_group_and_match_eager(monkeypatch):
+    torch.manual_seed(0)
+    model = Chains(2, step=GruStep).eval()
+    instances = [[[(0, w), (0, w + 1), (0, w + 2), (0, w + 3)], [(1, w), (1, w + 2), (1, w + 4)]] for w in range(5)]
+    counting = Counting(monkeypatch)
+    batcher = phalanx.Batcher(model, verify=True)
+    for _ in range(2):
+        assert_matches_eager(model, instances, batcher=batcher)
     assert counting.ran > 0
