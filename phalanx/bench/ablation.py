@@ -31,6 +31,7 @@ VARIANTS = {
     "no-defer": CellOptions(defer_grads=False),
     "no-reduce": CellOptions(reduce_ragged=False),
     "no-distinct": CellOptions(distinct_rows=False),
+    "no-group": CellOptions(group=False),
     "all-off": CellOptions.all_off(),
     "untraced": False,
 }

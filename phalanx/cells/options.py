@@ -28,6 +28,9 @@ class CellOptions:
     - ``defer_grads``: in training, a GEMM over a weight (a parameter or a hoisted value) leaves its
       weight gradient to the end of the flush, one GEMM over every batch's rows instead of one per
       batch (NOTE: [Deferred GEMM gradients] in defer.py).
+    - ``group``: in inference, the batches of twin op types at one depth (cells of one structure
+      with different weights: a BiLSTM's two directions) run as one batch, parameter-reading ops
+      per member and the rest once (NOTE: [Op-type groups] in group.py).
     - ``reduce_ragged``: a ragged cell that only sums or averages its stacked argument runs as segment
       sums plus its traced program (NOTE: [Reduced ragged programs] in reduced.py); off: the cell's
       own code on segments (runtime/ragged.py).
@@ -43,13 +46,15 @@ class CellOptions:
     compile: bool = False
     sparse_grads: bool = True
     defer_grads: bool = True
+    group: bool = True
     reduce_ragged: bool = True
     distinct_rows: bool = True
 
     @classmethod
     def all_off(cls) -> CellOptions:
         return cls(trace=True, hoist=False, merge=False, split=False, inplace=False, compile=False,
-                   sparse_grads=False, defer_grads=False, reduce_ragged=False, distinct_rows=False)
+                   sparse_grads=False, defer_grads=False, group=False, reduce_ragged=False,
+                   distinct_rows=False)
 
     @classmethod
     def resolve(cls, cells: "CellOptions | bool | None") -> "CellOptions | None":

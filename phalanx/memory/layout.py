@@ -7,7 +7,8 @@ writes its outputs to consecutive rows, in the batch's node order, so a batch's 
 ``copy_`` into a slice.
 
 ``plan_layout`` assigns rows in schedule order, each batch's nodes in *reader order* (NOTE: [Reader
-order]). The memory planner (memory/planner.py, ``plan=``) can instead search node orders and arena
+order]); in an inference flush the blocks of a run of twin batches (NOTE: [Op-type groups],
+cells/group.py) go output by output, member by member, so each output of the run is one slice. The memory planner (memory/planner.py, ``plan=``) can instead search node orders and arena
 orders so more operand lists read a slice; it produces the same Layout type.
 
 NOTE: [Reader order] A batch's rows are read by later batches; a read is a slice (no gather) when
@@ -35,6 +36,7 @@ import numpy as np
 from ..ir.graph import GraphArrays
 from ..ir.op_table import op_type_table
 from ..schedule.base import Schedule
+from ..schedule.groups import group_runs
 from . import native
 
 
@@ -54,6 +56,7 @@ class Layout:
     output_vids: np.ndarray | None = None
     order: np.ndarray | None = None
     node_start: np.ndarray | None = None
+    groups: tuple = ()      # (first batch, members) per run of twin batches (NOTE: [Op-type groups])
 
 
 def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) -> Layout:
@@ -64,22 +67,44 @@ def plan_layout(graph: GraphArrays, schedule: Schedule, reorder: bool = True) ->
     batches, order, start = _reader_order(graph, schedule.batches) if reorder else concatenated(schedule.batches)
     vids, block_size = _output_blocks(graph, batches, schedule.sids, order, start)
     arena_rows = np.zeros(len(graph.avals), dtype=np.int64)
+    groups = group_runs(graph, schedule, order, start)
     if not len(vids):
         return Layout(value_row, arena_rows, batches, vids, order, start)
     block_start = np.zeros(len(block_size) + 1, dtype=np.int64)
     np.add.accumulate(block_size, out=block_start[1:])
     block_arena = graph.value_aval_id[vids[block_start[:-1]]]
     arena_rows += np.bincount(block_arena, weights=block_size, minlength=len(graph.avals)).astype(np.int64)
-    if arena_rows[block_arena[0]] == len(vids):        # one arena: rows in output order
+    if not groups and arena_rows[block_arena[0]] == len(vids):        # one arena: rows in output order
         value_row[vids] = np.arange(len(vids))
         return Layout(value_row, arena_rows, batches, vids, order, start)
-    # Each block's first row: the rows of the blocks before it in its arena.
+    # Blocks in row order: (batch, output), except each group run's: (output, member).
+    seq = _group_blocks(graph, schedule.sids, groups, len(block_size)) if groups else None
+    # Each block's first row: the rows of the blocks before it (in row order) in its arena.
     block_row = np.zeros(len(block_size), dtype=np.int64)
     for a in arena_rows.nonzero()[0].tolist():
-        mine = (block_arena == a).nonzero()[0]
+        mine = (block_arena == a).nonzero()[0] if seq is None else seq[block_arena[seq] == a]
         block_row[mine] = np.add.accumulate(block_size[mine]) - block_size[mine]
     value_row[vids] = np.arange(len(vids)) + (block_row - block_start[:-1]).repeat(block_size)
-    return Layout(value_row, arena_rows, batches, vids, order, start)
+    return Layout(value_row, arena_rows, batches, vids, order, start, groups)
+
+
+def _group_blocks(graph: GraphArrays, sids, groups, num_blocks: int) -> np.ndarray:
+    """The (batch, output) blocks in the order their rows are assigned: NOTE: [Op-type groups] puts a
+    run's blocks output by output, member by member, so each output of the run is one slice."""
+    types = op_type_table(graph.sigs, sids)
+    num_out = types.num_out[types.slot[np.array(sids, dtype=np.int64)]]
+    first = np.zeros(len(num_out) + 1, dtype=np.int64)      # batch b's blocks: first[b]:first[b+1]
+    np.add.accumulate(num_out, out=first[1:])
+    head, members = np.array(groups, dtype=np.int64).T
+    outs = num_out[head]                # every member of a run has its head's outputs
+    count = members * outs
+    lo = first[head]
+    # Position i of a run's blocks is output i // members of member i % members.
+    i = np.arange(int(count.sum())) - (np.add.accumulate(count) - count).repeat(count)
+    m, k = members.repeat(count), outs.repeat(count)
+    seq = np.arange(num_blocks)
+    seq[lo.repeat(count) + i] = lo.repeat(count) + (i % m) * k + i // m
+    return seq
 
 
 def reader_order(graph: GraphArrays, batches: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:

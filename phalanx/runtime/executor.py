@@ -43,6 +43,7 @@ import time
 
 import torch
 
+from ..cells.group import Scratch, grouped_program
 from ..cells.sparse import dense_gradients
 from ..errors import BatchExecutionError, PhalanxError
 from ..ir.graph import GraphArrays
@@ -270,13 +271,24 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     cells/inplace.py). Once an op type's first batch has run (probing and binding its kernel), its
     later batches skip ``_call``'s per-batch decisions: the program and its parameter prefix come
     from ``CellProgram.direct_call`` once per flush, and a batch is its operand reads, its output
-    rows and one call. Other steps take the general path. Under NOTE: [Inference-mode flush]."""
+    rows and one call. Other steps take the general path. A step heading a run of twin batches
+    (``step.group``) runs the run as one batch where it can (NOTE: [Op-type groups], cells/group.py).
+    Under NOTE: [Inference-mode flush]."""
     kernels: dict = {}
     direct: dict = {}       # op type -> NOTE: [Direct steps] entry, or False where there is none
     inference = INFERENCE_MODE and not torch.is_inference_mode_enabled() and _only_traced_programs(steps)
+    scratch = Scratch()     # temporaries of grouped batches (NOTE: [Op-type groups])
     with torch.inference_mode() if inference else torch.no_grad():
-        for step in steps:
+        b, num = 0, len(steps)
+        while b < num:
+            step = steps[b]
             start = time.perf_counter() if profile is not None else 0.0
+            if step.group and _run_group(steps, b, arenas, kernels, direct, scratch):     # NOTE: [Op-type groups]
+                if profile is not None:
+                    members = steps[b:b + step.group + 1]
+                    profile.add_op_time(step.sig.name, sum(s.size for s in members), time.perf_counter() - start)
+                b += step.group + 1
+                continue
             found = direct.get(step.sig.sid)
             if not (found and _run_direct(step, arenas, found)):
                 _run_step(step, arenas, kernels, adopt=not inference)
@@ -284,6 +296,7 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
                     direct[step.sig.sid] = _direct_entry(step.sig, kernels.get(step.sig.sid))
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
+            b += 1
 
 
 def _only_traced_programs(steps: list[Step]) -> bool:
@@ -364,6 +377,99 @@ def _run_direct(step: Step, arenas: list, found: tuple) -> bool:
         raise _localize(step, list(operands), e) from e
     kernel.calls += 1
     return True
+
+
+def _run_group(steps: list, b: int, arenas: list, kernels: dict, direct: dict, scratch: Scratch) -> bool:
+    """Steps ``b .. b + steps[b].group`` (twin op types at one depth) as one batch by NOTE: [Op-type
+    groups] (cells/group.py); False (nothing done) where that does not apply: a member's op type
+    has no direct step (NOTE: [Direct steps]) or no program yet, an output is scattered, or the
+    members' rows of an output are not one slice."""
+    head = steps[b]
+    members = steps[b:b + head.group + 1]
+    prefixes = []
+    for m in members:
+        f = direct.get(m.sig.sid)
+        if f is None:
+            f = _bind_direct(m, arenas, kernels, direct)
+        if not f:
+            return False
+        prefixes.append(f[1])
+    into = []
+    for k, (kind, arena, rows) in enumerate(head.outputs):
+        hi = rows[1]
+        for m in members[1:]:
+            kind_m, arena_m, rows_m = m.outputs[k]
+            if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
+                return False
+            hi = rows_m[1]
+        if kind != SLICE:
+            return False
+        into.append(arenas[arena][rows[0]:hi])
+    sizes = [m.size for m in members]
+    # Per operand: one slice over every member's rows where they are adjacent, else each one's read.
+    operands, joined = [], []
+    for p, (kind, arena, rows) in enumerate(head.operands):
+        hi = rows[1] if kind == SLICE else -1
+        for m in members[1:]:
+            kind_m, arena_m, rows_m = m.operands[p]
+            if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
+                hi = -1
+                break
+            hi = rows_m[1]
+        if hi >= 0:
+            operands.append(arenas[arena][rows[0]:hi])
+            joined.append(True)
+        else:
+            operands.append([_read(m.operands[p], arenas) for m in members])
+            joined.append(False)
+    entry = direct[head.sig.sid]
+    # NOTE: [Consumed operands]: only a joined slice (rows nothing else reads) may be overwritten
+    consume = bool(entry[4]) and all(joined[p] for p in entry[4])
+    run = grouped_program(entry[0].program, consume, tuple(joined), len(members))
+    if run is None:
+        return False
+    try:
+        run(into[0].shape[0], sizes, prefixes, operands, into, scratch)
+    except PhalanxError:
+        raise
+    except Exception as e:
+        if is_data_dependent(e):
+            raise data_dependent_error(head.sig, e) from e
+        for m in members:       # name the instance whose own call fails, if one does
+            err = _localize(m, _direct_operands(m, arenas), e)
+            if getattr(err, "instance", None) is not None:
+                raise err from e
+        raise _localize(head, _direct_operands(head, arenas), e) from e
+    for m in members:
+        direct[m.sig.sid][0].calls += 1
+    return True
+
+
+def _bind_direct(step: Step, arenas: list, kernels: dict, direct: dict):
+    """The NOTE: [Direct steps] entry of a group member's op type before its first batch of the flush
+    has run, where its kernel needs no probe (a traced program); None where it does (the general
+    path binds it)."""
+    sig = step.sig
+    flags = _flags(sig)
+    meta = sig.meta
+    if sig.kernels.get(flags) is None and "kernel" not in meta and (
+            "aot" not in meta or meta["aot"].program(flags) is None):
+        return None
+    entry = kernels.get(sig.sid)
+    if entry is None:
+        entry = kernels[sig.sid] = _kernel_entry(kernel_for(sig, (), step.size, flags), arenas)
+    found = direct[sig.sid] = _direct_entry(sig, entry)
+    return found
+
+
+def _direct_operands(step: Step, arenas: list) -> list:
+    """A step's operands as ``_run_direct`` reads them."""
+    whole = step.whole
+    if whole is not None:
+        return list(arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]))
+    if step.fused:
+        return _read_all(step, arenas)
+    return [arenas[w][p[0]:p[1]] if k == SLICE else _read((k, w, p), arenas) for k, w, p in step.operands]
 
 
 def _stacked_reads(step: Step, arenas: list) -> "tuple | None":

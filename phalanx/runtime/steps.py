@@ -82,7 +82,9 @@ class Step:
     operands reading one arena (NOTE: [Fused gathers]); their ``operands`` entries stay as they are
     (the backward and ``explain`` read them per operand). ``whole``: (arena, index, sizes) when one
     such run is every operand of the step (NOTE: [Whole reads]). ``joint``: (arena, lo, hi) when the
-    outputs fill consecutive rows of one arena, in order (NOTE: [Joint writes])."""
+    outputs fill consecutive rows of one arena, in order (NOTE: [Joint writes]). ``group``: in an
+    inference flush, how many of the following steps run with this one as one batch (NOTE:
+    [Op-type groups], cells/group.py)."""
 
     sig: Signature
     nodes: np.ndarray
@@ -93,6 +95,7 @@ class Step:
     fused: tuple = ()
     whole: "tuple | None" = None
     joint: "tuple | None" = None
+    group: int = 0      # the next ``group`` steps are twins this one runs with (NOTE: [Op-type groups])
 
 
 def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple[list[Step], ReadCounts]:
@@ -180,6 +183,8 @@ def build_steps(graph: GraphArrays, schedule: Schedule, layout: Layout) -> tuple
         for step in steps:
             if step.whole is not None and len(step.whole[2]) != len(step.operands):
                 step.whole = None
+    for b, members in layout.groups:
+        steps[b].group = members - 1        # NOTE: [Op-type groups]
     return steps, counts
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..ir.graph import GraphArrays
 from .base import Policy, Schedule
+from .groups import twin_rank
 
 
 class DepthPolicy(Policy):
@@ -32,7 +33,10 @@ class DepthPolicy(Policy):
         if graph.num_nodes == 0:
             return Schedule((), (), self.name)
         # Depth first: it already orders phases (NOTE: [Phase depth]); phase splits a depth level.
-        order, key = _group_order(graph.node_depth, graph.node_phase, graph.node_sig)
+        # Within a level, twin op types side by side (NOTE: [Op-type groups], schedule/groups.py).
+        rank = twin_rank(graph)
+        order, key = _group_order(graph.node_depth, graph.node_phase,
+                                  graph.node_sig if rank is None else rank[graph.node_sig])
         cuts = (key[1:] != key[:-1]).nonzero()[0] + 1
         bounds = [0, *cuts.tolist(), len(order)]
         # Plain slices: np.split costs several microseconds per piece.

@@ -20,7 +20,8 @@ from ..oracle import assert_matches_eager
 
 SWITCHES = {"default": True, "no-split": CellOptions(split=False), "no-hoist": CellOptions(hoist=False),
             "no-merge": CellOptions(merge=False), "dense-grads": CellOptions(sparse_grads=False),
-            "no-defer": CellOptions(defer_grads=False), "no-distinct": CellOptions(distinct_rows=False),
+            "no-defer": CellOptions(defer_grads=False), "no-group": CellOptions(group=False),
+            "no-distinct": CellOptions(distinct_rows=False),
             "all-off": CellOptions.all_off(), "probe": False}
 
 
