@@ -130,19 +130,23 @@ class RowClasses:
         self.count += count
 
 
+def candidate(step: Step, classes: RowClasses) -> bool:
+    """Could ``step`` run on its distinct rows (before its operands are read)? Enough rows, an op type
+    not found futile in this flush, every operand numbers or rows of a distinct-rows batch."""
+    if step.size < MIN_ROWS or not step.operands or step.sig.sid in classes.futile:
+        return False
+    return all(kind == NUMBERS or (kind in (SLICE, GATHER) and where in classes.of)
+               for kind, where, _ in step.operands)
+
+
 def distinct_rows(step: Step, operands: list, flags: tuple,
                   classes: RowClasses) -> "tuple[DistinctRows, list] | None":
     """(the batch on its distinct rows, their operands), or None where it does not apply or pay."""
     size = step.size
     sid = step.sig.sid
-    if size < MIN_ROWS or not operands or sid in classes.futile:
+    if not operands or not candidate(step, classes):
         return None
-    lazy = False
-    for kind, where, _ in step.operands:
-        if kind != NUMBERS:
-            if kind not in (SLICE, GATHER) or where not in classes.of:
-                return None
-            lazy = True
+    lazy = any(kind != NUMBERS for kind, _, _ in step.operands)
     if not pure(step.sig, flags):
         return None
     keys = [classes.key(op, t) for op, t in zip(step.operands, operands, strict=True)]
@@ -186,5 +190,5 @@ def sum_rows(grad: torch.Tensor, inverse: torch.Tensor, count: int) -> torch.Ten
     return grad.new_zeros((count, *grad.shape[1:])).index_add_(0, inverse, grad)
 
 
-__all__ = ["DistinctRows", "MAX_FRACTION", "MIN_ROWS", "RowClasses", "distinct_rows", "pure", "sum_rows",
-           "write_rows"]
+__all__ = ["DistinctRows", "MAX_FRACTION", "MIN_ROWS", "RowClasses", "candidate", "distinct_rows", "pure",
+           "sum_rows", "write_rows"]
