@@ -396,21 +396,22 @@ def _run_group(steps: list, b: int, arenas: list, kernels: dict, direct: dict, s
         prefixes.append(f[1])
     into = []
     for k, (kind, arena, rows) in enumerate(head.outputs):
+        if kind != SLICE:
+            return False
         hi = rows[1]
         for m in members[1:]:
             kind_m, arena_m, rows_m = m.outputs[k]
             if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
                 return False
             hi = rows_m[1]
-        if kind != SLICE:
-            return False
         into.append(arenas[arena][rows[0]:hi])
     sizes = [m.size for m in members]
     # Per operand: one slice over every member's rows where they are adjacent, else each one's read.
     operands, joined = [], []
     for p, (kind, arena, rows) in enumerate(head.operands):
+        # (``arena`` and ``rows`` are tensors for other kinds of operand: compared only for slices)
         hi = rows[1] if kind == SLICE else -1
-        for m in members[1:]:
+        for m in members[1:] if hi >= 0 else ():
             kind_m, arena_m, rows_m = m.operands[p]
             if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
                 hi = -1
