@@ -1,10 +1,11 @@
-"""Distinct rows: a training batch whose rows repeat runs once per distinct row.
+"""Distinct rows: a batch whose rows repeat runs once per distinct row (training and inference).
 
 NOTE: [Distinct rows] a cell whose operands are all numbers (a TreeLSTM leaf's word id, a tagger's
 embedding lookup) computes the same outputs for the same numbers: every leaf of one word in a
 mini-batch repeats the embedding lookup, the input GEMM and the gate math, forward and backward
-(a mini-batch of 64 EWT trees: 1521 leaves, 660 distinct words). In a training flush such a batch
-runs its kernel on its distinct rows only (``torch.unique`` over the numbers' bits, so -0.0 and
+(a mini-batch of 64 EWT trees: 1521 leaves, 660 distinct words). In a flush (a training one:
+``TrainingRun.forward``; an inference one: ``run_inference``) such a batch runs its kernel on its
+distinct rows only (``torch.unique`` over the numbers' bits, so -0.0 and
 0.0 or two NaN payloads stay apart) and writes each row's outputs from its distinct row (one
 ``index_select`` per output, into its arena rows). The backward sums the output gradients of
 repeated rows into their distinct row (``index_add_``), which is exact: every repeat has the same
@@ -148,6 +149,7 @@ def distinct_rows(step: Step, operands: list, flags: tuple,
         return None
     lazy = any(kind != NUMBERS for kind, _, _ in step.operands)
     if not pure(step.sig, flags):
+        classes.futile.add(sid)
         return None
     keys = [classes.key(op, t) for op, t in zip(step.operands, operands, strict=True)]
     if any(k is None or k.dim() != 1 for k in keys):

@@ -50,7 +50,7 @@ from ..ir.graph import GraphArrays
 from ..ir.signature import Signature
 from ..memory.layout import Layout
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
-from .distinct import MIN_ROWS, RowClasses, distinct_rows, sum_rows, write_rows
+from .distinct import MIN_ROWS, RowClasses, candidate, distinct_rows, sum_rows, write_rows
 from .params import FlushParams
 from .ragged import ragged_row, ragged_subset
 # Re-exported: runtime/ragged.py, debug/ and tests read the plan's names from here.
@@ -278,11 +278,17 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     direct: dict = {}       # op type -> NOTE: [Direct steps] entry, or False where there is none
     inference = INFERENCE_MODE and not torch.is_inference_mode_enabled() and _only_traced_programs(steps)
     scratch = Scratch()     # temporaries of grouped batches (NOTE: [Op-type groups])
+    classes = RowClasses()  # NOTE: [Distinct rows], [Row classes]
     with torch.inference_mode() if inference else torch.no_grad():
         b, num = 0, len(steps)
         while b < num:
             step = steps[b]
             start = time.perf_counter() if profile is not None else 0.0
+            if candidate(step, classes) and _run_distinct(step, arenas, kernels, classes):
+                if profile is not None:
+                    profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
+                b += 1
+                continue
             if step.group and _run_group(steps, b, arenas, kernels, direct, scratch):     # NOTE: [Op-type groups]
                 if profile is not None:
                     members = steps[b:b + step.group + 1]
@@ -297,6 +303,19 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
             if profile is not None:
                 profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
             b += 1
+
+
+def _run_distinct(step: Step, arenas: list, kernels: dict, classes: RowClasses) -> bool:
+    """NOTE: [Distinct rows] in inference: the batch on its distinct rows, every row's outputs copied
+    from its distinct row into the arena; False (nothing done) where it does not apply or pay."""
+    found = distinct_rows(step, _read_all(step, arenas), _flags(step.sig), classes)
+    if found is None:
+        return False
+    distinct, operands = found
+    outs = _call(distinct.step, operands, kernels)
+    write_rows(step, outs, distinct.inverse, arenas)
+    classes.assign(step, distinct.inverse, distinct.step.size, arenas)
+    return True
 
 
 def _only_traced_programs(steps: list[Step]) -> bool:

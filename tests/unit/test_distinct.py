@@ -190,3 +190,45 @@ def test_a_tagger_projects_each_distinct_word_once_and_matches_eager(applied):
     assert_matches_eager(model.loss, sentences, params=list(model.parameters()), train=True,
                          batcher=phalanx.Batcher(model.loss, verify=True))
     assert applied and applied.lazy and all(count <= VOCAB for _, count in applied.lazy)
+
+
+# *** inference (runtime/executor.py run_inference) ***
+
+def test_inference_runs_repeated_leaves_once_and_matches_eager(applied):
+    model = make_model().eval()
+    batcher = phalanx.Batcher(model, verify=True)
+    for seed in range(2):
+        assert_matches_eager(model, trees(seed), batcher=batcher)
+    assert any(size >= 32 and count <= VOCAB for size, count in applied)
+
+
+def test_inference_tagger_projects_each_distinct_word_once(applied):
+    torch.manual_seed(3)
+    model = BiLSTMTagger(VOCAB, 8, embed_dim=6).eval()
+    rng = torch.Generator().manual_seed(0)
+    sentences = [torch.randint(0, VOCAB, (n,), generator=rng).tolist() for n in (14, 12, 15, 10, 13)]
+    assert_matches_eager(model, sentences, batcher=phalanx.Batcher(model, verify=True))
+    assert applied and applied.lazy and all(count <= VOCAB for _, count in applied.lazy)
+
+
+def test_inference_with_the_switch_off_or_random_cells_never_runs_distinct_rows(applied):
+    from phalanx.cells import CellOptions
+
+    model = make_model().eval()
+    assert_matches_eager(model, trees(0), batcher=phalanx.Batcher(model, cells=CellOptions(distinct_rows=False)))
+    torch.manual_seed(2)
+    noisy = Noisy().train()             # dropout in training mode, under no_grad: a mask per row
+    with torch.no_grad():
+        outs = phalanx.Batcher(lambda x: noisy(x))([1.0] * 40)
+    assert not applied and not applied.lazy
+    assert len({tuple(o.tolist()) for o in outs}) > 1
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_models_infer_like_eager_with_batches_big_enough_to_repeat_rows(applied, name):
+    m = zoo.model(name).eval()           # the per-instance losses, under no_grad
+    try:
+        assert_matches_eager(m.loss, zoo.instances(name, 0, [10] * 5), batcher=phalanx.Batcher(m.loss, verify=True))
+    finally:
+        m.train()
+    assert bool(applied) == (name in REPEATING)
