@@ -279,12 +279,13 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
     inference = INFERENCE_MODE and not torch.is_inference_mode_enabled() and _only_traced_programs(steps)
     scratch = Scratch()     # temporaries of grouped batches (NOTE: [Op-type groups])
     classes = RowClasses()  # NOTE: [Distinct rows], [Row classes]
+    plain: dict = {}        # kernels as distinct-rows batches call them (no direct outputs: rows are copied)
     with torch.inference_mode() if inference else torch.no_grad():
         b, num = 0, len(steps)
         while b < num:
             step = steps[b]
             start = time.perf_counter() if profile is not None else 0.0
-            if candidate(step, classes) and _run_distinct(step, arenas, kernels, classes):
+            if candidate(step, classes) and _run_distinct(step, arenas, plain, classes):
                 if profile is not None:
                     profile.add_op_time(step.sig.name, step.size, time.perf_counter() - start)
                 b += 1
