@@ -68,7 +68,8 @@ class Chains(nn.Module):
         if tie == "module" and cells > 1:
             self.c1 = self.c0
         elif tie == "weight" and cells > 1:
-            self.c1.lstm.weight_hh = self.c0.lstm.weight_hh
+            first, second = (next(c.children()) for c in (self.c0, self.c1))     # the LSTMCell / GRUCell
+            second.weight_hh = first.weight_hh
         self.register_buffer("h0", torch.zeros(HIDDEN), persistent=False)
 
     def forward(self, chains):
