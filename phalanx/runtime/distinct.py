@@ -83,6 +83,31 @@ def pure(sig: Signature, flags: tuple) -> bool:
     return found
 
 
+_MACS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # program -> GEMM MACs per row
+# Inference runs a batch on its distinct rows only where each row's GEMMs do at least this many
+# multiply-adds (a 256 x 256 weight): below it the unique and the row copies cost more than the
+# GEMM rows they save (the tagger at hidden 64: 16K per row, 1.13x slower with, same process). A
+# batch with no GEMM (an embedding lookup) still runs on its distinct rows: it is cheap, and the
+# batches that read its rows can then (NOTE: [Row classes]). Training saves the backward's GEMMs too.
+MIN_INFERENCE_MACS = 256 * 256
+
+
+def worth_in_inference(sig: Signature, flags: tuple) -> bool:
+    program = _program(sig, flags)
+    if program is None or program.graph is None:
+        return False
+    macs = _MACS.get(program)
+    if macs is None:
+        macs = 0
+        for node in program.graph.nodes:
+            if node.op == "call_function" and node.target in (torch.ops.aten.addmm.default, torch.ops.aten.mm.default):
+                val = getattr(node.args[-1], "meta", {}).get("val")
+                if isinstance(val, torch.Tensor) and val.dim() == 2:
+                    macs += val.shape[0] * val.shape[1]
+        _MACS[program] = macs
+    return macs == 0 or macs >= MIN_INFERENCE_MACS
+
+
 def _bits(t: torch.Tensor) -> "torch.Tensor | None":
     """A number column as integers that are equal exactly when the values are the same bits."""
     if t.dtype.is_complex:
@@ -131,6 +156,20 @@ class RowClasses:
         self.count += count
 
 
+def _row_ids(keys: list) -> tuple[int, torch.Tensor]:
+    """(number of distinct rows, each row's distinct id) over several key columns: one 1-D
+    ``unique`` per column, the ids combined column by column (``unique(dim=0)`` over stacked columns
+    sorts whole rows and took ~0.8 ms per TreeLSTM mini-batch, more than the leaf's GEMM it saves at
+    hidden 64). Combined ids stay below rows**2, so int64 never overflows."""
+    found, inverse = torch.unique(keys[0], return_inverse=True)
+    count = len(found)
+    for key in keys[1:]:
+        found, column = torch.unique(key, return_inverse=True)
+        found, inverse = torch.unique(inverse * len(found) + column, return_inverse=True)
+        count = len(found)
+    return count, inverse
+
+
 def candidate(step: Step, classes: RowClasses) -> bool:
     """Could ``step`` run on its distinct rows (before its operands are read)? Enough rows, an op type
     not found futile in this flush, every operand numbers or rows of a distinct-rows batch."""
@@ -159,11 +198,7 @@ def distinct_rows(step: Step, operands: list, flags: tuple,
     if rows_read and bool(torch.stack(rows_read).lt(0).any()):
         classes.futile.add(sid)         # reads rows of no class
         return None
-    if len(keys) == 1:
-        found, inverse = torch.unique(keys[0], return_inverse=True)
-    else:
-        found, inverse = torch.unique(torch.stack([k.to(torch.int64) for k in keys], 1), dim=0, return_inverse=True)
-    count = len(found)
+    count, inverse = _row_ids(keys)
     if count > MAX_FRACTION * size:
         classes.futile.add(sid)
         return None
@@ -192,5 +227,5 @@ def sum_rows(grad: torch.Tensor, inverse: torch.Tensor, count: int) -> torch.Ten
     return grad.new_zeros((count, *grad.shape[1:])).index_add_(0, inverse, grad)
 
 
-__all__ = ["DistinctRows", "MAX_FRACTION", "MIN_ROWS", "RowClasses", "candidate", "distinct_rows", "pure",
-           "sum_rows", "write_rows"]
+__all__ = ["DistinctRows", "MAX_FRACTION", "MIN_INFERENCE_MACS", "MIN_ROWS", "RowClasses", "candidate",
+           "distinct_rows", "pure", "sum_rows", "worth_in_inference", "write_rows"]

@@ -50,7 +50,7 @@ from ..ir.graph import GraphArrays
 from ..ir.signature import Signature
 from ..memory.layout import Layout
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
-from .distinct import MIN_ROWS, RowClasses, candidate, distinct_rows, sum_rows, write_rows
+from .distinct import MIN_ROWS, RowClasses, candidate, distinct_rows, sum_rows, worth_in_inference, write_rows
 from .params import FlushParams
 from .ragged import ragged_row, ragged_subset
 # Re-exported: runtime/ragged.py, debug/ and tests read the plan's names from here.
@@ -309,7 +309,11 @@ def run_inference(steps: list[Step], arenas: list[torch.Tensor], profile=None) -
 def _run_distinct(step: Step, arenas: list, kernels: dict, classes: RowClasses) -> bool:
     """NOTE: [Distinct rows] in inference: the batch on its distinct rows, every row's outputs copied
     from its distinct row into the arena; False (nothing done) where it does not apply or pay."""
-    found = distinct_rows(step, _read_all(step, arenas), _flags(step.sig), classes)
+    flags = _flags(step.sig)
+    if not worth_in_inference(step.sig, flags):
+        classes.futile.add(step.sig.sid)
+        return False
+    found = distinct_rows(step, _read_all(step, arenas), flags, classes)
     if found is None:
         return False
     distinct, operands = found

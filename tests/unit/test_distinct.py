@@ -194,7 +194,22 @@ def test_a_tagger_projects_each_distinct_word_once_and_matches_eager(applied):
 
 # *** inference (runtime/executor.py run_inference) ***
 
-def test_inference_runs_repeated_leaves_once_and_matches_eager(applied):
+@pytest.fixture
+def any_size(monkeypatch):
+    """Small test cells run on distinct rows in inference too (NOTE: MIN_INFERENCE_MACS)."""
+    monkeypatch.setattr(distinct_mod, "MIN_INFERENCE_MACS", 0)
+
+
+def test_inference_runs_distinct_rows_only_where_the_rows_gemms_are_large(applied):
+    for hidden, expect in ((8, False), (192, True)):         # leaf GEMM 8 x 24, 192 x 576
+        torch.manual_seed(0)
+        model = TreeLSTM(VOCAB, hidden, embed_dim=hidden).eval()
+        assert_matches_eager(model, trees(0), batcher=phalanx.Batcher(model, verify=True))
+        assert any(size >= 32 for size, _ in applied) == expect
+        applied.clear()
+
+
+def test_inference_runs_repeated_leaves_once_and_matches_eager(applied, any_size):
     model = make_model().eval()
     batcher = phalanx.Batcher(model, verify=True)
     for seed in range(2):
@@ -202,7 +217,7 @@ def test_inference_runs_repeated_leaves_once_and_matches_eager(applied):
     assert any(size >= 32 and count <= VOCAB for size, count in applied)
 
 
-def test_inference_tagger_projects_each_distinct_word_once(applied):
+def test_inference_tagger_projects_each_distinct_word_once(applied, any_size):
     torch.manual_seed(3)
     model = BiLSTMTagger(VOCAB, 8, embed_dim=6).eval()
     rng = torch.Generator().manual_seed(0)
@@ -211,7 +226,7 @@ def test_inference_tagger_projects_each_distinct_word_once(applied):
     assert applied and applied.lazy and all(count <= VOCAB for _, count in applied.lazy)
 
 
-def test_inference_with_the_switch_off_or_random_cells_never_runs_distinct_rows(applied):
+def test_inference_with_the_switch_off_or_random_cells_never_runs_distinct_rows(applied, any_size):
     from phalanx.cells import CellOptions
 
     model = make_model().eval()
@@ -225,7 +240,7 @@ def test_inference_with_the_switch_off_or_random_cells_never_runs_distinct_rows(
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_zoo_models_infer_like_eager_with_batches_big_enough_to_repeat_rows(applied, name):
+def test_zoo_models_infer_like_eager_with_batches_big_enough_to_repeat_rows(applied, any_size, name):
     m = zoo.model(name).eval()           # the per-instance losses, under no_grad
     try:
         assert_matches_eager(m.loss, zoo.instances(name, 0, [10] * 5), batcher=phalanx.Batcher(m.loss, verify=True))
