@@ -6,27 +6,17 @@ import torch
 from torch import nn
 
 import phalanx
-from phalanx.frontend import recorder
 from phalanx.frontend.warm import RecorderCaches, caches_for
 from phalanx.ir import columns
 from phalanx.models.tagger import BiLSTMTagger
 from tests.oracle import assert_matches_eager
+from tests.unit.test_columns import python_cell_calls
 
 
 def _sentences(n: int, seed: int = 0) -> list:
     return [[1 + (k * 7 + j + seed) % 19 for j in range(1 + (k + seed) % 6)] for k in range(n)]
 
 
-def _python_cell_calls(monkeypatch) -> list:
-    calls = []
-    original = recorder.Recorder.record_cell
-
-    def counted(self, cell, args, kwargs):
-        calls.append(cell)
-        return original(self, cell, args, kwargs)
-
-    monkeypatch.setattr(recorder.Recorder, "record_cell", counted)
-    return calls
 
 
 @pytest.mark.skipif(not columns.NATIVE, reason="the Python twin calls the recorder's Python path by design")
@@ -35,7 +25,7 @@ def test_the_next_mini_batch_records_every_cell_call_natively(monkeypatch):
     model = BiLSTMTagger(20, hidden=8).eval()
     batcher = phalanx.Batcher(model)
     batcher.record(_sentences(5))
-    calls = _python_cell_calls(monkeypatch)
+    calls = python_cell_calls(monkeypatch)
     graph = batcher.record(_sentences(9, seed=3))
     assert calls == [] and graph.num_nodes > 9 * 5
     with torch.no_grad():
