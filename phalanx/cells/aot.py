@@ -27,6 +27,16 @@ from .options import CellOptions
 from .program import CellProgram, HoistCache, ParamReader
 
 
+def program_of(sig, flags: tuple) -> "CellProgram | None":
+    """The cell program a flush runs for op type ``sig`` with its modules' training ``flags``, where
+    one is installed or already traced (this never traces or probes); None otherwise."""
+    meta = sig.meta
+    if "kernel" in meta:
+        return getattr(meta["kernel"], "program", None)
+    aot = meta.get("aot")
+    return aot.programs.get(flags) if aot is not None else None
+
+
 class AotCell:
     """Programs of one cell signature, traced lazily per training-flags tuple."""
 

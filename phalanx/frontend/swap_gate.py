@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from contextlib import contextmanager
 
 
 class _Count:
@@ -66,35 +67,26 @@ class SwapGate:
             with self._cond:
                 self._cond.notify_all()
 
+    @contextmanager
     def swapping(self):
-        return _Swap(self)
-
-
-class _Swap:
-    __slots__ = ("gate",)
-
-    def __init__(self, gate: SwapGate):
-        self.gate = gate
-
-    def __enter__(self):
-        gate, me = self.gate, threading.get_ident()
-        mine = gate._mine()
-        with gate._cond:
-            while gate._swapper is not None and gate._swapper != me:
-                gate._cond.wait()
-            gate._swapper = me
-            gate._depth += 1
-            while any(c.n for c in list(gate._counts) if c is not mine):
-                gate._cond.wait(0.01)
-
-    def __exit__(self, *exc):
-        gate = self.gate
-        with gate._cond:
-            gate._depth -= 1
-            if not gate._depth:
-                gate._swapper = None
-                gate._cond.notify_all()
-        return False
+        """Around a swap of a cell module's tensors (a cold path: once per trace)."""
+        me = threading.get_ident()
+        mine = self._mine()
+        with self._cond:
+            while self._swapper is not None and self._swapper != me:
+                self._cond.wait()
+            self._swapper = me
+            self._depth += 1
+            while any(c.n for c in list(self._counts) if c is not mine):
+                self._cond.wait(0.01)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._swapper = None
+                    self._cond.notify_all()
 
 
 GATE = SwapGate()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from ..cells.aot import program_of
 from ..ir.signature import Signature
 from .steps import GATHER, NUMBERS, SLICE, Step
 
@@ -61,20 +62,11 @@ def _pure_graph(graph: fx.Graph) -> bool:
     return True
 
 
-def _program(sig: Signature, flags: tuple):
-    """The traced program the flush runs for ``sig`` (never traces or probes), or None."""
-    meta = sig.meta
-    kernel = sig.kernels.get(flags, meta.get("kernel"))
-    if kernel is not None:
-        return getattr(kernel, "program", None)
-    return meta["aot"].programs.get(flags) if "aot" in meta else None
-
-
 def pure(sig: Signature, flags: tuple) -> bool:
     """Are ``sig``'s outputs a function of its operands and parameters alone, row by row?"""
     if "ragged" in sig.meta or "stack_dim" in sig.meta:
         return False
-    program = _program(sig, flags)
+    program = program_of(sig, flags)
     if program is None or program.mode != "traced" or program.graph is None or not program.options.distinct_rows:
         return False
     found = _PURE.get(program)
@@ -93,7 +85,7 @@ MIN_INFERENCE_MACS = 256 * 256
 
 
 def worth_in_inference(sig: Signature, flags: tuple) -> bool:
-    program = _program(sig, flags)
+    program = program_of(sig, flags)
     if program is None or program.graph is None:
         return False
     macs = _MACS.get(program)
@@ -181,11 +173,10 @@ def candidate(step: Step, classes: RowClasses) -> bool:
 
 def distinct_rows(step: Step, operands: list, flags: tuple,
                   classes: RowClasses) -> "tuple[DistinctRows, list] | None":
-    """(the batch on its distinct rows, their operands), or None where it does not apply or pay."""
+    """(the batch on its distinct rows, their operands), or None where it does not apply or pay. For
+    a step ``candidate`` accepts."""
     size = step.size
     sid = step.sig.sid
-    if not operands or not candidate(step, classes):
-        return None
     lazy = any(kind != NUMBERS for kind, _, _ in step.operands)
     if not pure(step.sig, flags):
         classes.futile.add(sid)

@@ -43,6 +43,7 @@ import time
 
 import torch
 
+from ..cells.aot import program_of
 from ..cells.group import Scratch, grouped_program
 from ..cells.sparse import dense_gradients
 from ..errors import BatchExecutionError, PhalanxError
@@ -50,7 +51,7 @@ from ..ir.graph import GraphArrays
 from ..ir.signature import Signature
 from ..memory.layout import Layout
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
-from .distinct import MIN_ROWS, RowClasses, candidate, distinct_rows, sum_rows, worth_in_inference, write_rows
+from .distinct import RowClasses, candidate, distinct_rows, sum_rows, worth_in_inference, write_rows
 from .params import FlushParams
 from .ragged import ragged_row, ragged_subset
 # Re-exported: runtime/ragged.py, debug/ and tests read the plan's names from here.
@@ -328,12 +329,8 @@ def _only_traced_programs(steps: list[Step]) -> bool:
     a traced, uncompiled cell program: aten ops only, no probing. (A cell's first flush, before its
     program is traced, runs under no_grad.)"""
     for sig in _op_types(steps):
-        meta = sig.meta
-        if "kernel" in meta:
-            program = getattr(meta["kernel"], "program", None)
-        else:       # an ahead-of-time cell's program, once traced (this never traces or probes)
-            program = meta["aot"].programs.get(_flags(sig)) if "aot" in meta else None
-        if program is None or program.mode != "traced" or program.compiled is not None or "ragged" in meta:
+        program = program_of(sig, _flags(sig))
+        if program is None or program.mode != "traced" or program.compiled is not None or "ragged" in sig.meta:
             return False
     return True
 
@@ -381,16 +378,10 @@ def _run_direct(step: Step, arenas: list, found: tuple) -> bool:
     into = [arenas[a][r[0]:r[1]] for kind, a, r in step.outputs if kind == SLICE]
     if len(into) != len(step.outputs):
         return False
-    whole = step.whole
-    if whole is not None:       # NOTE: [Whole reads]: fresh operands, the kernel's to keep
-        operands = arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2])
-        if consumes:
-            program = consuming
-    else:
-        operands = _read_all(step, arenas) if step.fused else \
-            [arenas[w][p[0]:p[1]] if k == SLICE else _read((k, w, p), arenas) for k, w, p in step.operands]
-        if consumes and all(step.operands[p][0] <= GATHER for p in consumes):     # as _consumable
-            program = consuming
+    operands = _direct_operands(step, arenas)
+    # NOTE: [Whole reads] are fresh operands, the kernel's to keep; else as _consumable
+    if consumes and (step.whole is not None or all(step.operands[p][0] <= GATHER for p in consumes)):
+        program = consuming
     try:
         program(step.size, *prefix, *operands, *into)
     except PhalanxError:
@@ -398,7 +389,7 @@ def _run_direct(step: Step, arenas: list, found: tuple) -> bool:
     except Exception as e:
         if is_data_dependent(e):
             raise data_dependent_error(step.sig, e) from e
-        raise _localize(step, list(operands), e) from e
+        raise _localize(step, operands, e) from e
     kernel.calls += 1
     return True
 
@@ -419,34 +410,18 @@ def _run_group(steps: list, b: int, arenas: list, kernels: dict, direct: dict, s
             return False
         prefixes.append(f[1])
     into = []
-    for k, (kind, arena, rows) in enumerate(head.outputs):
-        if kind != SLICE:
+    for k in range(len(head.outputs)):
+        joint = _one_slice([m.outputs[k] for m in members], arenas)
+        if joint is None:
             return False
-        hi = rows[1]
-        for m in members[1:]:
-            kind_m, arena_m, rows_m = m.outputs[k]
-            if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
-                return False
-            hi = rows_m[1]
-        into.append(arenas[arena][rows[0]:hi])
+        into.append(joint)
     sizes = [m.size for m in members]
     # Per operand: one slice over every member's rows where they are adjacent, else each one's read.
     operands, joined = [], []
-    for p, (kind, arena, rows) in enumerate(head.operands):
-        # (``arena`` and ``rows`` are tensors for other kinds of operand: compared only for slices)
-        hi = rows[1] if kind == SLICE else -1
-        for m in members[1:] if hi >= 0 else ():
-            kind_m, arena_m, rows_m = m.operands[p]
-            if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
-                hi = -1
-                break
-            hi = rows_m[1]
-        if hi >= 0:
-            operands.append(arenas[arena][rows[0]:hi])
-            joined.append(True)
-        else:
-            operands.append([_read(m.operands[p], arenas) for m in members])
-            joined.append(False)
+    for p in range(len(head.operands)):
+        joint = _one_slice([m.operands[p] for m in members], arenas)
+        joined.append(joint is not None)
+        operands.append(joint if joint is not None else [_read(m.operands[p], arenas) for m in members])
     entry = direct[head.sig.sid]
     # NOTE: [Consumed operands]: only a joined slice (rows nothing else reads) may be overwritten
     consume = bool(entry[4]) and all(joined[p] for p in entry[4])
@@ -470,6 +445,21 @@ def _run_group(steps: list, b: int, arenas: list, kernels: dict, direct: dict, s
     return True
 
 
+def _one_slice(ops: list, arenas: list) -> "torch.Tensor | None":
+    """The members' reads (or writes) ``ops`` as one arena slice, where each is a slice of one arena
+    starting where the one before ends; else None. (``where`` and ``payload`` are tensors for other
+    kinds of operand: compared only once the kind is a slice.)"""
+    kind, arena, rows = ops[0]
+    if kind != SLICE:
+        return None
+    hi = rows[1]
+    for kind_m, arena_m, rows_m in ops[1:]:
+        if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
+            return None
+        hi = rows_m[1]
+    return arenas[arena][rows[0]:hi]
+
+
 def _bind_direct(step: Step, arenas: list, kernels: dict, direct: dict):
     """The NOTE: [Direct steps] entry of a group member's op type before its first batch of the flush
     has run, where its kernel needs no probe (a traced program); None where it does (the general
@@ -488,7 +478,8 @@ def _bind_direct(step: Step, arenas: list, kernels: dict, direct: dict):
 
 
 def _direct_operands(step: Step, arenas: list) -> list:
-    """A step's operands as ``_run_direct`` reads them."""
+    """A step's operands as NOTE: [Direct steps] read them: a whole read cut into views, fused
+    gathers, else each operand (a slice inline: the commonest read of a chain)."""
     whole = step.whole
     if whole is not None:
         return list(arenas[whole[0]].index_select(0, whole[1]).split_with_sizes(whole[2]))
@@ -687,7 +678,7 @@ class TrainingRun:
             for step in self.steps:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 operands = self._operands(step)
-                found = distinct_rows(step, operands, _flags(step.sig), classes) if step.size >= MIN_ROWS else None
+                found = distinct_rows(step, operands, _flags(step.sig), classes) if candidate(step, classes) else None
                 if found is None:
                     outs = _call(step, operands, self.kernels)
                     # NOTE: [Deferred GEMM gradients]: the batch's deferred GEMMs (entry, X_b, out_b)

@@ -12,29 +12,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..cells.aot import program_of
 from ..cells.group import group_key
 from ..ir.graph import GraphArrays
 from .base import Schedule
 
 
-def concatenated(batches) -> tuple[np.ndarray, np.ndarray]:
-    order = np.concatenate(batches)
-    start = np.zeros(len(batches) + 1, dtype=np.int64)
-    np.add.accumulate(np.fromiter(map(len, batches), dtype=np.int64, count=len(batches)), out=start[1:])
-    return order, start
-
-
-def group_runs(graph: GraphArrays, schedule: Schedule, order: "np.ndarray | None" = None,
-               start: "np.ndarray | None" = None) -> tuple[tuple[int, int], ...]:
+def group_runs(graph: GraphArrays, schedule: Schedule, order: np.ndarray,
+               start: np.ndarray) -> tuple[tuple[int, int], ...]:
     """``(first batch, members)`` per run of two or more twin batches at one depth, in schedule order
-    (``order``, ``start``: the batches concatenated and their starts, when the caller has them)."""
+    (``order``, ``start``: the batches concatenated and each one's start, as the layout has them)."""
     if len(schedule) < 2 or torch.is_grad_enabled():
         return ()
     group = op_type_groups(graph, graph.used_sids.tolist())
     if group is None:
         return ()
-    if order is None:
-        order, start = concatenated(schedule.batches)
     heads = start[:-1]
     if (start[1:] == heads).any():
         return ()       # an empty batch (never made by a policy): no groups
@@ -89,13 +81,7 @@ def twin_rank(graph: GraphArrays) -> "np.ndarray | None":
 
 
 def _key(sig) -> "tuple | None":
-    meta = sig.meta
-    if "ragged" in meta or "stack_dim" in meta:
+    if "ragged" in sig.meta or "stack_dim" in sig.meta:
         return None
-    if "kernel" in meta:
-        program = getattr(meta["kernel"], "program", None)
-    elif "aot" in meta:
-        program = meta["aot"].programs.get(tuple([m.training for m in sig.modules]))
-    else:
-        return None
+    program = program_of(sig, tuple(m.training for m in sig.modules))
     return group_key(program) if program is not None else None

@@ -13,7 +13,7 @@ import phalanx
 import phalanx.runtime.executor as executor
 from phalanx.cells.group import Scratch, group_key, grouped_program
 from phalanx.cells.options import CellOptions
-from phalanx.memory.layout import plan_layout, verify_layout
+from phalanx.memory.layout import concatenated, plan_layout, verify_layout
 from phalanx.schedule.groups import group_runs
 from phalanx.models.tagger import BiLSTMTagger
 from tests.oracle import assert_matches_eager
@@ -207,7 +207,7 @@ def _runs(batcher, instances):
         batcher(instances)
         graph = batcher.record(instances)
         schedule = batcher.policy.schedule(graph)
-        return graph, schedule, group_runs(graph, schedule)
+        return graph, schedule, group_runs(graph, schedule, *concatenated(schedule.batches)[1:])
 
 
 def test_group_runs_need_one_depth_and_no_grad():
@@ -228,7 +228,7 @@ def test_group_runs_need_one_depth_and_no_grad():
         assert len({int(graph.node_depth[n]) for n in nodes}) == 1
         assert len({graph.sigs[schedule.sids[i]].name for i in range(b, b + members)}) == 1
     with torch.enable_grad():
-        assert group_runs(graph, schedule) == ()        # training: every batch alone
+        assert group_runs(graph, schedule, *concatenated(schedule.batches)[1:]) == ()     # training: every batch alone
 
 
 def test_layout_puts_group_blocks_output_by_output():
