@@ -34,8 +34,9 @@ class CellOptions:
     - ``reduce_ragged``: a ragged cell that only sums or averages its stacked argument runs as segment
       sums plus its traced program (NOTE: [Reduced ragged programs] in reduced.py); off: the cell's
       own code on segments (runtime/ragged.py).
-    - ``distinct_rows``: in training, a batch that reads only numbers (or rows of such batches) runs
-      once per distinct row (NOTE: [Distinct rows] in runtime/distinct.py).
+    - ``distinct_rows``: a batch that reads only numbers (or rows of such batches) runs once per
+      distinct row, in training and, where its GEMMs are large enough to pay, in inference (NOTE:
+      [Distinct rows] in runtime/distinct.py).
     """
 
     trace: bool = True

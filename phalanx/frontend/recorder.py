@@ -312,15 +312,21 @@ class Recorder:
         """NOTE: [Input split] the part of an ahead-of-time cell that reads only *input-like*
         operands (per-instance data, or lazy values recorded at most ``INPUT_DEPTH`` levels into the
         instance's phase: embeddings, their dropout or activation) while another operand is deeper
-        (a recurrent state; the first steps of a chain, where every operand is still input-like,
-        are not split) becomes its own node right after those inputs, so every instance's
+        (a recurrent state) becomes its own node right after those inputs, so every instance's
         input part runs in one large GEMM (``W_ih x_t`` for all tokens at once, as hand-written
         LSTMs hoist it; a lattice node's embedding and input projection of its character); the
         rest stays at the cell's depth. Only where the input part holds a GEMM (cells/split.py,
-        NOTE: [Split rule]); ``CellOptions(split=False)`` turns it off."""
-        limit = self.phase_base + INPUT_DEPTH
-        if depth <= limit + 1:
-            return self._append_node(g, sig, depth)    # no recurrent operand
+        NOTE: [Split rule]); ``CellOptions(split=False)`` turns it off.
+
+        The first steps of a chain (depth <= ``INPUT_DEPTH + 1`` into the phase) read a state that
+        is itself still shallow: there the operands one level below the call are the recurrent ones
+        and only shallower ones are input-like, so step 2 and 3 of a chain split too (their input
+        part joins every other step's, at the inputs' depth); the first step, with no lazy state,
+        does not."""
+        # Shallower than every recurrent operand (depth - 1) and at most INPUT_DEPTH into the phase.
+        limit = min(self.phase_base + INPUT_DEPTH, depth - 2)
+        if limit < self.phase_base:
+            return self._append_node(g, sig, depth)    # the phase's first level: nothing recurrent
         keep = []
         deep = False
         for i, a in enumerate(args):

@@ -903,8 +903,11 @@ append_call_impl(Columns *self, PyObject *cell, PyObject *const *args, Py_ssize_
     PyObject *parts = Py_None;
     if (PyTuple_GET_SIZE(entry) > 4 && PyTuple_GET_ITEM(entry, 4) != Py_None) {
         PyObject *split = PyTuple_GET_ITEM(entry, 4);
+        /* shallower than the recurrent operands (depth - 1), at most `input depth` into the phase */
         Py_ssize_t limit = self->phase_base + PyLong_AsSsize_t(PyTuple_GET_ITEM(split, 0));
-        if (depth > limit + 1) {            /* a recurrent operand exists */
+        if (limit > depth - 2)
+            limit = depth - 2;
+        if (limit >= self->phase_base) {    /* a recurrent operand exists */
             if (n > 62)
                 Py_RETURN_NOTIMPLEMENTED;
             unsigned long long keep = 0;

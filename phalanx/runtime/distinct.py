@@ -66,7 +66,10 @@ def pure(sig: Signature, flags: tuple) -> bool:
     """Are ``sig``'s outputs a function of its operands and parameters alone, row by row?"""
     if "ragged" in sig.meta or "stack_dim" in sig.meta:
         return False
-    program = program_of(sig, flags)
+    return _pure_program(program_of(sig, flags))
+
+
+def _pure_program(program) -> bool:
     if program is None or program.mode != "traced" or program.graph is None or not program.options.distinct_rows:
         return False
     found = _PURE.get(program)
@@ -85,7 +88,10 @@ MIN_INFERENCE_MACS = 256 * 256
 
 
 def worth_in_inference(sig: Signature, flags: tuple) -> bool:
-    program = program_of(sig, flags)
+    return _worth_program(program_of(sig, flags))
+
+
+def _worth_program(program) -> bool:
     if program is None or program.graph is None:
         return False
     macs = _MACS.get(program)
@@ -203,6 +209,27 @@ def distinct_rows(step: Step, operands: list, flags: tuple,
     return DistinctRows(sub, inverse, first if lazy else None), picked
 
 
+def on_distinct_numbers(program, numbers: list) -> "list | None":
+    """Every row's outputs of ``program`` over number columns alone (the prefix of a reduced ragged
+    program over every row of its op type in an inference flush: a lattice node's embedding and
+    input projection of its character), computed once per distinct row and copied to the rest by one
+    ``index_select`` per output (NOTE: [Distinct rows]); None where that is unsound or would not pay
+    (the same rules as a batch's)."""
+    size = len(numbers[0]) if numbers else 0
+    if size < MIN_ROWS or not _pure_program(program) or not _worth_program(program):
+        return None
+    keys = [_bits(n) for n in numbers]
+    if any(k is None or k.dim() != 1 for k in keys):
+        return None
+    count, inverse = _row_ids(keys)
+    if count > MAX_FRACTION * size:
+        return None
+    rows = torch.arange(size, device=inverse.device)
+    first = torch.full((count,), size, dtype=rows.dtype, device=rows.device).scatter_reduce_(0, inverse, rows, "amin")
+    outs = program([n.index_select(0, first) for n in numbers], count)
+    return [o.index_select(0, inverse) for o in outs]
+
+
 def write_rows(step: Step, outs, inverse: torch.Tensor, arenas: list) -> None:
     """Every row's outputs from its distinct row, straight into the arena rows."""
     for (kind, arena, rows), out in zip(step.outputs, outs, strict=True):
@@ -219,4 +246,4 @@ def sum_rows(grad: torch.Tensor, inverse: torch.Tensor, count: int) -> torch.Ten
 
 
 __all__ = ["DistinctRows", "MAX_FRACTION", "MIN_INFERENCE_MACS", "MIN_ROWS", "RowClasses", "candidate",
-           "distinct_rows", "pure", "sum_rows", "worth_in_inference", "write_rows"]
+           "distinct_rows", "on_distinct_numbers", "pure", "sum_rows", "worth_in_inference", "write_rows"]

@@ -51,6 +51,7 @@ from ..ir.graph import GraphArrays
 from ..ir.signature import Signature
 from ..memory.layout import Layout
 from .kernels import data_dependent_error, is_data_dependent, kernel_for
+from .native import group_reads
 from .distinct import RowClasses, candidate, distinct_rows, sum_rows, worth_in_inference, write_rows
 from .params import FlushParams
 from .ragged import ragged_row, ragged_subset
@@ -409,23 +410,17 @@ def _run_group(steps: list, b: int, arenas: list, kernels: dict, direct: dict, s
         if not f:
             return False
         prefixes.append(f[1])
-    into = []
-    for k in range(len(head.outputs)):
-        joint = _one_slice([m.outputs[k] for m in members], arenas)
-        if joint is None:
-            return False
-        into.append(joint)
+    # Outputs: one slice each; operands: one slice where the members' rows are adjacent, else each
+    # one's read (NOTE: [Native group reads])
+    found = group_reads(members, arenas, _read)
+    if found is None:
+        return False
+    into, operands, joined = found
     sizes = [m.size for m in members]
-    # Per operand: one slice over every member's rows where they are adjacent, else each one's read.
-    operands, joined = [], []
-    for p in range(len(head.operands)):
-        joint = _one_slice([m.operands[p] for m in members], arenas)
-        joined.append(joint is not None)
-        operands.append(joint if joint is not None else [_read(m.operands[p], arenas) for m in members])
     entry = direct[head.sig.sid]
     # NOTE: [Consumed operands]: only a joined slice (rows nothing else reads) may be overwritten
     consume = bool(entry[4]) and all(joined[p] for p in entry[4])
-    run = grouped_program(entry[0].program, consume, tuple(joined), len(members))
+    run = grouped_program(entry[0].program, consume, joined, len(members))
     if run is None:
         return False
     try:
@@ -443,21 +438,6 @@ def _run_group(steps: list, b: int, arenas: list, kernels: dict, direct: dict, s
     for m in members:
         direct[m.sig.sid][0].calls += 1
     return True
-
-
-def _one_slice(ops: list, arenas: list) -> "torch.Tensor | None":
-    """The members' reads (or writes) ``ops`` as one arena slice, where each is a slice of one arena
-    starting where the one before ends; else None. (``where`` and ``payload`` are tensors for other
-    kinds of operand: compared only once the kind is a slice.)"""
-    kind, arena, rows = ops[0]
-    if kind != SLICE:
-        return None
-    hi = rows[1]
-    for kind_m, arena_m, rows_m in ops[1:]:
-        if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
-            return None
-        hi = rows_m[1]
-    return arenas[arena][rows[0]:hi]
 
 
 def _bind_direct(step: Step, arenas: list, kernels: dict, direct: dict):

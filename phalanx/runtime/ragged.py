@@ -351,7 +351,12 @@ class RaggedKernel:
         if found is None:
             full = [inputs.numbers[p] for p in form.numbers]
             rest = split.rest
-            found = inputs.results[key] = (split.prefix(full, len(full[0])), rest.bind() or rest)
+            from .distinct import on_distinct_numbers       # (distinct -> cells -> ragged at import)
+
+            outs = on_distinct_numbers(split.prefix, full)          # NOTE: [Distinct rows]
+            if outs is None:
+                outs = split.prefix(full, len(full[0]))
+            found = inputs.results[key] = (outs, rest.bind() or rest)
         prefix_outs, rest = found
         others = [f for i, f in enumerate(fixed) if i not in form.numbers]
         return rest([*(o[lo:hi] for o in prefix_outs), *others, *totals, *divisors], size)

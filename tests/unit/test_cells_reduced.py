@@ -196,3 +196,32 @@ def test_the_hoisting_tests_nodes_match_eager_reduced_or_not(node):
     batcher = phalanx.Batcher(model, verify=True)
     for _ in range(2):
         assert_matches_eager(model, INSTANCES, batcher=batcher)
+
+
+@pytest.mark.parametrize("distinct", [True, False])
+def test_the_prefix_runs_once_per_distinct_character(monkeypatch, distinct):
+    """NOTE: [Distinct rows] for the flush-wide prefix (a node's embedding and input projection of its
+    character): computed once per distinct character, every row equal to eager's; the switch off (or
+    a batch without enough repeats) computes every row."""
+    from phalanx.runtime import distinct as distinct_mod
+
+    ran = []
+    real = distinct_mod.on_distinct_numbers
+
+    def spy(program, numbers):
+        outs = real(program, numbers)
+        ran.append((len(numbers[0]), outs is not None, len(torch.unique(numbers[0]))))
+        return outs
+
+    monkeypatch.setattr(distinct_mod, "on_distinct_numbers", spy)
+    torch.manual_seed(0)
+    # hidden 160: the input GEMM does 160 x 480 multiply-adds a row, above MIN_INFERENCE_MACS
+    model = LatticeRNN(6, hidden=160, kind="gru").eval()
+    lattices = random_lattices(8, 1, 6)
+    batcher = phalanx.Batcher(model, cells=CellOptions(distinct_rows=distinct))
+    for _ in range(2):      # the first flush traces and checks the reduced form; the second hoists
+        assert_matches_eager(model, lattices, batcher=batcher)
+    assert ran
+    rows, used, distinct_chars = ran[-1]
+    assert rows >= distinct_mod.MIN_ROWS and distinct_chars <= 6
+    assert used == distinct
