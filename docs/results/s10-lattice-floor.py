@@ -1,7 +1,8 @@
 """How fast could ANY level-by-level implementation of the lattice GRU be on this CPU, counting the
 kernels it cannot avoid? Session 9's bound (``s9-lattice-bound.py``) timed only the matrix products;
 this adds, in the same process, ``floor``: every kernel a level-by-level implementation must run,
-as tightly as torch allows, with all index building done ahead of time and not counted.
+as tightly as torch allows, with all index building (and every view a level reads or writes) done
+ahead of time and not counted.
 
 ``floor`` per mini-batch: the input projection of every character (one GEMM), then per level t (the
 M_t lattices with a node there, their E_t predecessor edges): gather the predecessors' states
@@ -60,7 +61,6 @@ def gemm_only(model, lattices):
     return run, sizes
 
 
-
 def kernel_floor(model, lattices):
     """Every kernel of one mini-batch, level by level, indices built ahead (see the docstring)."""
     gru, scorer = model.node.gru, model.scorer
@@ -102,19 +102,28 @@ def kernel_floor(model, lattices):
     rz, tmp = torch.empty(widest, 2 * hidden), torch.empty(widest, hidden)
     logits = torch.empty(rows - 1, w_out_t.shape[1])
 
+    # Every view each level reads or writes, made here (not timed): the loop is kernels only.
+    levels_views = []
+    for lo, hi, edge_row, edge_src, scale in plan:
+        m, e = hi - lo, len(edge_src)
+        gi, gh_m, r_z = x_proj[lo - 1:hi - 1], gh[:m], rz[:m]
+        levels_views.append((edge_row, edge_src, scale, gathered[:e], h_prev[:m], gh_m, gi[:, :2 * hidden],
+                             gh_m[:, :2 * hidden], r_z, r_z[:, :hidden], r_z[:, hidden:], gh_m[:, 2 * hidden:],
+                             gi[:, 2 * hidden:], tmp[:m], states[lo:hi]))
+    every_char = embed.index_select(0, chars)
+    all_states = states[1:]
+
     def run():
-        torch.addmm(b_ih, embed.index_select(0, chars), w_ih_t, out=x_proj)
-        for lo, hi, edge_row, edge_src, scale in plan:
-            m, e = hi - lo, len(edge_src)
-            gi = x_proj[lo - 1:hi - 1]
-            g = torch.index_select(states, 0, edge_src, out=gathered[:e])
-            hp = h_prev[:m].zero_().index_add_(0, edge_row, g).mul_(scale)
-            gh_m = torch.addmm(b_hh, hp, w_hh_t, out=gh[:m])
-            r_z = torch.add(gi[:, :2 * hidden], gh_m[:, :2 * hidden], out=rz[:m]).sigmoid_()
-            n = torch.mul(r_z[:, :hidden], gh_m[:, 2 * hidden:], out=tmp[:m]).add_(gi[:, 2 * hidden:]).tanh_()
-            out = states[lo:hi]
-            torch.sub(hp, n, out=out).mul_(r_z[:, hidden:]).add_(n)
-        torch.addmm(b_out, states[1:], w_out_t, out=logits)
+        torch.addmm(b_ih, torch.index_select(embed, 0, chars, out=every_char), w_ih_t, out=x_proj)
+        for (edge_row, edge_src, scale, g, hp, gh_m, gi_rz, gh_rz, r_z, r, z, gh_n, gi_n, n,
+             out) in levels_views:
+            torch.index_select(states, 0, edge_src, out=g)
+            hp.zero_().index_add_(0, edge_row, g).mul_(scale)
+            torch.addmm(b_hh, hp, w_hh_t, out=gh_m)
+            torch.add(gi_rz, gh_rz, out=r_z).sigmoid_()
+            torch.mul(r, gh_n, out=n).add_(gi_n).tanh_()
+            torch.sub(hp, n, out=out).mul_(z).add_(n)
+        torch.addmm(b_out, all_states, w_out_t, out=logits)
     in_lattice_order = torch.tensor([row_of[i, t] - 1 for i in range(len(lattices)) for t in range(1, lengths[i] + 1)],
                                     dtype=torch.long)
     return run, lambda: logits.index_select(0, in_lattice_order)
