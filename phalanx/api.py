@@ -27,7 +27,7 @@ from .frontend.value import LazyValue
 from .ir.signature import SignatureTable
 from .memory.layout import plan_layout, verify_layout
 from .memory.planner import plan_memory, verify_plan
-from .runtime.fibers import Hub
+from .runtime.fibers import Hub, collector_paused
 from .runtime.executor import ArenaPool, FlushFunction, TrainingBuffers, TrainingRun, build_steps, run_inference
 from .runtime.params import FlushParams
 from .schedule import format_schedule, make_policy, verify_schedule
@@ -121,7 +121,8 @@ class Batcher:
             raise PhalanxError("this Batcher is already running (called from two threads at once, or from inside "
                                "its own run); use one Batcher per thread")
         try:
-            return self._call(list(instances))
+            with collector_paused():        # NOTE: [Collector paused] (runtime/fibers.py)
+                return self._call(list(instances))
         finally:
             self._lock.release()
 

@@ -253,11 +253,20 @@ def test_five_thousand_instances():
     assert batcher.stats.fibers.decision_rounds == max(batcher.stats.fibers.decisions) <= 4
 
 
-def test_collector_is_paused_during_a_call_and_restored_after():
-    """NOTE: [Collector paused]: automatic gc is off while instances record, back as it was after,
-    also when the call fails, and left off when the user had it off."""
+def test_collector_is_paused_during_a_call_and_restored_after(monkeypatch):
+    """NOTE: [Collector paused]: automatic gc is off while instances record and while the flush
+    runs, back as it was after, also when the call fails, and left off when the user had it off."""
+    import phalanx.api as api
+
     lin = torch.nn.Linear(3, 3)
-    seen = []
+    seen, flushing = [], []
+    real_run = api.run_inference
+
+    def run(*args, **kwargs):
+        flushing.append(gc.isenabled())
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(api, "run_inference", run)
 
     def fn(x):
         seen.append(gc.isenabled())
@@ -270,6 +279,9 @@ def test_collector_is_paused_during_a_call_and_restored_after():
     with torch.no_grad():
         phalanx.Batcher(fn)(xs)
     assert seen == [False] * 3 and gc.isenabled()
+    with torch.no_grad():      # no decision: recorded, then one flush after the fibers end
+        phalanx.Batcher(lambda x: lin(x))(xs)
+    assert flushing == [False] and gc.isenabled()
     with pytest.raises(InstanceError), torch.no_grad():
         phalanx.Batcher(fn)([torch.full((3,), 50.0)])
     assert gc.isenabled()
