@@ -199,8 +199,7 @@ def distinct_rows(step: Step, operands: list, flags: tuple,
     if count > MAX_FRACTION * size:
         classes.futile.add(sid)
         return None
-    rows = torch.arange(size, device=inverse.device)
-    first = torch.full((count,), size, dtype=rows.dtype, device=rows.device).scatter_reduce_(0, inverse, rows, "amin")
+    first = _first_rows(inverse, count, size)
     picked = [t.index_select(0, first) if op[0] == NUMBERS
               else t.detach().index_select(0, first).requires_grad_(t.requires_grad)
               for op, t in zip(step.operands, operands, strict=True)]
@@ -224,10 +223,15 @@ def on_distinct_numbers(program, numbers: list) -> "list | None":
     count, inverse = _row_ids(keys)
     if count > MAX_FRACTION * size:
         return None
-    rows = torch.arange(size, device=inverse.device)
-    first = torch.full((count,), size, dtype=rows.dtype, device=rows.device).scatter_reduce_(0, inverse, rows, "amin")
+    first = _first_rows(inverse, count, size)
     outs = program([n.index_select(0, first) for n in numbers], count)
     return [o.index_select(0, inverse) for o in outs]
+
+
+def _first_rows(inverse: torch.Tensor, count: int, size: int) -> torch.Tensor:
+    """Each distinct row's first row (the one its operands are read from)."""
+    rows = torch.arange(size, device=inverse.device)
+    return torch.full((count,), size, dtype=rows.dtype, device=rows.device).scatter_reduce_(0, inverse, rows, "amin")
 
 
 def write_rows(step: Step, outs, inverse: torch.Tensor, arenas: list) -> None:
