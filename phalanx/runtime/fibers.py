@@ -231,11 +231,10 @@ class Hub:
         exposed = expose_submodules(table.root)
         slot.rec, slot.hub = first, self
         try:
-            with collector_paused():
-                try:
-                    return self._record_all(first)
-                finally:
-                    self._release_rounds()
+            try:        # the collector is paused by the whole call (Batcher.__call__, NOTE: [Collector paused])
+                return self._record_all(first)
+            finally:
+                self._release_rounds()
         except BaseException:
             slot.rec, slot.hub = None, None
             self._kill_fibers()

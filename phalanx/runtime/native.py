@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-_SLICE = 0      # runtime/steps.py SLICE
+from .steps import SLICE
 
 
 def group_reads_py(members: list, arenas: list, read):
@@ -31,7 +31,7 @@ def group_reads_py(members: list, arenas: list, read):
         joint = _one_slice(ops, arenas)
         joined.append(joint is not None)
         operands.append(joint if joint is not None else [
-            arenas[w][rows[0]:rows[1]] if kind == _SLICE else read((kind, w, rows), arenas) for kind, w, rows in ops])
+            arenas[w][rows[0]:rows[1]] if kind == SLICE else read((kind, w, rows), arenas) for kind, w, rows in ops])
     return into, operands, tuple(joined)
 
 
@@ -40,11 +40,11 @@ def _one_slice(ops: list, arenas: list):
     starting where the one before ends; else None. (``where`` and ``payload`` are tensors for other
     kinds of operand: compared only once the kind is a slice.)"""
     kind, arena, rows = ops[0]
-    if kind != _SLICE:
+    if kind != SLICE:
         return None
     hi = rows[1]
     for kind_m, arena_m, rows_m in ops[1:]:
-        if kind_m != _SLICE or arena_m != arena or rows_m[0] != hi:
+        if kind_m != SLICE or arena_m != arena or rows_m[0] != hi:
             return None
         hi = rows_m[1]
     return arenas[arena][rows[0]:hi]
